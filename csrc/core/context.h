@@ -1,0 +1,37 @@
+/* gnr_ctx: what every op and model function runs against.
+ *
+ * One context per model and device: the arena its activations come from, the
+ * backend state (cuBLAS handle and stream on CUDA), the reverse-mode tape while
+ * a pass records, and the cancellation flag the host sets between passes.
+ * A context is used by one thread at a time (the model enforces this). */
+#ifndef GNR_CONTEXT_H
+#define GNR_CONTEXT_H
+
+#include "arena.h"
+#include "status.h"
+#include "tensor.h"
+
+struct gnr_tape;
+
+typedef struct gnr_ctx {
+    gnr_device device;
+    gnr_arena *arena;        /* stack of activations, released block by block */
+    gnr_arena *keep;         /* captures that outlive a pass; reset by the pass's owner */
+    int nthreads;            /* CPU worker threads (OpenMP and BLAS) */
+    void *backend;           /* device state, NULL on the CPU */
+    struct gnr_tape *tape;   /* non-NULL while a pass records for reverse mode */
+    volatile int *cancel;    /* non-zero: stop at the next check (between passes) */
+} gnr_ctx;
+
+/* A new activation tensor from the arena (contents undefined). */
+gnr_status gnr_alloc(gnr_ctx *ctx, gnr_dtype dt, int ndim, const int64_t *shape, gnr_tensor *out);
+/* Shorthands for float32 activations of 2, 3 and 4 dims. */
+gnr_status gnr_alloc2(gnr_ctx *ctx, int64_t a, int64_t b, gnr_tensor *out);
+gnr_status gnr_alloc3(gnr_ctx *ctx, int64_t a, int64_t b, int64_t c, gnr_tensor *out);
+gnr_status gnr_alloc4(gnr_ctx *ctx, int64_t a, int64_t b, int64_t c, int64_t d, gnr_tensor *out);
+/* Same shape and dtype as `like`. */
+gnr_status gnr_alloc_like(gnr_ctx *ctx, const gnr_tensor *like, gnr_tensor *out);
+
+gnr_status gnr_check_cancel(const gnr_ctx *ctx);
+
+#endif

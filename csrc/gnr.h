@@ -1,0 +1,150 @@
+/* The engine's C API: what csrc/python (and nothing else) calls.
+ *
+ * A gnr_model holds one Stable Diffusion 1.x model (CLIP text encoder, UNet,
+ * VAE) on one device: its configs, its weights (placed once, in one block),
+ * and the context its passes run in. Files are parsed by the Python layer; the
+ * engine receives configs as structs and weights as named float32 arrays, and
+ * checks every name and shape against what the configs imply.
+ *
+ * Lifecycle: gnr_model_create(configs) -> the model lists the weights it
+ * expects (gnr_model_weight_count / gnr_model_weight_info) -> the caller sets
+ * each with gnr_model_set_weight -> gnr_model_finalize checks none is missing
+ * -> passes. Passes may run with the GIL released; one model runs one pass at a
+ * time (a second concurrent call gets GNR_ERR_VALUE "model is busy"). */
+#ifndef GNR_H
+#define GNR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+#define GNR_MAX_BLOCKS 8
+
+typedef enum { GNR_TEXT_ACT_QUICK_GELU = 0, GNR_TEXT_ACT_GELU = 1 } gnr_text_act;
+
+/* CLIPTextModel (transformers), from text_encoder/config.json. */
+typedef struct {
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int num_layers;
+    int num_heads;
+    int max_positions;   /* also the sequence length gnr uses: 77 for SD 1.x */
+    gnr_text_act act;
+    float layer_norm_eps;
+} gnr_text_config;
+
+/* UNet2DConditionModel (diffusers) restricted to the SD 1.x family, from
+ * unet/config.json after the Python layer has resolved diffusers' defaults
+ * (num_attention_heads = attention_head_dim when unset, ints broadcast to
+ * one value per block). Up-block lists are in up (forward) order. */
+typedef struct {
+    int in_channels;
+    int out_channels;
+    int num_blocks;                              /* len(block_out_channels) */
+    int block_out_channels[GNR_MAX_BLOCKS];
+    int layers_per_block;
+    int down_has_attn[GNR_MAX_BLOCKS];           /* CrossAttnDownBlock2D: 1, DownBlock2D: 0 */
+    int up_has_attn[GNR_MAX_BLOCKS];             /* CrossAttnUpBlock2D: 1, UpBlock2D: 0 */
+    int heads[GNR_MAX_BLOCKS];                   /* attention heads of down block i (up block j uses heads[n-1-j]) */
+    int transformer_layers[GNR_MAX_BLOCKS];      /* transformer blocks per Transformer2D, per down block */
+    int mid_heads;
+    int mid_transformer_layers;
+    int cross_attention_dim;
+    int norm_num_groups;
+    float norm_eps;                              /* resnets and conv_norm_out; Transformer2D uses 1e-6 */
+    int flip_sin_to_cos;
+    float freq_shift;
+} gnr_unet_config;
+
+/* AutoencoderKL (diffusers), from vae/config.json. */
+typedef struct {
+    int in_channels;
+    int out_channels;
+    int latent_channels;
+    int num_blocks;
+    int block_out_channels[GNR_MAX_BLOCKS];
+    int layers_per_block;
+    int norm_num_groups;
+    int mid_block_add_attention;
+    int use_quant_conv;
+    int use_post_quant_conv;
+    float scaling_factor;
+} gnr_vae_config;
+
+typedef struct {
+    gnr_text_config text;
+    gnr_unet_config unet;
+    gnr_vae_config vae;
+} gnr_model_config;
+
+typedef struct gnr_model gnr_model;
+
+/* Creates a model on `device` (GNR_CPU, or GNR_CUDA in a CUDA build). Checks
+ * the configs for values the engine cannot run (ValueError naming the key).
+ * nthreads <= 0: all cores. max_memory = 0: no cap on activation memory. */
+gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, int nthreads, size_t max_memory,
+                            gnr_model **out);
+void gnr_model_destroy(gnr_model *m);
+
+/* The weights this model expects, in a fixed order. Names are prefixed with
+ * the component folder: "text_encoder.text_model.embeddings.token_embedding.weight",
+ * "unet.conv_in.weight", "vae.encoder.conv_in.weight", ... */
+int gnr_model_weight_count(const gnr_model *m);
+gnr_status gnr_model_weight_info(const gnr_model *m, int index, const char **name, int *ndim,
+                                 const int64_t **shape);
+/* Copies `data` (float32, contiguous) into the weight `name`. Unknown name:
+ * GNR_ERR_NOTFOUND; shape mismatch: GNR_ERR_VALUE naming both shapes. */
+gnr_status gnr_model_set_weight(gnr_model *m, const char *name, const float *data, int ndim,
+                                const int64_t *shape);
+/* Checks that every weight has been set (GNR_ERR_VALUE naming the first missing
+ * one and its expected shape); the model can run passes afterwards. */
+gnr_status gnr_model_finalize(gnr_model *m);
+
+const gnr_model_config *gnr_model_get_config(const gnr_model *m);
+/* The factor between image and latent sizes: 2^(VAE downsamplings). */
+int gnr_model_vae_factor(const gnr_model *m);
+/* Image sizes must be multiples of this: VAE factor x 2^(UNet downsamplings). */
+int gnr_model_size_multiple(const gnr_model *m);
+
+/* Pointer to an int the host sets non-zero to cancel at the next check. */
+volatile int *gnr_model_cancel_flag(gnr_model *m);
+/* Activation memory: peak bytes of the arenas since the last reset_peak, and the cap. */
+size_t gnr_model_peak_bytes(const gnr_model *m);
+void gnr_model_reset_peak(gnr_model *m);
+void gnr_model_set_max_memory(gnr_model *m, size_t max_memory);
+
+/* ------------------------------------------------------------------ passes */
+
+/* Text encoder: ids (max_positions int32 token ids) -> out (max_positions x
+ * hidden_size float32): the last hidden state after the final LayerNorm. */
+gnr_status gnr_encode_text(gnr_model *m, const int32_t *ids, float *out);
+
+/* UNet noise prediction for one latent:
+ *   latent: 1 x in_channels x h x w, context: ctx_len x cross_attention_dim,
+ *   out: 1 x out_channels x h x w. h and w multiples of 2^(num_blocks-1). */
+gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int h, int w, int timestep, const float *context,
+                            int ctx_len, float *out);
+
+/* VAE encoder: image 1 x in_channels x H x W in [-1, 1] ->
+ * latent 1 x latent_channels x H/f x W/f = mean of the posterior x scaling_factor. */
+gnr_status gnr_vae_encode(gnr_model *m, const float *image, int height, int width, float *latent);
+
+/* VAE decoder: latent 1 x latent_channels x h x w (divided by scaling_factor
+ * inside) -> image 1 x out_channels x h*f x w*f, the decoder's raw output
+ * (about [-1, 1]; clamping and uint8 conversion belong to the caller). */
+gnr_status gnr_vae_decode(gnr_model *m, const float *latent, int h, int w, float *image);
+
+/* --------------------------------------------------------------- the build */
+
+/* "openblas 0.3.x ..." : which BLAS the CPU backend calls. */
+const char *gnr_blas_name(void);
+int gnr_has_openmp(void);
+int gnr_has_cuda(void);
+/* Threads used by the CPU backend (OpenMP and BLAS). */
+void gnr_set_num_threads(int n);
+int gnr_get_num_threads(void);
+
+#endif

@@ -1,0 +1,176 @@
+#include "nn.h"
+
+#include <stdio.h>
+#include <string.h>
+
+gnr_status gnr_capture_add(gnr_capture *cap, const char *name)
+{
+    if (cap->n >= GNR_MAX_CAPTURES)
+        return gnr_error(GNR_ERR_VALUE, "too many capture points requested (at most %d)", GNR_MAX_CAPTURES);
+    if (strlen(name) >= sizeof cap->names[0])
+        return gnr_error(GNR_ERR_VALUE, "capture name too long: '%s'", name);
+    strcpy(cap->names[cap->n], name);
+    cap->found[cap->n] = 0;
+    cap->n++;
+    return GNR_OK;
+}
+
+int gnr_capture_index(const gnr_capture *cap, const char *name)
+{
+    if (!cap) return -1;
+    for (int i = 0; i < cap->n; i++)
+        if (strcmp(cap->names[i], name) == 0) return i;
+    return -1;
+}
+
+nn_scope nn_scope_begin(gnr_ctx *ctx)
+{
+    nn_scope s = {gnr_arena_get_mark(ctx->arena)};
+    return s;
+}
+
+gnr_status nn_scope_end(gnr_ctx *ctx, nn_scope s, gnr_tensor *keep)
+{
+    if (ctx->tape) return GNR_OK; /* the backward needs every intermediate */
+    gnr_arena_release(ctx->arena, s.mark);
+    if (!keep) return GNR_OK;
+    /* Re-allocate at the scope's start and move the data down. The new slot
+     * starts at or before the old one, which gnr_copy allows. */
+    gnr_tensor moved;
+    GNR_TRY(gnr_alloc(ctx, keep->dtype, keep->ndim, keep->shape, &moved));
+    if (moved.data != keep->data) GNR_TRY(gnr_copy(ctx, keep, &moved));
+    moved.gid = keep->gid;
+    *keep = moved;
+    return GNR_OK;
+}
+
+static gnr_status alloc_keep(gnr_ctx *ctx, const gnr_tensor *like_shape_of, gnr_tensor *out)
+{
+    gnr_tensor t = gnr_tensor_view(NULL, like_shape_of->dtype, ctx->device, like_shape_of->ndim,
+                                   like_shape_of->shape);
+    GNR_TRY(gnr_arena_alloc(ctx->keep, gnr_nbytes(&t), &t.data));
+    *out = t;
+    return GNR_OK;
+}
+
+gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gnr_tensor *t)
+{
+    int i = gnr_capture_index(cap, name);
+    if (i < 0) return GNR_OK;
+    gnr_tensor kept;
+    GNR_TRY(alloc_keep(ctx, t, &kept));
+    GNR_TRY(gnr_copy(ctx, t, &kept));
+    kept.gid = t->gid;
+    cap->tensors[i] = kept;
+    cap->found[i] = 1;
+    return GNR_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+
+gnr_status nn_linear(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b, gnr_tensor *y)
+{
+    int64_t shape[GNR_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = w->shape[0];
+    GNR_TRY(gnr_alloc(ctx, GNR_F32, x->ndim, shape, y));
+    return gnr_linear_forward(ctx, x, w, b, y);
+}
+
+gnr_status nn_conv2d(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
+                     const gnr_conv_params *p, gnr_tensor *y)
+{
+    int64_t ho = (x->shape[2] + p->pad_top + p->pad_bottom - w->shape[2]) / p->stride + 1;
+    int64_t wo = (x->shape[3] + p->pad_left + p->pad_right - w->shape[3]) / p->stride + 1;
+    GNR_TRY(gnr_alloc4(ctx, x->shape[0], w->shape[0], ho, wo, y));
+    return gnr_conv2d_forward(ctx, x, w, b, p, y);
+}
+
+gnr_status nn_group_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
+                         int groups, float eps, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc_like(ctx, x, y));
+    return gnr_group_norm_forward(ctx, x, gamma, beta, groups, eps, y);
+}
+
+gnr_status nn_layer_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
+                         float eps, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc_like(ctx, x, y));
+    return gnr_layer_norm_forward(ctx, x, gamma, beta, eps, y);
+}
+
+gnr_status nn_act(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc_like(ctx, x, y));
+    return gnr_act_forward(ctx, act, x, y);
+}
+
+gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    int64_t shape[GNR_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] /= 2;
+    GNR_TRY(gnr_alloc(ctx, GNR_F32, x->ndim, shape, y));
+    return gnr_geglu_forward(ctx, x, y);
+}
+
+gnr_status nn_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc_like(ctx, a, y));
+    return gnr_add(ctx, a, b, y);
+}
+
+gnr_status nn_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc_like(ctx, x, y));
+    return gnr_scale(ctx, x, alpha, y);
+}
+
+gnr_status nn_add_channel(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc_like(ctx, x, y));
+    return gnr_add_channel_forward(ctx, x, v, y);
+}
+
+gnr_status nn_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc3(ctx, x->shape[0], x->shape[2] * x->shape[3], x->shape[1], y));
+    return gnr_nchw_to_nlc(ctx, x, y);
+}
+
+gnr_status nn_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, int64_t h, int64_t w, gnr_tensor *y)
+{
+    if (x->shape[1] != h * w)
+        return gnr_error(GNR_ERR_INTERNAL, "nlc_to_nchw: %lld tokens is not %lld x %lld", (long long)x->shape[1],
+                         (long long)h, (long long)w);
+    GNR_TRY(gnr_alloc4(ctx, x->shape[0], x->shape[2], h, w, y));
+    return gnr_nlc_to_nchw(ctx, x, y);
+}
+
+gnr_status nn_concat_channels(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc4(ctx, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3], y));
+    return gnr_concat_channels_forward(ctx, a, b, y);
+}
+
+gnr_status nn_upsample2x(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc4(ctx, x->shape[0], x->shape[1], x->shape[2] * 2, x->shape[3] * 2, y));
+    return gnr_upsample2x_forward(ctx, x, y);
+}
+
+gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, int heads,
+                        int causal, float scale, gnr_capture *cap, const char *probs_name, gnr_tensor *out)
+{
+    GNR_TRY(gnr_alloc_like(ctx, q, out));
+    int ci = probs_name ? gnr_capture_index(cap, probs_name) : -1;
+    if (ci < 0) return gnr_attention_forward(ctx, q, k, v, heads, causal, scale, NULL, out);
+    int64_t pshape[4] = {q->shape[0], heads, q->shape[1], k->shape[1]};
+    gnr_tensor probs = gnr_tensor_view(NULL, GNR_F32, ctx->device, 4, pshape);
+    GNR_TRY(gnr_arena_alloc(ctx->keep, gnr_nbytes(&probs), &probs.data));
+    GNR_TRY(gnr_attention_forward(ctx, q, k, v, heads, causal, scale, &probs, out));
+    cap->tensors[ci] = probs;
+    cap->found[ci] = 1;
+    return GNR_OK;
+}

@@ -1,0 +1,70 @@
+/* The functional layer model code is written in.
+ *
+ * Each nn_* function allocates its output from the context's arena and runs
+ * the op's forward (ops.h). It is the single place where a pass that records
+ * for reverse mode (ctx->tape) records what the backward needs, so the models
+ * are written once for inference, gradients and every device.
+ *
+ * Memory: model functions bracket their temporaries with nn_scope_begin /
+ * nn_scope_end, which releases everything allocated inside the scope except
+ * the one tensor the function returns (moved down to the scope's start). While
+ * a tape records, nothing is released: the backward needs it.
+ *
+ * Captures: a pass may be asked to keep internals by name (diffusers module
+ * paths such as "up_blocks.1.resnets.1", "mid_block", "conv_norm_out", or
+ * "down_blocks.1.attentions.0.transformer_blocks.0.attn1.probs"). Model code
+ * offers every capture point with nn_capture / nn_capture_wanted; only
+ * requested names are copied, into ctx->keep, which outlives the pass. */
+#ifndef GNR_NN_H
+#define GNR_NN_H
+
+#include "ops.h"
+
+#define GNR_MAX_CAPTURES 64
+
+typedef struct {
+    int n;
+    char names[GNR_MAX_CAPTURES][96];
+    gnr_tensor tensors[GNR_MAX_CAPTURES]; /* filled by the pass */
+    int found[GNR_MAX_CAPTURES];
+} gnr_capture;
+
+/* Adds a name to a request; GNR_ERR_VALUE when full or too long. */
+gnr_status gnr_capture_add(gnr_capture *cap, const char *name);
+/* Index of `name` in the request, or -1 (cap may be NULL). */
+int gnr_capture_index(const gnr_capture *cap, const char *name);
+
+typedef struct {
+    gnr_arena_mark mark;
+} nn_scope;
+
+nn_scope nn_scope_begin(gnr_ctx *ctx);
+/* Releases the scope; `keep` (may be NULL) survives and is updated in place. */
+gnr_status nn_scope_end(gnr_ctx *ctx, nn_scope s, gnr_tensor *keep);
+
+/* If `name` is requested in cap, copies t into ctx->keep and stores it there. */
+gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gnr_tensor *t);
+
+gnr_status nn_linear(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b, gnr_tensor *y);
+gnr_status nn_conv2d(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
+                     const gnr_conv_params *p, gnr_tensor *y);
+gnr_status nn_group_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
+                         int groups, float eps, gnr_tensor *y);
+gnr_status nn_layer_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
+                         float eps, gnr_tensor *y);
+gnr_status nn_act(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y);
+gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+gnr_status nn_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
+gnr_status nn_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y);
+gnr_status nn_add_channel(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y);
+gnr_status nn_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+gnr_status nn_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, int64_t h, int64_t w, gnr_tensor *y);
+gnr_status nn_concat_channels(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
+gnr_status nn_upsample2x(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+/* Attention (ops.h). `probs_name` (may be NULL) is the capture name of this
+ * layer's probabilities; when requested in cap, P is written straight into
+ * ctx->keep and recorded there. */
+gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, int heads,
+                        int causal, float scale, gnr_capture *cap, const char *probs_name, gnr_tensor *out);
+
+#endif

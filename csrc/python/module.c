@@ -1,0 +1,49 @@
+/* gnr._C: module definition. Each binding file contributes its methods and
+ * types through the registration functions declared in bindings.h. */
+#include "arrays.h"
+
+#include "bindings.h"
+#include "errors.h"
+#include "gnr.h"
+
+static PyObject *build_info(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return Py_BuildValue("{s:O,s:s,s:O,s:s,s:i}", "cuda", gnr_has_cuda() ? Py_True : Py_False, "blas",
+                         gnr_blas_name(), "openmp", gnr_has_openmp() ? Py_True : Py_False, "version", GNR_VERSION,
+                         "threads", gnr_get_num_threads());
+}
+
+static PyObject *set_num_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1) {
+        PyErr_Format(PyExc_ValueError, "num_threads must be >= 1, got %ld", n);
+        return NULL;
+    }
+    gnr_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"build_info", build_info, METH_NOARGS, "What this build contains: cuda, blas, openmp, version, threads."},
+    {"set_num_threads", set_num_threads, METH_O, "Threads used by the CPU backend (OpenMP and BLAS)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "gnr._C", "The gnr engine.", -1, module_methods};
+
+PyMODINIT_FUNC PyInit__C(void)
+{
+    import_array();
+    PyObject *m = PyModule_Create(&module_def);
+    if (!m) return NULL;
+    if (gnr_py_errors_init(m) < 0 || gnr_py_register_model(m) < 0 || gnr_py_register_ops(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
