@@ -1,0 +1,37 @@
+"""gnr: Guide-and-Rescale real-image editing with Stable Diffusion 1.x.
+
+A C engine (CPU backend always, CUDA when built) behind a small Python API.
+"""
+import ctypes as _ctypes
+import os as _os
+
+
+def _preload_openblas():
+    """The engine links OpenBLAS from the `scipy-openblas32` wheel. Loading it
+    globally first lets the dynamic linker resolve `_C`'s dependency by soname,
+    wherever pip put that wheel (the same way NumPy and SciPy load theirs)."""
+    import scipy_openblas32 as ob
+
+    path = _os.path.join(ob.get_lib_dir(), ob.get_library(fullname=True))
+    _ctypes.CDLL(path, mode=_ctypes.RTLD_GLOBAL)
+
+
+_preload_openblas()
+
+from . import _C  # noqa: E402
+from ._C import DeviceError, OutOfMemoryError  # noqa: E402
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info():
+    """What this build contains: {"cuda": bool, "blas": str, "openmp": bool, "version": str, "threads": int}."""
+    return _C.build_info()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the CPU backend uses (OpenMP and BLAS). Default: all cores."""
+    _C.set_num_threads(int(n))
+
+
+__all__ = ["build_info", "set_num_threads", "OutOfMemoryError", "DeviceError"]
