@@ -4,6 +4,7 @@
 
 #include "bindings.h"
 #include "errors.h"
+#include "backend.h"
 #include "gnr.h"
 
 static PyObject *build_info(PyObject *self, PyObject *noargs)
@@ -28,7 +29,20 @@ static PyObject *set_num_threads(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* Installs the CUDA backend table exported by gnr._C_cuda as a capsule named
+ * "gnr._C_cuda.backend" (a const gnr_backend *). */
+static PyObject *register_cuda_backend(PyObject *self, PyObject *capsule)
+{
+    (void)self;
+    const gnr_backend *table = PyCapsule_GetPointer(capsule, "gnr._C_cuda.backend");
+    if (!table) return NULL;
+    gnr_status st = gnr_register_backend(GNR_CUDA, table);
+    if (st != GNR_OK) return gnr_py_raise(st);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"_register_cuda_backend", register_cuda_backend, METH_O, "Install the CUDA backend from gnr._C_cuda."},
     {"build_info", build_info, METH_NOARGS, "What this build contains: cuda, blas, openmp, version, threads."},
     {"set_num_threads", set_num_threads, METH_O, "Threads used by the CPU backend (OpenMP and BLAS)."},
     {NULL, NULL, 0, NULL},
