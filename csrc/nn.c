@@ -1,5 +1,9 @@
 #include "nn.h"
 
+#include <stdlib.h>
+
+#include "grad/tape.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -57,6 +61,12 @@ gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gn
 {
     int i = gnr_capture_index(cap, name);
     if (i < 0) return GNR_OK;
+    if (ctx->tape) {
+        /* The energy's gradient enters the backward here. */
+        tape_entry e = {.op = TAPE_CAPTURE, .in = {*t}, .nin = 1, .capture = i};
+        GNR_TRY(gnr_tape_record(ctx, &e, NULL));
+        if (ctx->tape->rerun) return GNR_OK; /* captured on the first run */
+    }
     gnr_tensor kept;
     GNR_TRY(alloc_keep(ctx, t, &kept));
     GNR_TRY(gnr_copy(ctx, t, &kept));
@@ -68,13 +78,17 @@ gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gn
 
 /* ------------------------------------------------------------------------ */
 
+/* Each function: allocate the output, run the op, record it when taping. */
+
 gnr_status nn_linear(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b, gnr_tensor *y)
 {
     int64_t shape[GNR_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = w->shape[0];
     GNR_TRY(gnr_alloc(ctx, GNR_F32, x->ndim, shape, y));
-    return gnr_linear_forward(ctx, x, w, b, y);
+    GNR_TRY(gnr_linear_forward(ctx, x, w, b, y));
+    tape_entry e = {.op = TAPE_LINEAR, .in = {*x}, .nin = 1, .w = w, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_conv2d(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
@@ -83,27 +97,36 @@ gnr_status nn_conv2d(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, con
     int64_t ho = (x->shape[2] + p->pad_top + p->pad_bottom - w->shape[2]) / p->stride + 1;
     int64_t wo = (x->shape[3] + p->pad_left + p->pad_right - w->shape[3]) / p->stride + 1;
     GNR_TRY(gnr_alloc4(ctx, x->shape[0], w->shape[0], ho, wo, y));
-    return gnr_conv2d_forward(ctx, x, w, b, p, y);
+    GNR_TRY(gnr_conv2d_forward(ctx, x, w, b, p, y));
+    tape_entry e = {.op = TAPE_CONV2D, .in = {*x}, .nin = 1, .w = w, .conv = *p, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_group_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
                          int groups, float eps, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc_like(ctx, x, y));
-    return gnr_group_norm_forward(ctx, x, gamma, beta, groups, eps, y);
+    GNR_TRY(gnr_group_norm_forward(ctx, x, gamma, beta, groups, eps, y));
+    tape_entry e = {.op = TAPE_GROUP_NORM, .in = {*x}, .nin = 1, .w = gamma, .groups = groups, .eps = eps,
+                    .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_layer_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
                          float eps, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc_like(ctx, x, y));
-    return gnr_layer_norm_forward(ctx, x, gamma, beta, eps, y);
+    GNR_TRY(gnr_layer_norm_forward(ctx, x, gamma, beta, eps, y));
+    tape_entry e = {.op = TAPE_LAYER_NORM, .in = {*x}, .nin = 1, .w = gamma, .eps = eps, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_act(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc_like(ctx, x, y));
-    return gnr_act_forward(ctx, act, x, y);
+    GNR_TRY(gnr_act_forward(ctx, act, x, y));
+    tape_entry e = {.op = TAPE_ACT, .in = {*x}, .nin = 1, .iparam = (int)act, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
@@ -112,31 +135,41 @@ gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] /= 2;
     GNR_TRY(gnr_alloc(ctx, GNR_F32, x->ndim, shape, y));
-    return gnr_geglu_forward(ctx, x, y);
+    GNR_TRY(gnr_geglu_forward(ctx, x, y));
+    tape_entry e = {.op = TAPE_GEGLU, .in = {*x}, .nin = 1, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc_like(ctx, a, y));
-    return gnr_add(ctx, a, b, y);
+    GNR_TRY(gnr_add(ctx, a, b, y));
+    tape_entry e = {.op = TAPE_ADD, .in = {*a, *b}, .nin = 2, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc_like(ctx, x, y));
-    return gnr_scale(ctx, x, alpha, y);
+    GNR_TRY(gnr_scale(ctx, x, alpha, y));
+    tape_entry e = {.op = TAPE_SCALE, .in = {*x}, .nin = 1, .alpha = alpha, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_add_channel(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc_like(ctx, x, y));
-    return gnr_add_channel_forward(ctx, x, v, y);
+    GNR_TRY(gnr_add_channel_forward(ctx, x, v, y));
+    tape_entry e = {.op = TAPE_ADD_CHANNEL, .in = {*x, *v}, .nin = 2, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc3(ctx, x->shape[0], x->shape[2] * x->shape[3], x->shape[1], y));
-    return gnr_nchw_to_nlc(ctx, x, y);
+    GNR_TRY(gnr_nchw_to_nlc(ctx, x, y));
+    tape_entry e = {.op = TAPE_NCHW_TO_NLC, .in = {*x}, .nin = 1, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, int64_t h, int64_t w, gnr_tensor *y)
@@ -145,19 +178,25 @@ gnr_status nn_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, int64_t h, int64_t 
         return gnr_error(GNR_ERR_INTERNAL, "nlc_to_nchw: %lld tokens is not %lld x %lld", (long long)x->shape[1],
                          (long long)h, (long long)w);
     GNR_TRY(gnr_alloc4(ctx, x->shape[0], x->shape[2], h, w, y));
-    return gnr_nlc_to_nchw(ctx, x, y);
+    GNR_TRY(gnr_nlc_to_nchw(ctx, x, y));
+    tape_entry e = {.op = TAPE_NLC_TO_NCHW, .in = {*x}, .nin = 1, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_concat_channels(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc4(ctx, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3], y));
-    return gnr_concat_channels_forward(ctx, a, b, y);
+    GNR_TRY(gnr_concat_channels_forward(ctx, a, b, y));
+    tape_entry e = {.op = TAPE_CONCAT, .in = {*a, *b}, .nin = 2, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_upsample2x(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
     GNR_TRY(gnr_alloc4(ctx, x->shape[0], x->shape[1], x->shape[2] * 2, x->shape[3] * 2, y));
-    return gnr_upsample2x_forward(ctx, x, y);
+    GNR_TRY(gnr_upsample2x_forward(ctx, x, y));
+    tape_entry e = {.op = TAPE_UPSAMPLE, .in = {*x}, .nin = 1, .capture = -1};
+    return gnr_tape_record(ctx, &e, y);
 }
 
 gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, int heads,
@@ -165,12 +204,45 @@ gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, 
 {
     GNR_TRY(gnr_alloc_like(ctx, q, out));
     int ci = probs_name ? gnr_capture_index(cap, probs_name) : -1;
-    if (ci < 0) return gnr_attention_forward(ctx, q, k, v, heads, causal, scale, NULL, out);
+    int tracked = ctx->tape && (q->gid >= 0 || k->gid >= 0 || v->gid >= 0);
+    if (ci < 0 && !tracked) return gnr_attention_forward(ctx, q, k, v, heads, causal, scale, NULL, out);
+
+    /* P is materialised: a capture keeps it past the pass (ctx->keep), the
+     * backward needs it (the stack arena, kept while taping). Both paths run
+     * the same kernel as the probs-free one, so the values are identical. */
     int64_t pshape[4] = {q->shape[0], heads, q->shape[1], k->shape[1]};
     gnr_tensor probs = gnr_tensor_view(NULL, GNR_F32, ctx->device, 4, pshape);
-    GNR_TRY(gnr_arena_alloc(ctx->keep, gnr_nbytes(&probs), &probs.data));
+    int keep = ci >= 0 && !(ctx->tape && ctx->tape->rerun);
+    GNR_TRY(gnr_arena_alloc(keep ? ctx->keep : ctx->arena, gnr_nbytes(&probs), &probs.data));
     GNR_TRY(gnr_attention_forward(ctx, q, k, v, heads, causal, scale, &probs, out));
-    cap->tensors[ci] = probs;
-    cap->found[ci] = 1;
-    return GNR_OK;
+    if (keep) {
+        cap->tensors[ci] = probs;
+        cap->found[ci] = 1;
+    }
+    tape_entry e = {.op = TAPE_ATTENTION, .in = {*q, *k, *v}, .nin = 3, .probs = probs, .heads = heads,
+                    .scale = scale, .iparam = causal, .capture = ci};
+    return gnr_tape_record(ctx, &e, out);
+}
+
+gnr_status nn_checkpoint(gnr_ctx *ctx, nn_segment_fn fn, const void *args, size_t args_size,
+                         const gnr_tensor *inputs, int n_inputs, gnr_tensor *out)
+{
+    if (!ctx->tape || !ctx->checkpointing) return fn(ctx, args, inputs, n_inputs, out);
+    if (n_inputs > 4) return gnr_error(GNR_ERR_INTERNAL, "checkpointed segment with %d inputs (at most 4)", n_inputs);
+    tape_entry e = {.op = TAPE_SEGMENT, .nin = n_inputs, .segment = fn, .capture = -1};
+    for (int i = 0; i < n_inputs; i++) e.in[i] = inputs[i];
+    /* Forward without recording: the segment's temporaries are released as in
+     * inference; only its output stays. */
+    gnr_tape *tape = ctx->tape;
+    ctx->tape = NULL;
+    gnr_status st = fn(ctx, args, inputs, n_inputs, out);
+    ctx->tape = tape;
+    GNR_TRY(st);
+    out->gid = -1;
+    e.segment_args = malloc(args_size ? args_size : 1);
+    if (!e.segment_args) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+    memcpy(e.segment_args, args, args_size);
+    st = gnr_tape_record(ctx, &e, out);
+    if (st != GNR_OK || out->gid < 0) free(e.segment_args); /* not recorded: nothing tracked */
+    return st;
 }

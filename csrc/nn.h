@@ -45,6 +45,18 @@ gnr_status nn_scope_end(gnr_ctx *ctx, nn_scope s, gnr_tensor *keep);
 /* If `name` is requested in cap, copies t into ctx->keep and stores it there. */
 gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gnr_tensor *t);
 
+/* A checkpointable segment (a block): computes *out from inputs[0..n). `args`
+ * points to a copy the caller no longer needs to keep. It must allocate its
+ * output with nn_* calls and may capture. */
+typedef gnr_status (*nn_segment_fn)(gnr_ctx *ctx, const void *args, const gnr_tensor *inputs, int n_inputs,
+                                    gnr_tensor *out);
+
+/* Runs fn. While a tape records with ctx->checkpointing set, the segment runs
+ * unrecorded (its temporaries are released) and the backward re-runs it; in
+ * every other case this is a plain call. args_size bytes of args are copied. */
+gnr_status nn_checkpoint(gnr_ctx *ctx, nn_segment_fn fn, const void *args, size_t args_size,
+                         const gnr_tensor *inputs, int n_inputs, gnr_tensor *out);
+
 gnr_status nn_linear(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b, gnr_tensor *y);
 gnr_status nn_conv2d(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
                      const gnr_conv_params *p, gnr_tensor *y);

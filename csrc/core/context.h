@@ -20,6 +20,7 @@ typedef struct gnr_ctx {
     int nthreads;            /* CPU worker threads (OpenMP and BLAS) */
     void *backend;           /* device state, NULL on the CPU */
     struct gnr_tape *tape;   /* non-NULL while a pass records for reverse mode */
+    int checkpointing;       /* while recording: re-run blocks in the backward instead of keeping them */
     volatile int *cancel;    /* non-zero: stop at the next check (between passes) */
 } gnr_ctx;
 

@@ -1,0 +1,280 @@
+#include "tape.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+gnr_status gnr_tape_init(gnr_tape *t, gnr_capture *capture)
+{
+    memset(t, 0, sizeof *t);
+    t->capture = capture;
+    t->seeds = calloc(GNR_MAX_CAPTURES, sizeof *t->seeds);
+    if (!t->seeds) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+    t->owns_seeds = 1;
+    return GNR_OK;
+}
+
+void gnr_tape_free(gnr_tape *t)
+{
+    for (int i = 0; i < t->n; i++) free(t->entries[i].segment_args);
+    free(t->entries);
+    free(t->grads);
+    if (t->owns_seeds) free(t->seeds);
+    memset(t, 0, sizeof *t);
+}
+
+static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
+{
+    if (t->ngids == t->grads_cap) {
+        int cap = t->grads_cap ? 2 * t->grads_cap : 256;
+        gnr_tensor *g = realloc(t->grads, (size_t)cap * sizeof *g);
+        if (!g) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+        t->grads = g;
+        t->grads_cap = cap;
+    }
+    memset(&t->grads[t->ngids], 0, sizeof t->grads[0]);
+    x->gid = t->ngids++;
+    return GNR_OK;
+}
+
+gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x) { return new_gid(t, x); }
+
+gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_tensor *ref, float scale)
+{
+    if (ci < 0 || ci >= GNR_MAX_CAPTURES) return gnr_error(GNR_ERR_INTERNAL, "capture index %d out of range", ci);
+    capture_seed *s = &t->seeds[ci];
+    if (s->n == TAPE_MAX_SEEDS)
+        return gnr_error(GNR_ERR_VALUE, "at most %d energy terms may use the same capture", TAPE_MAX_SEEDS);
+    s->kind[s->n] = kind;
+    s->ref[s->n] = *ref;
+    s->scale[s->n] = scale;
+    s->n++;
+    return GNR_OK;
+}
+
+gnr_tensor gnr_tape_grad(const gnr_tape *t, const gnr_tensor *x)
+{
+    gnr_tensor none;
+    memset(&none, 0, sizeof none);
+    none.gid = -1;
+    if (x->gid < 0 || x->gid >= t->ngids) return none;
+    return t->grads[x->gid];
+}
+
+gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
+{
+    gnr_tape *t = ctx->tape;
+    if (!t) return GNR_OK;
+    int tracked = 0;
+    for (int i = 0; i < e->nin; i++) tracked |= e->in[i].gid >= 0;
+    if (!tracked) return GNR_OK;
+    if (t->n == t->cap) {
+        int cap = t->cap ? 2 * t->cap : 512;
+        tape_entry *p = realloc(t->entries, (size_t)cap * sizeof *p);
+        if (!p) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+        t->entries = p;
+        t->cap = cap;
+    }
+    if (out) GNR_TRY(new_gid(t, out));
+    tape_entry *dst = &t->entries[t->n++];
+    *dst = *e;
+    if (out) dst->out = *out;
+    else dst->out.gid = -1;
+    return GNR_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+
+/* The gradient buffer of x, zeroed on first use. */
+static gnr_status grad_of(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *x, gnr_tensor **g)
+{
+    gnr_tensor *slot = &t->grads[x->gid];
+    if (!slot->data) {
+        GNR_TRY(gnr_alloc_like(ctx, x, slot));
+        GNR_TRY(gnr_fill(ctx, slot, 0.0f));
+        slot->gid = x->gid;
+    }
+    *g = slot;
+    return GNR_OK;
+}
+
+static int has_grad(const gnr_tensor *x) { return x->gid >= 0; }
+
+/* da += the seeded energies' gradient with respect to capture value `a`. */
+static gnr_status apply_seeds(gnr_ctx *ctx, const capture_seed *s, const gnr_tensor *a, gnr_tensor *da)
+{
+    for (int i = 0; i < s->n; i++) {
+        if (s->kind[i] == ENERGY_SQ_DIFF_MEAN)
+            GNR_TRY(gnr_sq_diff_mean_backward(ctx, a, &s->ref[i], s->scale[i], da));
+        else
+            GNR_TRY(gnr_abs_diff_mean_backward(ctx, a, &s->ref[i], s->scale[i], da));
+    }
+    return GNR_OK;
+}
+
+static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e, const gnr_tensor *dy)
+{
+    const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
+    const capture_seed *seed = e->capture >= 0 ? &t->seeds[e->capture] : NULL;
+    int seeded = seed && seed->n > 0;
+    if (!dy && !seeded) return GNR_OK;
+    gnr_tensor *dq = NULL, *dk = NULL, *dv = NULL;
+    if (has_grad(q)) GNR_TRY(grad_of(ctx, t, q, &dq));
+    if (has_grad(k)) GNR_TRY(grad_of(ctx, t, k, &dk));
+    if (has_grad(v)) GNR_TRY(grad_of(ctx, t, v, &dv));
+    /* Temporaries for this entry only: the energy's gradient w.r.t. P and a
+     * zero output gradient when only the map is differentiated. */
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    gnr_tensor dprobs, dzero;
+    const gnr_tensor *dp = NULL;
+    gnr_status st = GNR_OK;
+    if (seeded) {
+        GNR_CHECK(st, gnr_alloc_like(ctx, &e->probs, &dprobs));
+        GNR_CHECK(st, gnr_fill(ctx, &dprobs, 0.0f));
+        GNR_CHECK(st, apply_seeds(ctx, seed, &e->probs, &dprobs));
+        dp = &dprobs;
+    }
+    if (!dy) {
+        GNR_CHECK(st, gnr_alloc_like(ctx, &e->out, &dzero));
+        GNR_CHECK(st, gnr_fill(ctx, &dzero, 0.0f));
+        dy = &dzero;
+    }
+    st = gnr_attention_backward(ctx, q, k, v, &e->probs, e->heads, e->scale, dy, dp, dq, dk, dv);
+done:
+    gnr_arena_release(ctx->arena, m);
+    return st;
+}
+
+static gnr_status backward_segment(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e, const gnr_tensor *dy)
+{
+    /* Re-run the block with a nested tape whose leaves are the block's
+     * inputs, replay it, hand the input gradients to this tape, release. */
+    gnr_tensor *dins[4] = {NULL, NULL, NULL, NULL};
+    for (int i = 0; i < e->nin; i++)
+        if (has_grad(&e->in[i])) GNR_TRY(grad_of(ctx, t, &e->in[i], &dins[i]));
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    gnr_tape inner;
+    memset(&inner, 0, sizeof inner);
+    inner.capture = t->capture;
+    inner.seeds = t->seeds;
+    inner.rerun = 1;
+    gnr_tensor ins[4], out;
+    gnr_tape *outer = ctx->tape;
+    gnr_status st = GNR_OK;
+    for (int i = 0; i < e->nin; i++) {
+        ins[i] = e->in[i];
+        ins[i].gid = -1;
+        if (has_grad(&e->in[i])) GNR_CHECK(st, gnr_tape_leaf(&inner, &ins[i]));
+    }
+    int was_checkpointing = ctx->checkpointing;
+    ctx->tape = &inner;
+    ctx->checkpointing = 0;
+    st = e->segment(ctx, e->segment_args, ins, e->nin, &out);
+    ctx->checkpointing = was_checkpointing;
+    ctx->tape = outer;
+    if (st != GNR_OK) goto done;
+    if (dy && out.gid >= 0) {
+        gnr_tensor *dout;
+        GNR_CHECK(st, grad_of(ctx, &inner, &out, &dout));
+        GNR_CHECK(st, gnr_copy(ctx, dy, dout));
+    }
+    GNR_CHECK(st, gnr_tape_backward(ctx, &inner));
+    for (int i = 0; i < e->nin; i++) {
+        if (!dins[i]) continue;
+        gnr_tensor g = gnr_tape_grad(&inner, &ins[i]);
+        if (g.data) GNR_CHECK(st, gnr_axpy(ctx, 1.0f, &g, dins[i]));
+    }
+done:
+    ctx->tape = outer;
+    gnr_tape_free(&inner);
+    gnr_arena_release(ctx->arena, m);
+    return st;
+}
+
+static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
+{
+    const gnr_tensor *dy = NULL;
+    if (e->out.gid >= 0 && t->grads[e->out.gid].data) dy = &t->grads[e->out.gid];
+    const gnr_tensor *x = &e->in[0];
+    gnr_tensor *dx = NULL, *db = NULL;
+
+    switch (e->op) {
+    case TAPE_ATTENTION: return backward_attention(ctx, t, e, dy);
+    case TAPE_SEGMENT: {
+        int seeded = 0;
+        for (int i = 0; i < GNR_MAX_CAPTURES; i++) seeded |= t->seeds[i].n > 0;
+        /* A segment may hold a seeded capture even when its output has no
+         * gradient; replay it whenever either can contribute. */
+        if (!dy && !seeded) return GNR_OK;
+        return backward_segment(ctx, t, e, dy);
+    }
+    case TAPE_CAPTURE: {
+        const capture_seed *s = &t->seeds[e->capture];
+        if (s->n == 0 || !has_grad(x)) return GNR_OK;
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return apply_seeds(ctx, s, x, dx);
+    }
+    default: break;
+    }
+    if (!dy) return GNR_OK;
+
+    switch (e->op) {
+    case TAPE_LINEAR:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_linear_backward(ctx, dy, e->w, dx);
+    case TAPE_CONV2D:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_conv2d_backward(ctx, dy, e->w, &e->conv, dx);
+    case TAPE_GROUP_NORM:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_group_norm_backward(ctx, dy, x, e->w, e->groups, e->eps, dx);
+    case TAPE_LAYER_NORM:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_layer_norm_backward(ctx, dy, x, e->w, e->eps, dx);
+    case TAPE_ACT:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_act_backward(ctx, (gnr_act)e->iparam, dy, x, dx);
+    case TAPE_GEGLU:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_geglu_backward(ctx, dy, x, dx);
+    case TAPE_ADD:
+        for (int i = 0; i < 2; i++) {
+            if (!has_grad(&e->in[i])) continue;
+            GNR_TRY(grad_of(ctx, t, &e->in[i], &dx));
+            GNR_TRY(gnr_axpy(ctx, 1.0f, dy, dx));
+        }
+        return GNR_OK;
+    case TAPE_SCALE:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_axpy(ctx, e->alpha, dy, dx);
+    case TAPE_ADD_CHANNEL:
+        if (has_grad(x)) {
+            GNR_TRY(grad_of(ctx, t, x, &dx));
+            GNR_TRY(gnr_axpy(ctx, 1.0f, dy, dx));
+        }
+        if (has_grad(&e->in[1])) {
+            GNR_TRY(grad_of(ctx, t, &e->in[1], &db));
+            GNR_TRY(gnr_add_channel_backward(ctx, dy, db));
+        }
+        return GNR_OK;
+    case TAPE_NCHW_TO_NLC:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_nchw_to_nlc_backward(ctx, dy, dx);
+    case TAPE_NLC_TO_NCHW:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_nlc_to_nchw_backward(ctx, dy, dx);
+    case TAPE_CONCAT:
+        if (has_grad(&e->in[0])) GNR_TRY(grad_of(ctx, t, &e->in[0], &dx));
+        if (has_grad(&e->in[1])) GNR_TRY(grad_of(ctx, t, &e->in[1], &db));
+        return gnr_concat_channels_backward(ctx, dy, dx, db);
+    case TAPE_UPSAMPLE:
+        GNR_TRY(grad_of(ctx, t, x, &dx));
+        return gnr_upsample2x_backward(ctx, dy, dx);
+    default: return gnr_error(GNR_ERR_INTERNAL, "tape: unknown entry %d", (int)e->op);
+    }
+}
+
+gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t)
+{
+    for (int i = t->n - 1; i >= 0; i--) GNR_TRY(backward_entry(ctx, t, &t->entries[i]));
+    return GNR_OK;
+}

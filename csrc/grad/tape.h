@@ -1,0 +1,102 @@
+/* Reverse mode as a tape.
+ *
+ * While ctx->tape is set, every nn_* call whose inputs carry a gradient
+ * identity (gid >= 0) appends an entry: the op, its activation inputs, its
+ * output, the frozen weights it used and the op's parameters. Its output gets
+ * a fresh gid. backward() walks the entries in reverse and calls each op's
+ * backward (ops.h), accumulating input gradients per gid. Weights never get
+ * gradients; constants (gid -1) are never recorded.
+ *
+ * Energies are seeded through captures, not through an output gradient: a
+ * term says "capture i contributes scale * d/dA of mean((A - ref)^2)" (or of
+ * mean|A - ref|). The gradient of a capture is materialised only at the moment
+ * the entry that produced it is replayed, then released, so a pass with all
+ * sixteen attention maps does not hold a second copy of every map.
+ *
+ * Gradient checkpointing: nn_checkpoint runs a segment (a block) without
+ * recording and records one entry holding the segment's function and inputs;
+ * the backward re-runs the segment with a nested tape, replays that, and
+ * releases it. Same kernels, same result, less memory. */
+#ifndef GNR_TAPE_H
+#define GNR_TAPE_H
+
+#include "nn.h"
+
+typedef enum {
+    TAPE_LINEAR,
+    TAPE_CONV2D,
+    TAPE_GROUP_NORM,
+    TAPE_LAYER_NORM,
+    TAPE_ACT,
+    TAPE_GEGLU,
+    TAPE_ADD,
+    TAPE_SCALE,
+    TAPE_ADD_CHANNEL,
+    TAPE_NCHW_TO_NLC,
+    TAPE_NLC_TO_NCHW,
+    TAPE_CONCAT,
+    TAPE_UPSAMPLE,
+    TAPE_ATTENTION,
+    TAPE_CAPTURE,   /* a feature capture: the energy's gradient enters here */
+    TAPE_SEGMENT    /* a checkpointed block */
+} tape_op;
+
+typedef struct {
+    tape_op op;
+    gnr_tensor in[4];
+    int nin;
+    gnr_tensor out;
+    const gnr_tensor *w;   /* linear/conv weight, norm gamma */
+    gnr_tensor probs;      /* attention: the saved probabilities */
+    int capture;           /* attention/capture: index in the capture request, or -1 */
+    gnr_conv_params conv;
+    int groups, heads, iparam;
+    float eps, alpha, scale;
+    nn_segment_fn segment; /* checkpointed block */
+    void *segment_args;    /* a copy owned by the tape */
+} tape_entry;
+
+typedef enum { ENERGY_SQ_DIFF_MEAN = 0, ENERGY_ABS_DIFF_MEAN = 1 } energy_kind;
+
+#define TAPE_MAX_SEEDS 4
+
+typedef struct {
+    int n;
+    energy_kind kind[TAPE_MAX_SEEDS];
+    gnr_tensor ref[TAPE_MAX_SEEDS];
+    float scale[TAPE_MAX_SEEDS];
+} capture_seed;
+
+typedef struct gnr_tape {
+    tape_entry *entries;
+    int n, cap;
+    gnr_tensor *grads; /* by gid; data NULL until a gradient reaches it */
+    int ngids, grads_cap;
+    gnr_capture *capture;                  /* the request the recorded pass fills */
+    capture_seed *seeds;                   /* GNR_MAX_CAPTURES entries, shared with nested tapes */
+    int rerun;                             /* a checkpointed segment being replayed: captures exist already */
+    int owns_seeds;
+} gnr_tape;
+
+/* A tape recording into `capture` (may be NULL). Host memory for entries grows
+ * as needed; gradients come from ctx->arena during backward. */
+gnr_status gnr_tape_init(gnr_tape *t, gnr_capture *capture);
+void gnr_tape_free(gnr_tape *t);
+
+/* Gives `x` a gradient identity: it becomes a leaf whose gradient backward computes. */
+gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
+
+/* Adds scale * d/dA energy(A, ref) to capture i's gradient seed. */
+gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_tensor *ref,
+                                 float scale);
+
+/* Replays the tape in reverse. Afterwards gnr_tape_grad gives leaf gradients. */
+gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t);
+/* The gradient of a recorded tensor (data NULL when none reached it). */
+gnr_tensor gnr_tape_grad(const gnr_tape *t, const gnr_tensor *x);
+
+/* Recording, called by nn.c only. Each returns GNR_OK without recording when
+ * no input carries a gid; otherwise the output gets a new gid. */
+gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out);
+
+#endif
