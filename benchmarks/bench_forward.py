@@ -1,0 +1,172 @@
+"""Time gnr's forward passes beside PyTorch (diffusers/transformers) on one model folder.
+
+    python benchmarks/bench_forward.py MODEL_DIR [--size 512] [--runs 5] [--threads N]
+                                       [--parts text,unet,vae_encode,vae_decode] [--skip-torch]
+
+Each side runs in its own process (so neither's memory or thread pools affect
+the other), on the same inputs, with the same thread count. Prints a table:
+part, median and min seconds of --runs runs (after one warm-up), process peak
+RSS, gnr's activation-arena peak, the part's FLOPs (counted by torch's
+FlopCounterMode on the reference modules) and the floor FLOPs / peak rate, the
+peak rate being a measured single-precision GEMM on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PARTS = ("text", "unet", "vae_encode", "vae_decode")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn, runs: int):
+    fn()  # warm-up: first-touch of weights and arena growth
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def inputs(size: int, latent_channels: int = 4, factor: int = 8, ctx_dim: int = 768, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    h = size // factor
+    latent = rng.standard_normal((1, latent_channels, h, h)).astype(np.float32)
+    context = rng.standard_normal((77, ctx_dim)).astype(np.float32)
+    return image, latent, context
+
+
+def run_gnr(args) -> dict:
+    import gnr
+
+    if args.threads:
+        gnr.set_num_threads(args.threads)
+    m = gnr.load_model(args.model)
+    image, latent, context = inputs(args.size, factor=m.vae_factor, ctx_dim=m.config["unet"]["cross_attention_dim"])
+    results = {}
+    calls = {
+        "text": lambda: m.encode_prompt("a photograph of an astronaut riding a horse"),
+        "unet": lambda: m.unet(latent, 500, context),
+        "vae_encode": lambda: m.encode_image(image),
+        "vae_decode": lambda: m.decode_latent(latent),
+    }
+    for part in args.parts:
+        m.reset_peak()
+        med, best = timed(calls[part], args.runs)
+        results[part] = {"median_s": med, "min_s": best, "arena_peak_mib": m.peak_bytes / 2**20}
+    results["rss_mib"] = peak_rss_mib()
+    return results
+
+
+def run_torch(args) -> dict:
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(args.model, "unet")).eval()
+    vae = AutoencoderKL.from_pretrained(os.path.join(args.model, "vae")).eval()
+    text = CLIPTextModel.from_pretrained(os.path.join(args.model, "text_encoder")).eval()
+    tok = CLIPTokenizer.from_pretrained(os.path.join(args.model, "tokenizer"))
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    image, latent, context = inputs(args.size, factor=factor, ctx_dim=unet.config.cross_attention_dim)
+    x = torch.from_numpy(image).float().div(127.5).sub(1).permute(2, 0, 1)[None]
+    z = torch.from_numpy(latent)
+    c = torch.from_numpy(context)[None]
+    ids = tok("a photograph of an astronaut riding a horse", padding="max_length", max_length=77,
+              truncation=True, return_tensors="pt").input_ids
+    calls = {
+        "text": lambda: text(ids)[0],
+        "unet": lambda: unet(z, 500, encoder_hidden_states=c).sample,
+        "vae_encode": lambda: vae.encode(x).latent_dist.mean,
+        "vae_decode": lambda: vae.decode(z / vae.config.scaling_factor).sample,
+    }
+    results = {}
+    for part in args.parts:
+        with FlopCounterMode(display=False) as fc:
+            calls[part]()
+        med, best = timed(calls[part], args.runs)
+        results[part] = {"median_s": med, "min_s": best, "flops": fc.get_total_flops()}
+    results["rss_mib"] = peak_rss_mib()
+    # The machine's single-precision GEMM rate, for the floor.
+    n = 2048
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    _, best = timed(lambda: a @ b, 5)
+    results["sgemm_gflops"] = 2 * n**3 / best / 1e9
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--size", type=int, default=512, help="image size in pixels (square)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="0: all cores")
+    ap.add_argument("--parts", default=",".join(PARTS))
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.parts = [p for p in args.parts.split(",") if p]
+    for p in args.parts:
+        if p not in PARTS:
+            ap.error(f"unknown part {p!r}; choose from {', '.join(PARTS)}")
+
+    if args.side:
+        res = run_gnr(args) if args.side == "gnr" else run_torch(args)
+        print("RESULT " + json.dumps(res))
+        return
+
+    def side(name):
+        cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
+               "--threads", str(args.threads), "--parts", ",".join(args.parts), "--side", name]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{name} side failed:\n{out.stderr[-3000:]}")
+        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+        return json.loads(line[len("RESULT "):])
+
+    g = side("gnr")
+    t = None if args.skip_torch else side("torch")
+    cpu = platform.processor() or platform.machine()
+    print(f"model {args.model}  size {args.size}x{args.size}  runs {args.runs}  threads {args.threads or os.cpu_count()}  "
+          f"cpu {cpu} x{os.cpu_count()}")
+    if t:
+        print(f"measured sgemm peak: {t['sgemm_gflops']:.1f} GFLOP/s")
+    print(f"{'part':<11} {'gnr med s':>10} {'torch med s':>11} {'torch/gnr':>9} {'GFLOP':>8} {'floor s':>8} "
+          f"{'gnr/floor':>9} {'arena MiB':>9}")
+    for p in args.parts:
+        gm = g[p]["median_s"]
+        row = f"{p:<11} {gm:>10.4f} "
+        if t:
+            tm = t[p]["median_s"]
+            fl = t[p]["flops"]
+            floor = fl / (t["sgemm_gflops"] * 1e9)
+            row += f"{tm:>11.4f} {tm / gm:>9.2f} {fl / 1e9:>8.1f} {floor:>8.4f} {gm / floor:>9.2f} "
+        else:
+            row += f"{'':>11} {'':>9} {'':>8} {'':>8} {'':>9} "
+        row += f"{g[p]['arena_peak_mib']:>9.1f}"
+        print(row)
+    print(f"peak RSS MiB: gnr {g['rss_mib']:.0f}" + (f", torch {t['rss_mib']:.0f}" if t else ""))
+
+
+if __name__ == "__main__":
+    main()
