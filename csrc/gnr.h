@@ -137,6 +137,42 @@ gnr_status gnr_vae_encode(gnr_model *m, const float *image, int height, int widt
  * (about [-1, 1]; clamping and uint8 conversion belong to the caller). */
 gnr_status gnr_vae_decode(gnr_model *m, const float *latent, int h, int w, float *image);
 
+/* ------------------------------------------------------ reverse mode --- */
+
+typedef enum {
+    GNR_ENERGY_ATTN_MAP_L2 = 0, /* scale * sum over the captures of mean((A - A_ref)^2) */
+    GNR_ENERGY_FEATURE_L2 = 1,  /* scale * mean((F - F_ref)^2) */
+    GNR_ENERGY_FEATURE_L1 = 2   /* scale * mean(|F - F_ref|) */
+} gnr_energy_kind;
+
+/* One energy term over named capture points (self-attention maps
+ * "....attn1.probs" for ATTN_MAP_L2, one feature capture otherwise). */
+typedef struct {
+    gnr_energy_kind kind;
+    float scale;
+    int ncaptures;
+    const char *const *captures;
+} gnr_energy_term;
+
+/* E = sum of the terms, comparing the captures of a UNet pass on
+ * (latent, context) with those of a gradient-free reference pass on
+ * (ref_latent, ref_context), and its gradient with respect to the latent
+ * (dlatent, 1 x in_channels x h x w) and/or the context (dcontext,
+ * ctx_len x cross_attention_dim); either output may be NULL when not wanted.
+ * checkpointing: re-run each block in the backward instead of keeping its
+ * internals (same result, less memory). */
+gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *context, const float *ref_latent,
+                                const float *ref_context, int h, int w, int ctx_len, int timestep,
+                                const gnr_energy_term *terms, int nterms, int checkpointing, double *energy,
+                                float *dlatent, float *dcontext);
+
+/* Capture points of this UNet. Feature captures (block and resnet outputs,
+ * "mid_block", "conv_norm_out") and, per part (0 down, 1 mid, 2 up), the
+ * self-attention maps in forward order. Fill up to max names (pointers owned
+ * by the model) and return the count. */
+int gnr_unet_feature_names(const gnr_model *m, const char **names, int max);
+int gnr_unet_attention_names(const gnr_model *m, int part, const char **names, int max);
+
 /* --------------------------------------------------------------- the build */
 
 /* "openblas 0.3.x ..." : which BLAS the CPU backend calls. */

@@ -20,6 +20,7 @@ _preload_openblas()
 
 from . import _C  # noqa: E402
 from ._C import DeviceError, OutOfMemoryError  # noqa: E402
+from .model import Model, load_model  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 
@@ -34,4 +35,4 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(int(n))
 
 
-__all__ = ["build_info", "set_num_threads", "OutOfMemoryError", "DeviceError"]
+__all__ = ["build_info", "set_num_threads", "load_model", "Model", "OutOfMemoryError", "DeviceError"]

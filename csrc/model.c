@@ -1,0 +1,378 @@
+/* gnr_model: one Stable Diffusion 1.x model on one device (gnr.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "gnr.h"
+#include "grad/tape.h"
+#include "models/clip_text.h"
+#include "models/unet.h"
+#include "models/vae.h"
+
+struct gnr_model {
+    gnr_model_config cfg;
+    gnr_weights weights;
+    clip_text_w text;
+    unet_w unet;
+    vae_w vae;
+    gnr_ctx ctx;
+    const gnr_backend *backend;
+    int finalized;
+    int busy;
+    volatile int cancel;
+};
+
+/* ---------------------------------------------------------- lifecycle --- */
+
+static gnr_status check_config(const gnr_model_config *c)
+{
+    const gnr_unet_config *u = &c->unet;
+    if (u->num_blocks < 1 || u->num_blocks > GNR_MAX_BLOCKS)
+        return gnr_error(GNR_ERR_VALUE, "unet config: %d blocks is not supported (1 to %d)", u->num_blocks,
+                         GNR_MAX_BLOCKS);
+    for (int i = 0; i < u->num_blocks; i++) {
+        if (u->block_out_channels[i] < 1 || u->block_out_channels[i] % u->norm_num_groups != 0)
+            return gnr_error(GNR_ERR_VALUE,
+                             "unet config: block_out_channels[%d] = %d is not a positive multiple of norm_num_groups %d",
+                             i, u->block_out_channels[i], u->norm_num_groups);
+        if (u->up_has_attn[i] != u->down_has_attn[u->num_blocks - 1 - i])
+            return gnr_error(GNR_ERR_VALUE,
+                             "unet config: up block %d %s cross-attention but its mirrored down block %d %s; "
+                             "gnr supports the symmetric SD 1.x layouts only",
+                             i, u->up_has_attn[i] ? "has" : "has no", u->num_blocks - 1 - i,
+                             u->down_has_attn[u->num_blocks - 1 - i] ? "does" : "does not");
+    }
+    if (u->block_out_channels[0] * 4 > 4 * 1280)
+        return gnr_error(GNR_ERR_VALUE, "unet config: block_out_channels[0] = %d is larger than supported (1280)",
+                         u->block_out_channels[0]);
+    const gnr_vae_config *v = &c->vae;
+    if (v->num_blocks < 1 || v->num_blocks > GNR_MAX_BLOCKS)
+        return gnr_error(GNR_ERR_VALUE, "vae config: %d blocks is not supported (1 to %d)", v->num_blocks,
+                         GNR_MAX_BLOCKS);
+    for (int i = 0; i < v->num_blocks; i++)
+        if (v->block_out_channels[i] < 1 || v->block_out_channels[i] % v->norm_num_groups != 0)
+            return gnr_error(GNR_ERR_VALUE,
+                             "vae config: block_out_channels[%d] = %d is not a positive multiple of norm_num_groups %d",
+                             i, v->block_out_channels[i], v->norm_num_groups);
+    if (v->latent_channels != u->in_channels)
+        return gnr_error(GNR_ERR_VALUE, "vae latent_channels %d differs from unet in_channels %d",
+                         v->latent_channels, u->in_channels);
+    if (c->text.hidden_size != u->cross_attention_dim)
+        return gnr_error(GNR_ERR_VALUE, "text_encoder hidden_size %d differs from unet cross_attention_dim %d",
+                         c->text.hidden_size, u->cross_attention_dim);
+    return GNR_OK;
+}
+
+gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, int nthreads, size_t max_memory,
+                            gnr_model **out)
+{
+    *out = NULL;
+    const gnr_backend *be = gnr_backend_for(device);
+    if (!be)
+        return gnr_error(GNR_ERR_UNSUPPORTED, "device '%s' is not available in this build",
+                         gnr_device_name(device));
+    GNR_TRY(check_config(cfg));
+    gnr_model *m = calloc(1, sizeof *m);
+    if (!m) return gnr_error(GNR_ERR_NOMEM, "out of host memory creating the model");
+    m->cfg = *cfg;
+    m->backend = be;
+    gnr_weights_init(&m->weights, device);
+    m->ctx.device = device;
+    m->ctx.cancel = &m->cancel;
+    m->ctx.nthreads = nthreads > 0 ? nthreads : gnr_get_num_threads();
+    if (nthreads > 0) gnr_set_num_threads(nthreads);
+    gnr_status st;
+    GNR_CHECK(st, gnr_arena_create(&be->allocator, max_memory, &m->ctx.arena));
+    GNR_CHECK(st, gnr_arena_create(&be->allocator, 0, &m->ctx.keep));
+    if (be->context_init) GNR_CHECK(st, be->context_init(&m->ctx));
+    GNR_CHECK(st, clip_text_declare(&m->weights, &cfg->text, &m->text));
+    GNR_CHECK(st, unet_declare(&m->weights, &cfg->unet, &m->unet));
+    GNR_CHECK(st, vae_declare(&m->weights, &cfg->vae, &m->vae));
+    GNR_CHECK(st, gnr_weights_place(&m->weights));
+    *out = m;
+    return GNR_OK;
+done:
+    gnr_model_destroy(m);
+    return st;
+}
+
+void gnr_model_destroy(gnr_model *m)
+{
+    if (!m) return;
+    if (m->backend && m->backend->context_free && m->ctx.backend) m->backend->context_free(&m->ctx);
+    gnr_weights_free(&m->weights);
+    gnr_arena_destroy(m->ctx.arena);
+    gnr_arena_destroy(m->ctx.keep);
+    free(m);
+}
+
+int gnr_model_weight_count(const gnr_model *m) { return m->weights.n; }
+
+gnr_status gnr_model_weight_info(const gnr_model *m, int index, const char **name, int *ndim, const int64_t **shape)
+{
+    if (index < 0 || index >= m->weights.n)
+        return gnr_error(GNR_ERR_VALUE, "weight index %d out of range [0, %d)", index, m->weights.n);
+    const gnr_weight *w = m->weights.items[index];
+    *name = w->name;
+    *ndim = w->t.ndim;
+    *shape = w->t.shape;
+    return GNR_OK;
+}
+
+gnr_status gnr_model_set_weight(gnr_model *m, const char *name, const float *data, int ndim, const int64_t *shape)
+{
+    return gnr_weights_set(&m->weights, &m->ctx, name, data, ndim, shape);
+}
+
+gnr_status gnr_model_finalize(gnr_model *m)
+{
+    GNR_TRY(gnr_weights_check_all(&m->weights));
+    m->finalized = 1;
+    return GNR_OK;
+}
+
+const gnr_model_config *gnr_model_get_config(const gnr_model *m) { return &m->cfg; }
+
+int gnr_model_vae_factor(const gnr_model *m) { return 1 << (m->cfg.vae.num_blocks - 1); }
+
+int gnr_model_size_multiple(const gnr_model *m) { return gnr_model_vae_factor(m) << (m->cfg.unet.num_blocks - 1); }
+
+volatile int *gnr_model_cancel_flag(gnr_model *m) { return &m->cancel; }
+
+size_t gnr_model_peak_bytes(const gnr_model *m) { return gnr_arena_peak(m->ctx.arena) + gnr_arena_peak(m->ctx.keep); }
+
+void gnr_model_reset_peak(gnr_model *m)
+{
+    gnr_arena_reset_peak(m->ctx.arena);
+    gnr_arena_reset_peak(m->ctx.keep);
+}
+
+void gnr_model_set_max_memory(gnr_model *m, size_t max_memory) { gnr_arena_set_cap(m->ctx.arena, max_memory); }
+
+/* -------------------------------------------------------------- passes --- */
+
+/* One pass at a time per model: a second thread gets an error, never a
+ * corrupted arena. */
+static gnr_status pass_begin(gnr_model *m)
+{
+    if (!m->finalized)
+        return gnr_error(GNR_ERR_VALUE, "the model's weights are not loaded (gnr_model_finalize was not called)");
+    if (__atomic_exchange_n(&m->busy, 1, __ATOMIC_ACQUIRE))
+        return gnr_error(GNR_ERR_VALUE,
+                         "model is busy: another thread is running a pass on it; use one model per thread");
+    gnr_arena_reset(m->ctx.arena);
+    gnr_arena_reset(m->ctx.keep);
+    return GNR_OK;
+}
+
+static gnr_status pass_end(gnr_model *m, gnr_status st)
+{
+    m->ctx.tape = NULL;
+    gnr_arena_reset(m->ctx.arena);
+    gnr_arena_reset(m->ctx.keep);
+    __atomic_store_n(&m->busy, 0, __ATOMIC_RELEASE);
+    return st;
+}
+
+static gnr_status upload_new(gnr_ctx *ctx, const float *host, int ndim, const int64_t *shape, gnr_tensor *t)
+{
+    GNR_TRY(gnr_alloc(ctx, GNR_F32, ndim, shape, t));
+    return gnr_upload(ctx, host, t);
+}
+
+gnr_status gnr_encode_text(gnr_model *m, const int32_t *ids, float *out)
+{
+    GNR_TRY(pass_begin(m));
+    gnr_tensor y;
+    gnr_status st;
+    GNR_CHECK(st, clip_text_forward(&m->ctx, &m->text, ids, &y));
+    GNR_CHECK(st, gnr_download(&m->ctx, &y, out));
+done:
+    return pass_end(m, st);
+}
+
+static gnr_status check_latent_size(const gnr_model *m, int h, int w)
+{
+    int mult = 1 << (m->cfg.unet.num_blocks - 1);
+    if (h < 1 || w < 1 || h % mult || w % mult)
+        return gnr_error(GNR_ERR_VALUE, "latent size %d x %d must be positive multiples of %d for this UNet", h, w,
+                         mult);
+    return GNR_OK;
+}
+
+gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int h, int w, int timestep, const float *context,
+                            int ctx_len, float *out)
+{
+    GNR_TRY(check_latent_size(m, h, w));
+    if (ctx_len < 1) return gnr_error(GNR_ERR_VALUE, "context must have at least one token, got %d", ctx_len);
+    if (timestep < 0 || timestep > 100000)
+        return gnr_error(GNR_ERR_VALUE, "timestep %d is outside [0, 100000]", timestep);
+    GNR_TRY(pass_begin(m));
+    const gnr_unet_config *u = &m->cfg.unet;
+    int64_t zs[4] = {1, u->in_channels, h, w}, cs[3] = {1, ctx_len, u->cross_attention_dim};
+    gnr_tensor z, c, y;
+    gnr_status st;
+    GNR_CHECK(st, upload_new(&m->ctx, latent, 4, zs, &z));
+    GNR_CHECK(st, upload_new(&m->ctx, context, 3, cs, &c));
+    GNR_CHECK(st, unet_forward(&m->ctx, &m->unet, &z, timestep, &c, NULL, &y));
+    GNR_CHECK(st, gnr_download(&m->ctx, &y, out));
+done:
+    return pass_end(m, st);
+}
+
+gnr_status gnr_vae_encode(gnr_model *m, const float *image, int height, int width, float *latent)
+{
+    int f = gnr_model_vae_factor(m);
+    if (height < 1 || width < 1 || height % f || width % f)
+        return gnr_error(GNR_ERR_VALUE, "image size %d x %d must be positive multiples of %d for this VAE", height,
+                         width, f);
+    GNR_TRY(pass_begin(m));
+    int64_t xs[4] = {1, m->cfg.vae.in_channels, height, width};
+    gnr_tensor x, mean, scaled;
+    gnr_status st;
+    GNR_CHECK(st, upload_new(&m->ctx, image, 4, xs, &x));
+    GNR_CHECK(st, vae_encode_mean(&m->ctx, &m->vae, &x, &mean));
+    GNR_CHECK(st, gnr_alloc_like(&m->ctx, &mean, &scaled));
+    GNR_CHECK(st, gnr_scale(&m->ctx, &mean, m->cfg.vae.scaling_factor, &scaled));
+    GNR_CHECK(st, gnr_download(&m->ctx, &scaled, latent));
+done:
+    return pass_end(m, st);
+}
+
+gnr_status gnr_vae_decode(gnr_model *m, const float *latent, int h, int w, float *image)
+{
+    if (h < 1 || w < 1) return gnr_error(GNR_ERR_VALUE, "latent size %d x %d must be positive", h, w);
+    GNR_TRY(pass_begin(m));
+    int lc = m->cfg.vae.latent_channels;
+    int64_t n = (int64_t)lc * h * w;
+    int64_t zs[4] = {1, lc, h, w};
+    gnr_tensor z, y;
+    gnr_status st = GNR_OK;
+    /* z / scaling_factor as the reference computes it (a division, not a
+     * multiplication by the reciprocal), on the host before upload. */
+    float *scaled = malloc((size_t)n * sizeof *scaled);
+    if (!scaled) GNR_CHECK(st, gnr_error(GNR_ERR_NOMEM, "out of host memory (%lld floats)", (long long)n));
+    for (int64_t i = 0; i < n; i++) scaled[i] = latent[i] / m->cfg.vae.scaling_factor;
+    GNR_CHECK(st, upload_new(&m->ctx, scaled, 4, zs, &z));
+    GNR_CHECK(st, vae_decode(&m->ctx, &m->vae, &z, &y));
+    GNR_CHECK(st, gnr_download(&m->ctx, &y, image));
+done:
+    free(scaled);
+    return pass_end(m, st);
+}
+
+/* -------------------------------------------------------- reverse mode --- */
+
+int gnr_unet_feature_names(const gnr_model *m, const char **names, int max)
+{
+    return unet_feature_names(&m->unet, names, max);
+}
+
+int gnr_unet_attention_names(const gnr_model *m, int part, const char **names, int max)
+{
+    return unet_self_attention_names(&m->unet, part, names, max);
+}
+
+/* The union of the terms' capture names, in first-use order. */
+static gnr_status build_request(const gnr_energy_term *terms, int nterms, gnr_capture *cap)
+{
+    for (int i = 0; i < nterms; i++) {
+        const gnr_energy_term *t = &terms[i];
+        if (t->kind != GNR_ENERGY_ATTN_MAP_L2 && t->kind != GNR_ENERGY_FEATURE_L2 && t->kind != GNR_ENERGY_FEATURE_L1)
+            return gnr_error(GNR_ERR_VALUE, "energy term %d: unknown kind %d", i, (int)t->kind);
+        if (t->kind != GNR_ENERGY_ATTN_MAP_L2 && t->ncaptures != 1)
+            return gnr_error(GNR_ERR_VALUE, "energy term %d: a feature energy compares exactly one capture, got %d",
+                             i, t->ncaptures);
+        for (int j = 0; j < t->ncaptures; j++)
+            if (gnr_capture_index(cap, t->captures[j]) < 0) GNR_TRY(gnr_capture_add(cap, t->captures[j]));
+    }
+    return GNR_OK;
+}
+
+static gnr_status check_found(const gnr_capture *cap)
+{
+    for (int i = 0; i < cap->n; i++)
+        if (!cap->found[i])
+            return gnr_error(GNR_ERR_VALUE, "capture point '%s' does not exist in this UNet", cap->names[i]);
+    return GNR_OK;
+}
+
+static gnr_status download_grad(gnr_ctx *ctx, const gnr_tape *tape, const gnr_tensor *leaf, float *out)
+{
+    if (!out) return GNR_OK;
+    gnr_tensor g = gnr_tape_grad(tape, leaf);
+    if (g.data) return gnr_download(ctx, &g, out);
+    memset(out, 0, (size_t)gnr_numel(leaf) * sizeof(float)); /* E does not depend on it */
+    return GNR_OK;
+}
+
+gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *context, const float *ref_latent,
+                                const float *ref_context, int h, int w, int ctx_len, int timestep,
+                                const gnr_energy_term *terms, int nterms, int checkpointing, double *energy,
+                                float *dlatent, float *dcontext)
+{
+    GNR_TRY(check_latent_size(m, h, w));
+    if (ctx_len < 1) return gnr_error(GNR_ERR_VALUE, "context must have at least one token, got %d", ctx_len);
+    GNR_TRY(pass_begin(m));
+    gnr_ctx *ctx = &m->ctx;
+    const gnr_unet_config *u = &m->cfg.unet;
+    int64_t zs[4] = {1, u->in_channels, h, w}, cs[3] = {1, ctx_len, u->cross_attention_dim};
+    gnr_capture *ref = calloc(1, sizeof *ref), *cur = calloc(1, sizeof *cur);
+    gnr_tape tape;
+    memset(&tape, 0, sizeof tape);
+    gnr_tensor z, c, y;
+    gnr_status st = GNR_OK;
+    if (!ref || !cur) GNR_CHECK(st, gnr_error(GNR_ERR_NOMEM, "out of host memory for the capture request"));
+    GNR_CHECK(st, build_request(terms, nterms, ref));
+    *cur = *ref;
+
+    /* Reference pass: no tape; only its captures (in ctx->keep) survive. */
+    gnr_arena_mark mark = gnr_arena_get_mark(ctx->arena);
+    GNR_CHECK(st, upload_new(ctx, ref_latent, 4, zs, &z));
+    GNR_CHECK(st, upload_new(ctx, ref_context, 3, cs, &c));
+    GNR_CHECK(st, unet_forward(ctx, &m->unet, &z, timestep, &c, ref, &y));
+    GNR_CHECK(st, check_found(ref));
+    gnr_arena_release(ctx->arena, mark);
+    GNR_CHECK(st, gnr_check_cancel(ctx));
+
+    /* Recorded pass: the latent and context are the tape's leaves. */
+    GNR_CHECK(st, gnr_tape_init(&tape, cur));
+    GNR_CHECK(st, upload_new(ctx, latent, 4, zs, &z));
+    GNR_CHECK(st, upload_new(ctx, context, 3, cs, &c));
+    if (dlatent) GNR_CHECK(st, gnr_tape_leaf(&tape, &z));
+    if (dcontext) GNR_CHECK(st, gnr_tape_leaf(&tape, &c));
+    ctx->tape = &tape;
+    ctx->checkpointing = checkpointing;
+    st = unet_forward(ctx, &m->unet, &z, timestep, &c, cur, &y);
+    ctx->tape = NULL;
+    ctx->checkpointing = 0;
+    if (st != GNR_OK) goto done;
+
+    /* E and the seeds: each capture's gradient enters the backward where
+     * the tape replays the op that produced it. */
+    double e = 0.0;
+    for (int i = 0; i < nterms; i++) {
+        const gnr_energy_term *t = &terms[i];
+        energy_kind kind = t->kind == GNR_ENERGY_FEATURE_L1 ? ENERGY_ABS_DIFF_MEAN : ENERGY_SQ_DIFF_MEAN;
+        for (int j = 0; j < t->ncaptures; j++) {
+            int ci = gnr_capture_index(cur, t->captures[j]);
+            double v;
+            if (kind == ENERGY_ABS_DIFF_MEAN) GNR_CHECK(st, gnr_abs_diff_mean(ctx, &cur->tensors[ci], &ref->tensors[ci], &v));
+            else GNR_CHECK(st, gnr_sq_diff_mean(ctx, &cur->tensors[ci], &ref->tensors[ci], &v));
+            e += (double)t->scale * v;
+            if (dlatent || dcontext) GNR_CHECK(st, gnr_tape_seed_capture(&tape, ci, kind, &ref->tensors[ci], t->scale));
+        }
+    }
+    *energy = e;
+    if (dlatent || dcontext) {
+        GNR_CHECK(st, gnr_tape_backward(ctx, &tape));
+        GNR_CHECK(st, download_grad(ctx, &tape, &z, dlatent));
+        GNR_CHECK(st, download_grad(ctx, &tape, &c, dcontext));
+    }
+done:
+    ctx->tape = NULL;
+    ctx->checkpointing = 0;
+    if (tape.seeds) gnr_tape_free(&tape);
+    free(ref);
+    free(cur);
+    return pass_end(m, st);
+}

@@ -1,0 +1,365 @@
+"""Loading a Stable Diffusion 1.x model folder into the engine, and the
+low-level passes: text encoder, UNet, VAE encoder and decoder.
+
+The folder is in diffusers layout (model_index.json; unet/, vae/,
+text_encoder/ with config.json and safetensors weights; tokenizer/ with
+vocab.json and merges.txt). Every size comes from the config files, so tiny
+random models and full SD 1.4/1.5 load through the same code.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _C
+from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
+from .files import check_model_dir, load_component
+from .tokenizer import ClipTokenizer
+
+__all__ = ["Model", "load_model"]
+
+# Config values the engine implements. A key absent from config.json takes
+# diffusers' default, which is always the supported value; any other value is
+# rejected by name rather than silently ignored.
+_UNET_FIXED = {
+    "act_fn": "silu",
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "center_input_sample": False,
+    "use_linear_projection": False,
+    "upcast_attention": False,
+    "only_cross_attention": False,
+    "dual_cross_attention": False,
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "num_class_embeds": None,
+    "time_embedding_type": "positional",
+    "time_cond_proj_dim": None,
+    "resnet_time_scale_shift": "default",
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "timestep_post_act": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "cross_attention_norm": None,
+    "attention_type": "default",
+    "projection_class_embeddings_input_dim": None,
+    "addition_time_embed_dim": None,
+    "class_embeddings_concat": False,
+    "mid_block_only_cross_attention": None,
+    "reverse_transformer_layers_per_block": None,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+}
+_VAE_FIXED = {
+    "act_fn": "silu",
+    "shift_factor": None,
+    "latents_mean": None,
+    "latents_std": None,
+}
+_DOWN = {"CrossAttnDownBlock2D": 1, "DownBlock2D": 0}
+_UP = {"CrossAttnUpBlock2D": 1, "UpBlock2D": 0}
+
+
+def _check_fixed(cfg: dict, fixed: dict, where: str) -> None:
+    for key, allowed in fixed.items():
+        if key not in cfg:
+            continue
+        v = cfg[key]
+        same = v == allowed or (allowed is False and v is None) or (
+            isinstance(allowed, (int, float)) and not isinstance(allowed, bool) and isinstance(v, (int, float))
+            and not isinstance(v, bool) and float(v) == float(allowed))
+        if not same:
+            raise ValueError(f"{where}: {key} = {v!r} is not supported by gnr (supported: {allowed!r})")
+
+
+def _per_block(cfg: dict, key: str, value: Any, n: int, where: str) -> list[int]:
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{where}: {key} = {value!r} must be an integer or a list of {n} integers")
+    if isinstance(value, int):
+        return [value] * n
+    if isinstance(value, (list, tuple)) and len(value) == n and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        return list(value)
+    raise ValueError(f"{where}: {key} = {value!r} must be an integer or a list of {n} integers")
+
+
+def _unet_config(cfg: dict) -> dict:
+    where = "unet/config.json"
+    _check_fixed(cfg, _UNET_FIXED, where)
+    boc = list(cfg.get("block_out_channels", (320, 640, 1280, 1280)))
+    n = len(boc)
+    down = list(cfg.get("down_block_types", ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)))
+    up = list(cfg.get("up_block_types", ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3))
+    for key, types, table in (("down_block_types", down, _DOWN), ("up_block_types", up, _UP)):
+        if len(types) != n:
+            raise ValueError(f"{where}: {key} has {len(types)} entries but block_out_channels has {n}")
+        for t in types:
+            if t not in table:
+                raise ValueError(f"{where}: {key} entry {t!r} is not supported (supported: {sorted(table)})")
+    lpb = cfg.get("layers_per_block", 2)
+    if isinstance(lpb, (list, tuple)):
+        if len(set(lpb)) != 1:
+            raise ValueError(f"{where}: layers_per_block = {lpb!r}: different counts per block are not supported")
+        lpb = lpb[0]
+    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
+    heads = _per_block(cfg, "num_attention_heads/attention_head_dim", heads, n, where)
+    tl = _per_block(cfg, "transformer_layers_per_block", cfg.get("transformer_layers_per_block", 1), n, where)
+    cad = cfg.get("cross_attention_dim", 1280)
+    if not isinstance(cad, int) or isinstance(cad, bool):
+        raise ValueError(f"{where}: cross_attention_dim = {cad!r} must be one integer")
+    return {
+        "in_channels": cfg.get("in_channels", 4),
+        "out_channels": cfg.get("out_channels", 4),
+        "num_blocks": n,
+        "block_out_channels": boc,
+        "layers_per_block": lpb,
+        "down_has_attn": [_DOWN[t] for t in down],
+        "up_has_attn": [_UP[t] for t in up],
+        "heads": heads,
+        "transformer_layers": tl,
+        "mid_heads": heads[-1],
+        "mid_transformer_layers": tl[-1],
+        "cross_attention_dim": cad,
+        "norm_num_groups": cfg.get("norm_num_groups", 32),
+        "norm_eps": float(cfg.get("norm_eps", 1e-5)),
+        "flip_sin_to_cos": int(bool(cfg.get("flip_sin_to_cos", True))),
+        "freq_shift": float(cfg.get("freq_shift", 0)),
+    }
+
+
+def _vae_config(cfg: dict) -> dict:
+    where = "vae/config.json"
+    _check_fixed(cfg, _VAE_FIXED, where)
+    boc = list(cfg.get("block_out_channels", (64,)))
+    n = len(boc)
+    for key, allowed in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        types = list(cfg.get(key, (allowed,) * n))
+        if len(types) != n or any(t != allowed for t in types):
+            raise ValueError(f"{where}: {key} = {types!r} is not supported (supported: {n} x {allowed!r})")
+    return {
+        "in_channels": cfg.get("in_channels", 3),
+        "out_channels": cfg.get("out_channels", 3),
+        "latent_channels": cfg.get("latent_channels", 4),
+        "num_blocks": n,
+        "block_out_channels": boc,
+        "layers_per_block": cfg.get("layers_per_block", 1),
+        "norm_num_groups": cfg.get("norm_num_groups", 32),
+        "mid_block_add_attention": int(bool(cfg.get("mid_block_add_attention", True))),
+        "use_quant_conv": int(bool(cfg.get("use_quant_conv", True))),
+        "use_post_quant_conv": int(bool(cfg.get("use_post_quant_conv", True))),
+        "scaling_factor": float(cfg.get("scaling_factor", 0.18215)),
+    }
+
+
+def _text_config(cfg: dict) -> dict:
+    where = "text_encoder/config.json"
+    act = cfg.get("hidden_act", "quick_gelu")
+    if act not in ("quick_gelu", "gelu"):
+        raise ValueError(f"{where}: hidden_act = {act!r} is not supported (supported: 'quick_gelu', 'gelu')")
+    return {
+        "vocab_size": cfg.get("vocab_size", 49408),
+        "hidden_size": cfg.get("hidden_size", 512),
+        "intermediate_size": cfg.get("intermediate_size", 2048),
+        "num_layers": cfg.get("num_hidden_layers", 12),
+        "num_heads": cfg.get("num_attention_heads", 8),
+        "max_positions": cfg.get("max_position_embeddings", 77),
+        "act": 0 if act == "quick_gelu" else 1,
+        "layer_norm_eps": float(cfg.get("layer_norm_eps", 1e-5)),
+    }
+
+
+# Buffers some checkpoints carry that are not parameters.
+_IGNORED_SUFFIXES = ("position_ids",)
+
+
+class Model:
+    """A Stable Diffusion 1.x model loaded into the gnr engine.
+
+    Use :func:`load_model`. Arrays in and out are NumPy; outputs are new
+    C-contiguous arrays.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
+                 threads: int | None = None, max_memory: int = 0):
+        root = Path(path)
+        check_model_dir(root)
+        configs, weights = {}, {}
+        for comp in ("text_encoder", "unet", "vae"):
+            configs[comp], weights[comp] = load_component(root, comp, variant=variant)
+        resolved = {"text": _text_config(configs["text_encoder"]), "unet": _unet_config(configs["unet"]),
+                    "vae": _vae_config(configs["vae"])}
+        self.path = root
+        self.device = device
+        self.config = configs
+        self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory))
+        expected = {name for name, _ in self._c.weight_specs()}
+        for comp, tensors in weights.items():
+            for name, array in tensors.items():
+                full = f"{comp}.{name}"
+                if full not in expected and name.endswith(_IGNORED_SUFFIXES):
+                    continue
+                try:
+                    self._c.set_weight(full, array)
+                except ValueError as e:
+                    raise ValueError(f"{root / comp}: {e}") from None
+            tensors.clear()  # release host copies as we go
+        try:
+            self._c.finalize()
+        except ValueError as e:
+            raise ValueError(f"{root}: {e}") from None
+        self.tokenizer = ClipTokenizer(root / "tokenizer", length=resolved["text"]["max_positions"])
+        self.latent_channels = resolved["vae"]["latent_channels"]
+        self.scaling_factor = resolved["vae"]["scaling_factor"]
+
+    # ------------------------------------------------------------ passes --
+
+    def encode_prompt(self, prompt: str) -> np.ndarray:
+        """CLIP text embedding: float32 (77, D), the last hidden state after the final LayerNorm."""
+        ids = self.tokenizer.encode(prompt)
+        return self._c.encode_text(ids)
+
+    def unet(self, latent, t: int, context) -> np.ndarray:
+        """Noise prediction: latent (1, 4, h, w), integer timestep t in [0, 1000), context (77, D) or
+        (1, 77, D) -> float32 (1, 4, h, w)."""
+        return self._c.unet(latent, t, context)
+
+    def encode_image(self, image) -> np.ndarray:
+        """uint8 (H, W, 3) -> float32 (1, 4, H/f, W/f): the mean of the VAE posterior times the
+        scaling factor. H and W must be multiples of :attr:`size_multiple`."""
+        x = self._check_image(image)
+        x = (x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(2, 0, 1)[None]
+        return self._c.vae_encode(np.ascontiguousarray(x))
+
+    def decode_latent(self, latent) -> np.ndarray:
+        """float (1, 4, h, w) -> uint8 (h*f, w*f, 3): decode(latent / scaling_factor), then
+        clamp(y / 2 + 0.5, 0, 1) * 255 truncated toward zero, as the reference."""
+        y = self._c.vae_decode(latent)
+        y = np.clip(y / np.float32(2) + np.float32(0.5), 0, 1)
+        y = y[0].transpose(1, 2, 0) * np.float32(255)
+        return np.ascontiguousarray(y.astype(np.uint8))
+
+    def _check_image(self, image) -> np.ndarray:
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"image must be a NumPy uint8 array of shape (H, W, 3), got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise TypeError(f"image must be uint8 of shape (H, W, 3), got dtype {image.dtype}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
+        m = self.size_multiple
+        h, w = image.shape[:2]
+        if h == 0 or w == 0 or h % m or w % m:
+            raise ValueError(f"image height and width must be positive multiples of {m} for this model, got "
+                             f"{h} x {w}; resize or crop first (gnr.load_image does both)")
+        return image
+
+    # ------------------------------------------------------ reverse mode --
+
+    def energy_grad(self, latent, t: int, context, ref_latent, ref_context, terms, wrt=("latent",),
+                    checkpointing: bool = False):
+        """Energy E of captured UNet internals and its gradient.
+
+        A pass on (latent, context) is recorded; a gradient-free pass on
+        (ref_latent, ref_context) gives the reference captures. `terms` is a list of
+        {"kind": "attn_map_l2", "scale": s, "layers": [[a,b],[c,d],[e,f]]} (sum over the
+        selected self-attention layers of mean((A - A_ref)^2), all heads) or
+        {"kind": "feature_l2" | "feature_l1", "scale": s, "at": "up_blocks.-1"}.
+        Returns (E: float, grads: dict) with grads["latent"] (1, 4, h, w) and/or
+        grads["context"] shaped like `context`, as asked by `wrt`. checkpointing
+        re-runs each block in the backward instead of keeping its internals.
+        """
+        if isinstance(wrt, str):
+            wrt = (wrt,)
+        if not wrt or set(wrt) - {"latent", "context"}:
+            raise ValueError(f"wrt must name 'latent' and/or 'context', got {tuple(wrt)!r}")
+        resolved = _resolve_terms(terms, self._c.attention_names(), self._c.feature_names())
+        e, dz, dc = self._c.energy_grad(latent, t, context, ref_latent, ref_context, resolved,
+                                        "latent" in wrt, "context" in wrt, bool(checkpointing))
+        grads = {}
+        if dz is not None:
+            grads["latent"] = dz
+        if dc is not None:
+            grads["context"] = dc if np.ndim(context) == 2 else dc[None]
+        return e, grads
+
+    @property
+    def attention_maps(self) -> tuple[list[str], list[str], list[str]]:
+        """Capture names of the self-attention maps: (down, mid, up), forward order."""
+        return tuple(self._c.attention_names())
+
+    @property
+    def feature_captures(self) -> list[str]:
+        """Feature capture points (block and resnet outputs, mid_block, conv_norm_out)."""
+        return list(self._c.feature_names())
+
+    # ------------------------------------------------------------ memory --
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sizes must be multiples of this (VAE factor x 2^(UNet downsamplings); 64 for SD 1.x)."""
+        return self._c.size_multiple
+
+    @property
+    def vae_factor(self) -> int:
+        return self._c.vae_factor
+
+    @property
+    def peak_bytes(self) -> int:
+        """Peak activation bytes of the passes since the last :meth:`reset_peak`."""
+        return self._c.peak_bytes
+
+    def reset_peak(self) -> None:
+        self._c.reset_peak()
+
+    def __repr__(self) -> str:
+        return f"gnr.Model({str(self.path)!r}, device={self.device!r})"
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
+               threads: int | None = None, max_memory: int = 0) -> Model:
+    """Load a Stable Diffusion 1.x folder in diffusers layout (safetensors weights).
+
+    variant="fp16" prefers the `*.fp16.safetensors` files; without it the plain
+    files are used when present. Compute is float32 whatever the files hold.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return Model(path, device=device, variant=variant, threads=threads, max_memory=max_memory)
+
+
+_ENERGY_KINDS = {"attn_map_l2": 0, "feature_l2": 1, "feature_l1": 2}
+_TERM_KEYS = {"attn_map_l2": {"kind", "scale", "layers"}, "feature_l2": {"kind", "scale", "at"},
+              "feature_l1": {"kind", "scale", "at"}}
+
+
+def _resolve_terms(terms, parts, features) -> list[tuple[int, float, list[str]]]:
+    """The user's energy terms as (kind, scale, capture names) for the engine."""
+    if not isinstance(terms, (list, tuple)) or not terms:
+        raise ValueError("terms must be a non-empty list of dicts")
+    resolved = []
+    for i, term in enumerate(terms):
+        if not isinstance(term, dict):
+            raise TypeError(f"terms[{i}] must be a dict, got {type(term).__name__}")
+        kind = term.get("kind")
+        if kind not in _ENERGY_KINDS:
+            raise ValueError(f"terms[{i}]: unknown kind {kind!r}; allowed: {sorted(_ENERGY_KINDS)}")
+        extra = set(term) - _TERM_KEYS[kind]
+        if extra:
+            raise ValueError(f"terms[{i}]: unknown keys {sorted(extra)} for {kind}; allowed: {sorted(_TERM_KEYS[kind])}")
+        scale = term.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"terms[{i}]: scale must be a finite real number, got {scale!r}")
+        if kind == "attn_map_l2":
+            names = select_attention_maps(term.get("layers", DEFAULT_LAYERS), parts)
+        else:
+            if "at" not in term:
+                raise ValueError(f"terms[{i}]: {kind} needs 'at' (one of: {', '.join(features)})")
+            names = [resolve_feature(term["at"], features)]
+        resolved.append((_ENERGY_KINDS[kind], float(scale), names))
+    return resolved

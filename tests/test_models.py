@@ -1,0 +1,106 @@
+"""Parity of the engine's text encoder, UNet and VAE with transformers/diffusers
+(PyTorch, CPU, float32) on tiny random models of two different configs.
+Tolerances: DECISIONS.md section 1 (relative 1e-4; decoded images max diff 1
+on at most 1 % of pixels)."""
+import numpy as np
+import pytest
+
+import gnr
+from conftest import rel_err
+
+TOL = 1e-4
+PROMPTS = ["a photo of a cat", "", "A red CIRCLE on a blue background, 4k!!", "un café à Paris " * 12]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir):
+    from tiny_models import load_reference
+
+    return gnr.load_model(tiny_model_dir), load_reference(tiny_model_dir)
+
+
+def test_text_encoder(pair, torch_threads):
+    torch = torch_threads
+    ours, ref = pair
+    for p in PROMPTS:
+        ids = ref["tokenizer"](p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        expected = ref["text_encoder"](ids)[0][0].numpy()
+        got = ours.encode_prompt(p)
+        assert got.shape == (77, 32) and got.dtype == np.float32 and got.flags.c_contiguous
+        assert rel_err(got, expected) < TOL, p
+
+
+@pytest.mark.parametrize("t", [0, 1, 261, 999])
+def test_unet(pair, torch_threads, t):
+    torch = torch_threads
+    ours, ref = pair
+    rng = np.random.default_rng(t)
+    z = rng.standard_normal((1, 4, 16, 16), dtype=np.float32)
+    c = rng.standard_normal((1, 77, 32), dtype=np.float32)
+    expected = ref["unet"](torch.from_numpy(z), t, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+    got = ours.unet(z, t, c)
+    assert got.shape == z.shape
+    assert rel_err(got, expected) < TOL
+    # (77, D) contexts and other float dtypes / strides are accepted.
+    again = ours.unet(np.asfortranarray(z.astype(np.float64)), t, c[0])
+    np.testing.assert_array_equal(again, got)
+
+
+def test_unet_non_square(pair, torch_threads):
+    torch = torch_threads
+    ours, ref = pair
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((1, 4, 8, 24), dtype=np.float32)
+    c = rng.standard_normal((1, 77, 32), dtype=np.float32)
+    expected = ref["unet"](torch.from_numpy(z), 500, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+    assert rel_err(ours.unet(z, 500, c), expected) < TOL
+
+
+def test_vae_encode(pair, torch_threads):
+    torch = torch_threads
+    ours, ref = pair
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).float() / 127.5 - 1
+    expected = ref["vae"].encode(x.permute(2, 0, 1)[None]).latent_dist.mean * ref["vae"].config.scaling_factor
+    got = ours.encode_image(image)
+    assert got.shape == (1, 4, 8, 16)
+    assert rel_err(got, expected.numpy()) < TOL
+
+
+def test_vae_decode(pair, torch_threads):
+    torch = torch_threads
+    ours, ref = pair
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
+    sf = ref["vae"].config.scaling_factor
+    y = ref["vae"].decode(torch.from_numpy(z) / sf).sample
+    raw = ours._c.vae_decode(z)
+    assert rel_err(raw, y.numpy()) < TOL
+    expected = ((y / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    got = ours.decode_latent(z)
+    assert got.shape == (64, 64, 3) and got.dtype == np.uint8
+    diff = np.abs(got.astype(int) - expected.astype(int))
+    assert diff.max() <= 1
+    assert (diff > 0).mean() <= 0.01
+
+
+def test_deterministic(pair):
+    ours, _ = pair
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((1, 4, 16, 16), dtype=np.float32)
+    c = rng.standard_normal((77, 32), dtype=np.float32)
+    a = ours.unet(z, 400, c)
+    b = ours.unet(z, 400, c)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_peak_memory_is_counted(pair):
+    ours, _ = pair
+    ours.reset_peak()
+    z = np.zeros((1, 4, 16, 16), np.float32)
+    ours.unet(z, 10, np.zeros((77, 32), np.float32))
+    small = ours.peak_bytes
+    ours.reset_peak()
+    ours.unet(np.zeros((1, 4, 32, 32), np.float32), 10, np.zeros((77, 32), np.float32))
+    assert ours.peak_bytes > 2 * small > 0
