@@ -1,0 +1,134 @@
+/* Activations: SiLU, exact GELU, CLIP's quick GELU, and the GEGLU gate. */
+#include <math.h>
+
+#include "cpu/cpu_ops.h"
+
+#define INV_SQRT2 0.70710678118654752440f
+#define INV_SQRT_2PI 0.39894228040143267794f
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) */
+static inline float gelu(float x) { return 0.5f * x * (1.0f + erff(x * INV_SQRT2)); }
+/* gelu'(x) = Phi(x) + x phi(x) */
+static inline float gelu_grad(float x)
+{
+    return 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+}
+
+static inline float act_value(gnr_act act, float x)
+{
+    switch (act) {
+    case GNR_ACT_SILU: return x * sigmoidf(x);
+    case GNR_ACT_GELU: return gelu(x);
+    default: return x * sigmoidf(1.702f * x);
+    }
+}
+
+/* silu' = s (1 + x (1 - s)); quick_gelu' = s + 1.702 x s (1 - s) with s = sigmoid(1.702 x) */
+static inline float act_grad(gnr_act act, float x)
+{
+    float s;
+    switch (act) {
+    case GNR_ACT_SILU: s = sigmoidf(x); return s * (1.0f + x * (1.0f - s));
+    case GNR_ACT_GELU: return gelu_grad(x);
+    default: s = sigmoidf(1.702f * x); return s + 1.702f * x * s * (1.0f - s);
+    }
+}
+
+static gnr_status check_act(const char *op, gnr_act act)
+{
+    if (act != GNR_ACT_SILU && act != GNR_ACT_GELU && act != GNR_ACT_QUICK_GELU)
+        return gnr_error(GNR_ERR_VALUE, "%s: unknown activation %d (silu 0, gelu 1, quick_gelu 2)", op, (int)act);
+    return GNR_OK;
+}
+
+/* y = f(x) */
+gnr_status cpu_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
+{
+    const char *op = "act_forward";
+    GNR_TRY(check_act(op, act));
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
+    GNR_TRY(gnr_cpu_check_numel(op, "x", x, "y", y));
+    const float *px = gnr_f32(x);
+    float *py = gnr_f32(y);
+    int64_t n = gnr_numel(x);
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) py[i] = act_value(act, px[i]);
+    return GNR_OK;
+}
+
+/* dx += dy * f'(x) */
+gnr_status cpu_act_backward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx)
+{
+    const char *op = "act_backward";
+    GNR_TRY(check_act(op, act));
+    GNR_TRY(gnr_cpu_check_f32(op, "dy", dy));
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "dx", dx));
+    GNR_TRY(gnr_cpu_check_numel(op, "dy", dy, "x", x));
+    GNR_TRY(gnr_cpu_check_numel(op, "dx", dx, "x", x));
+    const float *pd = gnr_f32(dy), *px = gnr_f32(x);
+    float *pdx = gnr_f32(dx);
+    int64_t n = gnr_numel(x);
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t i = 0; i < n; i++) pdx[i] += pd[i] * act_grad(act, px[i]);
+    return GNR_OK;
+}
+
+static gnr_status check_geglu(const char *op, const gnr_tensor *x, const gnr_tensor *y, int64_t *rows,
+                              int64_t *f)
+{
+    if (x->ndim < 1 || y->ndim < 1)
+        return gnr_error(GNR_ERR_VALUE, "%s: x %s and y %s need a last dim", op, gnr_cpu_shape(x), gnr_cpu_shape(y));
+    int64_t two_f = x->shape[x->ndim - 1];
+    *f = two_f / 2;
+    *rows = two_f ? gnr_numel(x) / two_f : 0;
+    if (two_f % 2 || y->shape[y->ndim - 1] != *f || gnr_numel(y) != *rows * *f)
+        return gnr_error(GNR_ERR_VALUE, "%s: x %s must be rows x 2F and y %s rows x F", op, gnr_cpu_shape(x),
+                         gnr_cpu_shape(y));
+    return GNR_OK;
+}
+
+/* x = [a | g] along the last dim: y = a * gelu(g) */
+gnr_status cpu_geglu_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    const char *op = "geglu_forward";
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
+    int64_t rows, f;
+    GNR_TRY(check_geglu(op, x, y, &rows, &f));
+    const float *px = gnr_f32(x);
+    float *py = gnr_f32(y);
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (rows * f > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = px + r * 2 * f, *g = a + f;
+        for (int64_t j = 0; j < f; j++) py[r * f + j] = a[j] * gelu(g[j]);
+    }
+    return GNR_OK;
+}
+
+/* da += dy * gelu(g);  dg += dy * a * gelu'(g) */
+gnr_status cpu_geglu_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx)
+{
+    const char *op = "geglu_backward";
+    GNR_TRY(gnr_cpu_check_f32(op, "dy", dy));
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "dx", dx));
+    int64_t rows, f;
+    GNR_TRY(check_geglu(op, x, dy, &rows, &f));
+    GNR_TRY(gnr_cpu_check_numel(op, "dx", dx, "x", x));
+    const float *px = gnr_f32(x), *pd = gnr_f32(dy);
+    float *pdx = gnr_f32(dx);
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (rows * f > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = px + r * 2 * f, *g = a + f, *d = pd + r * f;
+        float *da = pdx + r * 2 * f, *dg = da + f;
+        for (int64_t j = 0; j < f; j++) {
+            da[j] += d[j] * gelu(g[j]);
+            dg[j] += d[j] * a[j] * gelu_grad(g[j]);
+        }
+    }
+    return GNR_OK;
+}

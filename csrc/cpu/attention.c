@@ -1,0 +1,174 @@
+/* Multi-head attention on packed heads, by fixed-size chunks of queries.
+ *
+ * Per (batch, head, chunk of ATT_CHUNK query rows): S = scale Q K^T by sgemm
+ * into scratch, optional causal mask, row softmax as torch does it (subtract
+ * the row max, expf, divide by the sum), out = P V by sgemm. The chunking and
+ * every kernel are the same whether or not `probs` is asked for: P is only
+ * copied out of the scratch, so `out` is bit-identical either way, and the
+ * whole Lq x Lk matrix is never held without probs. */
+#include <math.h>
+#include <string.h>
+
+#include "cpu/cpu_ops.h"
+
+#define ATT_CHUNK 256
+
+typedef struct {
+    int64_t n, lq, lk, hd, d;
+} att_geom;
+
+static gnr_status att_setup(const char *op, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                            int heads, att_geom *g)
+{
+    GNR_TRY(gnr_cpu_check_f32(op, "q", q));
+    GNR_TRY(gnr_cpu_check_f32(op, "k", k));
+    GNR_TRY(gnr_cpu_check_f32(op, "v", v));
+    if (q->ndim != 3 || k->ndim != 3 || !gnr_same_shape(k, v) || k->shape[0] != q->shape[0] ||
+        k->shape[2] != q->shape[2])
+        return gnr_error(GNR_ERR_VALUE, "%s: q %s must be N x Lq x (H*D) and k %s, v %s both N x Lk x (H*D)", op,
+                         gnr_cpu_shape(q), gnr_cpu_shape(k), gnr_cpu_shape(v));
+    if (heads < 1 || q->shape[2] % heads)
+        return gnr_error(GNR_ERR_VALUE, "%s: %d heads must divide the %lld channels of q %s", op, heads,
+                         (long long)q->shape[2], gnr_cpu_shape(q));
+    g->n = q->shape[0], g->lq = q->shape[1], g->lk = k->shape[1], g->hd = q->shape[2], g->d = q->shape[2] / heads;
+    return GNR_OK;
+}
+
+static gnr_status check_probs(const char *op, const char *name, const gnr_tensor *p, const att_geom *g,
+                              int heads)
+{
+    GNR_TRY(gnr_cpu_check_f32(op, name, p));
+    if (p->ndim != 4 || p->shape[0] != g->n || p->shape[1] != heads || p->shape[2] != g->lq ||
+        p->shape[3] != g->lk)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x H x Lq x Lk = (%lld, %d, %lld, %lld)", op, name,
+                         gnr_cpu_shape(p), (long long)g->n, heads, (long long)g->lq, (long long)g->lk);
+    return GNR_OK;
+}
+
+/* s (rows x lk) <- softmax of each row, with j > i0 + r masked when causal */
+static void softmax_rows(int nt, float *s, int64_t rows, int64_t lk, int64_t i0, int causal)
+{
+#pragma omp parallel for num_threads(nt) if (rows * lk > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = s + r * lk;
+        int64_t valid = causal ? (i0 + r + 1 < lk ? i0 + r + 1 : lk) : lk;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < valid; j++) mx = row[j] > mx ? row[j] : mx;
+        float sum = 0.0f;
+        for (int64_t j = 0; j < valid; j++) {
+            row[j] = expf(row[j] - mx);
+            sum += row[j];
+        }
+        for (int64_t j = 0; j < valid; j++) row[j] /= sum;
+        for (int64_t j = valid; j < lk; j++) row[j] = 0.0f;
+    }
+}
+
+/* S = scale Q_h K_h^T (+ causal mask);  P = softmax(S);  out_h = P V_h */
+gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                                 int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out)
+{
+    const char *op = "attention_forward";
+    att_geom g;
+    GNR_TRY(att_setup(op, q, k, v, heads, &g));
+    GNR_TRY(gnr_cpu_check_f32(op, "out", out));
+    GNR_TRY(gnr_cpu_check_same(op, "q", q, "out", out));
+    if (probs) GNR_TRY(check_probs(op, "probs", probs, &g, heads));
+    int nt = gnr_cpu_threads(ctx);
+    int64_t chunk = g.lq < ATT_CHUNK ? g.lq : ATT_CHUNK;
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    float *s;
+    GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)chunk * (size_t)g.lk * sizeof(float), (void **)&s));
+    const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v);
+    float *po = gnr_f32(out), *pp = probs ? gnr_f32(probs) : NULL;
+    for (int64_t n = 0; n < g.n; n++) {
+        for (int h = 0; h < heads; h++) {
+            const float *kh = pk + n * g.lk * g.hd + h * g.d, *vh = pv + n * g.lk * g.hd + h * g.d;
+            for (int64_t i0 = 0; i0 < g.lq; i0 += chunk) {
+                int64_t rows = g.lq - i0 < chunk ? g.lq - i0 : chunk;
+                const float *qc = pq + (n * g.lq + i0) * g.hd + h * g.d;
+                gnr_cpu_sgemm(0, 1, rows, g.lk, g.d, scale, qc, g.hd, kh, g.hd, 0.0f, s, g.lk);
+                softmax_rows(nt, s, rows, g.lk, i0, causal);
+                if (pp)
+                    memcpy(pp + ((n * heads + h) * g.lq + i0) * g.lk, s, (size_t)(rows * g.lk) * sizeof(float));
+                gnr_cpu_sgemm(0, 0, rows, g.d, g.lk, 1.0f, s, g.lk, vh, g.hd, 0.0f,
+                              po + (n * g.lq + i0) * g.hd + h * g.d, g.hd);
+            }
+        }
+    }
+    gnr_arena_release(ctx->arena, m);
+    return GNR_OK;
+}
+
+/* Given P:  dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs);  dS = P * (dP - rowsum(dP * P));
+ *           dQ_h += scale dS K_h;  dK_h += scale dS^T Q_h        (by chunks of query rows) */
+gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                                  const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
+                                  const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+{
+    const char *op = "attention_backward";
+    att_geom g;
+    GNR_TRY(att_setup(op, q, k, v, heads, &g));
+    if (!probs) return gnr_error(GNR_ERR_VALUE, "%s: probs (the forward's P) is required", op);
+    GNR_TRY(check_probs(op, "probs", probs, &g, heads));
+    GNR_TRY(gnr_cpu_check_f32(op, "dout", dout));
+    GNR_TRY(gnr_cpu_check_same(op, "dout", dout, "q", q));
+    if (dprobs) GNR_TRY(check_probs(op, "dprobs", dprobs, &g, heads));
+    if (dq) {
+        GNR_TRY(gnr_cpu_check_f32(op, "dq", dq));
+        GNR_TRY(gnr_cpu_check_same(op, "dq", dq, "q", q));
+    }
+    if (dk) {
+        GNR_TRY(gnr_cpu_check_f32(op, "dk", dk));
+        GNR_TRY(gnr_cpu_check_same(op, "dk", dk, "k", k));
+    }
+    if (dv) {
+        GNR_TRY(gnr_cpu_check_f32(op, "dv", dv));
+        GNR_TRY(gnr_cpu_check_same(op, "dv", dv, "v", v));
+    }
+    if (!dq && !dk && !dv) return GNR_OK;
+    int nt = gnr_cpu_threads(ctx);
+    int64_t chunk = g.lq < ATT_CHUNK ? g.lq : ATT_CHUNK;
+    int need_ds = dq || dk;
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    float *ds = NULL;
+    if (need_ds) GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)chunk * (size_t)g.lk * sizeof(float), (void **)&ds));
+    const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pp = gnr_f32(probs), *pdo = gnr_f32(dout);
+    const float *pdp = dprobs ? gnr_f32(dprobs) : NULL;
+    for (int64_t n = 0; n < g.n; n++) {
+        for (int h = 0; h < heads; h++) {
+            int64_t koff = n * g.lk * g.hd + h * g.d;
+            for (int64_t i0 = 0; i0 < g.lq; i0 += chunk) {
+                int64_t rows = g.lq - i0 < chunk ? g.lq - i0 : chunk;
+                int64_t qoff = (n * g.lq + i0) * g.hd + h * g.d;
+                int64_t poff = ((n * heads + h) * g.lq + i0) * g.lk;
+                const float *pc = pp + poff;
+                if (dv)
+                    gnr_cpu_sgemm(1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + qoff, g.hd, 1.0f, gnr_f32(dv) + koff,
+                                  g.hd);
+                if (!need_ds) continue;
+                gnr_cpu_sgemm(0, 1, rows, g.lk, g.d, 1.0f, pdo + qoff, g.hd, pv + koff, g.hd, 0.0f, ds, g.lk);
+                const float *dpc = pdp ? pdp + poff : NULL;
+#pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
+                for (int64_t r = 0; r < rows; r++) {
+                    float *dsr = ds + r * g.lk;
+                    const float *pr = pc + r * g.lk;
+                    if (dpc)
+                        for (int64_t j = 0; j < g.lk; j++) dsr[j] += dpc[r * g.lk + j];
+                    double dot = 0.0;
+                    for (int64_t j = 0; j < g.lk; j++) dot += (double)dsr[j] * pr[j];
+                    float fdot = (float)dot;
+                    for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - fdot);
+                }
+                if (dq)
+                    gnr_cpu_sgemm(0, 0, rows, g.d, g.lk, scale, ds, g.lk, pk + koff, g.hd, 1.0f, gnr_f32(dq) + qoff,
+                                  g.hd);
+                if (dk)
+                    gnr_cpu_sgemm(1, 0, g.lk, g.d, rows, scale, ds, g.lk, pq + qoff, g.hd, 1.0f, gnr_f32(dk) + koff,
+                                  g.hd);
+            }
+        }
+    }
+    gnr_arena_release(ctx->arena, m);
+    return GNR_OK;
+}

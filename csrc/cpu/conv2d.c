@@ -1,0 +1,198 @@
+/* 2-D convolution as im2col + sgemm, tiled over output rows.
+ *
+ * The column matrix of a whole 512 x 512 feature map with 128 channels and a
+ * 3x3 kernel would take 1.2 GB; each tile holds only as many output rows as
+ * fit in CONV_TILE_BYTES of scratch. 1x1 stride-1 unpadded convolutions skip
+ * im2col: the input already is the column matrix. */
+#include "cpu/cpu_ops.h"
+
+#define CONV_TILE_BYTES ((size_t)16 << 20)
+
+typedef struct {
+    int64_t n, c, h, w;      /* input */
+    int64_t o, kh, kw;       /* weight */
+    int64_t ho, wo;          /* output */
+    int64_t s, pt, pb, pl, pr;
+    int64_t ckk;             /* C * KH * KW, the rows of the column matrix */
+} conv_geom;
+
+static gnr_status conv_setup(const char *op, const char *xn, const gnr_tensor *x, const gnr_tensor *w,
+                             const char *yn, const gnr_tensor *y, const gnr_conv_params *p, conv_geom *g)
+{
+    if (!p) return gnr_error(GNR_ERR_VALUE, "%s: conv params are missing", op);
+    if (p->stride < 1 || p->pad_top < 0 || p->pad_bottom < 0 || p->pad_left < 0 || p->pad_right < 0)
+        return gnr_error(GNR_ERR_VALUE, "%s: stride %d must be >= 1 and pads (%d, %d, %d, %d) >= 0", op, p->stride,
+                         p->pad_top, p->pad_bottom, p->pad_left, p->pad_right);
+    if (x->ndim != 4 || w->ndim != 4 || y->ndim != 4)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s, w %s and %s %s must all be 4-D (N x C x H x W, O x C x KH x KW)",
+                         op, xn, gnr_cpu_shape(x), gnr_cpu_shape(w), yn, gnr_cpu_shape(y));
+    g->n = x->shape[0], g->c = x->shape[1], g->h = x->shape[2], g->w = x->shape[3];
+    g->o = w->shape[0], g->kh = w->shape[2], g->kw = w->shape[3];
+    g->s = p->stride, g->pt = p->pad_top, g->pb = p->pad_bottom, g->pl = p->pad_left, g->pr = p->pad_right;
+    if (w->shape[1] != g->c)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s has %lld channels but w %s expects %lld", op, xn, gnr_cpu_shape(x),
+                         (long long)g->c, gnr_cpu_shape(w), (long long)w->shape[1]);
+    int64_t hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
+    if (hp < g->kh || wp < g->kw)
+        return gnr_error(GNR_ERR_VALUE, "%s: kernel %lld x %lld is larger than the padded input %lld x %lld (%s %s)",
+                         op, (long long)g->kh, (long long)g->kw, (long long)hp, (long long)wp, xn, gnr_cpu_shape(x));
+    g->ho = (hp - g->kh) / g->s + 1;
+    g->wo = (wp - g->kw) / g->s + 1;
+    g->ckk = g->c * g->kh * g->kw;
+    if (y->shape[0] != g->n || y->shape[1] != g->o || y->shape[2] != g->ho || y->shape[3] != g->wo)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be (%lld, %lld, %lld, %lld) for %s %s, w %s, stride %lld",
+                         op, yn, gnr_cpu_shape(y), (long long)g->n, (long long)g->o, (long long)g->ho,
+                         (long long)g->wo, xn, gnr_cpu_shape(x), gnr_cpu_shape(w), (long long)g->s);
+    return GNR_OK;
+}
+
+static int is_pointwise(const conv_geom *g)
+{
+    return g->kh == 1 && g->kw == 1 && g->s == 1 && g->pt == 0 && g->pb == 0 && g->pl == 0 && g->pr == 0;
+}
+
+static int64_t tile_rows(const conv_geom *g)
+{
+    int64_t r = (int64_t)(CONV_TILE_BYTES / ((size_t)g->ckk * (size_t)g->wo * sizeof(float)));
+    if (r < 1) r = 1;
+    return r < g->ho ? r : g->ho;
+}
+
+/* col[(c*KH+p)*KW+q][r*Wo+j] = x[c, (i0+r)*s+p-pt, j*s+q-pl]  (0 outside), r < rows */
+static void im2col(int nt, const conv_geom *g, const float *x, int64_t i0, int64_t rows, float *col)
+{
+    int64_t ncol = rows * g->wo;
+#pragma omp parallel for collapse(2) num_threads(nt) if (g->ckk * ncol > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t kr = 0; kr < g->ckk; kr++) {
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t c = kr / (g->kh * g->kw), p = (kr / g->kw) % g->kh, q = kr % g->kw;
+            float *dst = col + kr * ncol + r * g->wo;
+            int64_t iy = (i0 + r) * g->s + p - g->pt;
+            if (iy < 0 || iy >= g->h) {
+                for (int64_t j = 0; j < g->wo; j++) dst[j] = 0.0f;
+                continue;
+            }
+            const float *src = x + (c * g->h + iy) * g->w;
+            for (int64_t j = 0; j < g->wo; j++) {
+                int64_t ix = j * g->s + q - g->pl;
+                dst[j] = (ix >= 0 && ix < g->w) ? src[ix] : 0.0f;
+            }
+        }
+    }
+}
+
+/* dx[c, u, v] += col[(c*KH+p)*KW+q][r*Wo+j] for u = (i0+r)*s+p-pt, v = j*s+q-pl.
+ * Each input row (c, u) is owned by one iteration: no races, fixed order. */
+static void col2im_add(int nt, const conv_geom *g, const float *col, int64_t i0, int64_t rows, float *dx)
+{
+    int64_t ncol = rows * g->wo;
+#pragma omp parallel for collapse(2) num_threads(nt) if (g->ckk * ncol > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t c = 0; c < g->c; c++) {
+        for (int64_t u = 0; u < g->h; u++) {
+            float *drow = dx + (c * g->h + u) * g->w;
+            for (int64_t p = 0; p < g->kh; p++) {
+                int64_t t = u + g->pt - p; /* = (i0 + r) * s */
+                if (t < 0 || t % g->s) continue;
+                int64_t r = t / g->s - i0;
+                if (r < 0 || r >= rows) continue;
+                for (int64_t q = 0; q < g->kw; q++) {
+                    const float *src = col + ((c * g->kh + p) * g->kw + q) * ncol + r * g->wo;
+                    for (int64_t j = 0; j < g->wo; j++) {
+                        int64_t v = j * g->s + q - g->pl;
+                        if (v >= 0 && v < g->w) drow[v] += src[j];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* y[n,o,i,j] = b[o] + sum_{c,p,q} w[o,c,p,q] x[n,c, i*s+p-pt, j*s+q-pl]
+ * per image and tile of output rows: Y[:, tile] = W (O x CKK) * col (CKK x tile) */
+gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
+                              const gnr_conv_params *p, gnr_tensor *y)
+{
+    const char *op = "conv2d_forward";
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "w", w));
+    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
+    conv_geom g;
+    GNR_TRY(conv_setup(op, "x", x, w, "y", y, p, &g));
+    if (b) {
+        GNR_TRY(gnr_cpu_check_f32(op, "b", b));
+        if (gnr_numel(b) != g.o)
+            return gnr_error(GNR_ERR_VALUE, "%s: b %s must have O = %lld elements (w %s)", op, gnr_cpu_shape(b),
+                             (long long)g.o, gnr_cpu_shape(w));
+    }
+    int nt = gnr_cpu_threads(ctx);
+    int64_t hw = g.ho * g.wo, nout = g.n * g.o;
+    float *py = gnr_f32(y);
+    float beta = 0.0f;
+    if (b) {
+        const float *pb = gnr_f32(b);
+#pragma omp parallel for num_threads(nt) if (nout * hw > GNR_CPU_PAR_MIN) schedule(static)
+        for (int64_t i = 0; i < nout; i++)
+            for (int64_t j = 0; j < hw; j++) py[i * hw + j] = pb[i % g.o];
+        beta = 1.0f;
+    }
+    const float *px = gnr_f32(x), *pw = gnr_f32(w);
+    if (is_pointwise(&g)) {
+        for (int64_t n = 0; n < g.n; n++)
+            gnr_cpu_sgemm(0, 0, g.o, hw, g.c, 1.0f, pw, g.c, px + n * g.c * hw, hw, beta, py + n * g.o * hw, hw);
+        return GNR_OK;
+    }
+    int64_t tr = tile_rows(&g);
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    float *col;
+    GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)g.ckk * (size_t)(tr * g.wo) * sizeof(float), (void **)&col));
+    for (int64_t n = 0; n < g.n; n++) {
+        const float *xn = px + n * g.c * g.h * g.w;
+        float *yn = py + n * g.o * hw;
+        for (int64_t i0 = 0; i0 < g.ho; i0 += tr) {
+            int64_t rows = g.ho - i0 < tr ? g.ho - i0 : tr;
+            im2col(nt, &g, xn, i0, rows, col);
+            gnr_cpu_sgemm(0, 0, g.o, rows * g.wo, g.ckk, 1.0f, pw, g.ckk, col, rows * g.wo, beta, yn + i0 * g.wo,
+                          hw);
+        }
+    }
+    gnr_arena_release(ctx->arena, m);
+    return GNR_OK;
+}
+
+/* dx[n,c,u,v] += sum over (o,p,q,i,j) with i*s+p-pt = u, j*s+q-pl = v of w[o,c,p,q] dy[n,o,i,j]
+ * per image and tile: dcol = W^T (CKK x O) * dY[:, tile], then col2im adds it into dx. */
+gnr_status cpu_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, const gnr_conv_params *p,
+                               gnr_tensor *dx)
+{
+    const char *op = "conv2d_backward";
+    GNR_TRY(gnr_cpu_check_f32(op, "dy", dy));
+    GNR_TRY(gnr_cpu_check_f32(op, "w", w));
+    GNR_TRY(gnr_cpu_check_f32(op, "dx", dx));
+    conv_geom g;
+    GNR_TRY(conv_setup(op, "dx", dx, w, "dy", dy, p, &g));
+    int nt = gnr_cpu_threads(ctx);
+    int64_t hw = g.ho * g.wo;
+    const float *pd = gnr_f32(dy), *pw = gnr_f32(w);
+    float *px = gnr_f32(dx);
+    if (is_pointwise(&g)) {
+        for (int64_t n = 0; n < g.n; n++)
+            gnr_cpu_sgemm(1, 0, g.c, hw, g.o, 1.0f, pw, g.c, pd + n * g.o * hw, hw, 1.0f, px + n * g.c * hw, hw);
+        return GNR_OK;
+    }
+    int64_t tr = tile_rows(&g);
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    float *col;
+    GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)g.ckk * (size_t)(tr * g.wo) * sizeof(float), (void **)&col));
+    for (int64_t n = 0; n < g.n; n++) {
+        const float *dyn = pd + n * g.o * hw;
+        float *dxn = px + n * g.c * g.h * g.w;
+        for (int64_t i0 = 0; i0 < g.ho; i0 += tr) {
+            int64_t rows = g.ho - i0 < tr ? g.ho - i0 : tr;
+            gnr_cpu_sgemm(1, 0, g.ckk, rows * g.wo, g.o, 1.0f, pw, g.ckk, dyn + i0 * g.wo, hw, 0.0f, col,
+                          rows * g.wo);
+            col2im_add(nt, &g, col, i0, rows, dxn);
+        }
+    }
+    gnr_arena_release(ctx->arena, m);
+    return GNR_OK;
+}

@@ -1,0 +1,191 @@
+/* Layout changes: NCHW <-> NLC transposes, channel concatenation, nearest x2
+ * upsampling. Pure data movement (backwards add), parallel over independent
+ * output blocks. */
+#include <string.h>
+
+#include "cpu/cpu_ops.h"
+
+#define TB 32 /* transpose block */
+
+/* dst[j * rows + i] (+)= src[i * cols + j] for one rows x cols matrix, by blocks */
+static void transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add)
+{
+    int64_t bi = (rows + TB - 1) / TB, bj = (cols + TB - 1) / TB;
+#pragma omp parallel for collapse(2) num_threads(nt) if (rows * cols > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t ib = 0; ib < bi; ib++) {
+        for (int64_t jb = 0; jb < bj; jb++) {
+            int64_t i1 = (ib + 1) * TB < rows ? (ib + 1) * TB : rows;
+            int64_t j1 = (jb + 1) * TB < cols ? (jb + 1) * TB : cols;
+            for (int64_t j = jb * TB; j < j1; j++) {
+                if (add)
+                    for (int64_t i = ib * TB; i < i1; i++) dst[j * rows + i] += src[i * cols + j];
+                else
+                    for (int64_t i = ib * TB; i < i1; i++) dst[j * rows + i] = src[i * cols + j];
+            }
+        }
+    }
+}
+
+/* nchw: N x C x H x W, nlc: N x HW x C */
+static gnr_status check_pair(const char *op, const char *nn, const gnr_tensor *nchw, const char *ln,
+                             const gnr_tensor *nlc)
+{
+    GNR_TRY(gnr_cpu_check_f32(op, nn, nchw));
+    GNR_TRY(gnr_cpu_check_f32(op, ln, nlc));
+    if (nchw->ndim != 4 || nlc->ndim != 3 || nlc->shape[0] != nchw->shape[0] ||
+        nlc->shape[1] != nchw->shape[2] * nchw->shape[3] || nlc->shape[2] != nchw->shape[1])
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x C x H x W and %s %s N x HW x C", op, nn,
+                         gnr_cpu_shape(nchw), ln, gnr_cpu_shape(nlc));
+    return GNR_OK;
+}
+
+static void nchw_nlc(gnr_ctx *ctx, const gnr_tensor *nchw, const float *src, float *dst, int to_nlc, int add)
+{
+    int64_t n = nchw->shape[0], c = nchw->shape[1], hw = nchw->shape[2] * nchw->shape[3];
+    int nt = gnr_cpu_threads(ctx);
+    for (int64_t i = 0; i < n; i++) {
+        if (to_nlc)
+            transpose(nt, src + i * c * hw, dst + i * c * hw, c, hw, add);
+        else
+            transpose(nt, src + i * c * hw, dst + i * c * hw, hw, c, add);
+    }
+}
+
+/* y[n, h*W+w, c] = x[n, c, h, w] */
+gnr_status cpu_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    GNR_TRY(check_pair("nchw_to_nlc", "x", x, "y", y));
+    nchw_nlc(ctx, x, gnr_f32(x), gnr_f32(y), 1, 0);
+    return GNR_OK;
+}
+
+/* y[n, c, h, w] = x[n, h*W+w, c] */
+gnr_status cpu_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    GNR_TRY(check_pair("nlc_to_nchw", "y", y, "x", x));
+    nchw_nlc(ctx, y, gnr_f32(x), gnr_f32(y), 0, 0);
+    return GNR_OK;
+}
+
+/* dx[n,c,h,w] += dy[n,hw,c] */
+gnr_status cpu_nchw_to_nlc_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
+{
+    GNR_TRY(check_pair("nchw_to_nlc_backward", "dx", dx, "dy", dy));
+    nchw_nlc(ctx, dx, gnr_f32(dy), gnr_f32(dx), 0, 1);
+    return GNR_OK;
+}
+
+/* dx[n,hw,c] += dy[n,c,h,w] */
+gnr_status cpu_nlc_to_nchw_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
+{
+    GNR_TRY(check_pair("nlc_to_nchw_backward", "dy", dy, "dx", dx));
+    nchw_nlc(ctx, dy, gnr_f32(dy), gnr_f32(dx), 1, 1);
+    return GNR_OK;
+}
+
+static gnr_status check_concat(const char *op, const gnr_tensor *a, const gnr_tensor *b, const gnr_tensor *y)
+{
+    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
+    if (a) GNR_TRY(gnr_cpu_check_f32(op, "a", a));
+    if (b) GNR_TRY(gnr_cpu_check_f32(op, "b", b));
+    int ok = y->ndim == 4;
+    int64_t ca = a ? a->shape[1] : -1, cb = b ? b->shape[1] : -1;
+    for (int s = 0; s < 2; s++) {
+        const gnr_tensor *t = s ? b : a;
+        if (!t) continue;
+        ok = ok && t->ndim == 4 && t->shape[0] == y->shape[0] && t->shape[2] == y->shape[2] &&
+             t->shape[3] == y->shape[3];
+    }
+    if (a && b) ok = ok && ca + cb == y->shape[1];
+    else if (a) ok = ok && ca <= y->shape[1];
+    else if (b) ok = ok && cb <= y->shape[1];
+    if (!ok)
+        return gnr_error(GNR_ERR_VALUE, "%s: a %s and b %s must be N x Ca x H x W and N x Cb x H x W, y %s "
+                         "N x (Ca+Cb) x H x W", op, gnr_cpu_shape(a), gnr_cpu_shape(b), gnr_cpu_shape(y));
+    return GNR_OK;
+}
+
+/* y = [a, b] along dim 1 */
+gnr_status cpu_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
+{
+    const char *op = "concat_channels_forward";
+    if (!a || !b) return gnr_error(GNR_ERR_VALUE, "%s: a and b are both required", op);
+    GNR_TRY(check_concat(op, a, b, y));
+    int64_t n = y->shape[0], hw = y->shape[2] * y->shape[3];
+    int64_t sa = a->shape[1] * hw, sb = b->shape[1] * hw;
+    const float *pa = gnr_f32(a), *pb = gnr_f32(b);
+    float *py = gnr_f32(y);
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n * (sa + sb) > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t i = 0; i < 2 * n; i++) {
+        int64_t img = i / 2;
+        if (i % 2 == 0) memcpy(py + img * (sa + sb), pa + img * sa, (size_t)sa * sizeof(float));
+        else memcpy(py + img * (sa + sb) + sa, pb + img * sb, (size_t)sb * sizeof(float));
+    }
+    return GNR_OK;
+}
+
+/* da += dy[:, :Ca];  db += dy[:, Ca:]   (either may be NULL; Ca = C - Cb when a is NULL) */
+gnr_status cpu_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *da, gnr_tensor *db)
+{
+    const char *op = "concat_channels_backward";
+    if (!da && !db) return GNR_OK;
+    GNR_TRY(check_concat(op, da, db, dy));
+    int64_t n = dy->shape[0], c = dy->shape[1], hw = dy->shape[2] * dy->shape[3];
+    int64_t ca = da ? da->shape[1] : c - db->shape[1];
+    int64_t sy = c * hw, sa = ca * hw, sb = (c - ca) * hw;
+    const float *pd = gnr_f32(dy);
+    float *pa = da ? gnr_f32(da) : NULL, *pb = db ? gnr_f32(db) : NULL;
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n * sy > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t img = 0; img < n; img++) {
+        const float *d = pd + img * sy;
+        if (pa)
+            for (int64_t j = 0; j < sa; j++) pa[img * sa + j] += d[j];
+        if (pb)
+            for (int64_t j = 0; j < sb; j++) pb[img * sb + j] += d[sa + j];
+    }
+    return GNR_OK;
+}
+
+static gnr_status check_up(const char *op, const char *xn, const gnr_tensor *x, const char *yn, const gnr_tensor *y)
+{
+    GNR_TRY(gnr_cpu_check_f32(op, xn, x));
+    GNR_TRY(gnr_cpu_check_f32(op, yn, y));
+    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
+        y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x C x H x W and %s %s N x C x 2H x 2W", op, xn,
+                         gnr_cpu_shape(x), yn, gnr_cpu_shape(y));
+    return GNR_OK;
+}
+
+/* y[n,c,i,j] = x[n,c,i/2,j/2] */
+gnr_status cpu_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    GNR_TRY(check_up("upsample2x_forward", "x", x, "y", y));
+    int64_t rows = x->shape[0] * x->shape[1] * x->shape[2], w = x->shape[3];
+    const float *px = gnr_f32(x);
+    float *py = gnr_f32(y);
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (rows * w > GNR_CPU_PAR_MIN / 4) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *src = px + r * w;
+        float *d0 = py + r * 4 * w, *d1 = d0 + 2 * w;
+        for (int64_t j = 0; j < w; j++) d0[2 * j] = d0[2 * j + 1] = src[j];
+        memcpy(d1, d0, (size_t)(2 * w) * sizeof(float));
+    }
+    return GNR_OK;
+}
+
+/* dx[n,c,u,v] += dy[2u,2v] + dy[2u,2v+1] + dy[2u+1,2v] + dy[2u+1,2v+1] */
+gnr_status cpu_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
+{
+    GNR_TRY(check_up("upsample2x_backward", "dx", dx, "dy", dy));
+    int64_t rows = dx->shape[0] * dx->shape[1] * dx->shape[2], w = dx->shape[3];
+    const float *pd = gnr_f32(dy);
+    float *px = gnr_f32(dx);
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (rows * w > GNR_CPU_PAR_MIN / 4) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *s0 = pd + r * 4 * w, *s1 = s0 + 2 * w;
+        float *d = px + r * w;
+        for (int64_t j = 0; j < w; j++) d[j] += (s0[2 * j] + s0[2 * j + 1]) + (s1[2 * j] + s1[2 * j + 1]);
+    }
+    return GNR_OK;
+}

@@ -1,0 +1,195 @@
+/* GroupNorm and LayerNorm, forward and backward.
+ *
+ * Both normalise "segments" of contiguous elements: a group of C/G channels
+ * times the spatial size for GroupNorm, one row for LayerNorm. Element e of a
+ * segment uses the affine parameter gamma[cbase + e / span] (span = spatial
+ * size for GroupNorm, 1 for LayerNorm). Statistics are two-pass in double,
+ * one segment per loop iteration: deterministic for any thread count. */
+#include <math.h>
+
+#include "cpu/cpu_ops.h"
+
+typedef struct {
+    int64_t segments, len; /* number and length of segments */
+    int64_t span;          /* elements sharing one gamma entry */
+    int64_t per_seg;       /* gamma entries per segment; segment s starts at (s % segs_per_row) * per_seg */
+    int64_t segs_per_row;  /* segments per gamma period (G for GroupNorm, 1 for LayerNorm) */
+} norm_geom;
+
+static void seg_stats(const float *x, int64_t len, float eps, double *mu, double *rstd)
+{
+    double s = 0.0;
+    for (int64_t e = 0; e < len; e++) s += x[e];
+    double m = s / (double)len, v = 0.0;
+    for (int64_t e = 0; e < len; e++) {
+        double d = x[e] - m;
+        v += d * d;
+    }
+    v /= (double)len;
+    *mu = m;
+    *rstd = 1.0 / sqrt(v + (double)eps);
+}
+
+/* y = (x - mu) * rstd * gamma + beta */
+static void norm_forward(int nt, const norm_geom *g, const float *x, const float *gamma, const float *beta,
+                         float eps, float *y)
+{
+#pragma omp parallel for num_threads(nt) if (g->segments * g->len > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t s = 0; s < g->segments; s++) {
+        const float *xs = x + s * g->len;
+        float *ys = y + s * g->len;
+        double mu, rstd;
+        seg_stats(xs, g->len, eps, &mu, &rstd);
+        float fmu = (float)mu, frstd = (float)rstd;
+        int64_t cbase = (s % g->segs_per_row) * g->per_seg;
+        for (int64_t ch = 0; ch < g->len / g->span; ch++) {
+            float ga = gamma ? gamma[cbase + ch] : 1.0f, be = beta ? beta[cbase + ch] : 0.0f;
+            const float *xc = xs + ch * g->span;
+            float *yc = ys + ch * g->span;
+            for (int64_t e = 0; e < g->span; e++) yc[e] = (xc[e] - fmu) * frstd * ga + be;
+        }
+    }
+}
+
+/* dx += rstd * (gh - mean(gh) - xhat * mean(gh * xhat)),  gh = dy * gamma, xhat = (x - mu) * rstd */
+static void norm_backward(int nt, const norm_geom *g, const float *dy, const float *x, const float *gamma,
+                          float eps, float *dx)
+{
+#pragma omp parallel for num_threads(nt) if (g->segments * g->len > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t s = 0; s < g->segments; s++) {
+        const float *xs = x + s * g->len, *ds = dy + s * g->len;
+        float *dxs = dx + s * g->len;
+        double mu, rstd;
+        seg_stats(xs, g->len, eps, &mu, &rstd);
+        int64_t cbase = (s % g->segs_per_row) * g->per_seg;
+        double m1 = 0.0, m2 = 0.0;
+        for (int64_t ch = 0; ch < g->len / g->span; ch++) {
+            double ga = gamma ? gamma[cbase + ch] : 1.0;
+            for (int64_t e = ch * g->span; e < (ch + 1) * g->span; e++) {
+                double gh = ds[e] * ga;
+                m1 += gh;
+                m2 += gh * ((xs[e] - mu) * rstd);
+            }
+        }
+        m1 /= (double)g->len;
+        m2 /= (double)g->len;
+        for (int64_t ch = 0; ch < g->len / g->span; ch++) {
+            double ga = gamma ? gamma[cbase + ch] : 1.0;
+            for (int64_t e = ch * g->span; e < (ch + 1) * g->span; e++) {
+                double xhat = (xs[e] - mu) * rstd;
+                dxs[e] += (float)(rstd * (ds[e] * ga - m1 - xhat * m2));
+            }
+        }
+    }
+}
+
+static gnr_status check_affine(const char *op, const char *name, const gnr_tensor *t, int64_t c,
+                               const gnr_tensor *x)
+{
+    if (!t) return GNR_OK;
+    GNR_TRY(gnr_cpu_check_f32(op, name, t));
+    if (gnr_numel(t) != c)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must have %lld elements, one per channel of x %s", op, name,
+                         gnr_cpu_shape(t), (long long)c, gnr_cpu_shape(x));
+    return GNR_OK;
+}
+
+static gnr_status group_geom(const char *op, const gnr_tensor *x, int groups, norm_geom *g)
+{
+    if (x->ndim < 2)
+        return gnr_error(GNR_ERR_VALUE, "%s: x %s must be N x C x (spatial...)", op, gnr_cpu_shape(x));
+    int64_t c = x->shape[1];
+    if (groups < 1 || c % groups)
+        return gnr_error(GNR_ERR_VALUE, "%s: %d groups must divide the %lld channels of x %s", op, groups,
+                         (long long)c, gnr_cpu_shape(x));
+    int64_t spatial = c ? gnr_numel(x) / (x->shape[0] * c) : 0;
+    g->segments = x->shape[0] * groups;
+    g->len = (c / groups) * spatial;
+    g->span = spatial ? spatial : 1;
+    g->per_seg = c / groups;
+    g->segs_per_row = groups;
+    return GNR_OK;
+}
+
+static gnr_status layer_geom(const char *op, const gnr_tensor *x, norm_geom *g)
+{
+    if (x->ndim < 1) return gnr_error(GNR_ERR_VALUE, "%s: x %s has no last dim", op, gnr_cpu_shape(x));
+    int64_t c = x->shape[x->ndim - 1];
+    g->segments = c ? gnr_numel(x) / c : 0;
+    g->len = c;
+    g->span = 1;
+    g->per_seg = 0;
+    g->segs_per_row = 1;
+    return GNR_OK;
+}
+
+/* GroupNorm: y = (x - mu_g) / sqrt(var_g + eps) * gamma[c] + beta[c] */
+gnr_status cpu_group_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
+                                  const gnr_tensor *beta, int groups, float eps, gnr_tensor *y)
+{
+    const char *op = "group_norm_forward";
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
+    norm_geom g;
+    GNR_TRY(group_geom(op, x, groups, &g));
+    GNR_TRY(check_affine(op, "gamma", gamma, x->shape[1], x));
+    GNR_TRY(check_affine(op, "beta", beta, x->shape[1], x));
+    GNR_TRY(gnr_cpu_check_same(op, "x", x, "y", y));
+    norm_forward(gnr_cpu_threads(ctx), &g, gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, beta ? gnr_f32(beta) : NULL,
+                 eps, gnr_f32(y));
+    return GNR_OK;
+}
+
+/* GroupNorm backward (stats recomputed from x):
+ * dx += rstd * (gh - mean_g(gh) - xhat * mean_g(gh * xhat)) */
+gnr_status cpu_group_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
+                                   const gnr_tensor *gamma, int groups, float eps, gnr_tensor *dx)
+{
+    const char *op = "group_norm_backward";
+    GNR_TRY(gnr_cpu_check_f32(op, "dy", dy));
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "dx", dx));
+    norm_geom g;
+    GNR_TRY(group_geom(op, x, groups, &g));
+    GNR_TRY(check_affine(op, "gamma", gamma, x->shape[1], x));
+    GNR_TRY(gnr_cpu_check_same(op, "dy", dy, "x", x));
+    GNR_TRY(gnr_cpu_check_same(op, "dx", dx, "x", x));
+    norm_backward(gnr_cpu_threads(ctx), &g, gnr_f32(dy), gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, eps,
+                  gnr_f32(dx));
+    return GNR_OK;
+}
+
+/* LayerNorm over the last dim: y = (x - mu_row) / sqrt(var_row + eps) * gamma + beta */
+gnr_status cpu_layer_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
+                                  const gnr_tensor *beta, float eps, gnr_tensor *y)
+{
+    const char *op = "layer_norm_forward";
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
+    norm_geom g;
+    GNR_TRY(layer_geom(op, x, &g));
+    GNR_TRY(check_affine(op, "gamma", gamma, g.len, x));
+    GNR_TRY(check_affine(op, "beta", beta, g.len, x));
+    GNR_TRY(gnr_cpu_check_same(op, "x", x, "y", y));
+    norm_forward(gnr_cpu_threads(ctx), &g, gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, beta ? gnr_f32(beta) : NULL,
+                 eps, gnr_f32(y));
+    return GNR_OK;
+}
+
+/* LayerNorm backward: the GroupNorm formula with one row as the group. */
+gnr_status cpu_layer_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
+                                   const gnr_tensor *gamma, float eps, gnr_tensor *dx)
+{
+    const char *op = "layer_norm_backward";
+    GNR_TRY(gnr_cpu_check_f32(op, "dy", dy));
+    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
+    GNR_TRY(gnr_cpu_check_f32(op, "dx", dx));
+    norm_geom g;
+    GNR_TRY(layer_geom(op, x, &g));
+    GNR_TRY(check_affine(op, "gamma", gamma, g.len, x));
+    GNR_TRY(gnr_cpu_check_same(op, "dy", dy, "x", x));
+    GNR_TRY(gnr_cpu_check_same(op, "dx", dx, "x", x));
+    norm_backward(gnr_cpu_threads(ctx), &g, gnr_f32(dy), gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, eps,
+                  gnr_f32(dx));
+    return GNR_OK;
+}

@@ -1,0 +1,447 @@
+"""Every op of csrc/ops.h, forward and backward, against PyTorch.
+
+Ops run through gnr._C._op on each available device (the CUDA variants are
+skipped, as "no GPU", in builds without the CUDA backend). Tolerances are
+DECISIONS.md section 1: relative error <= 1e-4 forward, <= 1e-3 backward.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gnr
+
+torch.set_num_threads(1)
+
+FWD = 1e-4
+BWD = 1e-3
+
+HAS_CUDA = gnr.build_info()["cuda"]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no GPU")),
+]
+
+
+def op(name, device, *inputs, **params):
+    return gnr._C._op(name, device, tuple(inputs), params)
+
+
+def rel(ours, ref):
+    ours = np.asarray(ours, dtype=np.float64)
+    ref = np.asarray(ref.detach().numpy() if isinstance(ref, torch.Tensor) else ref, dtype=np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    assert np.all(np.isfinite(ours)), "non-finite values in the result"
+    return np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30)
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def t(a, grad=False):
+    return torch.tensor(a, requires_grad=grad)
+
+
+def grads(fn, inputs, upstream):
+    """Input gradients of <fn(*inputs), upstream> by autograd (None where not needed)."""
+    ts = [t(a, True) if a is not None else None for a in inputs]
+    out = fn(*ts)
+    outs = out if isinstance(out, tuple) else (out,)
+    ups = upstream if isinstance(upstream, tuple) else (upstream,)
+    loss = sum((o * t(u)).sum() for o, u in zip(outs, ups) if u is not None)
+    loss.backward()
+    return [x.grad if x is not None else None for x in ts]
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(abs(hash(request.node.name)) % (2**32))
+
+
+# ------------------------------------------------------------------ memory
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_ops(device, rng):
+    x = rand(rng, 3, 5, 7)
+    (y,) = op("fill", device, x, value=2.5)
+    assert y.shape == x.shape and np.all(y == 2.5)
+    for name in ("copy", "upload", "download"):
+        (y,) = op(name, device, x)
+        assert np.array_equal(y, x), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_arith(device, rng):
+    a, b = rand(rng, 2, 3, 37), rand(rng, 2, 3, 37)
+    assert rel(op("add", device, a, b)[0], t(a) + t(b)) <= FWD
+    assert rel(op("scale", device, a, alpha=-0.75)[0], -0.75 * t(a)) <= FWD
+    assert rel(op("axpy", device, a, b, alpha=1.5)[0], t(b) + 1.5 * t(a)) <= FWD
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 2])
+def test_add_channel(device, rng, n):
+    x, v = rand(rng, n, 6, 5, 7), rand(rng, n, 6)
+    ref = lambda x, v: x + v[:, :, None, None]  # noqa: E731
+    assert rel(op("add_channel_forward", device, x, v)[0], ref(t(x), t(v))) <= FWD
+    g = rand(rng, n, 6, 5, 7)
+    _, dv = grads(ref, [x, v], g)
+    assert rel(op("add_channel_backward", device, g)[0], dv) <= BWD
+
+
+# ------------------------------------------------------------------ linear
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("xshape,bias,conv_w", [((7, 13), True, False), ((2, 9, 13), False, False),
+                                                ((1, 5, 13), True, True)])
+def test_linear(device, rng, xshape, bias, conv_w):
+    x, w = rand(rng, *xshape), rand(rng, 11, 13)
+    b = rand(rng, 11) if bias else None
+    wop = w.reshape(11, 13, 1, 1) if conv_w else w
+    ref = F.linear(t(x), t(w), t(b) if bias else None)
+    assert rel(op("linear_forward", device, x, wop, b)[0], ref) <= FWD
+    g = rand(rng, *ref.shape)
+    (dx,) = grads(lambda x: F.linear(x, t(w)), [x], g)
+    assert rel(op("linear_backward", device, g, wop)[0], dx) <= BWD
+
+
+# ------------------------------------------------------------------ conv2d
+
+CONVS = [
+    # N, C, H, W, O, KH, KW, stride, (top, bottom, left, right)
+    (2, 3, 9, 11, 5, 3, 3, 1, (1, 1, 1, 1)),     # 3x3 same
+    (1, 4, 10, 8, 6, 3, 3, 2, (1, 1, 1, 1)),     # UNet downsampler
+    (1, 3, 9, 9, 4, 3, 3, 2, (0, 1, 0, 1)),      # VAE encoder downsampler
+    (2, 6, 7, 5, 4, 1, 1, 1, (0, 0, 0, 0)),      # 1x1: straight to sgemm
+    (1, 5, 8, 9, 3, 1, 1, 2, (0, 0, 0, 0)),      # 1x1 with stride: im2col path
+    (1, 3, 8, 10, 2, 2, 3, 1, (0, 2, 1, 0)),     # odd kernel, odd pads
+    (2, 2, 6, 6, 3, 3, 3, 1, (0, 0, 0, 0)),      # valid
+]
+
+
+def conv_ref(x, w, b, stride, pads):
+    top, bottom, left, right = pads
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride=stride)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", CONVS)
+def test_conv2d(device, rng, cfg):
+    n, c, h, w_, o, kh, kw, s, pads = cfg
+    x, w, b = rand(rng, n, c, h, w_), rand(rng, o, c, kh, kw), rand(rng, o)
+    ref = conv_ref(t(x), t(w), t(b), s, pads)
+    (y,) = op("conv2d_forward", device, x, w, b, stride=s, pads=pads)
+    assert rel(y, ref) <= FWD
+    (y0,) = op("conv2d_forward", device, x, w, None, stride=s, pads=pads)
+    assert rel(y0, conv_ref(t(x), t(w), None, s, pads)) <= FWD
+    g = rand(rng, *ref.shape)
+    (dx,) = grads(lambda x: conv_ref(x, t(w), None, s, pads), [x], g)
+    (ours,) = op("conv2d_backward", device, g, w, stride=s, pads=pads, x_shape=x.shape)
+    assert rel(ours, dx) <= BWD
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv2d_several_tiles(device, rng):
+    # 32 x 3 x 3 columns of a 250-wide map: 16 MB of scratch holds 58 output
+    # rows, so the 250 rows take five tiles, the last one partial.
+    x, w, b = rand(rng, 1, 32, 250, 250), rand(rng, 4, 32, 3, 3), rand(rng, 4)
+    pads = (1, 1, 1, 1)
+    ref = conv_ref(t(x), t(w), t(b), 1, pads)
+    assert rel(op("conv2d_forward", device, x, w, b, pads=pads)[0], ref) <= FWD
+    g = rand(rng, *ref.shape)
+    (dx,) = grads(lambda x: conv_ref(x, t(w), None, 1, pads), [x], g)
+    assert rel(op("conv2d_backward", device, g, w, pads=pads, x_shape=x.shape)[0], dx) <= BWD
+
+
+# ------------------------------------------------------------------- norms
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,groups,affine", [((2, 12, 5, 7), 4, True), ((1, 8, 9, 3), 2, False),
+                                                 ((2, 6, 11), 3, True)])
+def test_group_norm(device, rng, shape, groups, affine):
+    x = rand(rng, *shape) * 3 + 1
+    c = shape[1]
+    gamma, beta = (rand(rng, c), rand(rng, c)) if affine else (None, None)
+    eps = 1e-6
+    ref = F.group_norm(t(x), groups, t(gamma) if affine else None, t(beta) if affine else None, eps)
+    assert rel(op("group_norm_forward", device, x, gamma, beta, groups=groups, eps=eps)[0], ref) <= FWD
+    g = rand(rng, *shape)
+    (dx,) = grads(lambda x: F.group_norm(x, groups, t(gamma) if affine else None, None, eps), [x], g)
+    assert rel(op("group_norm_backward", device, g, x, gamma, groups=groups, eps=eps)[0], dx) <= BWD
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,affine", [((2, 7, 24), True), ((13, 10), False)])
+def test_layer_norm(device, rng, shape, affine):
+    x = rand(rng, *shape) * 2 - 0.5
+    c = shape[-1]
+    gamma, beta = (rand(rng, c), rand(rng, c)) if affine else (None, None)
+    eps = 1e-5
+    ref = F.layer_norm(t(x), (c,), t(gamma) if affine else None, t(beta) if affine else None, eps)
+    assert rel(op("layer_norm_forward", device, x, gamma, beta, eps=eps)[0], ref) <= FWD
+    g = rand(rng, *shape)
+    (dx,) = grads(lambda x: F.layer_norm(x, (c,), t(gamma) if affine else None, None, eps), [x], g)
+    assert rel(op("layer_norm_backward", device, g, x, gamma, eps=eps)[0], dx) <= BWD
+
+
+# ------------------------------------------------------------- activations
+
+ACTS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", list(ACTS))
+def test_act(device, rng, act):
+    x = rand(rng, 3, 17, 9) * 3
+    assert rel(op("act_forward", device, x, act=act)[0], ACTS[act](t(x))) <= FWD
+    g = rand(rng, 3, 17, 9)
+    (dx,) = grads(ACTS[act], [x], g)
+    assert rel(op("act_backward", device, g, x, act=act)[0], dx) <= BWD
+
+
+def geglu_ref(x):
+    a, gate = x.chunk(2, dim=-1)  # diffusers GEGLU: hidden_states, gate
+    return a * F.gelu(gate)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_geglu(device, rng):
+    x = rand(rng, 2, 7, 2 * 19) * 2
+    assert rel(op("geglu_forward", device, x)[0], geglu_ref(t(x))) <= FWD
+    g = rand(rng, 2, 7, 19)
+    (dx,) = grads(geglu_ref, [x], g)
+    assert rel(op("geglu_backward", device, g, x)[0], dx) <= BWD
+
+
+# ------------------------------------------------------------------ layout
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 37, 33, 35)])
+def test_nchw_nlc(device, rng, shape):
+    n, c, h, w = shape
+    x = rand(rng, *shape)
+    to_nlc = lambda x: x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # noqa: E731
+    to_nchw = lambda y: y.reshape(n, h, w, c).permute(0, 3, 1, 2)  # noqa: E731
+    (y,) = op("nchw_to_nlc", device, x)
+    assert np.array_equal(y, to_nlc(t(x)).numpy())
+    (back,) = op("nlc_to_nchw", device, y, hw=(h, w))
+    assert np.array_equal(back, x)
+    g = rand(rng, n, h * w, c)
+    (dx,) = grads(to_nlc, [x], g)
+    assert rel(op("nchw_to_nlc_backward", device, g, hw=(h, w))[0], dx) <= BWD
+    g2 = rand(rng, *shape)
+    (dy,) = grads(to_nchw, [y], g2)
+    assert rel(op("nlc_to_nchw_backward", device, g2)[0], dy) <= BWD
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 2])
+def test_concat_channels(device, rng, n):
+    a, b = rand(rng, n, 3, 5, 6), rand(rng, n, 4, 5, 6)
+    assert np.array_equal(op("concat_channels_forward", device, a, b)[0], torch.cat([t(a), t(b)], 1).numpy())
+    g = rand(rng, n, 7, 5, 6)
+    da, db = grads(lambda a, b: torch.cat([a, b], 1), [a, b], g)
+    ours_a, ours_b = op("concat_channels_backward", device, g, ca=3)
+    assert rel(ours_a, da) <= BWD and rel(ours_b, db) <= BWD
+    only_a, none_b = op("concat_channels_backward", device, g, ca=3, want_db=0)
+    assert none_b is None and np.array_equal(only_a, ours_a)
+    none_a, only_b = op("concat_channels_backward", device, g, ca=3, want_da=0)
+    assert none_a is None and np.array_equal(only_b, ours_b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_upsample2x(device, rng):
+    x = rand(rng, 2, 3, 5, 7)
+    ref = lambda x: F.interpolate(x, scale_factor=2.0, mode="nearest")  # noqa: E731
+    assert np.array_equal(op("upsample2x_forward", device, x)[0], ref(t(x)).numpy())
+    g = rand(rng, 2, 3, 10, 14)
+    (dx,) = grads(ref, [x], g)
+    assert rel(op("upsample2x_backward", device, g)[0], dx) <= BWD
+
+
+# --------------------------------------------------------------- attention
+
+
+def attention_ref(q, k, v, heads, causal, scale):
+    n, lq, hd = q.shape
+    lk, d = k.shape[1], hd // heads
+    qh = q.reshape(n, lq, heads, d).transpose(1, 2)
+    kh = k.reshape(n, lk, heads, d).transpose(1, 2)
+    vh = v.reshape(n, lk, heads, d).transpose(1, 2)
+    s = scale * qh @ kh.transpose(-1, -2)
+    if causal:
+        mask = torch.ones(lq, lk, dtype=torch.bool).triu(1)
+        s = s.masked_fill(mask, float("-inf"))
+    e = torch.exp(s - s.max(dim=-1, keepdim=True).values)
+    p = e / e.sum(dim=-1, keepdim=True)
+    out = (p @ vh).transpose(1, 2).reshape(n, lq, hd)
+    return out, p
+
+
+ATTNS = [
+    # N, Lq, Lk, heads, D, causal
+    (2, 37, 29, 3, 8, 0),    # cross attention shapes
+    (1, 33, 33, 4, 5, 1),    # causal self attention (text encoder)
+    (1, 300, 50, 2, 8, 0),   # more queries than one chunk
+    (2, 270, 270, 1, 4, 1),  # causal across a chunk boundary
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", ATTNS)
+def test_attention_forward(device, rng, cfg):
+    n, lq, lk, h, d, causal = cfg
+    q, k, v = rand(rng, n, lq, h * d), rand(rng, n, lk, h * d), rand(rng, n, lk, h * d)
+    scale = d**-0.5
+    ref_out, ref_p = attention_ref(t(q), t(k), t(v), h, causal, scale)
+    out, probs = op("attention_forward", device, q, k, v, heads=h, causal=causal, scale=scale, want_probs=1)
+    assert rel(out, ref_out) <= FWD
+    assert rel(probs, ref_p) <= FWD
+    out2, none = op("attention_forward", device, q, k, v, heads=h, causal=causal, scale=scale)
+    assert none is None
+    # GNR_SPEC.md section 5: the output does not depend on whether P is kept.
+    assert out2.tobytes() == out.tobytes()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", ATTNS)
+@pytest.mark.parametrize("with_dprobs", [False, True])
+def test_attention_backward(device, rng, cfg, with_dprobs):
+    n, lq, lk, h, d, causal = cfg
+    q, k, v = rand(rng, n, lq, h * d), rand(rng, n, lk, h * d), rand(rng, n, lk, h * d)
+    scale = d**-0.5
+    g = rand(rng, n, lq, h * d)
+    gp = rand(rng, n, h, lq, lk) if with_dprobs else None
+    dq, dk, dv = grads(lambda q, k, v: attention_ref(q, k, v, h, causal, scale), [q, k, v], (g, gp))
+    _, probs = op("attention_forward", device, q, k, v, heads=h, causal=causal, scale=scale, want_probs=1)
+    ours = op("attention_backward", device, q, k, v, probs, g, gp, heads=h, scale=scale)
+    for o, r in zip(ours, (dq, dk, dv)):
+        assert rel(o, r) <= BWD
+    # each gradient may be skipped; the others do not change
+    only_k = op("attention_backward", device, q, k, v, probs, g, gp, heads=h, scale=scale, want_dq=0, want_dv=0)
+    assert only_k[0] is None and only_k[2] is None and np.array_equal(only_k[1], ours[1])
+    only_v = op("attention_backward", device, q, k, v, probs, g, gp, heads=h, scale=scale, want_dq=0, want_dk=0)
+    assert np.array_equal(only_v[2], ours[2])
+
+
+# --------------------------------------------------------------- embedding
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_embedding(device, rng):
+    table = rand(rng, 23, 10)
+    ids = [0, 22, 5, 5, 17, 3, 22]
+    (y,) = op("embedding_forward", device, table, ids=ids)
+    assert np.array_equal(y, F.embedding(torch.tensor(ids), t(table)).numpy())
+    with pytest.raises(ValueError, match="outside"):
+        op("embedding_forward", device, table, ids=[1, 23])
+
+
+# -------------------------------------------------------------- reductions
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reductions(device, rng):
+    a, b = rand(rng, 3, 41, 37), rand(rng, 3, 41, 37)
+    b[0, 0, :5] = a[0, 0, :5]  # ties: sign(0) = 0
+    ta, tb = t(a, True), t(b)
+    sq = ((ta.double() - tb.double()) ** 2).mean()
+    ab = (ta.double() - tb.double()).abs().mean()
+    assert rel(op("sq_diff_mean", device, a, b)[0], sq) <= FWD
+    assert rel(op("abs_diff_mean", device, a, b)[0], ab) <= FWD
+    assert rel(op("sum_sq", device, a)[0], (ta.double() ** 2).sum()) <= FWD
+    scale = 2.5
+    (da,) = grads(lambda a: scale * F.mse_loss(a, tb), [a], np.float32(1.0))
+    assert rel(op("sq_diff_mean_backward", device, a, b, scale=scale)[0], da) <= BWD
+    (da,) = grads(lambda a: scale * F.l1_loss(a, tb), [a], np.float32(1.0))
+    assert rel(op("abs_diff_mean_backward", device, a, b, scale=scale)[0], da) <= BWD
+
+
+# ------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic(device, rng):
+    x, w = rand(rng, 2, 8, 23, 19), rand(rng, 6, 8, 3, 3)
+    q, k, v = rand(rng, 1, 300, 16), rand(rng, 1, 77, 16), rand(rng, 1, 77, 16)
+    a, b = rand(rng, 300_001), rand(rng, 300_001)
+    g = rand(rng, 2, 6, 23, 19)
+
+    def run_all():
+        out = []
+        out += op("conv2d_forward", device, x, w, None, pads=(1, 1, 1, 1))
+        out += op("conv2d_backward", device, g, w, pads=(1, 1, 1, 1), x_shape=x.shape)
+        out += op("group_norm_forward", device, x, None, None, groups=4)
+        out += op("group_norm_backward", device, x, x, None, groups=4)
+        att = op("attention_forward", device, q, k, v, heads=2, scale=0.3, want_probs=1)
+        out += att
+        out += op("attention_backward", device, q, k, v, att[1], q, None, heads=2, scale=0.3)
+        out += op("sq_diff_mean", device, a, b)
+        out += op("sum_sq", device, a)
+        return [o.tobytes() for o in out]
+
+    assert run_all() == run_all()
+
+
+def test_reductions_independent_of_threads(rng):
+    # Fixed chunking: the non-BLAS reductions give the same bytes on 1 and 2 threads.
+    a, b = rand(rng, 500_003), rand(rng, 500_003)
+    x = rand(rng, 1, 64, 40, 40)
+    before = gnr.build_info()["threads"]
+    results = []
+    try:
+        for n in (1, 2):
+            gnr.set_num_threads(n)
+            results.append([op("sq_diff_mean", "cpu", a, b)[0].tobytes(), op("sum_sq", "cpu", a)[0].tobytes(),
+                            op("group_norm_forward", "cpu", x, None, None, groups=32)[0].tobytes()])
+    finally:
+        gnr.set_num_threads(before)
+    assert results[0] == results[1]
+
+
+# -------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("call,match", [
+    (lambda d, r: op("conv2d_forward", d, rand(r, 1, 3, 8, 8), rand(r, 4, 5, 3, 3), None), "conv2d_forward"),
+    (lambda d, r: op("conv2d_backward", d, rand(r, 1, 4, 8, 8), rand(r, 4, 3, 3, 3), pads=1, x_shape=(1, 3, 9, 8)),
+     "conv2d_backward"),
+    (lambda d, r: op("linear_forward", d, rand(r, 5, 7), rand(r, 3, 6), None), "linear_forward"),
+    (lambda d, r: op("linear_forward", d, rand(r, 5, 6), rand(r, 3, 6), rand(r, 4)), "linear_forward"),
+    (lambda d, r: op("add", d, rand(r, 5, 6), rand(r, 5, 7)), "add"),
+    (lambda d, r: op("group_norm_forward", d, rand(r, 1, 6, 4, 4), None, None, groups=4), "group_norm_forward"),
+    (lambda d, r: op("layer_norm_forward", d, rand(r, 2, 6), rand(r, 5), None), "layer_norm_forward"),
+    (lambda d, r: op("attention_forward", d, rand(r, 1, 5, 12), rand(r, 1, 6, 12), rand(r, 1, 6, 12), heads=5),
+     "attention_forward"),
+    (lambda d, r: op("attention_forward", d, rand(r, 1, 5, 12), rand(r, 1, 6, 12), rand(r, 1, 7, 12), heads=2),
+     "attention_forward"),
+    (lambda d, r: op("add_channel_forward", d, rand(r, 1, 6, 4, 4), rand(r, 1, 5)), "add_channel_forward"),
+    (lambda d, r: op("geglu_forward", d, rand(r, 3, 7)), "geglu_forward"),
+    (lambda d, r: op("sq_diff_mean", d, rand(r, 3, 7), rand(r, 3, 6)), "sq_diff_mean"),
+    (lambda d, r: op("nlc_to_nchw", d, rand(r, 1, 12, 3), hw=(3, 5)), "nlc_to_nchw"),
+])
+def test_bad_shapes_raise(device, rng, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(device, rng)
+
+
+def test_unknown_op_lists_known_ones():
+    with pytest.raises(ValueError, match="conv2d_forward"):
+        op("conv3d_forward", "cpu")
+
+
+def test_missing_input_and_unknown_param():
+    with pytest.raises(ValueError, match="required"):
+        gnr._C._op("add", "cpu", (np.ones(3, np.float32),), {})
+    with pytest.raises(ValueError, match="unknown op param"):
+        op("scale", "cpu", np.ones(3, np.float32), alpah=2.0)
