@@ -202,6 +202,10 @@ class Model:
         expected = {name for name, _ in self._c.weight_specs()}
         for comp, tensors in weights.items():
             for name, array in tensors.items():
+                if comp == "text_encoder" and not name.startswith("text_model."):
+                    # transformers 5 saves the bare text transformer without
+                    # the "text_model." prefix that SD 1.x checkpoints carry.
+                    name = "text_model." + name
                 full = f"{comp}.{name}"
                 if full not in expected and name.endswith(_IGNORED_SUFFIXES):
                     continue

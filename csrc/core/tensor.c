@@ -60,6 +60,6 @@ const char *gnr_shape_str(const gnr_tensor *t, char *buf, size_t n)
     off += (size_t)snprintf(buf + off, n - off, "(");
     for (int i = 0; i < t->ndim && off < n; i++)
         off += (size_t)snprintf(buf + off, n - off, i ? ", %lld" : "%lld", (long long)t->shape[i]);
-    if (off < n) snprintf(buf + off, n - off, ")");
+    if (off < n) snprintf(buf + off, n - off, t->ndim == 1 ? ",)" : ")"); /* Python's spelling */
     return buf;
 }
