@@ -70,9 +70,18 @@ def openmp_works():
 
 class BuildExt(build_ext):
     def build_extension(self, ext):
-        if ext.name == "gnr._C_cuda":
+        if ext.name != "gnr._C_cuda":
+            super().build_extension(ext)
+            return
+        # The CUDA module compiles a few core files of its own (see
+        # extensions()): keep its objects apart from _C's.
+        saved = self.build_temp
+        self.build_temp = os.path.join(saved, "cuda_ext")
+        try:
             self.compile_cuda(ext)
-        super().build_extension(ext)
+            super().build_extension(ext)
+        finally:
+            self.build_temp = saved
 
     def compile_cuda(self, ext):
         """nvcc compiles the .cu files to objects; the C linker links them."""
@@ -84,11 +93,14 @@ class BuildExt(build_ext):
         gencode = []
         for a in archs:
             gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+        # include dirs given to build_ext (-I, e.g. where cublas_v2.h lives) reach nvcc too
+        includes = ["-I" + d for d in [str(CSRC), *ext.include_dirs, *(self.include_dirs or [])]]
         objects = []
         for src in ext.cuda_sources:
             obj = build / (Path(src).stem + ".o")
             cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
-                   "-I" + str(CSRC), "--expt-relaxed-constexpr", *gencode]
+                   "-Xcompiler", "-fvisibility=hidden", "-lineinfo", *includes, "--expt-relaxed-constexpr",
+                   *gencode]
             print(" ".join(cmd))
             subprocess.run(cmd, check=True)
             objects.append(str(obj))
@@ -122,10 +134,15 @@ def extensions():
         libdirs = [str(cuda / d) for d in ("lib64", "lib", "targets/x86_64-linux/lib") if (cuda / d).exists()]
         ext = Extension(
             "gnr._C_cuda",
-            sources=["csrc/python/cuda_module.c"],
+            # The core files the kernels call (gnr_error, tensor helpers, the
+            # arena) are compiled in: _C hides its symbols, and a failure must
+            # be recorded in this module's own message (the table's last_error).
+            sources=["csrc/python/cuda_module.c", "csrc/core/status.c", "csrc/core/tensor.c", "csrc/core/arena.c"],
             include_dirs=[str(CSRC), str(cuda / "include")],
             library_dirs=libdirs,
-            libraries=["cublas", "cudart"],
+            libraries=["cublas", "cudart", "stdc++"],  # nvcc's objects are C++
+            # relink when a kernel or header changes (the .cu objects are extra_objects)
+            depends=cu + sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h")),
             runtime_library_dirs=libdirs,
             define_macros=macros,
             extra_compile_args=cflags,
