@@ -44,6 +44,33 @@ def find_cuda_home():
     return None
 
 
+def find_cublas(cuda):
+    """(include dir, lib dir, library name) of cuBLAS, or None.
+
+    Looked for in GNR_CUBLAS_HOME (a folder with include/ and lib/, e.g. the
+    `nvidia-cublas` wheel's nvidia/cu13), then the CUDA toolkit, then that
+    wheel when it is importable by the building interpreter. Toolkits without
+    cuBLAS exist (it ships separately on PyPI), so this is not the same test
+    as finding nvcc."""
+    homes = []
+    if os.environ.get("GNR_CUBLAS_HOME"):
+        homes.append(Path(os.environ["GNR_CUBLAS_HOME"]))
+    homes += [cuda, cuda / "targets" / "x86_64-linux"]
+    for entry in sys.path:
+        homes += sorted(Path(entry).glob("nvidia/cu*")) + [Path(entry) / "nvidia" / "cublas"]
+    for home in homes:
+        inc = home / "include"
+        if not (inc / "cublas_v2.h").exists():
+            continue
+        for libdir in (home / "lib64", home / "lib"):
+            if (libdir / "libcublas.so").exists():
+                return str(inc), str(libdir), "cublas"
+            versioned = sorted(libdir.glob("libcublas.so.*"))
+            if versioned:  # wheels ship only the soname: link it by file name
+                return str(inc), str(libdir), ":" + versioned[0].name
+    return None
+
+
 def numpy_include():
     import numpy
 
@@ -70,9 +97,18 @@ def openmp_works():
 
 class BuildExt(build_ext):
     def build_extension(self, ext):
-        if ext.name == "gnr._C_cuda":
+        if ext.name != "gnr._C_cuda":
+            super().build_extension(ext)
+            return
+        # The CUDA module compiles a few core files of its own (see
+        # extensions()): keep its objects apart from _C's.
+        saved = self.build_temp
+        self.build_temp = os.path.join(saved, "cuda_ext")
+        try:
             self.compile_cuda(ext)
-        super().build_extension(ext)
+            super().build_extension(ext)
+        finally:
+            self.build_temp = saved
 
     def compile_cuda(self, ext):
         """nvcc compiles the .cu files to objects; the C linker links them."""
@@ -84,11 +120,14 @@ class BuildExt(build_ext):
         gencode = []
         for a in archs:
             gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+        # include dirs given to build_ext (-I, e.g. where cublas_v2.h lives) reach nvcc too
+        includes = ["-I" + d for d in [str(CSRC), *ext.include_dirs, *(self.include_dirs or [])]]
         objects = []
         for src in ext.cuda_sources:
             obj = build / (Path(src).stem + ".o")
             cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
-                   "-I" + str(CSRC), "--expt-relaxed-constexpr", *gencode]
+                   "-Xcompiler", "-fvisibility=hidden", "-lineinfo", *includes, "--expt-relaxed-constexpr",
+                   *gencode]
             print(" ".join(cmd))
             subprocess.run(cmd, check=True)
             objects.append(str(obj))
@@ -118,14 +157,25 @@ def extensions():
     ]
     cuda = find_cuda_home()
     cu = cuda_sources()
-    if cuda is not None and cu:
+    cublas = find_cublas(cuda) if cuda is not None and cu else None
+    if cuda is not None and cu and cublas is None:
+        print("gnr: nvcc found but no cuBLAS (set GNR_CUBLAS_HOME, or pip install nvidia-cublas): "
+              "building the CPU backend only", file=sys.stderr)
+    if cublas is not None:
+        blas_inc, blas_lib, blas_name = cublas
         libdirs = [str(cuda / d) for d in ("lib64", "lib", "targets/x86_64-linux/lib") if (cuda / d).exists()]
+        libdirs.append(blas_lib)
         ext = Extension(
             "gnr._C_cuda",
-            sources=["csrc/python/cuda_module.c"],
-            include_dirs=[str(CSRC), str(cuda / "include")],
+            # The core files the kernels call (gnr_error, tensor helpers, the
+            # arena) are compiled in: _C hides its symbols, and a failure must
+            # be recorded in this module's own message (the table's last_error).
+            sources=["csrc/python/cuda_module.c", "csrc/core/status.c", "csrc/core/tensor.c", "csrc/core/arena.c"],
+            include_dirs=[str(CSRC), str(cuda / "include"), blas_inc],
             library_dirs=libdirs,
-            libraries=["cublas", "cudart"],
+            libraries=[blas_name, "cudart", "stdc++"],  # nvcc's objects are C++
+            # relink when a kernel or header changes (the .cu objects are extra_objects)
+            depends=cu + sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h")),
             runtime_library_dirs=libdirs,
             define_macros=macros,
             extra_compile_args=cflags,

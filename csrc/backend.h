@@ -9,7 +9,7 @@
 
 #include "ops.h"
 
-#define GNR_BACKEND_ABI 1
+#define GNR_BACKEND_ABI 2
 
 typedef struct gnr_backend {
     int abi;           /* GNR_BACKEND_ABI of the code that built the table */
@@ -57,6 +57,11 @@ typedef struct gnr_backend {
     gnr_status (*abs_diff_mean)(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *out);
     gnr_status (*abs_diff_mean_backward)(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale, gnr_tensor *da);
     gnr_status (*sum_sq)(gnr_ctx *ctx, const gnr_tensor *x, double *out);
+    /* The message of the last failure on the calling thread, for a backend
+     * built as a separate module (its gnr_error state is not the engine's):
+     * ops.c copies it into the engine's message when an op fails. NULL for
+     * the built-in CPU backend. */
+    const char *(*last_error)(void);
 } gnr_backend;
 
 /* The table for a device, or NULL when that backend is not available. */

@@ -25,11 +25,22 @@ static gnr_status no_backend(const gnr_ctx *ctx, const char *op)
     return gnr_error(GNR_ERR_UNSUPPORTED, "%s: no %s backend is loaded", op, gnr_device_name(ctx->device));
 }
 
+/* A backend loaded as its own module records failures in its own error
+ * state: copy the message into the engine's so callers see it. */
+static gnr_status backend_status(const gnr_backend *b, gnr_status st)
+{
+    if (st != GNR_OK && b->last_error && b->last_error != gnr_last_error) {
+        const char *msg = b->last_error();
+        gnr_error(st, "%s", msg && msg[0] ? msg : "CUDA backend error (no message)");
+    }
+    return st;
+}
+
 #define DISPATCH(op, ...)                                        \
     do {                                                         \
         const gnr_backend *b_ = gnr_backend_for(ctx->device);    \
         if (!b_ || !b_->op) return no_backend(ctx, #op);         \
-        return b_->op(__VA_ARGS__);                              \
+        return backend_status(b_, b_->op(__VA_ARGS__));          \
     } while (0)
 
 gnr_status gnr_fill(gnr_ctx *ctx, gnr_tensor *y, float value)

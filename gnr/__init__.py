@@ -35,4 +35,29 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(int(n))
 
 
-__all__ = ["build_info", "set_num_threads", "load_model", "Model", "OutOfMemoryError", "DeviceError"]
+_cuda_ready = None
+
+
+def cuda_available() -> bool:
+    """True when the CUDA backend is built and a CUDA device is usable.
+
+    The first call imports `gnr._C_cuda` (absent in a CPU-only build; it needs
+    the CUDA runtime libraries) and registers its backend with the engine; a
+    missing module, library, driver or device gives False, never an error."""
+    global _cuda_ready
+    if _cuda_ready is None:
+        try:
+            from . import _C_cuda
+        except (ImportError, OSError):
+            _cuda_ready = False
+            return False
+        if _C_cuda.device_count() < 1:
+            _cuda_ready = False
+            return False
+        _C._register_cuda_backend(_C_cuda.backend)
+        _cuda_ready = True
+    return _cuda_ready
+
+
+__all__ = ["build_info", "set_num_threads", "cuda_available", "load_model", "Model", "OutOfMemoryError",
+           "DeviceError"]

@@ -1,0 +1,163 @@
+/* Activations (SiLU, exact GELU, QuickGELU) and the GEGLU gate. */
+#include "cuda_ops.h"
+
+#define INV_SQRT2 0.70710678118654752440f
+#define INV_SQRT_2PI 0.39894228040143267794f
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* gelu(x) = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 */
+__device__ __forceinline__ float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * INV_SQRT2)); }
+/* gelu'(x) = Phi(x) + x * phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi) */
+__device__ __forceinline__ float gelu_df(float x)
+{
+    return 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+}
+
+__device__ __forceinline__ float act_f(int act, float x)
+{
+    switch (act) {
+    case GNR_ACT_SILU: return x * sigmoidf_(x);                 /* x s(x) */
+    case GNR_ACT_GELU: return gelu_f(x);
+    default: return x * sigmoidf_(1.702f * x);                  /* x s(1.702 x) */
+    }
+}
+
+__device__ __forceinline__ float act_df(int act, float x)
+{
+    switch (act) {
+    case GNR_ACT_SILU: {                                        /* s (1 + x (1 - s)) */
+        float s = sigmoidf_(x);
+        return s * (1.0f + x * (1.0f - s));
+    }
+    case GNR_ACT_GELU: return gelu_df(x);
+    default: {                                                  /* s + 1.702 x s (1 - s) */
+        float s = sigmoidf_(1.702f * x);
+        return s + 1.702f * x * s * (1.0f - s);
+    }
+    }
+}
+
+/* y = f(x) */
+__global__ void act_forward_kernel(int act, const float *x, float *y, int64_t n)
+{
+    GRID_STRIDE(i, n) y[i] = act_f(act, x[i]);
+}
+
+/* dx += dy * f'(x) */
+__global__ void act_backward_kernel(int act, const float *dy, const float *x, float *dx, int64_t n)
+{
+    GRID_STRIDE(i, n) dx[i] += dy[i] * act_df(act, x[i]);
+}
+
+static gnr_status check_act(const char *op, gnr_act act)
+{
+    if (act != GNR_ACT_SILU && act != GNR_ACT_GELU && act != GNR_ACT_QUICK_GELU)
+        return gnr_error(GNR_ERR_VALUE, "%s: unknown activation %d (allowed: silu 0, gelu 1, quick_gelu 2)", op,
+                         (int)act);
+    return GNR_OK;
+}
+
+gnr_status cuda_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
+{
+    const char *op = "act_forward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(check_act(op, act));
+    GNR_TRY(cuda_check_tensor(op, "x", x));
+    GNR_TRY(cuda_check_tensor(op, "y", y));
+    GNR_TRY(cuda_check_numel(op, "x", x, "y", y));
+    int64_t n = gnr_numel(x);
+    if (n == 0) return GNR_OK;
+    act_forward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>((int)act, gnr_f32(x), gnr_f32(y), n);
+    CUDA_CHECK_LAUNCH("act_forward_kernel");
+    return GNR_OK;
+}
+
+gnr_status cuda_act_backward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx)
+{
+    const char *op = "act_backward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(check_act(op, act));
+    GNR_TRY(cuda_check_tensor(op, "dy", dy));
+    GNR_TRY(cuda_check_tensor(op, "x", x));
+    GNR_TRY(cuda_check_tensor(op, "dx", dx));
+    GNR_TRY(cuda_check_numel(op, "x", x, "dy", dy));
+    GNR_TRY(cuda_check_numel(op, "x", x, "dx", dx));
+    int64_t n = gnr_numel(x);
+    if (n == 0) return GNR_OK;
+    act_backward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>((int)act, gnr_f32(dy), gnr_f32(x), gnr_f32(dx), n);
+    CUDA_CHECK_LAUNCH("act_backward_kernel");
+    return GNR_OK;
+}
+
+/* x: rows x 2F = [a | g]; y[r,f] = a[r,f] * gelu(g[r,f]) */
+__global__ void geglu_forward_kernel(const float *x, float *y, int64_t F, int64_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        int64_t r = i / F, f = i % F;
+        const float *xr = x + r * 2 * F;
+        y[i] = xr[f] * gelu_f(xr[F + f]);
+    }
+}
+
+/* da += dy * gelu(g); dg += dy * a * gelu'(g) */
+__global__ void geglu_backward_kernel(const float *dy, const float *x, float *dx, int64_t F, int64_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        int64_t r = i / F, f = i % F;
+        const float *xr = x + r * 2 * F;
+        float *dxr = dx + r * 2 * F;
+        float a = xr[f], g = xr[F + f];
+        dxr[f] += dy[i] * gelu_f(g);
+        dxr[F + f] += dy[i] * a * gelu_df(g);
+    }
+}
+
+static gnr_status geglu_dims(const char *op, const gnr_tensor *x, const gnr_tensor *y, int64_t *F, int64_t *n)
+{
+    char sx[96], sy[96];
+    if (x->ndim < 1 || x->shape[x->ndim - 1] % 2)
+        return gnr_error(GNR_ERR_VALUE, "%s: x %s must end in an even size 2F", op, gnr_shape_str(x, sx, sizeof sx));
+    *F = x->shape[x->ndim - 1] / 2;
+    *n = gnr_numel(x) / 2;
+    if (gnr_numel(y) != *n)
+        return gnr_error(GNR_ERR_VALUE, "%s: y %s must be rows x F for x %s", op, gnr_shape_str(y, sy, sizeof sy),
+                         gnr_shape_str(x, sx, sizeof sx));
+    return GNR_OK;
+}
+
+gnr_status cuda_geglu_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+{
+    const char *op = "geglu_forward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(cuda_check_tensor(op, "x", x));
+    GNR_TRY(cuda_check_tensor(op, "y", y));
+    int64_t F = 0, n = 0;
+    GNR_TRY(geglu_dims(op, x, y, &F, &n));
+    if (n == 0) return GNR_OK;
+    geglu_forward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(x), gnr_f32(y), F, n);
+    CUDA_CHECK_LAUNCH("geglu_forward_kernel");
+    return GNR_OK;
+}
+
+gnr_status cuda_geglu_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx)
+{
+    const char *op = "geglu_backward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(cuda_check_tensor(op, "dy", dy));
+    GNR_TRY(cuda_check_tensor(op, "x", x));
+    GNR_TRY(cuda_check_tensor(op, "dx", dx));
+    GNR_TRY(cuda_check_numel(op, "x", x, "dx", dx));
+    int64_t F = 0, n = 0;
+    GNR_TRY(geglu_dims(op, x, dy, &F, &n));
+    if (n == 0) return GNR_OK;
+    geglu_backward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(dy), gnr_f32(x), gnr_f32(dx), F, n);
+    CUDA_CHECK_LAUNCH("geglu_backward_kernel");
+    return GNR_OK;
+}

@@ -1,0 +1,233 @@
+/* Multi-head attention on packed heads, by batched cuBLAS products per head
+ * and a row softmax kernel.
+ *
+ * Queries are processed in chunks of cq rows so the score buffer (all heads
+ * of one chunk, H x cq x Lk, from the arena) stays within CUDA_TILE_BYTES. The
+ * chunk size depends only on the shapes, and the scores are always computed in
+ * that scratch buffer and copied to `probs` when asked: the same kernels with
+ * the same arguments run with and without probs, so `out` is bit-identical.
+ *
+ * Row-major / column-major: head h of q is the row-major Lq x D matrix at
+ * q + h*D with ld = H*D, i.e. the column-major D x Lq matrix Q_h^T. */
+#include <math.h>
+
+#include "cuda_ops.h"
+
+/* Row softmax in place over S (rows of Lk), with the causal mask j > i
+ * (i = i0 + row % cq is the query index). One block per row. */
+__global__ void softmax_rows_kernel(float *S, int64_t Lk, int64_t cq, int64_t i0, int causal)
+{
+    __shared__ double sh[CUDA_BLOCK];
+    float *row = S + (int64_t)blockIdx.x * Lk;
+    int64_t qi = i0 + (int64_t)blockIdx.x % cq;
+    int64_t valid = causal ? (qi + 1 < Lk ? qi + 1 : Lk) : Lk;
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < valid; j += CUDA_BLOCK) m = fmaxf(m, row[j]);
+    m = block_max(m, (float *)sh);
+    double acc = 0.0;
+    for (int64_t j = threadIdx.x; j < valid; j += CUDA_BLOCK) acc += expf(row[j] - m);
+    float inv = (float)(1.0 / block_sum(acc, sh));
+    for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) row[j] = j < valid ? expf(row[j] - m) * inv : 0.0f;
+}
+
+/* dS = P * (dP + dprobs - rowsum((dP + dprobs) * P)), in place over dP.
+ * Row r of the chunk (head h = r / cq, query i0 + r % cq) of P and dprobs is
+ * at ((n*H + h)*Lq + i0 + r % cq) * Lk; dprobs may be NULL. */
+__global__ void softmax_backward_rows_kernel(float *dP, const float *P, const float *dprobs, int64_t Lk, int64_t cq,
+                                             int64_t i0, int64_t Lq)
+{
+    __shared__ double sh[CUDA_BLOCK];
+    int64_t r = blockIdx.x;
+    int64_t off = ((r / cq) * Lq + i0 + r % cq) * Lk;
+    float *g = dP + r * Lk;
+    const float *p = P + off;
+    const float *gp = dprobs ? dprobs + off : NULL;
+    double acc = 0.0;
+    for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) {
+        float v = g[j] + (gp ? gp[j] : 0.0f);
+        g[j] = v;
+        acc += (double)v * p[j];
+    }
+    float dot = (float)block_sum(acc, sh);
+    for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) g[j] = p[j] * (g[j] - dot);
+}
+
+typedef struct {
+    int64_t N, Lq, Lk, H, D, HD;
+} attn_dims;
+
+static gnr_status attention_dims(const char *op, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                                 int heads, attn_dims *a)
+{
+    char sq[96], sk[96], sv[96];
+    if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || k->shape[0] != q->shape[0] || !gnr_same_shape(k, v) ||
+        k->shape[2] != q->shape[2])
+        return gnr_error(GNR_ERR_VALUE, "%s: q %s, k %s, v %s must be N x Lq x HD, N x Lk x HD, N x Lk x HD", op,
+                         gnr_shape_str(q, sq, sizeof sq), gnr_shape_str(k, sk, sizeof sk),
+                         gnr_shape_str(v, sv, sizeof sv));
+    a->N = q->shape[0];
+    a->Lq = q->shape[1];
+    a->Lk = k->shape[1];
+    a->HD = q->shape[2];
+    if (heads < 1 || a->HD % heads)
+        return gnr_error(GNR_ERR_VALUE, "%s: heads = %d must be >= 1 and divide the width %lld", op, heads,
+                         (long long)a->HD);
+    a->H = heads;
+    a->D = a->HD / heads;
+    GNR_TRY(cuda_check_int(op, "Lq", a->Lq));
+    GNR_TRY(cuda_check_int(op, "Lk", a->Lk));
+    GNR_TRY(cuda_check_int(op, "H*D", a->HD));
+    return GNR_OK;
+}
+
+static gnr_status check_same(const char *op, const char *name, const gnr_tensor *t, const gnr_tensor *like)
+{
+    GNR_TRY(cuda_check_tensor(op, name, t));
+    return cuda_check_numel(op, name, t, "its input", like);
+}
+
+static gnr_status check_probs(const char *op, const char *name, const gnr_tensor *t, const attn_dims *a)
+{
+    GNR_TRY(cuda_check_tensor(op, name, t));
+    if (gnr_numel(t) != a->N * a->H * a->Lq * a->Lk) {
+        char st[96];
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x H x Lq x Lk = %lld x %lld x %lld x %lld", op, name,
+                         gnr_shape_str(t, st, sizeof st), (long long)a->N, (long long)a->H, (long long)a->Lq,
+                         (long long)a->Lk);
+    }
+    return GNR_OK;
+}
+
+/* Query rows per chunk: H x cq x Lk floats within CUDA_TILE_BYTES. */
+static int64_t chunk_rows(const attn_dims *a)
+{
+    int64_t per_row = a->H * (a->Lk > 0 ? a->Lk : 1);
+    int64_t cq = (int64_t)(CUDA_TILE_BYTES / sizeof(float)) / per_row;
+    if (cq < 1) cq = 1;
+    return cq < a->Lq ? cq : a->Lq;
+}
+
+gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out)
+{
+    const char *op = "attention_forward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(cuda_check_tensor(op, "q", q));
+    GNR_TRY(cuda_check_tensor(op, "k", k));
+    GNR_TRY(cuda_check_tensor(op, "v", v));
+    attn_dims a;
+    GNR_TRY(attention_dims(op, q, k, v, heads, &a));
+    GNR_TRY(check_same(op, "out", out, q));
+    if (probs) GNR_TRY(check_probs(op, "probs", probs, &a));
+    if (a.N == 0 || a.Lq == 0 || a.HD == 0) return GNR_OK;
+    if (a.Lk == 0) {
+        CUDA_CHECK(cudaMemsetAsync(out->data, 0, gnr_nbytes(out), s->stream));
+        return GNR_OK;
+    }
+    int64_t cq_max = chunk_rows(&a);
+    cuda_scratch sc(ctx->arena);
+    float *S;
+    GNR_TRY(sc.alloc((size_t)(a.H * cq_max * a.Lk) * sizeof(float), (void **)&S));
+    const float zero = 0.0f, one = 1.0f;
+    int D = (int)a.D, HD = (int)a.HD, Lk = (int)a.Lk, H = (int)a.H;
+    for (int64_t n = 0; n < a.N; n++) {
+        const float *qn = gnr_f32(q) + n * a.Lq * a.HD;
+        const float *kn = gnr_f32(k) + n * a.Lk * a.HD;
+        const float *vn = gnr_f32(v) + n * a.Lk * a.HD;
+        float *on = gnr_f32(out) + n * a.Lq * a.HD;
+        for (int64_t i0 = 0; i0 < a.Lq; i0 += cq_max) {
+            int64_t cq = a.Lq - i0 < cq_max ? a.Lq - i0 : cq_max;
+            int64_t sstride = cq * a.Lk; /* between heads in S */
+            /* S_h^T (Lk x cq) = scale * K_h (op T of the D x Lk view) * Q_h^T (D x cq) */
+            CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD,
+                                                   a.D, qn + i0 * a.HD, HD, a.D, &zero, S, Lk, sstride, H));
+            softmax_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(S, a.Lk, cq, i0, causal);
+            CUDA_CHECK_LAUNCH("softmax_rows_kernel");
+            if (probs) {
+                /* head h's chunk rows are contiguous in probs[n, h] */
+                float *pn = gnr_f32(probs) + (n * a.H * a.Lq + i0) * a.Lk;
+                CUDA_CHECK(cudaMemcpy2DAsync(pn, (size_t)(a.Lq * a.Lk) * sizeof(float), S,
+                                             (size_t)sstride * sizeof(float), (size_t)sstride * sizeof(float),
+                                             (size_t)a.H, cudaMemcpyDeviceToDevice, s->stream));
+            }
+            /* O_h^T (D x cq) = V_h^T (D x Lk) * P_h^T (Lk x cq) */
+            CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &one, vn, HD,
+                                                   a.D, S, Lk, sstride, &zero, on + i0 * a.HD, HD, a.D, H));
+        }
+    }
+    return GNR_OK;
+}
+
+/* Given P (probs):
+ *   dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs);  dS = P * (dP - rowsum(dP * P));
+ *   dQ_h += scale * dS K_h;  dK_h += scale * dS^T Q_h
+ * The causal mask needs no care here: masked entries of P are 0, so dS is 0 there. */
+gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                                   const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
+                                   const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+{
+    const char *op = "attention_backward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(cuda_check_tensor(op, "q", q));
+    GNR_TRY(cuda_check_tensor(op, "k", k));
+    GNR_TRY(cuda_check_tensor(op, "v", v));
+    attn_dims a;
+    GNR_TRY(attention_dims(op, q, k, v, heads, &a));
+    if (!probs)
+        return gnr_error(GNR_ERR_VALUE, "%s: probs (the map saved by the forward) is required on cuda", op);
+    GNR_TRY(check_probs(op, "probs", probs, &a));
+    GNR_TRY(check_same(op, "dout", dout, q));
+    if (dprobs) GNR_TRY(check_probs(op, "dprobs", dprobs, &a));
+    if (dq) GNR_TRY(check_same(op, "dq", dq, q));
+    if (dk) GNR_TRY(check_same(op, "dk", dk, k));
+    if (dv) GNR_TRY(check_same(op, "dv", dv, v));
+    if (a.N == 0 || a.Lq == 0 || a.Lk == 0 || a.HD == 0) return GNR_OK;
+    int64_t cq_max = chunk_rows(&a);
+    cuda_scratch sc(ctx->arena);
+    float *dS = NULL;
+    if (dq || dk) GNR_TRY(sc.alloc((size_t)(a.H * cq_max * a.Lk) * sizeof(float), (void **)&dS));
+    const float zero = 0.0f, one = 1.0f;
+    int D = (int)a.D, HD = (int)a.HD, Lk = (int)a.Lk, H = (int)a.H;
+    long long pstride = a.Lq * a.Lk; /* between heads in probs */
+    for (int64_t n = 0; n < a.N; n++) {
+        const float *qn = gnr_f32(q) + n * a.Lq * a.HD;
+        const float *kn = gnr_f32(k) + n * a.Lk * a.HD;
+        const float *vn = gnr_f32(v) + n * a.Lk * a.HD;
+        const float *don = gnr_f32(dout) + n * a.Lq * a.HD;
+        const float *pn = gnr_f32(probs) + n * a.H * a.Lq * a.Lk;
+        const float *gpn = dprobs ? gnr_f32(dprobs) + n * a.H * a.Lq * a.Lk : NULL;
+        for (int64_t i0 = 0; i0 < a.Lq; i0 += cq_max) {
+            int64_t cq = a.Lq - i0 < cq_max ? a.Lq - i0 : cq_max;
+            int64_t sstride = cq * a.Lk;
+            const float *pc = pn + i0 * a.Lk; /* chunk rows of head 0 */
+            if (dv) {
+                /* dV_h^T (D x Lk) += dO_h^T (D x cq) * P_h (op T of the Lk x cq view) */
+                CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, D, Lk, (int)cq, &one,
+                                                       don + i0 * a.HD, HD, a.D, pc, Lk, pstride, &one,
+                                                       gnr_f32(dv) + n * a.Lk * a.HD, HD, a.D, H));
+            }
+            if (!dS) continue;
+            /* dP_h^T (Lk x cq) = V_h (op T of the D x Lk view) * dO_h^T (D x cq) */
+            CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &one, vn, HD,
+                                                   a.D, don + i0 * a.HD, HD, a.D, &zero, dS, Lk, sstride, H));
+            softmax_backward_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(dS, pn, gpn, a.Lk, cq,
+                                                                                          i0, a.Lq);
+            CUDA_CHECK_LAUNCH("softmax_backward_rows_kernel");
+            if (dq) {
+                /* dQ_h^T (D x cq) += scale * K_h^T (D x Lk) * dS_h^T (Lk x cq) */
+                CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &scale, kn,
+                                                       HD, a.D, dS, Lk, sstride, &one,
+                                                       gnr_f32(dq) + n * a.Lq * a.HD + i0 * a.HD, HD, a.D, H));
+            }
+            if (dk) {
+                /* dK_h^T (D x Lk) += scale * Q_h^T (D x cq) * dS_h (op T of the Lk x cq view) */
+                CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, D, Lk, (int)cq, &scale,
+                                                       qn + i0 * a.HD, HD, a.D, dS, Lk, sstride, &one,
+                                                       gnr_f32(dk) + n * a.Lk * a.HD, HD, a.D, H));
+            }
+        }
+    }
+    return GNR_OK;
+}

@@ -1,0 +1,194 @@
+/* The CUDA backend: device memory, per-context state (stream, cuBLAS handle
+ * and workspace), error recording, shared argument checks, and the table of
+ * every op that gnr._C_cuda hands to the engine. */
+#include <stdio.h>
+
+#include "cuda_backend.h"
+#include "cuda_ops.h"
+
+/* ------------------------------------------------------------- errors --- */
+
+static gnr_status nomem(const char *call, const char *file, int line)
+{
+    size_t free_b = 0, total_b = 0;
+    cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
+    if (e != cudaSuccess) free_b = total_b = 0;
+    cudaGetLastError(); /* an out-of-memory error must not stick to the next launch check */
+    return gnr_error(GNR_ERR_NOMEM, "CUDA out of memory in %s (%s:%d): %zu bytes free of %zu on the device", call,
+                     file, line, free_b, total_b);
+}
+
+gnr_status cuda_fail(cudaError_t err, const char *call, const char *file, int line)
+{
+    if (err == cudaErrorMemoryAllocation) return nomem(call, file, line);
+    cudaGetLastError(); /* clear non-sticky errors */
+    return gnr_error(GNR_ERR_DEVICE, "CUDA error in %s (%s:%d): %s (%s)", call, file, line, cudaGetErrorName(err),
+                     cudaGetErrorString(err));
+}
+
+gnr_status cublas_fail(cublasStatus_t st, const char *call, const char *file, int line)
+{
+    if (st == CUBLAS_STATUS_ALLOC_FAILED) return nomem(call, file, line);
+    return gnr_error(GNR_ERR_DEVICE, "cuBLAS error in %s (%s:%d): %s (%s)", call, file, line,
+                     cublasGetStatusName(st), cublasGetStatusString(st));
+}
+
+/* The message of the last failure on this thread; the engine copies it into
+ * its own error state (its gnr_error lives in another module). */
+static const char *cuda_last_error(void) { return gnr_last_error(); }
+
+/* ----------------------------------------------------- argument checks --- */
+
+gnr_status cuda_check_tensor(const char *op, const char *name, const gnr_tensor *t)
+{
+    if (!t || !t->data) return gnr_error(GNR_ERR_VALUE, "%s: %s is missing", op, name);
+    if (t->dtype != GNR_F32)
+        return gnr_error(GNR_ERR_TYPE, "%s: %s is %s; the CUDA backend computes in float32 only", op, name,
+                         gnr_dtype_name(t->dtype));
+    if (t->device != GNR_CUDA)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s is on the %s; the CUDA backend needs tensors on cuda", op, name,
+                         gnr_device_name(t->device));
+    return GNR_OK;
+}
+
+gnr_status cuda_check_numel(const char *op, const char *an, const gnr_tensor *a, const char *bn, const gnr_tensor *b)
+{
+    if (gnr_numel(a) != gnr_numel(b)) {
+        char sa[96], sb[96];
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s and %s %s must have the same number of elements", op, an,
+                         gnr_shape_str(a, sa, sizeof sa), bn, gnr_shape_str(b, sb, sizeof sb));
+    }
+    return GNR_OK;
+}
+
+gnr_status cuda_check_int(const char *op, const char *what, int64_t v)
+{
+    if (v < 0 || v > 0x7fffffff)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s = %lld is outside what cuBLAS accepts (0 .. 2^31-1)", op, what,
+                         (long long)v);
+    return GNR_OK;
+}
+
+/* ------------------------------------------------------ device memory --- */
+
+static void *device_alloc(size_t bytes, void *user)
+{
+    (void)user;
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        cudaGetLastError(); /* the caller reports the failure; keep later checks clean */
+        return NULL;
+    }
+    return p;
+}
+
+static void device_release(void *p, void *user)
+{
+    (void)user;
+    if (p) cudaFree(p);
+}
+
+/* -------------------------------------------------- per-context state --- */
+
+#define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLAS's recommendation for Hopper */
+
+gnr_status cuda_get_state(gnr_ctx *ctx, cuda_state **out)
+{
+    if (!ctx || !ctx->backend)
+        return gnr_error(GNR_ERR_INTERNAL, "CUDA op called on a context that was not initialised for cuda");
+    *out = (cuda_state *)ctx->backend;
+    return GNR_OK;
+}
+
+void cuda_context_free(gnr_ctx *ctx)
+{
+    if (!ctx || !ctx->backend) return;
+    cuda_state *s = (cuda_state *)ctx->backend;
+    if (s->stream) cudaStreamSynchronize(s->stream);
+    if (s->blas) cublasDestroy(s->blas);
+    if (s->workspace) cudaFree(s->workspace);
+    if (s->stream) cudaStreamDestroy(s->stream);
+    free(s);
+    ctx->backend = NULL;
+    cudaGetLastError();
+}
+
+static gnr_status context_setup(cuda_state *s)
+{
+    CUDA_CHECK(cudaStreamCreate(&s->stream));
+    CUBLAS_CHECK(cublasCreate(&s->blas));
+    CUBLAS_CHECK(cublasSetStream(s->blas, s->stream));
+    /* Parity mode: plain fp32 products, never TF32. */
+    CUBLAS_CHECK(cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH));
+    CUDA_CHECK(cudaMalloc(&s->workspace, WORKSPACE_BYTES));
+    s->workspace_bytes = WORKSPACE_BYTES;
+    CUBLAS_CHECK(cublasSetWorkspace(s->blas, s->workspace, s->workspace_bytes));
+    return GNR_OK;
+}
+
+gnr_status cuda_context_init(gnr_ctx *ctx)
+{
+    cuda_state *s = (cuda_state *)calloc(1, sizeof *s);
+    if (!s) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the CUDA context state");
+    ctx->backend = s;
+    gnr_status st = context_setup(s);
+    if (st != GNR_OK) cuda_context_free(ctx);
+    return st;
+}
+
+gnr_status cuda_synchronize(gnr_ctx *ctx)
+{
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    return GNR_OK;
+}
+
+/* -------------------------------------------------------------- table --- */
+
+extern "C" const gnr_backend gnr_cuda_backend = {
+    .abi = GNR_BACKEND_ABI,
+    .name = "cuda",
+    .allocator = {device_alloc, device_release, NULL, 256},
+    .context_init = cuda_context_init,
+    .context_free = cuda_context_free,
+    .synchronize = cuda_synchronize,
+    .fill = cuda_fill,
+    .copy = cuda_copy,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .add = cuda_add,
+    .scale = cuda_scale,
+    .axpy = cuda_axpy,
+    .add_channel_forward = cuda_add_channel_forward,
+    .add_channel_backward = cuda_add_channel_backward,
+    .linear_forward = cuda_linear_forward,
+    .linear_backward = cuda_linear_backward,
+    .conv2d_forward = cuda_conv2d_forward,
+    .conv2d_backward = cuda_conv2d_backward,
+    .group_norm_forward = cuda_group_norm_forward,
+    .group_norm_backward = cuda_group_norm_backward,
+    .layer_norm_forward = cuda_layer_norm_forward,
+    .layer_norm_backward = cuda_layer_norm_backward,
+    .act_forward = cuda_act_forward,
+    .act_backward = cuda_act_backward,
+    .geglu_forward = cuda_geglu_forward,
+    .geglu_backward = cuda_geglu_backward,
+    .nchw_to_nlc = cuda_nchw_to_nlc,
+    .nlc_to_nchw = cuda_nlc_to_nchw,
+    .nchw_to_nlc_backward = cuda_nchw_to_nlc_backward,
+    .nlc_to_nchw_backward = cuda_nlc_to_nchw_backward,
+    .concat_channels_forward = cuda_concat_channels_forward,
+    .concat_channels_backward = cuda_concat_channels_backward,
+    .upsample2x_forward = cuda_upsample2x_forward,
+    .upsample2x_backward = cuda_upsample2x_backward,
+    .attention_forward = cuda_attention_forward,
+    .attention_backward = cuda_attention_backward,
+    .embedding_forward = cuda_embedding_forward,
+    .sq_diff_mean = cuda_sq_diff_mean,
+    .sq_diff_mean_backward = cuda_sq_diff_mean_backward,
+    .abs_diff_mean = cuda_abs_diff_mean,
+    .abs_diff_mean_backward = cuda_abs_diff_mean_backward,
+    .sum_sq = cuda_sum_sq,
+    .last_error = cuda_last_error,
+};

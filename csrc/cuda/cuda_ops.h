@@ -1,0 +1,150 @@
+/* The CUDA implementation of every op of ops.h (named cuda_*), and what the
+ * .cu files share: the per-context state, argument checks, launch helpers,
+ * deterministic block reductions and arena scratch.
+ *
+ * All kernels are float32 and simple: one thread per output element with
+ * grid-stride loops, one block per row/group for reductions. Matrix products
+ * go to cuBLAS (TF32 off). Reductions use fixed launch shapes and fixed-order
+ * shared-memory trees (no atomics), so results are bit-identical run to run. */
+#ifndef GNR_CUDA_OPS_H
+#define GNR_CUDA_OPS_H
+
+#include <stdint.h>
+
+#include "check.h"
+
+extern "C" {
+#include "backend.h"
+}
+
+/* ctx->backend of a CUDA context (context_init / context_free). */
+typedef struct {
+    cudaStream_t stream;    /* every kernel, copy and cuBLAS call of the context */
+    cublasHandle_t blas;
+    void *workspace;        /* cuBLAS workspace, so cuBLAS never allocates inside ops */
+    size_t workspace_bytes;
+} cuda_state;
+
+gnr_status cuda_get_state(gnr_ctx *ctx, cuda_state **out);
+
+/* A tensor argument must be non-NULL, float32 and on the CUDA device. */
+gnr_status cuda_check_tensor(const char *op, const char *name, const gnr_tensor *t);
+/* Element counts must agree. */
+gnr_status cuda_check_numel(const char *op, const char *an, const gnr_tensor *a, const char *bn,
+                            const gnr_tensor *b);
+/* Matrix dimensions handed to cuBLAS must fit an int. */
+gnr_status cuda_check_int(const char *op, const char *what, int64_t v);
+
+#define CUDA_BLOCK 256
+
+static inline unsigned cuda_grid(int64_t n)
+{
+    int64_t g = (n + CUDA_BLOCK - 1) / CUDA_BLOCK;
+    if (g < 1) g = 1;
+    if (g > (1 << 20)) g = 1 << 20; /* grid-stride loops cover the rest */
+    return (unsigned)g;
+}
+
+#define GRID_STRIDE(i, n)                                                      \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (int64_t)blockDim.x * gridDim.x)
+
+/* Sum of v over a block of CUDA_BLOCK threads in a fixed tree order; every
+ * thread gets the result. sh: CUDA_BLOCK doubles of shared memory. */
+__device__ __forceinline__ double block_sum(double v, double *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = CUDA_BLOCK / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* Maximum of v over the block (same shape as block_sum). */
+__device__ __forceinline__ float block_max(float v, float *sh)
+{
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = CUDA_BLOCK / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + s]);
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+/* Arena scratch released when the scope ends (stream order keeps reuse safe:
+ * every kernel of a context runs on its one stream). */
+struct cuda_scratch {
+    gnr_arena *arena;
+    gnr_arena_mark mark;
+    explicit cuda_scratch(gnr_arena *a) : arena(a), mark(gnr_arena_get_mark(a)) {}
+    ~cuda_scratch() { gnr_arena_release(arena, mark); }
+    gnr_status alloc(size_t bytes, void **out) { return gnr_arena_alloc(arena, bytes, out); }
+};
+
+/* Bytes of scratch one tiled op (conv2d, attention) may hold at once. */
+#define CUDA_TILE_BYTES ((size_t)64 << 20)
+
+/* ---- backend entry points (same signatures as the gnr_* ops) ---- */
+gnr_status cuda_context_init(gnr_ctx *ctx);
+void cuda_context_free(gnr_ctx *ctx);
+gnr_status cuda_synchronize(gnr_ctx *ctx);
+
+gnr_status cuda_fill(gnr_ctx *ctx, gnr_tensor *y, float value);
+gnr_status cuda_copy(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+gnr_status cuda_upload(gnr_ctx *ctx, const float *host, gnr_tensor *t);
+gnr_status cuda_download(gnr_ctx *ctx, const gnr_tensor *t, float *host);
+gnr_status cuda_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
+gnr_status cuda_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y);
+gnr_status cuda_axpy(gnr_ctx *ctx, float alpha, const gnr_tensor *x, gnr_tensor *y);
+gnr_status cuda_add_channel_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y);
+gnr_status cuda_add_channel_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dv);
+gnr_status cuda_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
+                               gnr_tensor *y);
+gnr_status cuda_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, gnr_tensor *dx);
+gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
+                               const gnr_conv_params *p, gnr_tensor *y);
+gnr_status cuda_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, const gnr_conv_params *p,
+                                gnr_tensor *dx);
+gnr_status cuda_group_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
+                                   const gnr_tensor *beta, int groups, float eps, gnr_tensor *y);
+gnr_status cuda_group_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
+                                    const gnr_tensor *gamma, int groups, float eps, gnr_tensor *dx);
+gnr_status cuda_layer_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
+                                   const gnr_tensor *beta, float eps, gnr_tensor *y);
+gnr_status cuda_layer_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
+                                    const gnr_tensor *gamma, float eps, gnr_tensor *dx);
+gnr_status cuda_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y);
+gnr_status cuda_act_backward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx);
+gnr_status cuda_geglu_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+gnr_status cuda_geglu_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx);
+gnr_status cuda_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+gnr_status cuda_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+gnr_status cuda_nchw_to_nlc_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx);
+gnr_status cuda_nlc_to_nchw_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx);
+gnr_status cuda_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
+gnr_status cuda_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *da, gnr_tensor *db);
+gnr_status cuda_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+gnr_status cuda_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx);
+gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out);
+gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
+                                   const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
+                                   const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv);
+gnr_status cuda_embedding_forward(gnr_ctx *ctx, const gnr_tensor *table, const int32_t *ids, int64_t n,
+                                  gnr_tensor *y);
+gnr_status cuda_sq_diff_mean(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *out);
+gnr_status cuda_sq_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale,
+                                      gnr_tensor *da);
+gnr_status cuda_abs_diff_mean(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *out);
+gnr_status cuda_abs_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale,
+                                       gnr_tensor *da);
+gnr_status cuda_sum_sq(gnr_ctx *ctx, const gnr_tensor *x, double *out);
+
+#endif

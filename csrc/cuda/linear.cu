@@ -1,0 +1,81 @@
+/* Fully connected layer, products by cuBLAS.
+ *
+ * Row-major matrices are handed to column-major cuBLAS as their transposes:
+ * a row-major R x C matrix is a column-major C x R matrix with ld = C. */
+#include "cuda_ops.h"
+
+/* y[r,o] += b[o] */
+__global__ void add_bias_rows_kernel(float *y, const float *b, int64_t out, int64_t n)
+{
+    GRID_STRIDE(i, n) y[i] += b[i % out];
+}
+
+static gnr_status linear_dims(const char *op, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *y,
+                              int64_t *rows, int64_t *in, int64_t *out)
+{
+    char sx[96], sw[96], sy[96];
+    if (w->ndim != 2 && !(w->ndim == 4 && w->shape[2] == 1 && w->shape[3] == 1))
+        return gnr_error(GNR_ERR_VALUE, "%s: w %s must be Out x In or Out x In x 1 x 1", op,
+                         gnr_shape_str(w, sw, sizeof sw));
+    *out = w->shape[0];
+    *in = w->shape[1];
+    if (x->ndim < 1 || x->shape[x->ndim - 1] != *in)
+        return gnr_error(GNR_ERR_VALUE, "%s: x %s must end in In = %lld (w %s)", op, gnr_shape_str(x, sx, sizeof sx),
+                         (long long)*in, gnr_shape_str(w, sw, sizeof sw));
+    *rows = *in ? gnr_numel(x) / *in : 0;
+    if (gnr_numel(y) != *rows * *out)
+        return gnr_error(GNR_ERR_VALUE, "%s: output %s must hold rows x Out = %lld x %lld", op,
+                         gnr_shape_str(y, sy, sizeof sy), (long long)*rows, (long long)*out);
+    GNR_TRY(cuda_check_int(op, "rows", *rows));
+    GNR_TRY(cuda_check_int(op, "In", *in));
+    GNR_TRY(cuda_check_int(op, "Out", *out));
+    return GNR_OK;
+}
+
+/* y[r,o] = b[o] + sum_i x[r,i] w[o,i]
+ * column-major: y^T (Out x R) = op_T(w^T as In x Out) * x^T (In x R) */
+gnr_status cuda_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
+                               gnr_tensor *y)
+{
+    const char *op = "linear_forward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(cuda_check_tensor(op, "x", x));
+    GNR_TRY(cuda_check_tensor(op, "w", w));
+    GNR_TRY(cuda_check_tensor(op, "y", y));
+    int64_t rows = 0, in = 0, out = 0;
+    GNR_TRY(linear_dims(op, x, w, y, &rows, &in, &out));
+    if (b) {
+        GNR_TRY(cuda_check_tensor(op, "b", b));
+        if (gnr_numel(b) != out) return gnr_error(GNR_ERR_VALUE, "%s: b must have Out = %lld elements", op, (long long)out);
+    }
+    if (rows == 0 || out == 0) return GNR_OK;
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, &one, gnr_f32(w),
+                             (int)in, gnr_f32(x), (int)in, &zero, gnr_f32(y), (int)out));
+    if (b) {
+        int64_t n = rows * out;
+        add_bias_rows_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(y), gnr_f32(b), out, n);
+        CUDA_CHECK_LAUNCH("add_bias_rows_kernel");
+    }
+    return GNR_OK;
+}
+
+/* dx[r,i] += sum_o dy[r,o] w[o,i]
+ * column-major: dx^T (In x R) += (w^T as In x Out) * dy^T (Out x R) */
+gnr_status cuda_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, gnr_tensor *dx)
+{
+    const char *op = "linear_backward";
+    cuda_state *s = NULL;
+    GNR_TRY(cuda_get_state(ctx, &s));
+    GNR_TRY(cuda_check_tensor(op, "dy", dy));
+    GNR_TRY(cuda_check_tensor(op, "w", w));
+    GNR_TRY(cuda_check_tensor(op, "dx", dx));
+    int64_t rows = 0, in = 0, out = 0;
+    GNR_TRY(linear_dims(op, dx, w, dy, &rows, &in, &out));
+    if (rows == 0 || in == 0) return GNR_OK;
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)in, (int)rows, (int)out, &one, gnr_f32(w),
+                             (int)in, gnr_f32(dy), (int)out, &one, gnr_f32(dx), (int)in));
+    return GNR_OK;
+}
