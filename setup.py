@@ -23,7 +23,8 @@ CSRC = ROOT / "csrc"
 
 
 def c_sources():
-    files = [p for p in CSRC.rglob("*.c") if "cuda" not in p.relative_to(CSRC).parts]
+    files = [p for p in CSRC.rglob("*.c")
+             if "cuda" not in p.relative_to(CSRC).parts and p.name != "cuda_module.c"]
     return sorted(str(p.relative_to(ROOT)) for p in files)
 
 

@@ -173,6 +173,71 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
 int gnr_unet_feature_names(const gnr_model *m, const char **names, int max);
 int gnr_unet_attention_names(const gnr_model *m, int part, const char **names, int max);
 
+/* ------------------------------------------------------------- editing --- */
+
+/* What a long job reports to its host between UNet passes. Both callbacks
+ * run on the engine's thread; either may be NULL. */
+typedef struct {
+    /* Between passes: non-zero stops the job (GNR_ERR_CANCELLED). */
+    int (*poll)(void *user);
+    /* After each step of a phase (GNR_PHASE_*): done of total steps; `guided`
+     * says whether a guidance gradient was taken; latent is the current
+     * latent on the host when want_latent, else NULL. Non-zero cancels. */
+    int (*step)(void *user, int phase, int done, int total, int guided, const float *latent);
+    void *user;
+    int want_latent;
+} gnr_hooks;
+
+enum { GNR_PHASE_INVERSION = 0, GNR_PHASE_NULL_TEXT = 1, GNR_PHASE_EDIT = 2 };
+
+/* The DDIM schedule of GNR_SPEC.md section 2 (fixed scaled-linear betas,
+ * 1000 training steps, "leading" spacing): abar[1000] and the timestep of
+ * step k for num_steps steps. */
+void gnr_ddim_alphas_cumprod(float abar[1000]);
+int gnr_ddim_timestep(int num_steps, int k);
+
+/* DDIM inversion with the source context (no guidance): chain[0] = z0,
+ * chain[i+1] = inversion_step(eps(chain[i], t_i, c_src)) for t_i = 0, step,
+ * ..., i.e. num_steps + 1 latents of 1 x in_channels x h x w. */
+gnr_status gnr_invert(gnr_model *m, const float *z0, int h, int w, const float *c_src, int ctx_len, int num_steps,
+                      const gnr_hooks *hooks, float *chain);
+
+typedef enum {
+    GNR_GUIDER_CFG = 0,               /* s * (eps_trg - eps_uncond)  (eps_src with source) */
+    GNR_GUIDER_LATENTS_DIFF = 1,      /* s * 2 (z - z_inv) */
+    GNR_GUIDER_FEATURES_MAP_L2 = 2,   /* s * mean((F_cur_trg - F_inv_inv)^2) at `feature` */
+    GNR_GUIDER_SELF_ATTN_MAP_L2 = 3,  /* s * sum_maps mean((A_cur_inv - A_inv_inv)^2) */
+    GNR_GUIDER_SELF_ATTN_APPEARANCE = 4 /* s * (sa sum_maps mean(dA^2) + ap mean|F_cur_inv - F_inv_inv|) */
+} gnr_guider_kind;
+
+typedef struct {
+    gnr_guider_kind kind;
+    const double *scale;     /* g_scale per step (num_steps) */
+    int source;              /* cfg: use eps_src of the cur_inv pass */
+    const char *feature;     /* features_map_l2 and appearance: the feature capture */
+    const double *self_attn; /* appearance: sa(k) per step */
+    const double *app;       /* appearance: ap(k) per step */
+} gnr_guider;
+
+typedef struct {
+    int num_steps;
+    int nguiders;
+    const gnr_guider *guiders;
+    int nmaps;                 /* the selected self-attention maps */
+    const char *const *maps;
+    int range_rescale;         /* 0: identity_rescaler; 1: range_other_on_cfg_norm [lo, hi] */
+    double lo, hi;
+    int checkpointing;
+} gnr_edit_config;
+
+/* The Guide-and-Rescale editing loop (GNR_SPEC.md section 5) from the chain
+ * of an inversion (num_steps + 1 latents; editing starts at chain[N]).
+ * uncond: the unconditional context (ctx_len x D), or num_steps of them
+ * (uncond_per_step, null-text inversion). z_out: the final latent. */
+gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain, int h, int w,
+                    const float *uncond, int uncond_per_step, const float *c_src, const float *c_trg, int ctx_len,
+                    const gnr_hooks *hooks, float *z_out);
+
 /* --------------------------------------------------------------- the build */
 
 /* "openblas 0.3.x ..." : which BLAS the CPU backend calls. */

@@ -2,24 +2,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gnr.h"
 #include "grad/tape.h"
-#include "models/clip_text.h"
-#include "models/unet.h"
-#include "models/vae.h"
+#include "model_internal.h"
 
-struct gnr_model {
-    gnr_model_config cfg;
-    gnr_weights weights;
-    clip_text_w text;
-    unet_w unet;
-    vae_w vae;
-    gnr_ctx ctx;
-    const gnr_backend *backend;
-    int finalized;
-    int busy;
-    volatile int cancel;
-};
 
 /* ---------------------------------------------------------- lifecycle --- */
 
@@ -83,6 +68,7 @@ gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, int 
     gnr_status st;
     GNR_CHECK(st, gnr_arena_create(&be->allocator, max_memory, &m->ctx.arena));
     GNR_CHECK(st, gnr_arena_create(&be->allocator, 0, &m->ctx.keep));
+    GNR_CHECK(st, gnr_arena_create(&be->allocator, 0, &m->state));
     if (be->context_init) GNR_CHECK(st, be->context_init(&m->ctx));
     GNR_CHECK(st, clip_text_declare(&m->weights, &cfg->text, &m->text));
     GNR_CHECK(st, unet_declare(&m->weights, &cfg->unet, &m->unet));
@@ -102,6 +88,7 @@ void gnr_model_destroy(gnr_model *m)
     gnr_weights_free(&m->weights);
     gnr_arena_destroy(m->ctx.arena);
     gnr_arena_destroy(m->ctx.keep);
+    gnr_arena_destroy(m->state);
     free(m);
 }
 
@@ -138,12 +125,16 @@ int gnr_model_size_multiple(const gnr_model *m) { return gnr_model_vae_factor(m)
 
 volatile int *gnr_model_cancel_flag(gnr_model *m) { return &m->cancel; }
 
-size_t gnr_model_peak_bytes(const gnr_model *m) { return gnr_arena_peak(m->ctx.arena) + gnr_arena_peak(m->ctx.keep); }
+size_t gnr_model_peak_bytes(const gnr_model *m)
+{
+    return gnr_arena_peak(m->ctx.arena) + gnr_arena_peak(m->ctx.keep) + gnr_arena_peak(m->state);
+}
 
 void gnr_model_reset_peak(gnr_model *m)
 {
     gnr_arena_reset_peak(m->ctx.arena);
     gnr_arena_reset_peak(m->ctx.keep);
+    gnr_arena_reset_peak(m->state);
 }
 
 void gnr_model_set_max_memory(gnr_model *m, size_t max_memory) { gnr_arena_set_cap(m->ctx.arena, max_memory); }
@@ -152,7 +143,7 @@ void gnr_model_set_max_memory(gnr_model *m, size_t max_memory) { gnr_arena_set_c
 
 /* One pass at a time per model: a second thread gets an error, never a
  * corrupted arena. */
-static gnr_status pass_begin(gnr_model *m)
+gnr_status gnr_pass_begin(gnr_model *m)
 {
     if (!m->finalized)
         return gnr_error(GNR_ERR_VALUE, "the model's weights are not loaded (gnr_model_finalize was not called)");
@@ -161,19 +152,22 @@ static gnr_status pass_begin(gnr_model *m)
                          "model is busy: another thread is running a pass on it; use one model per thread");
     gnr_arena_reset(m->ctx.arena);
     gnr_arena_reset(m->ctx.keep);
+    gnr_arena_reset(m->state);
+    m->cancel = 0;
     return GNR_OK;
 }
 
-static gnr_status pass_end(gnr_model *m, gnr_status st)
+gnr_status gnr_pass_end(gnr_model *m, gnr_status st)
 {
     m->ctx.tape = NULL;
     gnr_arena_reset(m->ctx.arena);
     gnr_arena_reset(m->ctx.keep);
+    gnr_arena_reset(m->state);
     __atomic_store_n(&m->busy, 0, __ATOMIC_RELEASE);
     return st;
 }
 
-static gnr_status upload_new(gnr_ctx *ctx, const float *host, int ndim, const int64_t *shape, gnr_tensor *t)
+gnr_status gnr_upload_new(gnr_ctx *ctx, const float *host, int ndim, const int64_t *shape, gnr_tensor *t)
 {
     GNR_TRY(gnr_alloc(ctx, GNR_F32, ndim, shape, t));
     return gnr_upload(ctx, host, t);
@@ -181,16 +175,16 @@ static gnr_status upload_new(gnr_ctx *ctx, const float *host, int ndim, const in
 
 gnr_status gnr_encode_text(gnr_model *m, const int32_t *ids, float *out)
 {
-    GNR_TRY(pass_begin(m));
+    GNR_TRY(gnr_pass_begin(m));
     gnr_tensor y;
     gnr_status st;
     GNR_CHECK(st, clip_text_forward(&m->ctx, &m->text, ids, &y));
     GNR_CHECK(st, gnr_download(&m->ctx, &y, out));
 done:
-    return pass_end(m, st);
+    return gnr_pass_end(m, st);
 }
 
-static gnr_status check_latent_size(const gnr_model *m, int h, int w)
+gnr_status gnr_check_latent_size(const gnr_model *m, int h, int w)
 {
     int mult = 1 << (m->cfg.unet.num_blocks - 1);
     if (h < 1 || w < 1 || h % mult || w % mult)
@@ -202,21 +196,21 @@ static gnr_status check_latent_size(const gnr_model *m, int h, int w)
 gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int h, int w, int timestep, const float *context,
                             int ctx_len, float *out)
 {
-    GNR_TRY(check_latent_size(m, h, w));
+    GNR_TRY(gnr_check_latent_size(m, h, w));
     if (ctx_len < 1) return gnr_error(GNR_ERR_VALUE, "context must have at least one token, got %d", ctx_len);
     if (timestep < 0 || timestep > 100000)
         return gnr_error(GNR_ERR_VALUE, "timestep %d is outside [0, 100000]", timestep);
-    GNR_TRY(pass_begin(m));
+    GNR_TRY(gnr_pass_begin(m));
     const gnr_unet_config *u = &m->cfg.unet;
     int64_t zs[4] = {1, u->in_channels, h, w}, cs[3] = {1, ctx_len, u->cross_attention_dim};
     gnr_tensor z, c, y;
     gnr_status st;
-    GNR_CHECK(st, upload_new(&m->ctx, latent, 4, zs, &z));
-    GNR_CHECK(st, upload_new(&m->ctx, context, 3, cs, &c));
+    GNR_CHECK(st, gnr_upload_new(&m->ctx, latent, 4, zs, &z));
+    GNR_CHECK(st, gnr_upload_new(&m->ctx, context, 3, cs, &c));
     GNR_CHECK(st, unet_forward(&m->ctx, &m->unet, &z, timestep, &c, NULL, &y));
     GNR_CHECK(st, gnr_download(&m->ctx, &y, out));
 done:
-    return pass_end(m, st);
+    return gnr_pass_end(m, st);
 }
 
 gnr_status gnr_vae_encode(gnr_model *m, const float *image, int height, int width, float *latent)
@@ -225,23 +219,23 @@ gnr_status gnr_vae_encode(gnr_model *m, const float *image, int height, int widt
     if (height < 1 || width < 1 || height % f || width % f)
         return gnr_error(GNR_ERR_VALUE, "image size %d x %d must be positive multiples of %d for this VAE", height,
                          width, f);
-    GNR_TRY(pass_begin(m));
+    GNR_TRY(gnr_pass_begin(m));
     int64_t xs[4] = {1, m->cfg.vae.in_channels, height, width};
     gnr_tensor x, mean, scaled;
     gnr_status st;
-    GNR_CHECK(st, upload_new(&m->ctx, image, 4, xs, &x));
+    GNR_CHECK(st, gnr_upload_new(&m->ctx, image, 4, xs, &x));
     GNR_CHECK(st, vae_encode_mean(&m->ctx, &m->vae, &x, &mean));
     GNR_CHECK(st, gnr_alloc_like(&m->ctx, &mean, &scaled));
     GNR_CHECK(st, gnr_scale(&m->ctx, &mean, m->cfg.vae.scaling_factor, &scaled));
     GNR_CHECK(st, gnr_download(&m->ctx, &scaled, latent));
 done:
-    return pass_end(m, st);
+    return gnr_pass_end(m, st);
 }
 
 gnr_status gnr_vae_decode(gnr_model *m, const float *latent, int h, int w, float *image)
 {
     if (h < 1 || w < 1) return gnr_error(GNR_ERR_VALUE, "latent size %d x %d must be positive", h, w);
-    GNR_TRY(pass_begin(m));
+    GNR_TRY(gnr_pass_begin(m));
     int lc = m->cfg.vae.latent_channels;
     int64_t n = (int64_t)lc * h * w;
     int64_t zs[4] = {1, lc, h, w};
@@ -252,12 +246,12 @@ gnr_status gnr_vae_decode(gnr_model *m, const float *latent, int h, int w, float
     float *scaled = malloc((size_t)n * sizeof *scaled);
     if (!scaled) GNR_CHECK(st, gnr_error(GNR_ERR_NOMEM, "out of host memory (%lld floats)", (long long)n));
     for (int64_t i = 0; i < n; i++) scaled[i] = latent[i] / m->cfg.vae.scaling_factor;
-    GNR_CHECK(st, upload_new(&m->ctx, scaled, 4, zs, &z));
+    GNR_CHECK(st, gnr_upload_new(&m->ctx, scaled, 4, zs, &z));
     GNR_CHECK(st, vae_decode(&m->ctx, &m->vae, &z, &y));
     GNR_CHECK(st, gnr_download(&m->ctx, &y, image));
 done:
     free(scaled);
-    return pass_end(m, st);
+    return gnr_pass_end(m, st);
 }
 
 /* -------------------------------------------------------- reverse mode --- */
@@ -310,9 +304,9 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
                                 const gnr_energy_term *terms, int nterms, int checkpointing, double *energy,
                                 float *dlatent, float *dcontext)
 {
-    GNR_TRY(check_latent_size(m, h, w));
+    GNR_TRY(gnr_check_latent_size(m, h, w));
     if (ctx_len < 1) return gnr_error(GNR_ERR_VALUE, "context must have at least one token, got %d", ctx_len);
-    GNR_TRY(pass_begin(m));
+    GNR_TRY(gnr_pass_begin(m));
     gnr_ctx *ctx = &m->ctx;
     const gnr_unet_config *u = &m->cfg.unet;
     int64_t zs[4] = {1, u->in_channels, h, w}, cs[3] = {1, ctx_len, u->cross_attention_dim};
@@ -327,8 +321,8 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
 
     /* Reference pass: no tape; only its captures (in ctx->keep) survive. */
     gnr_arena_mark mark = gnr_arena_get_mark(ctx->arena);
-    GNR_CHECK(st, upload_new(ctx, ref_latent, 4, zs, &z));
-    GNR_CHECK(st, upload_new(ctx, ref_context, 3, cs, &c));
+    GNR_CHECK(st, gnr_upload_new(ctx, ref_latent, 4, zs, &z));
+    GNR_CHECK(st, gnr_upload_new(ctx, ref_context, 3, cs, &c));
     GNR_CHECK(st, unet_forward(ctx, &m->unet, &z, timestep, &c, ref, &y));
     GNR_CHECK(st, check_found(ref));
     gnr_arena_release(ctx->arena, mark);
@@ -336,8 +330,8 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
 
     /* Recorded pass: the latent and context are the tape's leaves. */
     GNR_CHECK(st, gnr_tape_init(&tape, cur));
-    GNR_CHECK(st, upload_new(ctx, latent, 4, zs, &z));
-    GNR_CHECK(st, upload_new(ctx, context, 3, cs, &c));
+    GNR_CHECK(st, gnr_upload_new(ctx, latent, 4, zs, &z));
+    GNR_CHECK(st, gnr_upload_new(ctx, context, 3, cs, &c));
     if (dlatent) GNR_CHECK(st, gnr_tape_leaf(&tape, &z));
     if (dcontext) GNR_CHECK(st, gnr_tape_leaf(&tape, &c));
     ctx->tape = &tape;
@@ -374,5 +368,5 @@ done:
     if (tape.seeds) gnr_tape_free(&tape);
     free(ref);
     free(cur);
-    return pass_end(m, st);
+    return gnr_pass_end(m, st);
 }

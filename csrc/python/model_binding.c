@@ -198,6 +198,13 @@ static int ready(ModelObject *self)
     return 1;
 }
 
+struct gnr_model *gnr_py_model_of(PyObject *self)
+{
+    ModelObject *o = (ModelObject *)self;
+    if (!o->model) PyErr_SetString(PyExc_RuntimeError, "model is not initialised");
+    return o->model;
+}
+
 static PyObject *shape_tuple(int ndim, const int64_t *shape)
 {
     PyObject *t = PyTuple_New(ndim);
@@ -613,6 +620,10 @@ static PyMethodDef Model_methods[] = {
     {"energy_grad", (PyCFunction)Model_energy_grad, METH_VARARGS,
      "energy_grad(latent, t, context, ref_latent, ref_context, terms, want_latent, want_context, checkpointing) "
      "-> (E, dlatent or None, dcontext or None)."},
+    {"_invert", gnr_py_invert, METH_VARARGS,
+     "_invert(z0, c_src, num_steps, callback, want_latent) -> chain (N+1, C, h, w)."},
+    {"_edit", gnr_py_edit, METH_VARARGS,
+     "_edit(plan, chain, uncond, c_src, c_trg, callback, want_latent) -> final latent (1, C, h, w)."},
     {"reset_peak", (PyCFunction)Model_reset_peak, METH_NOARGS, "Reset the peak activation counter."},
     {"set_max_memory", (PyCFunction)Model_set_max_memory, METH_O, "Cap activation memory (bytes, 0 = none)."},
     {NULL, NULL, 0, NULL},

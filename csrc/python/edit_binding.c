@@ -1,0 +1,267 @@
+/* The long jobs of gnr._C.Model: DDIM inversion and the editing loop.
+ *
+ * They run with the GIL released; between UNet passes the engine calls the
+ * hooks below, which take the GIL to check for signals (Ctrl-C on the main
+ * thread) and to report steps to a Python callable. An exception raised
+ * there (KeyboardInterrupt, or whatever the callable raised) stops the job
+ * and is re-raised once the engine has returned and released the model. */
+#define NO_IMPORT_ARRAY
+#include "arrays.h"
+
+#include <string.h>
+
+#include "bindings.h"
+#include "errors.h"
+#include "gnr.h"
+
+typedef struct {
+    PyObject *callback; /* callable(phase, done, total, guided, latent or None) -> truthy to stop; or None */
+    npy_intp latent_shape[4];
+    PyObject *exc_type, *exc_value, *exc_tb;
+} host_hooks;
+
+static int save_error(host_hooks *hh)
+{
+    if (!hh->exc_type) PyErr_Fetch(&hh->exc_type, &hh->exc_value, &hh->exc_tb);
+    else PyErr_Clear();
+    return 1;
+}
+
+static int hook_poll(void *user)
+{
+    host_hooks *hh = user;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = PyErr_CheckSignals() < 0 ? save_error(hh) : 0;
+    PyGILState_Release(g);
+    return stop;
+}
+
+static int hook_step(void *user, int phase, int done, int total, int guided, const float *latent)
+{
+    host_hooks *hh = user;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = 0;
+    if (PyErr_CheckSignals() < 0) {
+        stop = save_error(hh);
+    } else if (hh->callback != Py_None) {
+        PyObject *arr = Py_None;
+        Py_INCREF(arr);
+        if (latent) {
+            Py_DECREF(arr);
+            arr = (PyObject *)gnr_py_new_float(4, hh->latent_shape);
+            if (arr) memcpy(PyArray_DATA((PyArrayObject *)arr), latent, PyArray_NBYTES((PyArrayObject *)arr));
+        }
+        PyObject *r = arr ? PyObject_CallFunction(hh->callback, "iiiiO", phase, done, total, guided, arr) : NULL;
+        Py_XDECREF(arr);
+        if (!r) stop = save_error(hh);
+        else {
+            stop = PyObject_IsTrue(r) > 0;
+            Py_DECREF(r);
+        }
+    }
+    PyGILState_Release(g);
+    return stop;
+}
+
+/* After the engine returned `st`: the saved Python exception if the hooks
+ * stopped the job, else the engine's error. */
+static PyObject *finish(host_hooks *hh, gnr_status st)
+{
+    if (hh->exc_type) {
+        PyErr_Restore(hh->exc_type, hh->exc_value, hh->exc_tb);
+        return NULL;
+    }
+    return gnr_py_raise(st);
+}
+
+/* _invert(z0 (1,C,h,w), c_src (L,D), num_steps, callback, want_latent) -> chain (N+1, C, h, w) */
+PyObject *gnr_py_invert(PyObject *self, PyObject *args)
+{
+    PyObject *zobj, *cobj, *cb;
+    int num_steps, want_latent;
+    if (!PyArg_ParseTuple(args, "OOiOp", &zobj, &cobj, &num_steps, &cb, &want_latent)) return NULL;
+    gnr_model *m = gnr_py_model_of(self);
+    if (!m) return NULL;
+    const gnr_model_config *c = gnr_model_get_config(m);
+    npy_intp zs[4] = {1, c->unet.in_channels, -1, -1}, cs[2] = {-1, c->unet.cross_attention_dim};
+    PyArrayObject *z = NULL, *ctx = NULL, *chain = NULL;
+    PyObject *ret = NULL;
+    if (!(z = gnr_py_float_array(zobj, "latent", 4, zs, 1))) goto done;
+    if (!(ctx = gnr_py_float_array(cobj, "source context", 2, cs, 1))) goto done;
+    if (num_steps < 1 || num_steps > 1000) {
+        PyErr_Format(PyExc_ValueError, "num_steps must be in [1, 1000], got %d", num_steps);
+        goto done;
+    }
+    npy_intp chs[4] = {num_steps + 1, c->unet.in_channels, PyArray_DIM(z, 2), PyArray_DIM(z, 3)};
+    if (!(chain = gnr_py_new_float(4, chs))) goto done;
+    host_hooks hh = {cb, {1, chs[1], chs[2], chs[3]}, NULL, NULL, NULL};
+    gnr_hooks hooks = {hook_poll, hook_step, &hh, want_latent};
+    gnr_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = gnr_invert(m, PyArray_DATA(z), (int)chs[2], (int)chs[3], PyArray_DATA(ctx), (int)PyArray_DIM(ctx, 0),
+                    num_steps, &hooks, PyArray_DATA(chain));
+    Py_END_ALLOW_THREADS
+    if (st != GNR_OK || hh.exc_type) {
+        finish(&hh, st);
+        goto done;
+    }
+    ret = (PyObject *)chain;
+    chain = NULL;
+done:
+    Py_XDECREF(z);
+    Py_XDECREF(ctx);
+    Py_XDECREF(chain);
+    return ret;
+}
+
+/* A list of num_steps floats -> a new double array (PyMem), or NULL with an exception. */
+static double *per_step(PyObject *d, const char *key, int n, int required)
+{
+    PyObject *v = PyDict_GetItemString(d, key);
+    if (!v || v == Py_None) {
+        if (required) PyErr_Format(PyExc_ValueError, "edit plan: guider is missing '%s'", key);
+        else PyErr_Format(PyExc_ValueError, "edit plan: '%s' is required for this guider", key);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(v, "per-step values must be a list");
+    if (!seq) return NULL;
+    double *out = NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != n) {
+        PyErr_Format(PyExc_ValueError, "edit plan: '%s' has %zd values, expected num_steps = %d", key,
+                     PySequence_Fast_GET_SIZE(seq), n);
+        goto done;
+    }
+    out = PyMem_Malloc((size_t)n * sizeof *out);
+    if (!out) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (out[i] == -1.0 && PyErr_Occurred()) {
+            PyMem_Free(out);
+            out = NULL;
+            goto done;
+        }
+    }
+done:
+    Py_DECREF(seq);
+    return out;
+}
+
+#define MAX_GUIDERS 16
+#define MAX_MAPS 256
+
+/* _edit(plan, chain (N+1,C,h,w), uncond (L,D) or (N,L,D), c_src, c_trg, callback, want_latent) -> z (1,C,h,w)
+ * plan: {"num_steps", "guiders": [{"kind", "scale", "source", "feature", "self_attn", "app"}],
+ *        "maps": [names], "range_rescale", "lo", "hi", "checkpointing"} (built by gnr/editor.py). */
+PyObject *gnr_py_edit(PyObject *self, PyObject *args)
+{
+    PyObject *plan, *chobj, *uobj, *sobj, *tobj, *cb;
+    int want_latent;
+    if (!PyArg_ParseTuple(args, "O!OOOOOp", &PyDict_Type, &plan, &chobj, &uobj, &sobj, &tobj, &cb, &want_latent))
+        return NULL;
+    gnr_model *m = gnr_py_model_of(self);
+    if (!m) return NULL;
+    const gnr_model_config *c = gnr_model_get_config(m);
+    int D = c->unet.cross_attention_dim;
+    gnr_guider guiders[MAX_GUIDERS];
+    const char *maps[MAX_MAPS];
+    double *owned[3 * MAX_GUIDERS];
+    int nowned = 0, nguiders = 0, nmaps = 0;
+    PyArrayObject *chain = NULL, *unc = NULL, *src = NULL, *trg = NULL, *zout = NULL;
+    PyObject *ret = NULL, *glist, *mlist;
+    memset(guiders, 0, sizeof guiders);
+    gnr_edit_config ec;
+    memset(&ec, 0, sizeof ec);
+
+    PyObject *v;
+#define GET(key) ((v = PyDict_GetItemString(plan, key)) ? v : (PyErr_Format(PyExc_ValueError, "edit plan: missing '%s'", key), (PyObject *)NULL))
+    if (!GET("num_steps") || (ec.num_steps = (int)PyLong_AsLong(v)) < 1) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "edit plan: num_steps must be >= 1");
+        goto done;
+    }
+    int N = ec.num_steps;
+    if (!GET("range_rescale")) goto done;
+    ec.range_rescale = PyObject_IsTrue(v);
+    if (!GET("lo") || ((ec.lo = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred())) goto done;
+    if (!GET("hi") || ((ec.hi = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred())) goto done;
+    if (!GET("checkpointing")) goto done;
+    ec.checkpointing = PyObject_IsTrue(v);
+    if (!(glist = GET("guiders")) || !PyList_Check(glist) || PyList_GET_SIZE(glist) > MAX_GUIDERS) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "edit plan: guiders must be a list of at most %d", MAX_GUIDERS);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(glist); i++) {
+        PyObject *gd = PyList_GET_ITEM(glist, i);
+        if (!PyDict_Check(gd)) {
+            PyErr_SetString(PyExc_TypeError, "edit plan: each guider must be a dict");
+            goto done;
+        }
+        gnr_guider *G = &guiders[nguiders++];
+        PyObject *kv = PyDict_GetItemString(gd, "kind");
+        G->kind = (gnr_guider_kind)(kv ? PyLong_AsLong(kv) : -1);
+        if (PyErr_Occurred()) goto done;
+        if (!(owned[nowned++] = (double *)(G->scale = per_step(gd, "scale", N, 1)))) goto done;
+        PyObject *sv = PyDict_GetItemString(gd, "source");
+        G->source = sv ? PyObject_IsTrue(sv) : 0;
+        PyObject *fv = PyDict_GetItemString(gd, "feature");
+        if (fv && fv != Py_None && !(G->feature = PyUnicode_AsUTF8(fv))) goto done;
+        if (G->kind == GNR_GUIDER_SELF_ATTN_APPEARANCE) {
+            if (!(owned[nowned++] = (double *)(G->self_attn = per_step(gd, "self_attn", N, 0)))) goto done;
+            if (!(owned[nowned++] = (double *)(G->app = per_step(gd, "app", N, 0)))) goto done;
+        }
+        if ((G->kind == GNR_GUIDER_FEATURES_MAP_L2 || G->kind == GNR_GUIDER_SELF_ATTN_APPEARANCE) && !G->feature) {
+            PyErr_SetString(PyExc_ValueError, "edit plan: a feature guider needs 'feature'");
+            goto done;
+        }
+    }
+    if (!(mlist = GET("maps")) || !PyList_Check(mlist) || PyList_GET_SIZE(mlist) > MAX_MAPS) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "edit plan: maps must be a list of at most %d", MAX_MAPS);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(mlist); i++)
+        if (!(maps[nmaps++] = PyUnicode_AsUTF8(PyList_GET_ITEM(mlist, i)))) goto done;
+#undef GET
+    ec.nguiders = nguiders;
+    ec.guiders = guiders;
+    ec.nmaps = nmaps;
+    ec.maps = maps;
+
+    npy_intp chs[4] = {N + 1, c->unet.in_channels, -1, -1}, cs[2] = {-1, D};
+    if (!(chain = gnr_py_float_array(chobj, "inversion latents", 4, chs, 1))) goto done;
+    if (!(src = gnr_py_float_array(sobj, "source context", 2, cs, 1))) goto done;
+    int L = (int)PyArray_DIM(src, 0);
+    cs[0] = L;
+    if (!(trg = gnr_py_float_array(tobj, "target context", 2, cs, 1))) goto done;
+    if (!(unc = gnr_py_float_array(uobj, "unconditional context", -1, NULL, 1))) goto done;
+    int per_step_unc = PyArray_NDIM(unc) == 3;
+    if (!((PyArray_NDIM(unc) == 2 && PyArray_DIM(unc, 0) == L && PyArray_DIM(unc, 1) == D) ||
+          (per_step_unc && PyArray_DIM(unc, 0) == N && PyArray_DIM(unc, 1) == L && PyArray_DIM(unc, 2) == D))) {
+        PyErr_Format(PyExc_ValueError, "unconditional context must be (%d, %d) or (%d, %d, %d)", L, D, N, L, D);
+        goto done;
+    }
+    npy_intp zs[4] = {1, chs[1], PyArray_DIM(chain, 2), PyArray_DIM(chain, 3)};
+    if (!(zout = gnr_py_new_float(4, zs))) goto done;
+    host_hooks hh = {cb, {zs[0], zs[1], zs[2], zs[3]}, NULL, NULL, NULL};
+    gnr_hooks hooks = {hook_poll, hook_step, &hh, want_latent};
+    gnr_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = gnr_edit(m, &ec, PyArray_DATA(chain), (int)zs[2], (int)zs[3], PyArray_DATA(unc), per_step_unc,
+                  PyArray_DATA(src), PyArray_DATA(trg), L, &hooks, PyArray_DATA(zout));
+    Py_END_ALLOW_THREADS
+    if (st != GNR_OK || hh.exc_type) {
+        finish(&hh, st);
+        goto done;
+    }
+    ret = (PyObject *)zout;
+    zout = NULL;
+done:
+    for (int i = 0; i < nowned; i++) PyMem_Free(owned[i]);
+    Py_XDECREF(chain);
+    Py_XDECREF(unc);
+    Py_XDECREF(src);
+    Py_XDECREF(trg);
+    Py_XDECREF(zout);
+    return ret;
+}
