@@ -21,6 +21,8 @@ _preload_openblas()
 from . import _C  # noqa: E402
 from ._C import DeviceError, OutOfMemoryError  # noqa: E402
 from .model import Model, load_model  # noqa: E402
+from . import configs  # noqa: E402
+from .editor import EditCancelled, Editor, Inversion  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 
@@ -59,5 +61,5 @@ def cuda_available() -> bool:
     return _cuda_ready
 
 
-__all__ = ["build_info", "set_num_threads", "cuda_available", "load_model", "Model", "OutOfMemoryError",
-           "DeviceError"]
+__all__ = ["build_info", "set_num_threads", "cuda_available", "load_model", "Model", "Editor", "Inversion",
+           "EditCancelled", "configs", "OutOfMemoryError", "DeviceError"]

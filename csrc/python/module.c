@@ -41,7 +41,19 @@ static PyObject *register_cuda_backend(PyObject *self, PyObject *capsule)
     Py_RETURN_NONE;
 }
 
+static PyObject *ddim_alphas_cumprod(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    npy_intp n = 1000;
+    PyArrayObject *a = gnr_py_new_float(1, &n);
+    if (a) gnr_ddim_alphas_cumprod((float *)PyArray_DATA(a));
+    return (PyObject *)a;
+}
+
 static PyMethodDef module_methods[] = {
+    {"ddim_alphas_cumprod", ddim_alphas_cumprod, METH_NOARGS,
+     "The fixed DDIM schedule of GNR_SPEC.md section 2: float32 abar[1000]."},
     {"_register_cuda_backend", register_cuda_backend, METH_O, "Install the CUDA backend from gnr._C_cuda."},
     {"build_info", build_info, METH_NOARGS, "What this build contains: cuda, blas, openmp, version, threads."},
     {"set_num_threads", set_num_threads, METH_O, "Threads used by the CPU backend (OpenMP and BLAS)."},
