@@ -1,0 +1,223 @@
+"""The Editor's behaviour around the loop: inversion reuse, determinism,
+progress and callbacks, cancellation (Ctrl-C and callback), threads, and
+validation before any work. Numeric agreement with the reference is in
+test_edit_reference.py."""
+import _thread
+import threading
+
+import numpy as np
+import pytest
+
+import gnr
+
+N = 8
+
+
+def small(name="nonstyle", **over):
+    cfg = gnr.configs.get(name)
+    cfg["num_steps"] = N
+    for g in cfg["guiders"]:
+        if isinstance(g["g_scale"], list):
+            g["g_scale"] = g["g_scale"][:N]
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def editor(tiny_a_dir):
+    return gnr.Editor(tiny_a_dir)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+
+
+def test_edit_returns_image_and_latent(editor, image):
+    out, z = editor.edit(image, "a red circle", "a green circle", config=small(), progress=False,
+                         return_latent=True)
+    assert out.shape == image.shape and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert z.shape == (1, 4, 8, 8) and z.dtype == np.float32 and np.isfinite(z).all()
+    t = editor.last_timings
+    assert t["guided_count"] + t["unguided_count"] == N and t["guided_count"] >= 1
+
+
+def test_guidance_changes_the_result(editor, image):
+    """The guiders must matter by far more than any tolerance: nonstyle vs
+    cfg only, and style vs cfg only."""
+    cfg_only = small()
+    cfg_only["guiders"] = cfg_only["guiders"][:1]
+    _, z_cfg = editor.edit(image, "a cat", "a dog", config=cfg_only, progress=False, return_latent=True)
+    for name in ("nonstyle", "style"):
+        _, z = editor.edit(image, "a cat", "a dog", config=small(name), progress=False, return_latent=True)
+        assert np.linalg.norm(z - z_cfg) / np.linalg.norm(z_cfg) > 0.05, name
+
+
+def test_deterministic(editor, image):
+    a = editor.edit(image, "a cat", "a dog", config=small(), progress=False, return_latent=True)[1]
+    b = editor.edit(image, "a cat", "a dog", config=small(), progress=False, return_latent=True)[1]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_inversion_reuse_is_bit_identical(editor, image):
+    inv = editor.invert(image, "a cat", config=small(), progress=False)
+    assert inv.latents.shape == (N + 1, 4, 8, 8) and not inv.latents.flags.writeable
+    for target in ("a dog", "a tiger"):
+        fresh = editor.edit(image, "a cat", target, config=small(), progress=False, return_latent=True)[1]
+        reused = editor.edit(inv, target_prompt=target, config=small(), progress=False, return_latent=True)[1]
+        np.testing.assert_array_equal(fresh, reused)
+
+
+@pytest.mark.parametrize("over, key", [({"num_steps": N + 1}, "num_steps"),
+                                       ({"inversion_type": "npinv"}, "inversion_type")])
+def test_inversion_config_mismatch(editor, image, over, key):
+    inv = editor.invert(image, "a cat", config=small(), progress=False)
+    cfg = small(**over)
+    if "num_steps" in over:
+        cfg = gnr.configs.get("nonstyle")
+        cfg["num_steps"] = over["num_steps"]
+    with pytest.raises(ValueError, match=key):
+        editor.edit(inv, target_prompt="a dog", config=cfg, progress=False)
+    with pytest.raises(ValueError, match="source_prompt"):
+        editor.edit(inv, "a bird", "a dog", config=small(), progress=False)
+
+
+def test_npinv_differs_from_dummy(editor, image):
+    a = editor.edit(image, "a cat", "a dog", config=small(), progress=False, return_latent=True)[1]
+    b = editor.edit(image, "a cat", "a dog", config=small(inversion_type="npinv"), progress=False,
+                    return_latent=True)[1]
+    assert np.linalg.norm(a - b) > 1e-3 * np.linalg.norm(a)
+
+
+def test_random_start_latent_is_seeded(editor, image):
+    a = editor.edit(image, "a cat", "a dog", config=small(start_latent="random", seed=3), progress=False,
+                    return_latent=True)[1]
+    b = editor.edit(image, "a cat", "a dog", config=small(start_latent="random", seed=3), progress=False,
+                    return_latent=True)[1]
+    c = editor.edit(image, "a cat", "a dog", config=small(start_latent="random", seed=4), progress=False,
+                    return_latent=True)[1]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_callback_sees_every_step(editor, image):
+    seen = []
+
+    def cb(step, total, latent):
+        seen.append((step, total, latent.shape, latent.dtype))
+
+    _, z = editor.edit(image, "a cat", "a dog", config=small(), progress=False, callback=cb, return_latent=True)
+    assert [s[0] for s in seen] == list(range(N))
+    assert all(s[1] == N and s[2] == (1, 4, 8, 8) and s[3] == np.float32 for s in seen)
+
+
+def test_callback_false_cancels_and_editor_stays_usable(editor, image):
+    with pytest.raises(gnr.EditCancelled, match="step 2"):
+        editor.edit(image, "a cat", "a dog", config=small(), progress=False,
+                    callback=lambda step, total, latent: step < 2)
+    out = editor.edit(image, "a cat", "a dog", config=small(), progress=False)
+    assert out.shape == image.shape
+
+
+def test_callback_exception_propagates(editor, image):
+    def boom(step, total, latent):
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(ZeroDivisionError, match="boom"):
+        editor.edit(image, "a cat", "a dog", config=small(), progress=False, callback=boom)
+    editor.edit(image, "a cat", "a dog", config=small(), progress=False)
+
+
+def test_ctrl_c_stops_within_a_pass_and_editor_stays_usable(editor, image):
+    steps = []
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cfg = small()
+            cfg["num_steps"] = 200
+            editor.edit(image, "a cat", "a dog", config=cfg, progress=False,
+                        callback=lambda s, t, z: steps.append(s))
+    finally:
+        timer.cancel()
+    assert len(steps) < 200
+    reference = editor.edit(image, "a cat", "a dog", config=small(), progress=False, return_latent=True)[1]
+    assert np.isfinite(reference).all()
+
+
+def test_progress_bar(editor, image, capsys):
+    editor.edit(image, "a cat", "a dog", config=small(), progress=True)
+    err = capsys.readouterr().err
+    assert "editing" in err and "inverting" in err
+
+
+def test_two_editors_in_two_threads(tiny_a_dir, image):
+    eds = [gnr.Editor(tiny_a_dir), gnr.Editor(tiny_a_dir)]
+    targets = ["a dog", "a tiger"]
+    expected = [eds[0].edit(image, "a cat", t, config=small(), progress=False, return_latent=True)[1]
+                for t in targets]
+    got = [None, None]
+
+    def run(i):
+        got[i] = eds[i].edit(image, "a cat", targets[i], config=small(), progress=False, return_latent=True)[1]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e, g)
+
+
+def test_one_editor_from_two_threads_is_safe(editor, image):
+    """Each engine call takes the model for its duration; calls from two
+    threads interleave but never share state, so both results are right."""
+    expected = editor.edit(image, "a cat", "a dog", config=small(), progress=False, return_latent=True)[1]
+    got, errors = [], []
+
+    def run():
+        try:
+            got.append(editor.edit(image, "a cat", "a dog", config=small(), progress=False, return_latent=True)[1])
+        except ValueError as e:  # refused while the other thread holds the model
+            assert "busy" in str(e)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) + len(errors) == 2 and got
+    for g in got:
+        np.testing.assert_array_equal(g, expected)
+
+
+@pytest.mark.parametrize("mutate, exc, msg", [
+    (lambda c: c.update(bogus=1), ValueError, "bogus"),
+    (lambda c: c["guiders"].append({"name": "nope", "g_scale": 1.0}), ValueError, "nope"),
+    (lambda c: c["guiders"][0].update(g_scale=[1.0, 2.0]), ValueError, "g_scale"),
+    (lambda c: c["guiders"][0].update(g_scale=float("inf")), ValueError, "g_scale"),
+    (lambda c: c.update(self_attn_layers_num=[[3, 1], [0, 1], [0, 9]]), ValueError, "self_attn_layers_num"),
+    (lambda c: c.update(inversion_type="magic"), ValueError, "inversion_type"),
+    (lambda c: c.update(start_latent="noise"), ValueError, "start_latent"),
+    (lambda c: c["noise_rescaling_setup"].update(type="other"), ValueError, "noise_rescaling_setup"),
+])
+def test_validation_before_work(editor, image, mutate, exc, msg):
+    cfg = small()
+    mutate(cfg)
+    calls = []
+    with pytest.raises(exc, match=msg):
+        editor.edit(image, "a cat", "a dog", config=cfg, progress=False, callback=lambda *a: calls.append(a))
+    assert calls == []
+
+
+def test_bad_arguments(editor, image):
+    with pytest.raises(TypeError, match="uint8"):
+        editor.edit(image.astype(np.float32), "a", "b", config=small(), progress=False)
+    with pytest.raises(TypeError, match="target_prompt"):
+        editor.edit(image, "a", 3, config=small(), progress=False)
+    with pytest.raises(ValueError, match="target_prompt"):
+        editor.edit(image, "a", config=small(), progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        gnr.Editor(editor.model, dtype="float16")
