@@ -354,8 +354,7 @@ static int out_shapes(const char *op, op_call *c, const op_params *p)
             return -1;
         }
         set_out(c, 0, 4, p->x_shape);
-    } else if (!strcmp(op, "group_norm_forward") || !strcmp(op, "layer_norm_forward") ||
-               !strcmp(op, "upload")) {
+    } else if (!strcmp(op, "group_norm_forward") || !strcmp(op, "layer_norm_forward")) {
         out_like(c, 0, 0);
     } else if (!strcmp(op, "group_norm_backward") || !strcmp(op, "layer_norm_backward") ||
                !strcmp(op, "act_backward") || !strcmp(op, "geglu_backward")) {
@@ -576,7 +575,8 @@ static PyObject *op(PyObject *self, PyObject *args)
 
     /* input names and optionality */
     snprintf(c.names, sizeof c.names, "%s", spec->inputs);
-    for (char *tok = strtok(c.names, ","); tok && c.nin < MAX_IN; tok = strtok(NULL, ",")) {
+    char *save = NULL;
+    for (char *tok = strtok_r(c.names, ",", &save); tok && c.nin < MAX_IN; tok = strtok_r(NULL, ",", &save)) {
         size_t n = strlen(tok);
         c.optional[c.nin] = n && tok[n - 1] == '?';
         if (c.optional[c.nin]) tok[n - 1] = '\0';
