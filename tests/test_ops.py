@@ -366,6 +366,42 @@ def test_reductions(device, rng):
     assert rel(op("abs_diff_mean_backward", device, a, b, scale=scale)[0], da) <= BWD
 
 
+# ----------------------------------------------- backwards add into dx
+
+
+def backward_cases(r):
+    x4, w = rand(r, 2, 4, 7, 6), rand(r, 5, 4, 3, 3)
+    q, k, v = rand(r, 2, 9, 12), rand(r, 2, 7, 12), rand(r, 2, 7, 12)
+    _, probs = op("attention_forward", "cpu", q, k, v, heads=3, scale=0.4, want_probs=1)
+    return {
+        "add_channel_backward": ((x4,), {}),
+        "linear_backward": ((rand(r, 3, 5), rand(r, 5, 7)), {}),
+        "conv2d_backward": ((rand(r, 2, 5, 4, 3), w), dict(stride=2, pads=(1, 1, 1, 1), x_shape=x4.shape)),
+        "group_norm_backward": ((x4, rand(r, *x4.shape), rand(r, 4)), dict(groups=2)),
+        "layer_norm_backward": ((rand(r, 3, 8), rand(r, 3, 8), rand(r, 8)), {}),
+        "act_backward": ((x4, rand(r, *x4.shape)), dict(act="gelu")),
+        "geglu_backward": ((rand(r, 3, 4), rand(r, 3, 8)), {}),
+        "nchw_to_nlc_backward": ((rand(r, 2, 42, 4),), dict(hw=(7, 6))),
+        "nlc_to_nchw_backward": ((x4,), {}),
+        "concat_channels_backward": ((x4,), dict(ca=1)),
+        "upsample2x_backward": ((rand(r, 2, 4, 8, 6),), {}),
+        "attention_backward": ((q, k, v, probs, rand(r, 2, 9, 12), rand(r, *probs.shape)), dict(heads=3, scale=0.4)),
+        "sq_diff_mean_backward": ((x4, rand(r, *x4.shape)), dict(scale=3.0)),
+        "abs_diff_mean_backward": ((x4, rand(r, *x4.shape)), dict(scale=3.0)),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(backward_cases(np.random.default_rng(0))))
+def test_backward_adds_into_its_output(device, rng, name):
+    inputs, params = backward_cases(rng)[name]
+    fresh = op(name, device, *inputs, **params)
+    start = tuple(rand(rng, *g.shape) for g in fresh)
+    added = op(name, device, *inputs, **params, start=start)
+    for s, g, a in zip(start, fresh, added):
+        np.testing.assert_allclose(a, s + g, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------- determinism
 
 

@@ -4,6 +4,8 @@
  * 3x3 kernel would take 1.2 GB; each tile holds only as many output rows as
  * fit in CONV_TILE_BYTES of scratch. 1x1 stride-1 unpadded convolutions skip
  * im2col: the input already is the column matrix. */
+#include <string.h>
+
 #include "cpu/cpu_ops.h"
 
 #define CONV_TILE_BYTES ((size_t)16 << 20)
@@ -58,6 +60,16 @@ static int64_t tile_rows(const conv_geom *g)
     return r < g->ho ? r : g->ho;
 }
 
+/* The output columns j whose input column v = j*s + q - pl lies in [0, W). */
+static void valid_cols(const conv_geom *g, int64_t q, int64_t *j0, int64_t *j1)
+{
+    int64_t lo = g->pl - q, hi = g->w - 1 + g->pl - q; /* j*s in [lo, hi] */
+    *j0 = lo <= 0 ? 0 : (lo + g->s - 1) / g->s;
+    *j1 = hi < 0 ? 0 : hi / g->s + 1;
+    if (*j1 > g->wo) *j1 = g->wo;
+    if (*j0 > *j1) *j0 = *j1;
+}
+
 /* col[(c*KH+p)*KW+q][r*Wo+j] = x[c, (i0+r)*s+p-pt, j*s+q-pl]  (0 outside), r < rows */
 static void im2col(int nt, const conv_geom *g, const float *x, int64_t i0, int64_t rows, float *col)
 {
@@ -69,14 +81,18 @@ static void im2col(int nt, const conv_geom *g, const float *x, int64_t i0, int64
             float *dst = col + kr * ncol + r * g->wo;
             int64_t iy = (i0 + r) * g->s + p - g->pt;
             if (iy < 0 || iy >= g->h) {
-                for (int64_t j = 0; j < g->wo; j++) dst[j] = 0.0f;
+                memset(dst, 0, (size_t)g->wo * sizeof(float));
                 continue;
             }
-            const float *src = x + (c * g->h + iy) * g->w;
-            for (int64_t j = 0; j < g->wo; j++) {
-                int64_t ix = j * g->s + q - g->pl;
-                dst[j] = (ix >= 0 && ix < g->w) ? src[ix] : 0.0f;
-            }
+            int64_t j0, j1;
+            valid_cols(g, q, &j0, &j1);
+            for (int64_t j = 0; j < j0; j++) dst[j] = 0.0f;
+            const float *src = x + (c * g->h + iy) * g->w + q - g->pl; /* src[j*s] = x[c, iy, j*s+q-pl] */
+            if (g->s == 1)
+                memcpy(dst + j0, src + j0, (size_t)(j1 - j0) * sizeof(float));
+            else
+                for (int64_t j = j0; j < j1; j++) dst[j] = src[j * g->s];
+            for (int64_t j = j1; j < g->wo; j++) dst[j] = 0.0f;
         }
     }
 }
@@ -97,10 +113,13 @@ static void col2im_add(int nt, const conv_geom *g, const float *col, int64_t i0,
                 if (r < 0 || r >= rows) continue;
                 for (int64_t q = 0; q < g->kw; q++) {
                     const float *src = col + ((c * g->kh + p) * g->kw + q) * ncol + r * g->wo;
-                    for (int64_t j = 0; j < g->wo; j++) {
-                        int64_t v = j * g->s + q - g->pl;
-                        if (v >= 0 && v < g->w) drow[v] += src[j];
-                    }
+                    int64_t j0, j1;
+                    valid_cols(g, q, &j0, &j1);
+                    float *d = drow + q - g->pl; /* d[j*s] = dx[c, u, j*s+q-pl] */
+                    if (g->s == 1)
+                        for (int64_t j = j0; j < j1; j++) d[j] += src[j];
+                    else
+                        for (int64_t j = j0; j < j1; j++) d[j * g->s] += src[j];
                 }
             }
         }

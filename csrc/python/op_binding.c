@@ -8,8 +8,10 @@
  * the op's non-tensor arguments. Tensors live on the device (allocated with
  * the backend's allocator, moved with its upload/download); forward outputs
  * start as NaN so an unwritten element shows, backward gradient outputs start
- * as zeros so each returned array equals the gradient. Reductions return a
- * 0-d float64 array. Unrequested optional outputs come back as None. */
+ * as zeros so each returned array equals the gradient (or, with
+ * params["start"] = a tuple of arrays, from those arrays: the accumulation
+ * convention of ops.h can be checked). Reductions return a 0-d float64
+ * array. Unrequested optional outputs come back as None. */
 #define NO_IMPORT_ARRAY
 #include "arrays.h"
 
@@ -75,7 +77,7 @@ static const op_spec OPS[] = {
 
 static const char *PARAM_KEYS[] = {"stride", "pads", "groups", "eps", "act", "heads", "causal", "scale",
                                    "alpha", "value", "ids", "want_probs", "want_dq", "want_dk", "want_dv",
-                                   "want_da", "want_db", "x_shape", "hw", "ca", NULL};
+                                   "want_da", "want_db", "x_shape", "hw", "ca", "start", NULL};
 
 typedef struct {
     gnr_conv_params conv;
@@ -103,6 +105,7 @@ typedef struct {
     int64_t out_shape[MAX_OUT][GNR_MAX_DIMS];
     int out_want[MAX_OUT];
     PyArrayObject *host_out[MAX_OUT];
+    PyArrayObject *start[MAX_OUT]; /* initial values of outputs, or NULL */
     gnr_tensor out[MAX_OUT];
     double scalar;
     char names[128];
@@ -180,7 +183,7 @@ static int parse_params(PyObject *d, op_params *p)
             if (!known) {
                 PyErr_Format(PyExc_ValueError, "unknown op param %R; known: stride, pads, groups, eps, act, heads, "
                              "causal, scale, alpha, value, ids, want_probs, want_dq, want_dk, want_dv, want_da, "
-                             "want_db, x_shape, hw, ca", key);
+                             "want_db, x_shape, hw, ca, start", key);
                 return -1;
             }
         }
@@ -351,8 +354,7 @@ static int out_shapes(const char *op, op_call *c, const op_params *p)
             return -1;
         }
         set_out(c, 0, 4, p->x_shape);
-    } else if (!strcmp(op, "group_norm_forward") || !strcmp(op, "layer_norm_forward") ||
-               !strcmp(op, "upload")) {
+    } else if (!strcmp(op, "group_norm_forward") || !strcmp(op, "layer_norm_forward")) {
         out_like(c, 0, 0);
     } else if (!strcmp(op, "group_norm_backward") || !strcmp(op, "layer_norm_backward") ||
                !strcmp(op, "act_backward") || !strcmp(op, "geglu_backward")) {
@@ -515,7 +517,8 @@ static gnr_status execute(const char *op, const op_spec *spec, const gnr_backend
     for (int k = 0; k < c->nout; k++) {
         if (!c->out_want[k]) continue;
         GNR_CHECK(st, device_tensor(b, dev, c->out_ndim[k], c->out_shape[k], &c->out[k]));
-        if (spec->init == INIT_NAN) GNR_CHECK(st, gnr_fill(&ctx, &c->out[k], NAN));
+        if (c->start[k]) GNR_CHECK(st, gnr_upload(&ctx, (const float *)PyArray_DATA(c->start[k]), &c->out[k]));
+        else if (spec->init == INIT_NAN) GNR_CHECK(st, gnr_fill(&ctx, &c->out[k], NAN));
         else if (spec->init == INIT_ZERO) GNR_CHECK(st, gnr_fill(&ctx, &c->out[k], 0.0f));
         else if (spec->init == INIT_FROM_IN1) GNR_CHECK(st, gnr_copy(&ctx, &c->in[1], &c->out[k]));
     }
@@ -572,7 +575,8 @@ static PyObject *op(PyObject *self, PyObject *args)
 
     /* input names and optionality */
     snprintf(c.names, sizeof c.names, "%s", spec->inputs);
-    for (char *tok = strtok(c.names, ","); tok && c.nin < MAX_IN; tok = strtok(NULL, ",")) {
+    char *save = NULL;
+    for (char *tok = strtok_r(c.names, ",", &save); tok && c.nin < MAX_IN; tok = strtok_r(NULL, ",", &save)) {
         size_t n = strlen(tok);
         c.optional[c.nin] = n && tok[n - 1] == '?';
         if (c.optional[c.nin]) tok[n - 1] = '\0';
@@ -613,6 +617,23 @@ static PyObject *op(PyObject *self, PyObject *args)
         if (!c.host_out[k]) goto done;
     }
 
+    PyObject *start = params != Py_None && PyDict_Check(params) ? PyDict_GetItemString(params, "start") : NULL;
+    if (start) {
+        if (spec->init != INIT_ZERO || !PyTuple_Check(start) || PyTuple_GET_SIZE(start) != c.nout) {
+            PyErr_Format(PyExc_ValueError, "params['start'] must be a tuple of %d arrays (or None), for a backward op",
+                         c.nout);
+            goto done;
+        }
+        for (int k = 0; k < c.nout; k++) {
+            PyObject *o = PyTuple_GET_ITEM(start, k);
+            if (o == Py_None || !c.out_want[k]) continue;
+            npy_intp s[GNR_MAX_DIMS];
+            for (int d = 0; d < c.out_ndim[k]; d++) s[d] = (npy_intp)c.out_shape[k][d];
+            c.start[k] = gnr_py_float_array(o, "params['start'] entry", c.out_ndim[k], s, 0);
+            if (!c.start[k]) goto done;
+        }
+    }
+
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
     st = execute(name, spec, b, dev, &c, &p);
@@ -639,7 +660,10 @@ static PyObject *op(PyObject *self, PyObject *args)
     }
 done:
     for (int i = 0; i < MAX_IN; i++) Py_XDECREF(c.host_in[i]);
-    for (int k = 0; k < MAX_OUT; k++) Py_XDECREF(c.host_out[k]);
+    for (int k = 0; k < MAX_OUT; k++) {
+        Py_XDECREF(c.host_out[k]);
+        Py_XDECREF(c.start[k]);
+    }
     PyMem_Free(p.ids);
     return result;
 }
