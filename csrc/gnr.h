@@ -202,6 +202,13 @@ int gnr_ddim_timestep(int num_steps, int k);
 gnr_status gnr_invert(gnr_model *m, const float *z0, int h, int w, const float *c_src, int ctx_len, int num_steps,
                       const gnr_hooks *hooks, float *chain);
 
+/* Null-text inversion (GNR_SPEC.md section 4, ntinv): from the chain of a
+ * DDIM inversion, one optimised unconditional context per editing step,
+ * u_out: num_steps x ctx_len x D. guidance: the cfg scale w. */
+gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, const float *c_src,
+                                const float *c_null, int ctx_len, int num_steps, float guidance,
+                                const gnr_hooks *hooks, float *u_out);
+
 typedef enum {
     GNR_GUIDER_CFG = 0,               /* s * (eps_trg - eps_uncond)  (eps_src with source) */
     GNR_GUIDER_LATENTS_DIFF = 1,      /* s * 2 (z - z_inv) */

@@ -161,8 +161,12 @@ class Editor:
                 prog.close()
         uncond = None
         if kind == "ntinv" and cfg["start_latent"] != "random":
-            raise NotImplementedError("inversion_type 'ntinv' (null-text inversion) is not implemented yet; "
-                                      "use 'dummy' or 'npinv'")
+            prog.start("null-text inversion", n)
+            try:
+                uncond = m._c._null_text(chain, c_src, self._null_context(), cfg["ntinv_guidance"], prog, False)
+            finally:
+                prog.close()
+            uncond.setflags(write=False)
         self.last_timings["inversion"] = time.perf_counter() - t0
         chain.setflags(write=False)
         return Inversion(model=m, image_size=tuple(image.shape[:2]), source_prompt=source_prompt, num_steps=n,

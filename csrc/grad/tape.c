@@ -99,6 +99,15 @@ static gnr_status grad_of(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *x, gnr_te
 
 static int has_grad(const gnr_tensor *x) { return x->gid >= 0; }
 
+gnr_status gnr_tape_seed_grad(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *y, const gnr_tensor *dy)
+{
+    if (!has_grad(y) || y->gid >= t->ngids)
+        return gnr_error(GNR_ERR_INTERNAL, "tape: seeding a tensor the tape did not record");
+    gnr_tensor *g;
+    GNR_TRY(grad_of(ctx, t, y, &g));
+    return gnr_axpy(ctx, 1.0f, dy, g);
+}
+
 /* da += the seeded energies' gradient with respect to capture value `a`. */
 static gnr_status apply_seeds(gnr_ctx *ctx, const capture_seed *s, const gnr_tensor *a, gnr_tensor *da)
 {

@@ -90,6 +90,10 @@ gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
 gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_tensor *ref,
                                  float scale);
 
+/* Adds dy to the gradient of a recorded output y (an energy defined on the
+ * pass's output rather than on a capture, as null-text inversion's loss). */
+gnr_status gnr_tape_seed_grad(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *y, const gnr_tensor *dy);
+
 /* Replays the tape in reverse. Afterwards gnr_tape_grad gives leaf gradients. */
 gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t);
 /* The gradient of a recorded tensor (data NULL when none reached it). */

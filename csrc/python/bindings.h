@@ -16,5 +16,6 @@ struct gnr_model *gnr_py_model_of(PyObject *self);
 /* edit_binding.c: methods of gnr._C.Model for the long jobs. */
 PyObject *gnr_py_invert(PyObject *self, PyObject *args);
 PyObject *gnr_py_edit(PyObject *self, PyObject *args);
+PyObject *gnr_py_null_text(PyObject *self, PyObject *args);
 
 #endif

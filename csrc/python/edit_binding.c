@@ -114,6 +114,52 @@ done:
     return ret;
 }
 
+/* _null_text(chain (N+1,C,h,w), c_src (L,D), c_null (L,D), guidance, callback, want_latent) -> u (N, L, D) */
+PyObject *gnr_py_null_text(PyObject *self, PyObject *args)
+{
+    PyObject *chobj, *sobj, *nobj, *cb;
+    double guidance;
+    int want_latent;
+    if (!PyArg_ParseTuple(args, "OOOdOp", &chobj, &sobj, &nobj, &guidance, &cb, &want_latent)) return NULL;
+    gnr_model *m = gnr_py_model_of(self);
+    if (!m) return NULL;
+    const gnr_model_config *c = gnr_model_get_config(m);
+    npy_intp chs[4] = {-1, c->unet.in_channels, -1, -1}, cs[2] = {-1, c->unet.cross_attention_dim};
+    PyArrayObject *chain = NULL, *src = NULL, *nul = NULL, *u = NULL;
+    PyObject *ret = NULL;
+    if (!(chain = gnr_py_float_array(chobj, "inversion latents", 4, chs, 1))) goto done;
+    if (!(src = gnr_py_float_array(sobj, "source context", 2, cs, 1))) goto done;
+    cs[0] = PyArray_DIM(src, 0);
+    if (!(nul = gnr_py_float_array(nobj, "null context", 2, cs, 1))) goto done;
+    int N = (int)PyArray_DIM(chain, 0) - 1;
+    if (N < 1) {
+        PyErr_SetString(PyExc_ValueError, "inversion latents must hold at least 2 latents");
+        goto done;
+    }
+    npy_intp us[3] = {N, cs[0], cs[1]};
+    if (!(u = (PyArrayObject *)PyArray_SimpleNew(3, us, NPY_FLOAT32))) goto done;
+    host_hooks hh = {cb, {1, chs[1], PyArray_DIM(chain, 2), PyArray_DIM(chain, 3)}, NULL, NULL, NULL};
+    gnr_hooks hooks = {hook_poll, hook_step, &hh, want_latent};
+    gnr_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = gnr_null_text_invert(m, PyArray_DATA(chain), (int)PyArray_DIM(chain, 2), (int)PyArray_DIM(chain, 3),
+                              PyArray_DATA(src), PyArray_DATA(nul), (int)cs[0], N, (float)guidance, &hooks,
+                              PyArray_DATA(u));
+    Py_END_ALLOW_THREADS
+    if (st != GNR_OK || hh.exc_type) {
+        finish(&hh, st);
+        goto done;
+    }
+    ret = (PyObject *)u;
+    u = NULL;
+done:
+    Py_XDECREF(chain);
+    Py_XDECREF(src);
+    Py_XDECREF(nul);
+    Py_XDECREF(u);
+    return ret;
+}
+
 /* A list of num_steps floats -> a new double array (PyMem), or NULL with an exception. */
 static double *per_step(PyObject *d, const char *key, int n, int required)
 {

@@ -622,6 +622,8 @@ static PyMethodDef Model_methods[] = {
      "-> (E, dlatent or None, dcontext or None)."},
     {"_invert", gnr_py_invert, METH_VARARGS,
      "_invert(z0, c_src, num_steps, callback, want_latent) -> chain (N+1, C, h, w)."},
+    {"_null_text", gnr_py_null_text, METH_VARARGS,
+     "_null_text(chain, c_src, c_null, guidance, callback, want_latent) -> per-step unconditional contexts."},
     {"_edit", gnr_py_edit, METH_VARARGS,
      "_edit(plan, chain, uncond, c_src, c_trg, callback, want_latent) -> final latent (1, C, h, w)."},
     {"reset_peak", (PyCFunction)Model_reset_peak, METH_NOARGS, "Reset the peak activation counter."},
