@@ -27,6 +27,7 @@ from ._C import DeviceError, OutOfMemoryError  # noqa: E402
 from .model import Model, load_model  # noqa: E402
 from . import configs  # noqa: E402
 from .editor import EditCancelled, Editor, Inversion  # noqa: E402
+from .images import load_image, save_image  # noqa: E402
 
 __version__ = _C.build_info()["version"]
 
@@ -66,4 +67,4 @@ def cuda_available() -> bool:
 
 
 __all__ = ["build_info", "set_num_threads", "cuda_available", "load_model", "Model", "Editor", "Inversion",
-           "EditCancelled", "configs", "OutOfMemoryError", "DeviceError"]
+           "EditCancelled", "configs", "load_image", "save_image", "OutOfMemoryError", "DeviceError"]

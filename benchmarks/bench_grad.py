@@ -1,0 +1,127 @@
+"""Time one UNet pass with gradients (dE/dz of the self-attention map energy
+over the selected layers) in gnr and in PyTorch (torch.autograd through the
+diffusers UNet with explicit attention maps, as the reference implementation
+computes it), with and without gradient checkpointing.
+
+    python benchmarks/bench_grad.py MODEL_DIR [--size 512] [--runs 3] [--threads N]
+                                    [--layers all|lowmem] [--skip-torch]
+
+Each side runs in its own process. Reports the median of --runs runs (after a
+warm-up), gnr's activation-arena peak (what the engine allocated for the
+pass: inputs, activations kept for the backward, captures, gradients) and each
+process's peak RSS (weights included).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
+SCALE = 3e5
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn, runs):
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def inputs(size, factor=8, ctx_dim=768):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    h = size // factor
+    z = rng.standard_normal((1, 4, h, h)).astype(np.float32)
+    z_ref = (z + 0.1 * rng.standard_normal(z.shape)).astype(np.float32)
+    c = rng.standard_normal((77, ctx_dim)).astype(np.float32)
+    return z, z_ref, c
+
+
+def run_gnr(args) -> dict:
+    import gnr
+
+    if args.threads:
+        gnr.set_num_threads(args.threads)
+    m = gnr.load_model(args.model)
+    z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
+    terms = [{"kind": "attn_map_l2", "scale": SCALE, "layers": LAYERS[args.layers]}]
+    out = {}
+    for cp in (False, True):
+        m.reset_peak()
+        med, best = timed(lambda: m.energy_grad(z, 501, c, z_ref, c, terms, checkpointing=cp), args.runs)
+        out["checkpointing" if cp else "plain"] = {"median_s": med, "min_s": best,
+                                                   "arena_peak_mib": m.peak_bytes / 2**20}
+    out["rss_mib"] = peak_rss_mib()
+    return out
+
+
+def run_torch(args) -> dict:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from torch_reference import Recorder, energy_and_grads
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(args.model, "unet")).eval()
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    rec = Recorder(unet)
+    z, z_ref, c = inputs(args.size, 8, unet.config.cross_attention_dim)
+    terms = [{"kind": "attn_map_l2", "scale": SCALE, "layers": LAYERS[args.layers]}]
+    med, best = timed(lambda: energy_and_grads(unet, rec, z, 501, c[None], z_ref, c[None], terms), args.runs)
+    return {"plain": {"median_s": med, "min_s": best}, "rss_mib": peak_rss_mib()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--layers", choices=sorted(LAYERS), default="all")
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        print("RESULT " + json.dumps(run_gnr(args) if args.side == "gnr" else run_torch(args)))
+        return
+
+    def side(name):
+        cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
+               "--threads", str(args.threads), "--layers", args.layers, "--side", name]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"{name} side failed:\n{out.stderr[-3000:]}")
+        return json.loads([l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
+
+    g = side("gnr")
+    t = None if args.skip_torch else side("torch")
+    print(f"model {args.model}  size {args.size}  layers {args.layers}  runs {args.runs}  "
+          f"threads {args.threads or os.cpu_count()}")
+    print(f"{'variant':<22} {'median s':>9} {'arena MiB':>10}")
+    for k in ("plain", "checkpointing"):
+        print(f"{'gnr ' + k:<22} {g[k]['median_s']:>9.2f} {g[k]['arena_peak_mib']:>10.0f}")
+    if t:
+        print(f"{'torch autograd':<22} {t['plain']['median_s']:>9.2f} {'':>10}")
+    print(f"peak RSS MiB: gnr {g['rss_mib']:.0f}" + (f", torch {t['rss_mib']:.0f}" if t else ""))
+
+
+if __name__ == "__main__":
+    main()
