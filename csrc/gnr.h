@@ -235,15 +235,20 @@ typedef struct {
     int range_rescale;         /* 0: identity_rescaler; 1: range_other_on_cfg_norm [lo, hi] */
     double lo, hi;
     int checkpointing;
+    /* Steps [begin, end) run (0 and num_steps for a whole edit); step k
+     * always uses its own t and z_inv = chain[N - k]. */
+    int begin, end;
 } gnr_edit_config;
 
 /* The Guide-and-Rescale editing loop (GNR_SPEC.md section 5) from the chain
  * of an inversion (num_steps + 1 latents; editing starts at chain[N]).
  * uncond: the unconditional context (ctx_len x D), or num_steps of them
- * (uncond_per_step, null-text inversion). z_out: the final latent. */
+ * (uncond_per_step, null-text inversion). z_start: the latent entering step
+ * `begin` (NULL: chain[N - begin]). z_out: the latent after step end - 1;
+ * eps_out (may be NULL): the eps_hat of that step. */
 gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain, int h, int w,
                     const float *uncond, int uncond_per_step, const float *c_src, const float *c_trg, int ctx_len,
-                    const gnr_hooks *hooks, float *z_out);
+                    const float *z_start, const gnr_hooks *hooks, float *z_out, float *eps_out);
 
 /* --------------------------------------------------------------- the build */
 

@@ -236,7 +236,7 @@ class Editor:
         prog.times.update(guided=0.0, unguided=0.0)
         prog.start("editing", cfg["num_steps"])
         try:
-            z = m._c._edit(plan, inv.latents, uncond, c_src, c_trg, prog, callback is not None)
+            z, _ = m._c._edit(plan, inv.latents, uncond, c_src, c_trg, prog, callback is not None)
         finally:
             prog.close()
         t0 = time.perf_counter()
@@ -288,4 +288,18 @@ class Editor:
         return {"num_steps": cfg["num_steps"], "guiders": guiders,
                 "maps": select_attention_maps(cfg["layers"], m.attention_maps),
                 "range_rescale": rng, "lo": rescaler.get("lo", 1.0), "hi": rescaler.get("hi", 1.0),
-                "checkpointing": cfg["gradient_checkpointing"]}
+                "checkpointing": cfg["gradient_checkpointing"], "begin": 0, "end": cfg["num_steps"]}
+
+    def _steps(self, inv: "Inversion", target_prompt: str, config, begin: int, end: int, z_start=None,
+               uncond=None):
+        """Runs editing steps [begin, end) only, from z_start (default: the
+        inversion latent of step `begin`): (latent after the last step, its
+        eps_hat). For testing steps in isolation."""
+        cfg = configs.normalize(config)
+        plan = dict(self._plan(cfg), begin=begin, end=end)
+        m = self.model
+        c_src, c_trg = m.encode_prompt(inv.source_prompt), m.encode_prompt(target_prompt)
+        if uncond is None:
+            uncond = (inv.uncond if inv.uncond is not None
+                      else c_src if cfg["inversion_type"] == "npinv" else self._null_context())
+        return m._c._edit(plan, inv.latents, uncond, c_src, c_trg, None, False, z_start)

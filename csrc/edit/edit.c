@@ -165,9 +165,12 @@ done:
 
 gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain, int h, int w,
                     const float *uncond, int uncond_per_step, const float *c_src, const float *c_trg, int ctx_len,
-                    const gnr_hooks *hooks, float *z_out)
+                    const float *z_start, const gnr_hooks *hooks, float *z_out, float *eps_out)
 {
     int N = cfg->num_steps;
+    if (cfg->begin < 0 || cfg->end > N || cfg->begin >= cfg->end)
+        return gnr_error(GNR_ERR_VALUE, "steps [%d, %d) are not a non-empty range within [0, %d)", cfg->begin,
+                         cfg->end, N);
     GNR_TRY(gnr_check_latent_size(m, h, w));
     if (N < 1 || N > GNR_TRAIN_STEPS)
         return gnr_error(GNR_ERR_VALUE, "num_steps must be in [1, %d], got %d", GNR_TRAIN_STEPS, N);
@@ -203,10 +206,11 @@ gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain
     GNR_CHECK(st, gnr_upload(ctx, c_src, &src));
     GNR_CHECK(st, gnr_upload(ctx, c_trg, &trg));
     gnr_tensor z_inv = gnr_reshape(links, 4, zs), c_unc = gnr_reshape(unc, 3, cs);
-    z_inv.data = (char *)links.data + (size_t)N * zn * sizeof(float);
-    GNR_CHECK(st, gnr_copy(ctx, &z_inv, &z));
+    z_inv.data = (char *)links.data + (size_t)(N - cfg->begin) * zn * sizeof(float);
+    if (z_start) GNR_CHECK(st, gnr_upload(ctx, z_start, &z));
+    else GNR_CHECK(st, gnr_copy(ctx, &z_inv, &z));
 
-    for (int k = 0; k < N; k++) {
+    for (int k = cfg->begin; k < cfg->end; k++) {
         int t = gnr_ddim_timestep(N, k);
         z_inv.data = (char *)links.data + (size_t)(N - k) * zn * sizeof(float);
         c_unc.data = (char *)unc.data + (size_t)(uncond_per_step ? k : 0) * cn * sizeof(float);
@@ -288,6 +292,7 @@ gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain
         GNR_CHECK(st, job_step(m, hooks, GNR_PHASE_EDIT, k + 1, N, have_g, &z));
     }
     GNR_CHECK(st, gnr_download(ctx, &z, z_out));
+    if (eps_out) GNR_CHECK(st, gnr_download(ctx, &eps_hat, eps_out));
 done:
     free(ref);
     return gnr_pass_end(m, st);

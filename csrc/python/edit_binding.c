@@ -198,14 +198,17 @@ done:
 #define MAX_GUIDERS 16
 #define MAX_MAPS 256
 
-/* _edit(plan, chain (N+1,C,h,w), uncond (L,D) or (N,L,D), c_src, c_trg, callback, want_latent) -> z (1,C,h,w)
+/* _edit(plan, chain (N+1,C,h,w), uncond (L,D) or (N,L,D), c_src, c_trg, callback, want_latent, z_start=None)
+ *   -> (z (1,C,h,w), eps_hat of the last step run)
  * plan: {"num_steps", "guiders": [{"kind", "scale", "source", "feature", "self_attn", "app"}],
- *        "maps": [names], "range_rescale", "lo", "hi", "checkpointing"} (built by gnr/editor.py). */
+ *        "maps": [names], "range_rescale", "lo", "hi", "checkpointing", "begin", "end"}
+ * (built by gnr/editor.py). */
 PyObject *gnr_py_edit(PyObject *self, PyObject *args)
 {
-    PyObject *plan, *chobj, *uobj, *sobj, *tobj, *cb;
+    PyObject *plan, *chobj, *uobj, *sobj, *tobj, *cb, *zsobj = Py_None;
     int want_latent;
-    if (!PyArg_ParseTuple(args, "O!OOOOOp", &PyDict_Type, &plan, &chobj, &uobj, &sobj, &tobj, &cb, &want_latent))
+    if (!PyArg_ParseTuple(args, "O!OOOOOp|O", &PyDict_Type, &plan, &chobj, &uobj, &sobj, &tobj, &cb, &want_latent,
+                          &zsobj))
         return NULL;
     gnr_model *m = gnr_py_model_of(self);
     if (!m) return NULL;
@@ -215,7 +218,7 @@ PyObject *gnr_py_edit(PyObject *self, PyObject *args)
     const char *maps[MAX_MAPS];
     double *owned[3 * MAX_GUIDERS];
     int nowned = 0, nguiders = 0, nmaps = 0;
-    PyArrayObject *chain = NULL, *unc = NULL, *src = NULL, *trg = NULL, *zout = NULL;
+    PyArrayObject *chain = NULL, *unc = NULL, *src = NULL, *trg = NULL, *zout = NULL, *zstart = NULL, *eout = NULL;
     PyObject *ret = NULL, *glist, *mlist;
     memset(guiders, 0, sizeof guiders);
     gnr_edit_config ec;
@@ -234,6 +237,8 @@ PyObject *gnr_py_edit(PyObject *self, PyObject *args)
     if (!GET("hi") || ((ec.hi = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred())) goto done;
     if (!GET("checkpointing")) goto done;
     ec.checkpointing = PyObject_IsTrue(v);
+    if (!GET("begin") || ((ec.begin = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())) goto done;
+    if (!GET("end") || ((ec.end = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())) goto done;
     if (!(glist = GET("guiders")) || !PyList_Check(glist) || PyList_GET_SIZE(glist) > MAX_GUIDERS) {
         if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "edit plan: guiders must be a list of at most %d", MAX_GUIDERS);
         goto done;
@@ -288,22 +293,25 @@ PyObject *gnr_py_edit(PyObject *self, PyObject *args)
         goto done;
     }
     npy_intp zs[4] = {1, chs[1], PyArray_DIM(chain, 2), PyArray_DIM(chain, 3)};
-    if (!(zout = gnr_py_new_float(4, zs))) goto done;
+    if (zsobj != Py_None && !(zstart = gnr_py_float_array(zsobj, "start latent", 4, zs, 1))) goto done;
+    if (!(zout = gnr_py_new_float(4, zs)) || !(eout = gnr_py_new_float(4, zs))) goto done;
     host_hooks hh = {cb, {zs[0], zs[1], zs[2], zs[3]}, NULL, NULL, NULL};
     gnr_hooks hooks = {hook_poll, hook_step, &hh, want_latent};
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
     st = gnr_edit(m, &ec, PyArray_DATA(chain), (int)zs[2], (int)zs[3], PyArray_DATA(unc), per_step_unc,
-                  PyArray_DATA(src), PyArray_DATA(trg), L, &hooks, PyArray_DATA(zout));
+                  PyArray_DATA(src), PyArray_DATA(trg), L, zstart ? PyArray_DATA(zstart) : NULL, &hooks,
+                  PyArray_DATA(zout), PyArray_DATA(eout));
     Py_END_ALLOW_THREADS
     if (st != GNR_OK || hh.exc_type) {
         finish(&hh, st);
         goto done;
     }
-    ret = (PyObject *)zout;
-    zout = NULL;
+    ret = Py_BuildValue("(OO)", zout, eout);
 done:
     for (int i = 0; i < nowned; i++) PyMem_Free(owned[i]);
+    Py_XDECREF(zstart);
+    Py_XDECREF(eout);
     Py_XDECREF(chain);
     Py_XDECREF(unc);
     Py_XDECREF(src);
