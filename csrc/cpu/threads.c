@@ -37,7 +37,9 @@ void gnr_set_num_threads(int n)
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
-    scipy_openblas_set_num_threads(n);
+    /* OpenBLAS stays on the calling thread; gnr_cpu_sgemm splits products
+     * over the OpenMP threads (blas.c says why). */
+    scipy_openblas_set_num_threads(1);
 }
 
 int gnr_get_num_threads(void)

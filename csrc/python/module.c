@@ -65,6 +65,8 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "gnr._C", "The gn
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
+    /* All cores by default, with OpenBLAS kept single-threaded (cpu/blas.c). */
+    gnr_set_num_threads(gnr_get_num_threads());
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
     if (gnr_py_errors_init(m) < 0 || gnr_py_register_model(m) < 0 || gnr_py_register_ops(m) < 0) {
