@@ -40,3 +40,12 @@ def tiny_a_dir(tmp_path_factory, torch_threads):
     from tiny_models import build
 
     return build(tmp_path_factory.mktemp("tiny_a_single"), "a", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_e2e_dir(tmp_path_factory, torch_threads):
+    """Model "a" with attention sharp enough for clearly non-zero energies
+    but not chaotic over a whole edit (tiny_models.build says why)."""
+    from tiny_models import build
+
+    return build(tmp_path_factory.mktemp("tiny_e2e"), "a", seed=1, qk_gain=2.0)
