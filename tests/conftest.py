@@ -23,7 +23,6 @@ def torch_threads():
     import torch
 
     torch.set_num_threads(2)
-    torch.set_grad_enabled(False)
     return torch
 
 

@@ -12,6 +12,12 @@ TOL = 1e-4
 PROMPTS = ["a photo of a cat", "", "A red CIRCLE on a blue background, 4k!!", "un café à Paris " * 12]
 
 
+@pytest.fixture(autouse=True)
+def no_grad(torch_threads):
+    with torch_threads.no_grad():
+        yield
+
+
 @pytest.fixture(scope="module")
 def pair(tiny_model_dir):
     from tiny_models import load_reference
