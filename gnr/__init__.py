@@ -33,8 +33,13 @@ __version__ = _C.build_info()["version"]
 
 
 def build_info():
-    """What this build contains: {"cuda": bool, "blas": str, "openmp": bool, "version": str, "threads": int}."""
-    return _C.build_info()
+    """What this build contains: {"cuda": bool (the CUDA backend was built), "blas": str, "openmp": bool,
+    "version": str, "threads": int}. Whether a GPU is usable now: `cuda_available()`."""
+    import importlib.util
+
+    info = _C.build_info()
+    info["cuda"] = importlib.util.find_spec("gnr._C_cuda") is not None
+    return info
 
 
 def set_num_threads(n: int) -> None:

@@ -334,6 +334,12 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        from . import build_info, cuda_available
+
+        if not cuda_available():
+            why = "no usable CUDA device or driver" if build_info()["cuda"] else "this build has no CUDA backend"
+            raise RuntimeError(f"device='cuda' is not available: {why}")
     return Model(path, device=device, variant=variant, threads=threads, max_memory=max_memory)
 
 

@@ -1,0 +1,99 @@
+"""The CUDA backend against the CPU backend on whole passes and edits
+(DECISIONS.md section 1: fp32 forward 1e-4, gradients 1e-3, a whole edit's
+final latent 1e-2). The op-level comparisons are tests/test_ops.py's "cuda"
+cases. Skipped, and reported as skipped, without a GPU."""
+import numpy as np
+import pytest
+
+import gnr
+from conftest import rel_err
+
+needs_gpu = pytest.mark.skipif(not gnr.cuda_available(), reason="no GPU")
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir):
+    return gnr.load_model(tiny_model_dir), gnr.load_model(tiny_model_dir, device="cuda")
+
+
+def inputs(seed, hw=(16, 16)):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((1, 4, *hw), dtype=np.float32)
+    c = rng.standard_normal((77, 32), dtype=np.float32)
+    return z, c
+
+
+@needs_gpu
+@pytest.mark.parametrize("t", [0, 500, 999])
+def test_unet(pair, t):
+    cpu, gpu = pair
+    z, c = inputs(t)
+    assert rel_err(gpu.unet(z, t, c), cpu.unet(z, t, c)) < 1e-4
+
+
+@needs_gpu
+def test_text_and_vae(pair):
+    cpu, gpu = pair
+    assert rel_err(gpu.encode_prompt("a red circle"), cpu.encode_prompt("a red circle")) < 1e-4
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert rel_err(gpu.encode_image(image), cpu.encode_image(image)) < 1e-4
+    z, _ = inputs(2, (8, 8))
+    assert rel_err(gpu._c.vae_decode(z), cpu._c.vae_decode(z)) < 1e-4
+
+
+@needs_gpu
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_energy_grads(pair, checkpointing):
+    cpu, gpu = pair
+    z, c = inputs(3)
+    z_ref = (z + 0.3).astype(np.float32)
+    terms = [{"kind": "attn_map_l2", "scale": 1e4}, {"kind": "feature_l1", "scale": 5.0, "at": "up_blocks.-1"},
+             {"kind": "feature_l2", "scale": 2.0, "at": "mid_block"}]
+    e_c, g_c = cpu.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"))
+    e_g, g_g = gpu.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"), checkpointing=checkpointing)
+    assert abs(e_g - e_c) / e_c < 1e-4
+    assert rel_err(g_g["latent"], g_c["latent"]) < 1e-3
+    assert rel_err(g_g["context"], g_c["context"]) < 1e-3
+    e0, _ = gpu.energy_grad(z, 501, c, z, c, terms)
+    assert e0 == 0.0  # identical inputs, identical internals
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", ["nonstyle", "style"])
+def test_whole_edit(tiny_e2e_dir, name):
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cfg = gnr.configs.get(name)
+    outs = []
+    for device in ("cpu", "cuda"):
+        ed = gnr.Editor(tiny_e2e_dir, device=device)
+        outs.append(ed.edit(image, "a red circle", "a green circle", config=cfg, progress=False,
+                            return_latent=True))
+    (img_c, z_c), (img_g, z_g) = outs
+    assert rel_err(z_g, z_c) < 1e-2
+    assert np.abs(img_g.astype(int) - img_c.astype(int)).max() <= 4
+
+
+@needs_gpu
+def test_out_of_memory_leaves_model_usable(tiny_a_dir):
+    m = gnr.load_model(tiny_a_dir, device="cuda", max_memory=64 * 1024)
+    z, c = inputs(4)
+    with pytest.raises(gnr.OutOfMemoryError):
+        m.unet(z, 10, c)
+    m._c.set_max_memory(0)
+    assert np.isfinite(m.unet(z, 10, c)).all()
+
+
+def test_cuda_available_never_raises():
+    assert gnr.cuda_available() in (True, False)
+    info = gnr.build_info()
+    assert set(info) >= {"cuda", "blas", "openmp", "version"}
+    assert isinstance(info["cuda"], bool) and "openblas" in info["blas"].lower()
+
+
+def test_cuda_device_choice(tiny_a_dir):
+    """device='cuda' works where a GPU is usable and is refused clearly elsewhere."""
+    if gnr.cuda_available():
+        assert gnr.load_model(tiny_a_dir, device="cuda").device == "cuda"
+    else:
+        with pytest.raises(RuntimeError, match="device='cuda' is not available"):
+            gnr.load_model(tiny_a_dir, device="cuda")
