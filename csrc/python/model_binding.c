@@ -303,6 +303,22 @@ done:
     return ret;
 }
 
+/* An integer timestep in [0, 1000) (bools and floats refused); -1 with an exception otherwise. */
+static int parse_timestep(PyObject *obj, long *t)
+{
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "timestep must be an integer in [0, 1000), got %.100s", Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *t = PyLong_AsLong(obj);
+    if (*t == -1 && PyErr_Occurred()) return -1;
+    if (*t < 0 || *t >= 1000) {
+        PyErr_Format(PyExc_ValueError, "timestep must be an integer in [0, 1000), got %ld", *t);
+        return -1;
+    }
+    return 0;
+}
+
 /* A context (L, D) or (1, L, D) -> float32 (L, D) array. */
 static PyArrayObject *context_array(PyObject *obj, int dim)
 {
@@ -327,16 +343,8 @@ static PyObject *Model_unet(ModelObject *self, PyObject *args, PyObject *kw)
     PyObject *zobj, *cobj, *tobj;
     if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &zobj, &tobj, &cobj)) return NULL;
     const gnr_model_config *c = gnr_model_get_config(self->model);
-    if (PyBool_Check(tobj) || !PyIndex_Check(tobj)) {
-        PyErr_Format(PyExc_TypeError, "timestep must be an integer in [0, 1000), got %.100s", Py_TYPE(tobj)->tp_name);
-        return NULL;
-    }
-    long t = PyLong_AsLong(tobj);
-    if (t == -1 && PyErr_Occurred()) return NULL;
-    if (t < 0 || t >= 1000) {
-        PyErr_Format(PyExc_ValueError, "timestep must be an integer in [0, 1000), got %ld", t);
-        return NULL;
-    }
+    long t;
+    if (parse_timestep(tobj, &t) < 0) return NULL;
     npy_intp zs[4] = {1, c->unet.in_channels, -1, -1};
     PyArrayObject *z = NULL, *ctx = NULL, *out = NULL;
     PyObject *ret = NULL;
@@ -366,21 +374,23 @@ done:
     return ret;
 }
 
-static PyObject *Model_vae_encode(ModelObject *self, PyObject *arg)
+/* The VAE passes: one image-shaped float array in, one out, sizes scaled by
+ * the VAE factor (up for the decoder, down for the encoder). */
+typedef gnr_status (*vae_pass)(gnr_model *, const float *, int, int, float *);
+
+static PyObject *run_vae(ModelObject *self, PyObject *arg, const char *name, int in_c, int out_c, int decode,
+                         vae_pass fn)
 {
-    if (!ready(self)) return NULL;
-    const gnr_model_config *c = gnr_model_get_config(self->model);
-    npy_intp xs[4] = {1, c->vae.in_channels, -1, -1};
-    PyArrayObject *x = gnr_py_float_array(arg, "image", 4, xs, 1), *out = NULL;
+    npy_intp xs[4] = {1, in_c, -1, -1};
+    PyArrayObject *x = gnr_py_float_array(arg, name, 4, xs, 1), *out = NULL;
     if (!x) return NULL;
     PyObject *ret = NULL;
-    int H = (int)PyArray_DIM(x, 2), W = (int)PyArray_DIM(x, 3), f = gnr_model_vae_factor(self->model);
-    npy_intp os[4] = {1, c->vae.latent_channels, H / f, W / f};
-    out = gnr_py_new_float(4, os);
-    if (!out) goto done;
+    int h = (int)PyArray_DIM(x, 2), w = (int)PyArray_DIM(x, 3), f = gnr_model_vae_factor(self->model);
+    npy_intp os[4] = {1, out_c, decode ? (npy_intp)h * f : h / f, decode ? (npy_intp)w * f : w / f};
+    if (!(out = gnr_py_new_float(4, os))) goto done;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_vae_encode(self->model, PyArray_DATA(x), H, W, PyArray_DATA(out));
+    st = fn(self->model, PyArray_DATA(x), h, w, PyArray_DATA(out));
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
         gnr_py_raise(st);
@@ -394,32 +404,18 @@ done:
     return ret;
 }
 
+static PyObject *Model_vae_encode(ModelObject *self, PyObject *arg)
+{
+    if (!ready(self)) return NULL;
+    const gnr_vae_config *v = &gnr_model_get_config(self->model)->vae;
+    return run_vae(self, arg, "image", v->in_channels, v->latent_channels, 0, gnr_vae_encode);
+}
+
 static PyObject *Model_vae_decode(ModelObject *self, PyObject *arg)
 {
     if (!ready(self)) return NULL;
-    const gnr_model_config *c = gnr_model_get_config(self->model);
-    npy_intp zs[4] = {1, c->vae.latent_channels, -1, -1};
-    PyArrayObject *z = gnr_py_float_array(arg, "latent", 4, zs, 1), *out = NULL;
-    if (!z) return NULL;
-    PyObject *ret = NULL;
-    int h = (int)PyArray_DIM(z, 2), w = (int)PyArray_DIM(z, 3), f = gnr_model_vae_factor(self->model);
-    npy_intp os[4] = {1, c->vae.out_channels, (npy_intp)h * f, (npy_intp)w * f};
-    out = gnr_py_new_float(4, os);
-    if (!out) goto done;
-    gnr_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = gnr_vae_decode(self->model, PyArray_DATA(z), h, w, PyArray_DATA(out));
-    Py_END_ALLOW_THREADS
-    if (st != GNR_OK) {
-        gnr_py_raise(st);
-        goto done;
-    }
-    ret = (PyObject *)out;
-    out = NULL;
-done:
-    Py_DECREF(z);
-    Py_XDECREF(out);
-    return ret;
+    const gnr_vae_config *v = &gnr_model_get_config(self->model)->vae;
+    return run_vae(self, arg, "latent", v->latent_channels, v->out_channels, 1, gnr_vae_decode);
 }
 
 static PyObject *names_list(const char **names, int n)
@@ -479,16 +475,8 @@ static PyObject *Model_energy_grad(ModelObject *self, PyObject *args)
                                           &want_c, &checkpointing))
         return NULL;
     const gnr_model_config *c = gnr_model_get_config(self->model);
-    if (PyBool_Check(tobj) || !PyIndex_Check(tobj)) {
-        PyErr_Format(PyExc_TypeError, "timestep must be an integer in [0, 1000), got %.100s", Py_TYPE(tobj)->tp_name);
-        return NULL;
-    }
-    long t = PyLong_AsLong(tobj);
-    if (t == -1 && PyErr_Occurred()) return NULL;
-    if (t < 0 || t >= 1000) {
-        PyErr_Format(PyExc_ValueError, "timestep must be an integer in [0, 1000), got %ld", t);
-        return NULL;
-    }
+    long t;
+    if (parse_timestep(tobj, &t) < 0) return NULL;
     npy_intp zs[4] = {1, c->unet.in_channels, -1, -1};
     PyArrayObject *z = NULL, *ctx = NULL, *rz = NULL, *rc = NULL, *dz = NULL, *dc = NULL;
     PyObject *ret = NULL, *seq = NULL;
