@@ -291,7 +291,8 @@ def _to_float32(bits: np.ndarray, dtype: str, shape: tuple) -> np.ndarray:
 
 
 def load_safetensors(path) -> dict[str, np.ndarray]:
-    """Read a .safetensors file into {name: C-contiguous float32 array}.
+    """Read a .safetensors file into {name: C-contiguous float32 array}
+    (iter_safetensors one tensor at a time).
 
     The header is validated before any tensor is read: header length within the
     file, a UTF-8 JSON object, each entry with a supported dtype (F32, F16, BF16),
@@ -299,6 +300,13 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
     matches shape x itemsize, and no two tensors overlapping. `__metadata__` is
     ignored. F16 and BF16 values convert to float32 exactly.
     Any violation is a ValueError naming the file and the tensor."""
+    return dict(iter_safetensors(path))
+
+
+def iter_safetensors(path):
+    """(name, float32 array) for each tensor of a .safetensors file, in file
+    order, holding one converted tensor at a time. The whole header is
+    validated (see load_safetensors) before the first tensor is yielded."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -313,9 +321,8 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
                 head += f.read(n)
     data_start, entries = _parse_header(path, size, head)
 
-    out: dict[str, np.ndarray] = {}
     if not entries:
-        return out
+        return
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     try:
         if mm.size != size:  # the file changed under us
@@ -324,10 +331,9 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
             np_dtype, itemsize = _DTYPES[dtype]
             raw = mm[data_start + begin : data_start + end]
             bits = np.frombuffer(raw, dtype=np_dtype, count=(end - begin) // itemsize)
-            out[name] = _to_float32(bits, dtype, shape)  # a copy: nothing keeps the mapping alive
+            yield name, _to_float32(bits, dtype, shape)  # a copy: nothing keeps the mapping alive
     finally:
         del mm
-    return out
 
 
 # --------------------------------------------------------------------------- components
@@ -352,20 +358,26 @@ def load_component(model_dir, component: str, variant: str | None = None) -> tup
     variant rule."""
     folder = _component_dir(model_dir, component)
     config = read_json(folder / "config.json")
+    return config, dict(iter_component(model_dir, component, variant))
+
+
+def iter_component(model_dir, component: str, variant: str | None = None):
+    """(name, float32 array) for every weight of one component, one tensor
+    in memory at a time (shards in turn; the shard index checked at the end).
+    Same files and checks as load_component."""
+    folder = _component_dir(model_dir, component)
     files, index = _find_weights(folder, variant, WEIGHT_NAMES[component])
-    weights: dict[str, np.ndarray] = {}
     origin: dict[str, Path] = {}
     for file in files:
-        for name, arr in load_safetensors(file).items():
-            if name in weights:
+        for name, arr in iter_safetensors(file):
+            if name in origin:
                 raise ValueError(f"{file}: tensor {name!r} is also in {origin[name]}; a tensor must be in one shard only")
-            weights[name] = arr
             origin[name] = file
+            yield name, arr
     if index is not None:
         for name, shard in read_json(index)["weight_map"].items():
             if origin.get(name) is None or origin[name].name != shard:
                 raise ValueError(f"{index}: tensor {name!r} is mapped to shard {shard!r}, which does not contain it")
-    return config, weights
 
 
 def check_model_dir(path) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _C
 from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
-from .files import check_model_dir, load_component
+from .files import check_model_dir, iter_component, read_json
 from .tokenizer import ClipTokenizer
 
 __all__ = ["Model", "load_model"]
@@ -190,9 +190,7 @@ class Model:
                  threads: int | None = None, max_memory: int = 0):
         root = Path(path)
         check_model_dir(root)
-        configs, weights = {}, {}
-        for comp in ("text_encoder", "unet", "vae"):
-            configs[comp], weights[comp] = load_component(root, comp, variant=variant)
+        configs = {comp: read_json(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
         resolved = {"text": _text_config(configs["text_encoder"]), "unet": _unet_config(configs["unet"]),
                     "vae": _vae_config(configs["vae"])}
         self.path = root
@@ -200,8 +198,10 @@ class Model:
         self.config = configs
         self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory))
         expected = {name for name, _ in self._c.weight_specs()}
-        for comp, tensors in weights.items():
-            for name, array in tensors.items():
+        # Weights stream in one tensor at a time: host memory holds the
+        # engine's weight block plus one tensor, never a second model copy.
+        for comp in configs:
+            for name, array in iter_component(root, comp, variant=variant):
                 if comp == "text_encoder" and not name.startswith("text_model."):
                     # transformers 5 saves the bare text transformer without
                     # the "text_model." prefix that SD 1.x checkpoints carry.
@@ -213,7 +213,6 @@ class Model:
                     self._c.set_weight(full, array)
                 except ValueError as e:
                     raise ValueError(f"{root / comp}: {e}") from None
-            tensors.clear()  # release host copies as we go
         try:
             self._c.finalize()
         except ValueError as e:
