@@ -34,11 +34,22 @@ def _edit(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from gnr.demo import run_demo
+
+    run_demo(args.output, progress=not args.quiet)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gnr", description="Guide-and-Rescale image editing.")
     sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="edit the bundled sample scene with the bundled default model")
+    d.add_argument("-o", "--output", default="gnr_demo.png", help="before/after PNG (default: gnr_demo.png)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("edit", help="edit one image")
-    e.add_argument("--model", required=True, help="Stable Diffusion 1.x folder (diffusers layout)")
+    e.add_argument("--model", default="default",
+                   help="Stable Diffusion 1.x folder (diffusers layout); default: the bundled model")
     e.add_argument("--image", required=True)
     e.add_argument("--source", required=True, help="prompt describing the input image")
     e.add_argument("--target", required=True, help="prompt describing the wanted result")
@@ -51,7 +62,7 @@ def main(argv=None) -> int:
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     try:
-        return _edit(args)
+        return _demo(args) if args.command == "demo" else _edit(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

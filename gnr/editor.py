@@ -104,7 +104,8 @@ class _Progress:
 class Editor:
     """Guide-and-Rescale editor on one Stable Diffusion 1.x model.
 
-    model: a folder in diffusers layout or a model from `gnr.load_model`.
+    model: a folder in diffusers layout, a model from `gnr.load_model`, or
+    None for the bundled default model.
     device: "cpu" (or "cuda" where built and available); dtype: None or
     "float32" (the CPU backend computes in float32).
     """
@@ -114,8 +115,7 @@ class Editor:
         if dtype not in (None, "float32", np.float32):
             raise ValueError(f"dtype {dtype!r} is not available on this backend; allowed: None, 'float32'")
         if model is None:
-            raise ValueError("no model given: pass a Stable Diffusion 1.x folder (diffusers layout) or a "
-                             "model from gnr.load_model")
+            model = "default"
         if isinstance(model, Model):
             self.model = model
         elif isinstance(model, (str, os.PathLike)):

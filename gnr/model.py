@@ -326,13 +326,18 @@ class Model:
 
 def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
                threads: int | None = None, max_memory: int = 0) -> Model:
-    """Load a Stable Diffusion 1.x folder in diffusers layout (safetensors weights).
+    """Load a Stable Diffusion 1.x folder in diffusers layout (safetensors weights);
+    "default" is the bundled default model.
 
     variant="fp16" prefers the `*.fp16.safetensors` files; without it the plain
     files are used when present. Compute is float32 whatever the files hold.
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if isinstance(path, str) and path == "default":
+        from .demo import default_model_dir
+
+        path = default_model_dir()
     if device == "cuda":
         from . import build_info, cuda_available
 
