@@ -323,17 +323,19 @@ def iter_safetensors(path):
 
     if not entries:
         return
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    try:
-        if mm.size != size:  # the file changed under us
-            raise ValueError(f"{path}: file size changed while reading ({size} -> {mm.size} bytes)")
+    # Read tensor by tensor (no mapping of the whole file): the process holds
+    # one tensor's bytes at a time, however large the file.
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size != size:  # the file changed under us
+            raise ValueError(f"{path}: file size changed while reading")
         for name, dtype, shape, begin, end in entries:
             np_dtype, itemsize = _DTYPES[dtype]
-            raw = mm[data_start + begin : data_start + end]
-            bits = np.frombuffer(raw, dtype=np_dtype, count=(end - begin) // itemsize)
-            yield name, _to_float32(bits, dtype, shape)  # a copy: nothing keeps the mapping alive
-    finally:
-        del mm
+            count = (end - begin) // itemsize
+            f.seek(data_start + begin)
+            bits = np.fromfile(f, dtype=np_dtype, count=count)
+            if bits.size != count:
+                raise ValueError(f"{path}: tensor {name!r} is cut off (the file is truncated or its header is wrong)")
+            yield name, _to_float32(bits, dtype, shape)
 
 
 # --------------------------------------------------------------------------- components
