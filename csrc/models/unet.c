@@ -7,9 +7,8 @@ static const char *C = "unet";
 
 static gnr_status declare_block(gnr_weights *ws, const gnr_unet_config *cfg, unet_block_w *b, const char *kind,
                                 int index, int nres, const int *res_in, int out, int attn, int heads, int tlayers,
-                                int resample, int asym_unused)
+                                int resample)
 {
-    (void)asym_unused;
     char name[GNR_MODULE_NAME_MAX];
     int temb_dim = 4 * cfg->block_out_channels[0];
     GNR_TRY(gnr_fmt(b->name, sizeof b->name, "%s.%d", kind, index));
@@ -56,7 +55,7 @@ gnr_status unet_declare(gnr_weights *ws, const gnr_unet_config *cfg, unet_w *u)
         out = boc[i];
         for (int j = 0; j < lpb; j++) res_in[j] = j == 0 ? in : out;
         GNR_TRY(declare_block(ws, cfg, &u->down[i], "down_blocks", i, lpb, res_in, out, cfg->down_has_attn[i],
-                              cfg->heads[i], cfg->transformer_layers[i], i < nb - 1, 0));
+                              cfg->heads[i], cfg->transformer_layers[i], i < nb - 1));
     }
     int top = boc[nb - 1];
     GNR_TRY(resnet_declare(ws, C, "mid_block.resnets.0", top, top, temb_dim, cfg->norm_num_groups, cfg->norm_eps,
@@ -79,7 +78,7 @@ gnr_status unet_declare(gnr_weights *ws, const gnr_unet_config *cfg, unet_w *u)
             res_in[j] = (j == 0 ? prev : out) + skip;
         }
         GNR_TRY(declare_block(ws, cfg, &u->up[i], "up_blocks", i, lpb + 1, res_in, out, cfg->up_has_attn[i],
-                              cfg->heads[r], cfg->transformer_layers[r], i < nb - 1, 0));
+                              cfg->heads[r], cfg->transformer_layers[r], i < nb - 1));
     }
     GNR_TRY(declare_norm(ws, "unet.conv_norm_out", boc[0], &u->norm_out));
     return declare_conv(ws, "unet.conv_out", boc[0], cfg->out_channels, 3, &u->conv_out);

@@ -79,8 +79,6 @@ gnr_status gnr_weights_set(gnr_weights *ws, gnr_ctx *ctx, const char *name, cons
     for (int i = 0; i < ws->n; i++) {
         gnr_weight *w = ws->items[i];
         if (strcmp(w->name, name) != 0) continue;
-        /* A 1x1 convolution may be stored as a linear weight and vice versa
-         * in some checkpoints; gnr requires the exact shape. */
         gnr_tensor given = gnr_tensor_view(NULL, GNR_F32, ws->device, ndim, shape);
         if (ndim < 0 || ndim > GNR_MAX_DIMS || !gnr_same_shape(&given, &w->t)) {
             char a[96], b[96];
