@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds gnr from this tree with its CUDA backend (sm_90), runs every GPU test
-# (tests/gpu: the CUDA backend against the CPU backend) and the GPU benchmarks
+# (tests/gpu and the "cuda" cases of tests/test_ops.py: the CUDA backend
+# against the CPU backend and PyTorch) and the GPU benchmarks
 # when present, and writes under $OUT:
 #   run_all.log   everything printed
 #   junit.xml     pytest's report
@@ -83,9 +84,10 @@ $PY -c "import gnr; print('cuda_available:', gnr.cuda_available()); from gnr imp
     >>"$LOG" 2>&1 || log "WARNING: the CUDA backend did not load (see log)"
 log "built"
 
-# ---- GPU tests
-log "pytest tests/gpu"
-timeout 300 $PY -m pytest tests/gpu -q -rA --junitxml="$OUT/junit.xml" -p no:cacheprovider >>"$LOG" 2>&1
+# ---- GPU tests: whole passes and edits (tests/gpu) and every op's "cuda" case (tests/test_ops.py)
+log "pytest tests/gpu tests/test_ops.py"
+timeout 300 $PY -m pytest tests/gpu tests/test_ops.py -q -rA --junitxml="$OUT/junit.xml" -p no:cacheprovider \
+    >>"$LOG" 2>&1
 TEST_RC=$?
 log "pytest exit code $TEST_RC"
 
