@@ -61,14 +61,14 @@ def _ddim(e, z, a_t, a_s):
 
 def denoise_step(e: torch.Tensor, t: int, z: torch.Tensor, n: int) -> torch.Tensor:
     """z at t -> z at s = t - 1000 // N (abar[0] below 0)."""
-    abar = ABAR.to(z.dtype)
+    abar = ABAR.to(device=z.device, dtype=z.dtype)
     s = t - TRAIN_STEPS // n
     return _ddim(e, z, abar[t], abar[s] if s >= 0 else abar[0])
 
 
 def inversion_step(e: torch.Tensor, t: int, z: torch.Tensor, n: int) -> torch.Tensor:
     """z at t -> z at s = t + 1000 // N (abar[999] past the end)."""
-    abar = ABAR.to(z.dtype)
+    abar = ABAR.to(device=z.device, dtype=z.dtype)
     s = t + TRAIN_STEPS // n
     return _ddim(e, z, abar[t], abar[s] if s < TRAIN_STEPS else abar[TRAIN_STEPS - 1])
 
@@ -166,10 +166,10 @@ class _Timesteps64(torch.nn.Module):
         return emb
 
 
-def _as_tensor(x, dtype) -> torch.Tensor:
+def _as_tensor(x, dtype, device="cpu") -> torch.Tensor:
     if isinstance(x, torch.Tensor):
-        return x.detach().to(dtype)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+        return x.detach().to(device=device, dtype=dtype)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -179,20 +179,22 @@ def _np(x: torch.Tensor) -> np.ndarray:
 class Reference:
     """The whole method on diffusers/transformers modules of a model folder."""
 
-    def __init__(self, folder, dtype=torch.float32):
+    def __init__(self, folder, dtype=torch.float32, device="cpu"):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         if isinstance(dtype, str):
-            dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+            dtype = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}[dtype]
         folder = Path(folder)
         self.dtype = dtype
+        self.device = torch.device(device)  # a GPU baseline for the benchmarks; tests use the CPU
         self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
         self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval().to(dtype)
         self.unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype).eval()
         self.vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype).eval()
         for m in (self.text_encoder, self.unet, self.vae):
             m.requires_grad_(False)
+            m.to(self.device)
         if dtype == torch.float64:
             self.unet.time_proj = _Timesteps64(self.unet.time_proj)
         self.context_len = self.text_encoder.config.max_position_embeddings
@@ -256,7 +258,7 @@ class Reference:
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """E(prompt): (1, 77, D), last hidden state after the final LayerNorm."""
         ids = self.tokenizer(prompt, padding="max_length", max_length=self.context_len, truncation=True,
-                             return_tensors="pt").input_ids
+                             return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(ids)[0].to(self.dtype)
 
     @torch.no_grad()
@@ -267,13 +269,13 @@ class Reference:
         h, w = image.shape[:2]
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"image size {h} x {w} is not a multiple of {self.size_multiple}")
-        x = torch.from_numpy(image).to(self.dtype) / 127.5 - 1
+        x = torch.from_numpy(image).to(device=self.device, dtype=self.dtype) / 127.5 - 1
         x = x.permute(2, 0, 1).unsqueeze(0)
         return self.vae.encode(x).latent_dist.mean * self.scaling_factor
 
     @torch.no_grad()
     def decode_latent(self, z) -> np.ndarray:
-        z = _as_tensor(z, self.dtype)
+        z = _as_tensor(z, self.dtype, self.device)
         y = self.vae.decode(z / self.scaling_factor).sample
         y = (y / 2 + 0.5).clamp(0, 1)
         return (y[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
@@ -442,8 +444,8 @@ class Reference:
         sum, before rescaling, or None), r (||grad|| / ||cfg term||, or None),
         scale_other. Arrays are NumPy."""
         d = self.dtype
-        z, z_inv = _as_tensor(z, d), _as_tensor(z_inv, d)
-        ctx = [_as_tensor(c, d).reshape(1, self.context_len, -1) for c in (c_uncond, c_src, c_trg)]
+        z, z_inv = _as_tensor(z, d, self.device), _as_tensor(z_inv, d, self.device)
+        ctx = [_as_tensor(c, d, self.device).reshape(1, self.context_len, -1) for c in (c_uncond, c_src, c_trg)]
         eps_hat, z_next, info = self._step(k, z, z_inv, *ctx, config)
         for key in ("eps_uncond", "eps_src", "eps_trg", "grad"):
             if info[key] is not None:
@@ -461,8 +463,8 @@ class Reference:
         if inversion is None:
             latents, uncond = self._invert(image, source, config)
         else:
-            latents = [_as_tensor(z, self.dtype) for z in inversion[0]]
-            uncond = None if inversion[1] is None else [_as_tensor(u, self.dtype) for u in inversion[1]]
+            latents = [_as_tensor(z, self.dtype, self.device) for z in inversion[0]]
+            uncond = None if inversion[1] is None else [_as_tensor(u, self.dtype, self.device) for u in inversion[1]]
         if len(latents) != n + 1:
             raise ValueError(f"inversion has {len(latents)} latents, config needs {n + 1}")
         c_null, c_src, c_trg = self.encode_prompt(""), self.encode_prompt(source), self.encode_prompt(target)
