@@ -1,0 +1,254 @@
+"""Train the small Stable Diffusion 1.x-family model bundled with gnr.
+
+    python tools/train_default_model.py                 # writes gnr/data/default_model/
+
+Development-only: needs PyTorch, diffusers, transformers and the clip-anytorch
+wheel (for the real CLIP BPE vocabulary), as in requirements-test.txt. Runs on
+one CPU thread (about 40 minutes on a small shared machine) and is
+deterministic for a given PyTorch build: every random draw comes from a fixed
+seed.
+
+The model is SD 1.x in miniature, on synthetic 64 x 64 scenes from
+tools/scenes.py ("a red circle on a blue background"; training seeds
+0 .. --scenes - 1, the evaluation uses seeds from scenes.EVAL_SEED_BASE):
+
+- AutoencoderKL, 3 levels (factor 4: 64 x 64 x 3 <-> 16 x 16 x 4), trained
+  first on L1 + L2 reconstruction with a small KL term; its scaling_factor is
+  1 / std of the latent means, so latents have unit variance.
+- CLIPTextModel (real CLIP tokenizer, vocab 49408, 77 positions, width 64,
+  2 layers) and UNet2DConditionModel (CrossAttnDownBlock2D x 2 + DownBlock2D,
+  UpBlock2D + CrossAttnUpBlock2D x 2, channels 32/64/128, cross-attention
+  width 64), trained jointly from scratch on epsilon prediction with the
+  SD 1.x schedule (scaled_linear betas 0.00085 .. 0.012, 1000 steps); 15 % of
+  captions are dropped to "" so classifier-free guidance has an
+  unconditional model. The saved weights are the exponential moving averages.
+
+Everything is written in diffusers layout with fp16 safetensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import scenes  # noqa: E402
+from clip_vocab import write_clip_tokenizer_files  # noqa: E402
+
+VAE = dict(in_channels=3, out_channels=3, latent_channels=4,
+           down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+           block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8, sample_size=scenes.SIZE)
+TEXT = dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=64)
+UNET = dict(sample_size=scenes.SIZE // 4, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64, 128), layers_per_block=1, attention_head_dim=4,
+            cross_attention_dim=64, norm_num_groups=16, use_linear_projection=False)
+SCHEDULER = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+             "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+             "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading"}
+SEED = 1234
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def make_data(n: int):
+    imgs = np.empty((n, scenes.SIZE, scenes.SIZE, 3), np.uint8)
+    caps = []
+    for i in range(n):
+        s = scenes.make_scene(i)
+        imgs[i] = s.image
+        caps.append(s.caption)
+    return imgs, caps
+
+
+def to_tensor(imgs: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def train_vae(imgs: np.ndarray, steps: int, batch: int, gen: torch.Generator):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**VAE)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    full_from = int(steps * 0.8)     # random 32 x 32 crops first (cheap), whole images last
+    n = len(imgs)
+    t0 = time.time()
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        x = to_tensor(imgs[idx.numpy()])
+        if step < full_from:
+            oy, ox = (int(v) * 4 for v in torch.randint(0, 9, (2,), generator=gen))
+            x = x[:, :, oy:oy + 32, ox:ox + 32]
+        lr = 1e-3 * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        y = vae.decode(z).sample
+        rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
+        kl = post.kl().mean() / z[0].numel()
+        loss = rec + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} rec {rec.item():.4f} kl/elem {kl.item():.3f} ({time.time() - t0:.0f} s)")
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, imgs: np.ndarray, batch: int = 64) -> torch.Tensor:
+    out = []
+    for i in range(0, len(imgs), batch):
+        out.append(vae.encode(to_tensor(imgs[i:i + batch])).latent_dist.mean)
+    return torch.cat(out)
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    """GNR_SPEC.md section 2: scaled_linear betas, sqrt in double, the rest float32."""
+    betas = torch.linspace(math.sqrt(0.00085), math.sqrt(0.012), 1000, dtype=torch.float32) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def train_diffusion(latents: torch.Tensor, caps: list, tokenizer, steps: int, batch: int, gen: torch.Generator,
+                    drop: float = 0.15):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = CLIPTextModel(CLIPTextConfig(**TEXT))
+    unet = UNet2DConditionModel(**UNET)
+    uniq = sorted(set(caps)) + [""]
+    ids = tokenizer(uniq, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    cap_index = torch.tensor([uniq.index(c) for c in caps])
+    empty = len(uniq) - 1
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.99))
+    ema = [p.detach().clone() for p in params]
+    abar = sd_alphas_cumprod()
+    n = len(latents)
+    t0 = time.time()
+    running = None
+    warm = 200
+    for step in range(steps):
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        z0 = latents[idx]
+        ci = cap_index[idx].clone()
+        ci[torch.rand(batch, generator=gen) < drop] = empty
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        eps = torch.randn(z0.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        # lr: warmup, constant, linear decay over the last 30 %
+        lr = 1e-3 * min(1.0, (step + 1) / warm) * min(1.0, (steps - step) / (0.3 * steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        ctx = text(ids[ci]).last_hidden_state
+        pred = unet(zt, t, ctx).sample
+        loss = F.mse_loss(pred, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({el:.0f} s, "
+                f"eta {el / (step + 1) * (steps - step - 1) / 60:.1f} min)")
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    return text.eval(), unet.eval()
+
+
+def save(out: Path, vae, text, unet, scaling_factor: float) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    for name, model in (("vae", vae), ("text_encoder", text), ("unet", unet)):
+        model.to(torch.float16).save_pretrained(out / name, safe_serialization=True)
+        model.to(torch.float32)
+    write_clip_tokenizer_files(out / "tokenizer")
+    (out / "scheduler").mkdir()
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline",
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }, indent=2))
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"wrote {out} ({total / 1e6:.2f} MB)")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "gnr" / "data" / "default_model"))
+    ap.add_argument("--scenes", type=int, default=16000, help="training scenes (seeds 0 .. n-1)")
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--unet-steps", type=int, default=3600)
+    ap.add_argument("--unet-batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest for these small ops on a busy machine)")
+    args = ap.parse_args(argv)
+
+    from transformers import CLIPTokenizer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    t_start = time.time()
+    imgs, caps = make_data(args.scenes)
+    log(f"{args.scenes} scenes, {len(set(caps))} captions ({time.time() - t_start:.0f} s)")
+
+    t0 = time.time()
+    vae = train_vae(imgs, args.vae_steps, args.vae_batch, gen)
+    t_vae = time.time() - t0
+    t0 = time.time()
+    mean = encode_all(vae, imgs)
+    sf = float(1.0 / mean[:4096].std())
+    latents = mean * sf
+    log(f"latents {tuple(latents.shape)}, scaling_factor {sf:.5f}, std after scaling {latents.std():.3f} "
+        f"({time.time() - t0:.0f} s)")
+
+    with tempfile.TemporaryDirectory() as tok_dir:
+        write_clip_tokenizer_files(Path(tok_dir))
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    t0 = time.time()
+    text, unet = train_diffusion(latents, caps, tokenizer, args.unet_steps, args.unet_batch, gen)
+    t_unet = time.time() - t0
+    save(Path(args.out), vae, text, unet, sf)
+    total = time.time() - t_start
+    log(f"training time: vae {t_vae / 60:.1f} min, text encoder + unet {t_unet / 60:.1f} min, "
+        f"total {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
