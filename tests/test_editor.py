@@ -221,3 +221,58 @@ def test_bad_arguments(editor, image):
         editor.edit(image, "a", config=small(), progress=False)
     with pytest.raises(ValueError, match="dtype"):
         gnr.Editor(editor.model, dtype="float16")
+
+
+# ----------------------------------------------- the step's algebra, by hand --
+# eps_hat of one step recomputed from gnr's own low-level passes (unet and
+# energy_grad) with the formulas of GNR_SPEC.md sections 5 to 7.
+
+def one_step(editor, image, cfg, k):
+    inv = editor.invert(image, "a cat", config=cfg, progress=False)
+    n = cfg["num_steps"]
+    z_inv = inv.latents[n - k][None]
+    z = (z_inv + 0.1 * np.random.default_rng(k).standard_normal(z_inv.shape)).astype(np.float32)
+    _, eps_hat = editor._steps(inv, "a dog", cfg, k, k + 1, z_start=z)
+    return z, z_inv, eps_hat
+
+
+def step_t(cfg, k):
+    n = cfg["num_steps"]
+    return (n - 1 - k) * (1000 // n)
+
+
+def test_cfg_and_latents_diff_by_hand(editor, image):
+    cfg = small()
+    cfg["guiders"] = [{"name": "cfg", "g_scale": 6.0, "kwargs": {"is_source_guidance": False}},
+                      {"name": "latents_diff", "g_scale": 0.25, "kwargs": {}}]
+    cfg["noise_rescaling_setup"] = {"type": "identity_rescaler", "init_setup": None}
+    k = 3
+    z, z_inv, eps_hat = one_step(editor, image, cfg, k)
+    m, t = editor.model, step_t(cfg, k)
+    eps_u = m.unet(z, t, m.encode_prompt(""))
+    eps_trg = m.unet(z, t, m.encode_prompt("a dog"))
+    expected = eps_u + np.float32(6.0) * (eps_trg - eps_u) + np.float32(0.25) * 2 * (z - z_inv)
+    np.testing.assert_allclose(eps_hat, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("lo, hi", [(0.33, 3.0), (1.5, 1.5), (1e-3, 1e-2)])
+def test_range_rescaler_by_hand(editor, image, lo, hi):
+    cfg = small()
+    cfg["guiders"] = [{"name": "cfg", "g_scale": 7.5, "kwargs": {"is_source_guidance": False}},
+                      {"name": "self_attn_map_l2", "g_scale": 1e4, "kwargs": {}}]
+    cfg["noise_rescaling_setup"] = {"type": "range_other_on_cfg_norm", "init_setup": [lo, hi]}
+    k = 2
+    z, z_inv, eps_hat = one_step(editor, image, cfg, k)
+    m, t = editor.model, step_t(cfg, k)
+    c_src = m.encode_prompt("a cat")
+    eps_u = m.unet(z, t, m.encode_prompt(""))
+    cfg_term = np.float32(7.5) * (m.unet(z, t, m.encode_prompt("a dog")) - eps_u)
+    _, g = m.energy_grad(z, t, c_src, z_inv, c_src, [{"kind": "attn_map_l2", "scale": 1e4}])
+    g = g["latent"]
+    r = np.linalg.norm(g) / np.linalg.norm(cfg_term)
+    scale = min(max(r, lo), hi) / r
+    expected = eps_u + cfg_term + np.float32(scale) * g
+    assert np.linalg.norm(eps_hat - expected) / np.linalg.norm(expected) < 1e-5
+    # and the rescaling really acted: the gradient term's norm is clip(r) x the cfg term's
+    np.testing.assert_allclose(np.linalg.norm(scale * g) / np.linalg.norm(cfg_term), min(max(r, lo), hi),
+                               rtol=1e-6)
