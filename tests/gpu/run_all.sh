@@ -97,7 +97,7 @@ for b in benchmarks/bench_gpu*.py; do
     LEFT=$(( 570 - ($(date +%s) - START) ))
     if [ "$LEFT" -lt 30 ]; then log "skipping $b: out of time"; continue; fi
     log "benchmark $b (limit ${LEFT}s)"
-    timeout "$LEFT" $PY "$b" --out "$OUT" >>"$LOG" 2>&1 || log "$b failed or timed out"
+    timeout "$LEFT" $PY "$b" --out "$OUT" --time-limit $(( LEFT - 10 )) >>"$LOG" 2>&1 || log "$b failed or timed out"
 done
 
 # ---- results table

@@ -1,0 +1,126 @@
+"""GPU benchmark of whole edits: gnr's CUDA backend beside the plain PyTorch
+implementation of the spec (tests/gnr_reference.py: diffusers modules,
+explicit attention maps, torch.autograd, as the reference computes) on the
+same GPU, on the SD 1.4-shaped random model at 512 x 512.
+
+    python benchmarks/bench_gpu.py --out DIR [--model DIR] [--size 512]
+                                   [--configs nonstyle,style] [--torch-dtypes float32,float16]
+                                   [--time-limit 300]
+
+Without --model, the random model is written first (benchmarks/make_random_sd.py;
+needs diffusers and the clip-anytorch wheel). Each run is its own process.
+Writes DIR/bench_gpu.json and DIR/bench_gpu.md (per-phase seconds for gnr,
+total seconds for PyTorch, peak GPU memory for both); runs that would pass the
+time limit are skipped and listed as such.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SRC, TRG = "a photo of a cat", "a photo of a tiger"
+
+
+def run_gnr(args) -> dict:
+    import numpy as np
+
+    import gnr
+
+    cfg = gnr.configs.get(args.config)
+    editor = gnr.Editor(args.model, device="cuda")
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    editor.edit(image, SRC, TRG, config=cfg, progress=False)  # warm-up: arena growth, cuBLAS plans
+    editor.model.reset_peak()
+    t0 = time.perf_counter()
+    editor.edit(image, SRC, TRG, config=cfg, progress=False)
+    total = time.perf_counter() - t0
+    weights = sum(4 * int(np.prod(s)) for _, s in editor.model._c.weight_specs())
+    return dict(editor.last_timings, total=total, peak_gib=(weights + editor.model.peak_bytes) / 2**30,
+                device=gnr._C_cuda.device_name())
+
+
+def run_torch(args) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import gnr  # only for the config dicts (plain data)
+    from gnr_reference import Reference
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ref = Reference(args.model, dtype=args.dtype, device="cuda")
+    cfg = gnr.configs.get(args.config)
+    image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    ref.edit(image, SRC, TRG, cfg)
+    torch.cuda.synchronize()
+    return {"total": time.perf_counter() - t0, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "device": torch.cuda.get_device_name()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--configs", default="nonstyle,style")
+    ap.add_argument("--torch-dtypes", default="float32,float16")
+    ap.add_argument("--time-limit", type=float, default=300)
+    ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.side:
+        print("RESULT " + json.dumps(run_gnr(args) if args.side == "gnr" else run_torch(args)))
+        return
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.model:
+        args.model = str(out / "sd14-random")
+        subprocess.run([sys.executable, str(HERE / "make_random_sd.py"), args.model], check=True)
+    jobs = []
+    for c in args.configs.split(","):
+        jobs.append(("gnr", c, "float32"))
+        jobs += [("torch", c, d) for d in args.torch_dtypes.split(",") if d]
+    rows = []
+    for side, config, dtype in jobs:
+        left = args.time_limit - (time.perf_counter() - start)
+        if left < 20:
+            rows.append({"side": side, "config": config, "dtype": dtype, "error": "skipped: out of time"})
+            continue
+        cmd = [sys.executable, __file__, "--out", args.out, "--model", args.model, "--size", str(args.size),
+               "--side", side, "--config", config, "--dtype", dtype]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
+            lines = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+            res = json.loads(lines[-1][7:]) if r.returncode == 0 and lines else {"error": r.stderr[-800:]}
+        except subprocess.TimeoutExpired:
+            res = {"error": f"timed out after {left:.0f} s"}
+        rows.append({"side": side, "config": config, "dtype": dtype, **res})
+        print(rows[-1], flush=True)
+    (out / "bench_gpu.json").write_text(json.dumps(rows, indent=2))
+    keys = ["encode", "inversion", "guided_steps", "unguided_steps", "decode", "total"]
+    lines = [f"# Whole edits, {args.size} x {args.size}, SD 1.4 shapes (random weights)", "",
+             "| side | config | dtype | " + " | ".join(keys) + " | peak GiB | device / error |",
+             "|" + "---|" * (len(keys) + 5)]
+    for r in rows:
+        vals = [f"{r[k]:.2f}" if isinstance(r.get(k), float) else "" for k in keys]
+        peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else ""
+        note = r.get("device", "") or r.get("error", "").replace("\n", " ")[:200]
+        lines.append(f"| {r['side']} | {r['config']} | {r['dtype']} | " + " | ".join(vals) + f" | {peak} | {note} |")
+    (out / "bench_gpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
