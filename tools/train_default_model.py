@@ -147,25 +147,29 @@ def sd_alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-def train_diffusion(latents: torch.Tensor, caps: list, tokenizer, steps: int, batch: int, gen: torch.Generator,
-                    drop: float = 0.15):
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    text = CLIPTextModel(CLIPTextConfig(**TEXT))
-    unet = UNet2DConditionModel(**UNET)
+def _caption_ids(caps: list, tokenizer):
+    """Token ids of every distinct caption plus "" (last), and each sample's index into them."""
     uniq = sorted(set(caps)) + [""]
     ids = tokenizer(uniq, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    cap_index = torch.tensor([uniq.index(c) for c in caps])
-    empty = len(uniq) - 1
+    return ids, torch.tensor([uniq.index(c) for c in caps]), len(uniq) - 1
+
+
+def _denoise(text, unet, latents: torch.Tensor, caps: list, tokenizer, steps: int, batch: int,
+             gen: torch.Generator, drop: float, lr_at, decay_at, tag: str):
+    """The joint text encoder + UNet loop on epsilon prediction: AdamW with
+    the learning rate lr_at(step), captions dropped to "" with probability
+    `drop`, gradient clipping at 1, an EMA with decay decay_at(step) whose
+    weights are returned in the models."""
+    ids, cap_index, empty = _caption_ids(caps, tokenizer)
+    text.train()
+    unet.train()
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, lr=lr_at(0), weight_decay=0.01, betas=(0.9, 0.99))
     ema = [p.detach().clone() for p in params]
     abar = sd_alphas_cumprod()
     n = len(latents)
     t0 = time.time()
     running = None
-    warm = 200
     for step in range(steps):
         idx = torch.randint(0, n, (batch,), generator=gen)
         z0 = latents[idx]
@@ -175,8 +179,7 @@ def train_diffusion(latents: torch.Tensor, caps: list, tokenizer, steps: int, ba
         eps = torch.randn(z0.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        # lr: warmup, constant, linear decay over the last 30 %
-        lr = 1e-3 * min(1.0, (step + 1) / warm) * min(1.0, (steps - step) / (0.3 * steps))
+        lr = lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
         ctx = text(ids[ci]).last_hidden_state
@@ -186,19 +189,38 @@ def train_diffusion(latents: torch.Tensor, caps: list, tokenizer, steps: int, ba
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = decay_at(step)
         with torch.no_grad():
             for e, p in zip(ema, params):
                 e.lerp_(p.detach(), 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 100 == 0 or step == steps - 1:
             el = time.time() - t0
-            log(f"unet step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({el:.0f} s, "
+            log(f"{tag} step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({el:.0f} s, "
                 f"eta {el / (step + 1) * (steps - step - 1) / 60:.1f} min)")
     with torch.no_grad():
         for e, p in zip(ema, params):
             p.copy_(e)
     return text.eval(), unet.eval()
+
+
+def train_diffusion(latents: torch.Tensor, caps: list, tokenizer, steps: int, batch: int, gen: torch.Generator,
+                    drop: float = 0.15):
+    """Stage 1 of the text encoder + UNet, from scratch: warmup over 200
+    steps, constant, linear decay over the last 30 %; EMA decay ramping to
+    0.999; 15 % of captions dropped."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = CLIPTextModel(CLIPTextConfig(**TEXT))
+    unet = UNet2DConditionModel(**UNET)
+    warm = 200
+
+    def lr_at(step):
+        return 1e-3 * min(1.0, (step + 1) / warm) * min(1.0, (steps - step) / (0.3 * steps))
+
+    return _denoise(text, unet, latents, caps, tokenizer, steps, batch, gen, drop, lr_at,
+                    lambda step: min(0.999, (1 + step) / (10 + step)), "unet")
 
 
 def round_fp16(*models) -> None:
@@ -263,51 +285,13 @@ def finetune_diffusion(text, unet, latents: torch.Tensor, caps: list, tokenizer,
     """Stage 2 of the text encoder + UNet: more steps from the stage-1
     weights, fresh AdamW, warmup then cosine decay to 0, EMA (decay 0.999)
     started at the stage-1 weights; 20 % of captions dropped."""
-    uniq = sorted(set(caps)) + [""]
-    ids = tokenizer(uniq, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    cap_index = torch.tensor([uniq.index(c) for c in caps])
-    empty = len(uniq) - 1
-    text.train()
-    unet.train()
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=lr0, weight_decay=0.01, betas=(0.9, 0.99))
-    ema = [p.detach().clone() for p in params]
-    abar = sd_alphas_cumprod()
-    n = len(latents)
-    t0 = time.time()
-    running = None
     warm = 100
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch,), generator=gen)
-        z0 = latents[idx]
-        ci = cap_index[idx].clone()
-        ci[torch.rand(batch, generator=gen) < drop] = empty
-        t = torch.randint(0, 1000, (batch,), generator=gen)
-        eps = torch.randn(z0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        lr = lr0 * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        ctx = text(ids[ci]).last_hidden_state
-        pred = unet(zt, t, ctx).sample
-        loss = F.mse_loss(pred, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - 0.999)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 100 == 0 or step == steps - 1:
-            el = time.time() - t0
-            log(f"unet2 step {step}/{steps} loss {running:.4f} lr {lr:.2e} ({el:.0f} s, "
-                f"eta {el / (step + 1) * (steps - step - 1) / 60:.1f} min)")
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
-    return text.eval(), unet.eval()
+
+    def lr_at(step):
+        return lr0 * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+    return _denoise(text, unet, latents, caps, tokenizer, steps, batch, gen, drop, lr_at, lambda step: 0.999,
+                    "unet2")
 
 
 def save(out: Path, vae, text, unet, scaling_factor: float) -> None:
