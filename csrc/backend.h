@@ -9,7 +9,7 @@
 
 #include "ops.h"
 
-#define GNR_BACKEND_ABI 2
+#define GNR_BACKEND_ABI 3
 
 typedef struct gnr_backend {
     int abi;           /* GNR_BACKEND_ABI of the code that built the table */
@@ -50,7 +50,7 @@ typedef struct gnr_backend {
     gnr_status (*upsample2x_forward)(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
     gnr_status (*upsample2x_backward)(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx);
     gnr_status (*attention_forward)(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out);
-    gnr_status (*attention_backward)(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv);
+    gnr_status (*attention_backward)(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, const gnr_tensor *probs, int heads, int causal, float scale, const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv);
     gnr_status (*embedding_forward)(gnr_ctx *ctx, const gnr_tensor *table, const int32_t *ids, int64_t n, gnr_tensor *y);
     gnr_status (*sq_diff_mean)(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *out);
     gnr_status (*sq_diff_mean_backward)(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale, gnr_tensor *da);

@@ -207,18 +207,23 @@ gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, 
     int tracked = ctx->tape && (q->gid >= 0 || k->gid >= 0 || v->gid >= 0);
     if (ci < 0 && !tracked) return gnr_attention_forward(ctx, q, k, v, heads, causal, scale, NULL, out);
 
-    /* P is materialised: a capture keeps it past the pass (ctx->keep), the
-     * backward needs it (the stack arena, kept while taping). Both paths run
-     * the same kernel as the probs-free one, so the values are identical. */
+    /* P is materialised only for a capture, which keeps it past the pass
+     * (ctx->keep) and whose energy seeds its gradient (the stack arena while
+     * re-running a checkpointed block). An uncaptured layer's backward
+     * recomputes P chunk by chunk, bit-identical, so the tape never holds its
+     * Lq x Lk matrix. Both forward paths run the probs-free kernels. */
     int64_t pshape[4] = {q->shape[0], heads, q->shape[1], k->shape[1]};
     gnr_tensor probs = gnr_tensor_view(NULL, GNR_F32, ctx->device, 4, pshape);
-    int keep = ci >= 0 && !(ctx->tape && ctx->tape->rerun);
-    GNR_TRY(gnr_arena_alloc(keep ? ctx->keep : ctx->arena, gnr_nbytes(&probs), &probs.data));
-    GNR_TRY(gnr_attention_forward(ctx, q, k, v, heads, causal, scale, &probs, out));
-    if (keep) {
-        cap->tensors[ci] = probs;
-        cap->found[ci] = 1;
+    if (ci >= 0) {
+        int keep = !(ctx->tape && ctx->tape->rerun);
+        GNR_TRY(gnr_arena_alloc(keep ? ctx->keep : ctx->arena, gnr_nbytes(&probs), &probs.data));
+        if (keep) {
+            cap->tensors[ci] = probs;
+            cap->found[ci] = 1;
+        }
     }
+    GNR_TRY(gnr_attention_forward(ctx, q, k, v, heads, causal, scale, probs.data ? &probs : NULL, out));
+    if (!tracked) return GNR_OK;
     tape_entry e = {.op = TAPE_ATTENTION, .in = {*q, *k, *v}, .nin = 3, .probs = probs, .heads = heads,
                     .scale = scale, .iparam = causal, .capture = ci};
     return gnr_tape_record(ctx, &e, out);

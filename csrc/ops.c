@@ -193,9 +193,9 @@ gnr_status gnr_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
     DISPATCH(attention_forward, ctx, q, k, v, heads, causal, scale, probs, out);
 }
 
-gnr_status gnr_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+gnr_status gnr_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, const gnr_tensor *probs, int heads, int causal, float scale, const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
 {
-    DISPATCH(attention_backward, ctx, q, k, v, probs, heads, scale, dout, dprobs, dq, dk, dv);
+    DISPATCH(attention_backward, ctx, q, k, v, probs, heads, causal, scale, dout, dprobs, dq, dk, dv);
 }
 
 gnr_status gnr_embedding_forward(gnr_ctx *ctx, const gnr_tensor *table, const int32_t *ids, int64_t n, gnr_tensor *y)

@@ -150,7 +150,8 @@ gnr_status gnr_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tenso
  * probs: NULL, or N x H x Lq x Lk to receive P (a capture, or saved for the
  * backward). Without probs the CPU backend never holds all of P at once; the
  * values are the same either way.
- * backward, given P:
+ * backward, given P (or without probs: P recomputed from q, k, causal and
+ * scale, chunk by chunk, bit-identical to what the forward stores):
  *   dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs[n,h] when given: the energy's
  *   gradient w.r.t. the captured map);  dS = P * (dP - rowsum(dP * P));
  *   dQ_h += scale * dS K_h;  dK_h += scale * dS^T Q_h
@@ -158,7 +159,7 @@ gnr_status gnr_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tenso
 gnr_status gnr_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out);
 gnr_status gnr_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                                  const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
+                                  const gnr_tensor *probs, int heads, int causal, float scale, const gnr_tensor *dout,
                                   const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv);
 
 /* ------------------------------------------------------------- embedding --- */

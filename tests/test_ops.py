@@ -332,6 +332,10 @@ def test_attention_backward(device, rng, cfg, with_dprobs):
     assert only_k[0] is None and only_k[2] is None and np.array_equal(only_k[1], ours[1])
     only_v = op("attention_backward", device, q, k, v, probs, g, gp, heads=h, scale=scale, want_dq=0, want_dk=0)
     assert np.array_equal(only_v[2], ours[2])
+    # without probs, P is recomputed chunk by chunk exactly as the forward made it
+    rec = op("attention_backward", device, q, k, v, None, g, gp, heads=h, causal=causal, scale=scale)
+    for o, r in zip(rec, ours):
+        assert o.tobytes() == r.tobytes()
 
 
 # --------------------------------------------------------------- embedding

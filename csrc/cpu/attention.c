@@ -142,16 +142,19 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
 }
 
 /* Given P:  dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs);  dS = P * (dP - rowsum(dP * P));
- *           dQ_h += scale dS K_h;  dK_h += scale dS^T Q_h        (by chunks of query rows) */
+ *           dQ_h += scale dS K_h;  dK_h += scale dS^T Q_h        (by chunks of query rows)
+ * Without probs, each chunk of P is recomputed from q and k by the forward's
+ * own kernels on the same chunks, so it is bit-identical to the P the forward
+ * would have stored, and the whole Lq x Lk matrix is never held. */
 gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                                  const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
-                                  const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+                                  const gnr_tensor *probs, int heads, int causal, float scale,
+                                  const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
+                                  gnr_tensor *dv)
 {
     const char *op = "attention_backward";
     att_geom g;
     GNR_TRY(att_setup(op, q, k, v, heads, &g));
-    if (!probs) return gnr_error(GNR_ERR_VALUE, "%s: probs (the forward's P) is required", op);
-    GNR_TRY(check_probs(op, "probs", probs, &g, heads));
+    if (probs) GNR_TRY(check_probs(op, "probs", probs, &g, heads));
     GNR_TRY(gnr_cpu_check_f32(op, "dout", dout));
     GNR_TRY(gnr_cpu_check_same(op, "dout", dout, "q", q));
     if (dprobs) GNR_TRY(check_probs(op, "dprobs", dprobs, &g, heads));
@@ -172,9 +175,13 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
     int64_t chunk = g.lq < ATT_CHUNK ? g.lq : ATT_CHUNK;
     int need_ds = dq || dk;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    float *ds = NULL;
-    if (need_ds) GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)chunk * (size_t)g.lk * sizeof(float), (void **)&ds));
-    const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pp = gnr_f32(probs), *pdo = gnr_f32(dout);
+    float *ds = NULL, *pbuf = NULL;
+    gnr_status st = GNR_OK;
+    size_t chunk_bytes = (size_t)chunk * (size_t)g.lk * sizeof(float);
+    if (need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&ds));
+    if (!probs) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&pbuf));
+    const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pdo = gnr_f32(dout);
+    const float *pp = probs ? gnr_f32(probs) : NULL;
     const float *pdp = dprobs ? gnr_f32(dprobs) : NULL;
     for (int64_t n = 0; n < g.n; n++) {
         for (int h = 0; h < heads; h++) {
@@ -183,7 +190,11 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                 int64_t rows = g.lq - i0 < chunk ? g.lq - i0 : chunk;
                 int64_t qoff = (n * g.lq + i0) * g.hd + h * g.d;
                 int64_t poff = ((n * heads + h) * g.lq + i0) * g.lk;
-                const float *pc = pp + poff;
+                const float *pc = pp ? pp + poff : pbuf;
+                if (!pp) {
+                    gnr_cpu_sgemm(0, 1, rows, g.lk, g.d, scale, pq + qoff, g.hd, pk + koff, g.hd, 0.0f, pbuf, g.lk);
+                    softmax_rows(nt, pbuf, rows, g.lk, i0, causal);
+                }
                 if (dv)
                     gnr_cpu_sgemm(1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + qoff, g.hd, 1.0f, gnr_f32(dv) + koff,
                                   g.hd);
@@ -210,6 +221,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
             }
         }
     }
+done:
     gnr_arena_release(ctx->arena, m);
-    return GNR_OK;
+    return st;
 }

@@ -92,8 +92,9 @@ gnr_status cpu_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tenso
 gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out);
 gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                                  const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
-                                  const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv);
+                                  const gnr_tensor *probs, int heads, int causal, float scale,
+                                  const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
+                                  gnr_tensor *dv);
 
 gnr_status cpu_embedding_forward(gnr_ctx *ctx, const gnr_tensor *table, const int32_t *ids, int64_t n,
                                  gnr_tensor *y);

@@ -147,7 +147,8 @@ static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry
         GNR_CHECK(st, gnr_fill(ctx, &dzero, 0.0f));
         dy = &dzero;
     }
-    st = gnr_attention_backward(ctx, q, k, v, &e->probs, e->heads, e->scale, dy, dp, dq, dk, dv);
+    st = gnr_attention_backward(ctx, q, k, v, e->probs.data ? &e->probs : NULL, e->heads, e->iparam, e->scale, dy, dp,
+                                dq, dk, dv);
 done:
     gnr_arena_release(ctx->arena, m);
     return st;

@@ -65,7 +65,7 @@ static const op_spec OPS[] = {
     {"upsample2x_forward", "x", INIT_NAN, 0},
     {"upsample2x_backward", "dy", INIT_ZERO, 0},
     {"attention_forward", "q,k,v", INIT_NAN, 0},
-    {"attention_backward", "q,k,v,probs,dout,dprobs?", INIT_ZERO, 0},
+    {"attention_backward", "q,k,v,probs?,dout,dprobs?", INIT_ZERO, 0},
     {"embedding_forward", "table", INIT_NAN, 0},
     {"sq_diff_mean", "a,b", INIT_NONE, 1},
     {"sq_diff_mean_backward", "a,b", INIT_ZERO, 0},
@@ -473,7 +473,8 @@ static gnr_status run_op(const char *op, gnr_ctx *ctx, op_call *c, const op_para
         return gnr_attention_forward(ctx, &in[0], &in[1], &in[2], p->heads, p->causal, p->scale, want(c, 1),
                                      &out[0]);
     if (!strcmp(op, "attention_backward"))
-        return gnr_attention_backward(ctx, &in[0], &in[1], &in[2], &in[3], p->heads, p->scale, &in[4], opt(c, 5),
+        return gnr_attention_backward(ctx, &in[0], &in[1], &in[2], opt(c, 3), p->heads, p->causal, p->scale, &in[4],
+                                      opt(c, 5),
                                       want(c, 0), want(c, 1), want(c, 2));
     if (!strcmp(op, "embedding_forward")) return gnr_embedding_forward(ctx, &in[0], p->ids, p->nids, &out[0]);
     if (!strcmp(op, "sq_diff_mean")) return gnr_sq_diff_mean(ctx, &in[0], &in[1], &c->scalar);
