@@ -2,6 +2,7 @@
 #include <cblas.h>
 
 #include "cpu/cpu_ops.h"
+#include "gnr.h"
 
 /* OpenMP is the engine's only thread pool: OpenBLAS runs single-threaded
  * (gnr_set_num_threads sets it so), and a large product is split into one
