@@ -84,9 +84,13 @@ typedef struct gnr_model gnr_model;
 
 /* Creates a model on `device` (GNR_CPU, or GNR_CUDA in a CUDA build). Checks
  * the configs for values the engine cannot run (ValueError naming the key).
- * nthreads <= 0: all cores. max_memory = 0: no cap on activation memory. */
-gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, int nthreads, size_t max_memory,
-                            gnr_model **out);
+ * matmul_dtype: GNR_F32 (parity mode), or on CUDA GNR_F16 / GNR_BF16 (speed
+ * mode: the inputs of every matrix product rounded to 16 bits on tensor
+ * cores, fp32 accumulation; weights, activations, softmax statistics, norms
+ * and energies stay float32). nthreads <= 0: all cores. max_memory = 0: no
+ * cap on activation memory. */
+gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_dtype matmul_dtype, int nthreads,
+                            size_t max_memory, gnr_model **out);
 void gnr_model_destroy(gnr_model *m);
 
 /* The weights this model expects, in a fixed order. Names are prefixed with

@@ -47,14 +47,19 @@ static gnr_status check_config(const gnr_model_config *c)
     return GNR_OK;
 }
 
-gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, int nthreads, size_t max_memory,
-                            gnr_model **out)
+gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_dtype matmul_dtype, int nthreads,
+                            size_t max_memory, gnr_model **out)
 {
     *out = NULL;
     const gnr_backend *be = gnr_backend_for(device);
     if (!be)
         return gnr_error(GNR_ERR_UNSUPPORTED, "device '%s' is not available in this build",
                          gnr_device_name(device));
+    if (matmul_dtype != GNR_F32 && matmul_dtype != GNR_F16 && matmul_dtype != GNR_BF16)
+        return gnr_error(GNR_ERR_VALUE, "dtype code %d is not float32, float16 or bfloat16", (int)matmul_dtype);
+    if (matmul_dtype != GNR_F32 && device != GNR_CUDA)
+        return gnr_error(GNR_ERR_UNSUPPORTED, "dtype %s needs device 'cuda'; the %s backend computes in float32",
+                         gnr_dtype_name(matmul_dtype), gnr_device_name(device));
     GNR_TRY(check_config(cfg));
     gnr_model *m = calloc(1, sizeof *m);
     if (!m) return gnr_error(GNR_ERR_NOMEM, "out of host memory creating the model");
@@ -63,6 +68,7 @@ gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, int 
     gnr_weights_init(&m->weights, device);
     m->ctx.device = device;
     m->ctx.cancel = &m->cancel;
+    m->ctx.matmul_dtype = matmul_dtype;
     m->ctx.nthreads = nthreads > 0 ? nthreads : gnr_get_num_threads();
     if (nthreads > 0) gnr_set_num_threads(nthreads);
     gnr_status st;

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _C, configs
 from .captures import resolve_feature, select_attention_maps
-from .model import Model, load_model
+from .model import Model, compute_dtype, load_model
 
 __all__ = ["Editor", "Inversion", "EditCancelled"]
 
@@ -107,19 +107,22 @@ class Editor:
     model: a folder in diffusers layout, a model from `gnr.load_model`, or
     None for the bundled default model.
     device: "cpu" (or "cuda" where built and available); dtype: None or
-    "float32" (the CPU backend computes in float32).
+    "float32" (parity mode, every device), or on "cuda" "float16" /
+    "bfloat16" (speed mode; see `gnr.load_model`).
     """
 
     def __init__(self, model=None, device: str = "cpu", dtype: Optional[str] = None, threads: Optional[int] = None,
                  max_memory: int = 0):
-        if dtype not in (None, "float32", np.float32):
-            raise ValueError(f"dtype {dtype!r} is not available on this backend; allowed: None, 'float32'")
         if model is None:
             model = "default"
         if isinstance(model, Model):
+            if dtype is not None and compute_dtype(dtype, model.device) != model.dtype:
+                raise ValueError(f"dtype {dtype!r} differs from the given model's dtype {model.dtype!r}; "
+                                 f"pass dtype to load_model instead")
             self.model = model
         elif isinstance(model, (str, os.PathLike)):
-            self.model = load_model(model, device=device, threads=threads, max_memory=max_memory)
+            compute_dtype(dtype, device)
+            self.model = load_model(model, device=device, threads=threads, max_memory=max_memory, dtype=dtype)
         else:
             raise TypeError(f"model must be a folder path or a gnr.Model, got {type(model).__name__}")
         self.last_timings: dict = {}

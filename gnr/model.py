@@ -187,7 +187,7 @@ class Model:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
-                 threads: int | None = None, max_memory: int = 0):
+                 threads: int | None = None, max_memory: int = 0, dtype=None):
         root = Path(path)
         check_model_dir(root)
         configs = {comp: read_json(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
@@ -195,8 +195,9 @@ class Model:
                     "vae": _vae_config(configs["vae"])}
         self.path = root
         self.device = device
+        self.dtype = compute_dtype(dtype, device)
         self.config = configs
-        self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory))
+        self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory), self.dtype)
         expected = {name for name, _ in self._c.weight_specs()}
         # Weights stream in one tensor at a time: host memory holds the
         # engine's weight block plus one tensor, never a second model copy.
@@ -321,19 +322,51 @@ class Model:
         self._c.reset_peak()
 
     def __repr__(self) -> str:
-        return f"gnr.Model({str(self.path)!r}, device={self.device!r})"
+        return f"gnr.Model({str(self.path)!r}, device={self.device!r}, dtype={self.dtype!r})"
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def compute_dtype(dtype, device: str) -> str:
+    """The engine's compute dtype from a user's `dtype` (None, a name, or a
+    NumPy float32/float16 dtype): "float32" (parity mode, every device) or,
+    on cuda only, "float16" / "bfloat16" (speed mode: the inputs of every
+    matrix product rounded to 16 bits on tensor cores with fp32
+    accumulation; softmax statistics, norms, activations and energies stay
+    float32)."""
+    if dtype is None:
+        name = "float32"
+    else:
+        try:
+            key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype.lower()
+        except TypeError:
+            key = repr(dtype)
+        name = _DTYPES.get(key)
+        if name is None:
+            raise ValueError(f"dtype must be None, 'float32', 'float16' or 'bfloat16', got {dtype!r}")
+    if name != "float32" and device != "cuda":
+        raise ValueError(f"dtype {name!r} needs device='cuda'; on {device!r} gnr computes in 'float32' "
+                         f"(allowed there: None, 'float32')")
+    return name
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
-               threads: int | None = None, max_memory: int = 0) -> Model:
+               threads: int | None = None, max_memory: int = 0, dtype=None) -> Model:
     """Load a Stable Diffusion 1.x folder in diffusers layout (safetensors weights);
     "default" is the bundled default model.
 
     variant="fp16" prefers the `*.fp16.safetensors` files; without it the plain
-    files are used when present. Compute is float32 whatever the files hold.
+    files are used when present. Weights are held in float32 whatever the
+    files hold. dtype: None / "float32" computes in float32 (parity with the
+    reference); on device="cuda", "float16" or "bfloat16" is the speed mode
+    (matrix products on tensor cores with 16-bit inputs and fp32
+    accumulation; everything else float32).
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    compute_dtype(dtype, device)
     if isinstance(path, str) and path == "default":
         from .demo import default_model_dir
 
@@ -344,7 +377,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
         if not cuda_available():
             why = "no usable CUDA device or driver" if build_info()["cuda"] else "this build has no CUDA backend"
             raise RuntimeError(f"device='cuda' is not available: {why}")
-    return Model(path, device=device, variant=variant, threads=threads, max_memory=max_memory)
+    return Model(path, device=device, variant=variant, threads=threads, max_memory=max_memory, dtype=dtype)
 
 
 _ENERGY_KINDS = {"attn_map_l2": 0, "feature_l2": 1, "feature_l1": 2}

@@ -223,6 +223,23 @@ def test_bad_arguments(editor, image):
         gnr.Editor(editor.model, dtype="float16")
 
 
+def test_dtype_choices(tiny_e2e_dir):
+    """float32 is accepted everywhere; the 16-bit speed modes name the device
+    they need; anything else names what is allowed."""
+    assert gnr.Editor(str(tiny_e2e_dir), dtype=np.float32).model.dtype == "float32"
+    m = gnr.load_model(tiny_e2e_dir, dtype="float32")
+    assert m.dtype == "float32" and "float32" in repr(m)
+    assert gnr.Editor(m, dtype="fp32").model is m
+    for bad16 in ("float16", "bfloat16", np.float16, "bf16"):
+        with pytest.raises(ValueError, match="needs device='cuda'"):
+            gnr.load_model(tiny_e2e_dir, dtype=bad16)
+        with pytest.raises(ValueError, match="needs device='cuda'"):
+            gnr.Editor(str(tiny_e2e_dir), dtype=bad16)
+    for wrong in ("float64", np.int8, "fp8", 3):
+        with pytest.raises(ValueError, match="'float32', 'float16' or 'bfloat16'"):
+            gnr.load_model(tiny_e2e_dir, dtype=wrong)
+
+
 # ----------------------------------------------- the step's algebra, by hand --
 # eps_hat of one step recomputed from gnr's own low-level passes (unet and
 # energy_grad) with the formulas of GNR_SPEC.md sections 5 to 7.

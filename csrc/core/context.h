@@ -18,6 +18,8 @@ typedef struct gnr_ctx {
     gnr_arena *arena;        /* stack of activations, released block by block */
     gnr_arena *keep;         /* captures that outlive a pass; reset by the pass's owner */
     int nthreads;            /* CPU worker threads (OpenMP and BLAS) */
+    gnr_dtype matmul_dtype;  /* inputs of matrix products: GNR_F32 (parity), or rounded to
+                                GNR_F16 / GNR_BF16 with fp32 accumulation (CUDA speed mode) */
     void *backend;           /* device state, NULL on the CPU */
     struct gnr_tape *tape;   /* non-NULL while a pass records for reverse mode */
     int checkpointing;       /* while recording: re-run blocks in the backward instead of keeping them */

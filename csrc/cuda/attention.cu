@@ -31,17 +31,18 @@ __global__ void softmax_rows_kernel(float *S, int64_t Lk, int64_t cq, int64_t i0
 }
 
 /* dS = P * (dP + dprobs - rowsum((dP + dprobs) * P)), in place over dP.
- * Row r of the chunk (head h = r / cq, query i0 + r % cq) of P and dprobs is
- * at ((n*H + h)*Lq + i0 + r % cq) * Lk; dprobs may be NULL. */
-__global__ void softmax_backward_rows_kernel(float *dP, const float *P, const float *dprobs, int64_t Lk, int64_t cq,
-                                             int64_t i0, int64_t Lq)
+ * Row r of the chunk (head h = r / cq, row r % cq of the chunk) of P is at
+ * P + h * p_head + (r % cq) * Lk, and of dprobs at dprobs + h * dp_head +
+ * (r % cq) * Lk (both pointers already at the chunk's first row); dprobs may
+ * be NULL. */
+__global__ void softmax_backward_rows_kernel(float *dP, const float *P, int64_t p_head, const float *dprobs,
+                                             int64_t dp_head, int64_t Lk, int64_t cq)
 {
     __shared__ double sh[CUDA_BLOCK];
     int64_t r = blockIdx.x;
-    int64_t off = ((r / cq) * Lq + i0 + r % cq) * Lk;
     float *g = dP + r * Lk;
-    const float *p = P + off;
-    const float *gp = dprobs ? dprobs + off : NULL;
+    const float *p = P + (r / cq) * p_head + (r % cq) * Lk;
+    const float *gp = dprobs ? dprobs + (r / cq) * dp_head + (r % cq) * Lk : NULL;
     double acc = 0.0;
     for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) {
         float v = g[j] + (gp ? gp[j] : 0.0f);
@@ -140,8 +141,8 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
             int64_t cq = a.Lq - i0 < cq_max ? a.Lq - i0 : cq_max;
             int64_t sstride = cq * a.Lk; /* between heads in S */
             /* S_h^T (Lk x cq) = scale * K_h (op T of the D x Lk view) * Q_h^T (D x cq) */
-            CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD,
-                                                   a.D, qn + i0 * a.HD, HD, a.D, &zero, S, Lk, sstride, H));
+            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD, a.D, qn + i0 * a.HD,
+                                   HD, a.D, &zero, S, Lk, sstride, H));
             softmax_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(S, a.Lk, cq, i0, causal);
             CUDA_CHECK_LAUNCH("softmax_rows_kernel");
             if (probs) {
@@ -152,8 +153,8 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                                              (size_t)a.H, cudaMemcpyDeviceToDevice, s->stream));
             }
             /* O_h^T (D x cq) = V_h^T (D x Lk) * P_h^T (Lk x cq) */
-            CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &one, vn, HD,
-                                                   a.D, S, Lk, sstride, &zero, on + i0 * a.HD, HD, a.D, H));
+            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &one, vn, HD, a.D, S, Lk, sstride,
+                                   &zero, on + i0 * a.HD, HD, a.D, H));
         }
     }
     return GNR_OK;
@@ -162,10 +163,14 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
 /* Given P (probs):
  *   dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs);  dS = P * (dP - rowsum(dP * P));
  *   dQ_h += scale * dS K_h;  dK_h += scale * dS^T Q_h
- * The causal mask needs no care here: masked entries of P are 0, so dS is 0 there. */
+ * The causal mask needs no care here: masked entries of P are 0, so dS is 0 there.
+ * Without probs, each chunk of P is recomputed into scratch by the forward's
+ * own products and kernel on the same chunks (bit-identical to what the
+ * forward stores), so the Lq x Lk matrix is never held. */
 gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                                   const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
-                                   const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+                                   const gnr_tensor *probs, int heads, int causal, float scale,
+                                   const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
+                                   gnr_tensor *dv)
 {
     const char *op = "attention_backward";
     cuda_state *s = NULL;
@@ -175,19 +180,18 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
     GNR_TRY(cuda_check_tensor(op, "v", v));
     attn_dims a;
     GNR_TRY(attention_dims(op, q, k, v, heads, &a));
-    if (!probs)
-        return gnr_error(GNR_ERR_VALUE, "%s: probs (the map saved by the forward) is required on cuda", op);
-    GNR_TRY(check_probs(op, "probs", probs, &a));
+    if (probs) GNR_TRY(check_probs(op, "probs", probs, &a));
     GNR_TRY(check_same(op, "dout", dout, q));
     if (dprobs) GNR_TRY(check_probs(op, "dprobs", dprobs, &a));
     if (dq) GNR_TRY(check_same(op, "dq", dq, q));
     if (dk) GNR_TRY(check_same(op, "dk", dk, k));
     if (dv) GNR_TRY(check_same(op, "dv", dv, v));
-    if (a.N == 0 || a.Lq == 0 || a.Lk == 0 || a.HD == 0) return GNR_OK;
+    if (a.N == 0 || a.Lq == 0 || a.Lk == 0 || a.HD == 0 || (!dq && !dk && !dv)) return GNR_OK;
     int64_t cq_max = chunk_rows(&a);
     cuda_scratch sc(ctx->arena);
-    float *dS = NULL;
+    float *dS = NULL, *Pc = NULL;
     if (dq || dk) GNR_TRY(sc.alloc((size_t)(a.H * cq_max * a.Lk) * sizeof(float), (void **)&dS));
+    if (!probs) GNR_TRY(sc.alloc((size_t)(a.H * cq_max * a.Lk) * sizeof(float), (void **)&Pc));
     const float zero = 0.0f, one = 1.0f;
     int D = (int)a.D, HD = (int)a.HD, Lk = (int)a.Lk, H = (int)a.H;
     long long pstride = a.Lq * a.Lk; /* between heads in probs */
@@ -196,36 +200,41 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
         const float *kn = gnr_f32(k) + n * a.Lk * a.HD;
         const float *vn = gnr_f32(v) + n * a.Lk * a.HD;
         const float *don = gnr_f32(dout) + n * a.Lq * a.HD;
-        const float *pn = gnr_f32(probs) + n * a.H * a.Lq * a.Lk;
+        const float *pn = probs ? gnr_f32(probs) + n * a.H * a.Lq * a.Lk : NULL;
         const float *gpn = dprobs ? gnr_f32(dprobs) + n * a.H * a.Lq * a.Lk : NULL;
         for (int64_t i0 = 0; i0 < a.Lq; i0 += cq_max) {
             int64_t cq = a.Lq - i0 < cq_max ? a.Lq - i0 : cq_max;
             int64_t sstride = cq * a.Lk;
-            const float *pc = pn + i0 * a.Lk; /* chunk rows of head 0 */
+            const float *pc = pn ? pn + i0 * a.Lk : Pc; /* chunk rows of head 0 */
+            long long pcs = pn ? pstride : sstride;      /* between heads in pc */
+            if (!pn) {
+                /* as the forward: P_h^T (Lk x cq) = softmax of scale * K_h Q_h^T */
+                CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD, a.D,
+                                       qn + i0 * a.HD, HD, a.D, &zero, Pc, Lk, sstride, H));
+                softmax_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(Pc, a.Lk, cq, i0, causal);
+                CUDA_CHECK_LAUNCH("softmax_rows_kernel");
+            }
             if (dv) {
                 /* dV_h^T (D x Lk) += dO_h^T (D x cq) * P_h (op T of the Lk x cq view) */
-                CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, D, Lk, (int)cq, &one,
-                                                       don + i0 * a.HD, HD, a.D, pc, Lk, pstride, &one,
-                                                       gnr_f32(dv) + n * a.Lk * a.HD, HD, a.D, H));
+                CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, D, Lk, (int)cq, &one, don + i0 * a.HD, HD, a.D, pc,
+                                       Lk, pcs, &one, gnr_f32(dv) + n * a.Lk * a.HD, HD, a.D, H));
             }
             if (!dS) continue;
             /* dP_h^T (Lk x cq) = V_h (op T of the D x Lk view) * dO_h^T (D x cq) */
-            CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &one, vn, HD,
-                                                   a.D, don + i0 * a.HD, HD, a.D, &zero, dS, Lk, sstride, H));
-            softmax_backward_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(dS, pn, gpn, a.Lk, cq,
-                                                                                          i0, a.Lq);
+            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &one, vn, HD, a.D, don + i0 * a.HD,
+                                   HD, a.D, &zero, dS, Lk, sstride, H));
+            softmax_backward_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(
+                dS, pc, pcs, gpn ? gpn + i0 * a.Lk : NULL, pstride, a.Lk, cq);
             CUDA_CHECK_LAUNCH("softmax_backward_rows_kernel");
             if (dq) {
                 /* dQ_h^T (D x cq) += scale * K_h^T (D x Lk) * dS_h^T (Lk x cq) */
-                CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &scale, kn,
-                                                       HD, a.D, dS, Lk, sstride, &one,
-                                                       gnr_f32(dq) + n * a.Lq * a.HD + i0 * a.HD, HD, a.D, H));
+                CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &scale, kn, HD, a.D, dS, Lk,
+                                       sstride, &one, gnr_f32(dq) + n * a.Lq * a.HD + i0 * a.HD, HD, a.D, H));
             }
             if (dk) {
                 /* dK_h^T (D x Lk) += scale * Q_h^T (D x cq) * dS_h (op T of the Lk x cq view) */
-                CUBLAS_CHECK(cublasSgemmStridedBatched(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, D, Lk, (int)cq, &scale,
-                                                       qn + i0 * a.HD, HD, a.D, dS, Lk, sstride, &one,
-                                                       gnr_f32(dk) + n * a.Lk * a.HD, HD, a.D, H));
+                CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, D, Lk, (int)cq, &scale, qn + i0 * a.HD, HD, a.D, dS,
+                                       Lk, sstride, &one, gnr_f32(dk) + n * a.Lk * a.HD, HD, a.D, H));
             }
         }
     }

@@ -139,8 +139,8 @@ gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
     } else if (is_pointwise(&g, p)) {
         /* y[n]^T (P x O) = x[n]^T (P x C) * w^T (C x O) */
         for (int64_t n = 0; n < N; n++)
-            CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, (int)O, (int)K, &one,
-                                     xd + n * g.C * g.H * g.W, (int)P, wd, (int)K, &zero, yd + n * O * P, (int)P));
+            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, (int)O, (int)K, &one, xd + n * g.C * g.H * g.W,
+                                   (int)P, 0, wd, (int)K, 0, &zero, yd + n * O * P, (int)P, 0, 1));
     } else {
         int64_t np_max = tile_pixels(K, P);
         cuda_scratch sc(ctx->arena);
@@ -153,8 +153,8 @@ gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
                                                                                  p0, np);
                 CUDA_CHECK_LAUNCH("im2col_kernel");
                 /* y[n][:, p0:p0+np]^T (np x O, ld P) = col^T (np x K, ld np) * w^T (K x O, ld K) */
-                CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)np, (int)O, (int)K, &one, col,
-                                         (int)np, wd, (int)K, &zero, yd + n * O * P + p0, (int)P));
+                CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, (int)np, (int)O, (int)K, &one, col, (int)np, 0, wd,
+                                       (int)K, 0, &zero, yd + n * O * P + p0, (int)P, 0, 1));
             }
         }
     }
@@ -186,8 +186,8 @@ gnr_status cuda_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_te
     if (is_pointwise(&g, p)) {
         /* dx[n]^T (P x C) += dy[n]^T (P x O) * w (O x C) */
         for (int64_t n = 0; n < N; n++)
-            CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)P, (int)K, (int)O, &one,
-                                     dyd + n * O * P, (int)P, wd, (int)K, &one, dxd + n * g.C * HW, (int)P));
+            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, (int)P, (int)K, (int)O, &one, dyd + n * O * P, (int)P,
+                                   0, wd, (int)K, 0, &one, dxd + n * g.C * HW, (int)P, 0, 1));
         return GNR_OK;
     }
     int64_t np_max = tile_pixels(K, P);
@@ -198,8 +198,8 @@ gnr_status cuda_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_te
         for (int64_t p0 = 0; p0 < P; p0 += np_max) {
             int64_t np = P - p0 < np_max ? P - p0 : np_max;
             /* dcol^T (np x K, ld np) = dy[n][:, p0:p0+np]^T (np x O, ld P) * w (O x K) */
-            CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)np, (int)K, (int)O, &one,
-                                     dyd + n * O * P + p0, (int)P, wd, (int)K, &zero, dcol, (int)np));
+            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, (int)np, (int)K, (int)O, &one, dyd + n * O * P + p0,
+                                   (int)P, 0, wd, (int)K, 0, &zero, dcol, (int)np, 0, 1));
             col2im_kernel<<<cuda_grid(g.C * HW), CUDA_BLOCK, 0, s->stream>>>(dcol, dxd + n * g.C * HW, g, p0, np);
             CUDA_CHECK_LAUNCH("col2im_kernel");
         }

@@ -113,12 +113,14 @@ void cuda_context_free(gnr_ctx *ctx)
     cudaGetLastError();
 }
 
-static gnr_status context_setup(cuda_state *s)
+static gnr_status context_setup(cuda_state *s, gnr_dtype matmul)
 {
+    s->matmul = matmul;
     CUDA_CHECK(cudaStreamCreate(&s->stream));
     CUBLAS_CHECK(cublasCreate(&s->blas));
     CUBLAS_CHECK(cublasSetStream(s->blas, s->stream));
-    /* Parity mode: plain fp32 products, never TF32. */
+    /* Plain fp32 products, never TF32; speed mode asks for 16-bit tensor-core
+     * math per call (gemm.cu). */
     CUBLAS_CHECK(cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH));
     CUDA_CHECK(cudaMalloc(&s->workspace, WORKSPACE_BYTES));
     s->workspace_bytes = WORKSPACE_BYTES;
@@ -131,7 +133,7 @@ gnr_status cuda_context_init(gnr_ctx *ctx)
     cuda_state *s = (cuda_state *)calloc(1, sizeof *s);
     if (!s) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the CUDA context state");
     ctx->backend = s;
-    gnr_status st = context_setup(s);
+    gnr_status st = context_setup(s, ctx->matmul_dtype);
     if (st != GNR_OK) cuda_context_free(ctx);
     return st;
 }

@@ -4,8 +4,10 @@
  *
  * All kernels are float32 and simple: one thread per output element with
  * grid-stride loops, one block per row/group for reductions. Matrix products
- * go to cuBLAS (TF32 off). Reductions use fixed launch shapes and fixed-order
- * shared-memory trees (no atomics), so results are bit-identical run to run. */
+ * go to cuBLAS through cuda_gemm (gemm.cu): fp32 in parity mode (TF32 off),
+ * 16-bit tensor-core inputs in speed mode. Reductions use fixed launch shapes
+ * and fixed-order shared-memory trees (no atomics), so results are
+ * bit-identical run to run. */
 #ifndef GNR_CUDA_OPS_H
 #define GNR_CUDA_OPS_H
 
@@ -23,9 +25,18 @@ typedef struct {
     cublasHandle_t blas;
     void *workspace;        /* cuBLAS workspace, so cuBLAS never allocates inside ops */
     size_t workspace_bytes;
+    gnr_dtype matmul;       /* ctx->matmul_dtype when the context was set up */
 } cuda_state;
 
 gnr_status cuda_get_state(gnr_ctx *ctx, cuda_state **out);
+
+/* C = alpha op(A) op(B) + beta C, column-major as cuBLAS, `batch` products
+ * at the given element strides (batch 1: one product, strides unused), at
+ * the context's matrix-product precision (gemm.cu). Returns cuBLAS's status,
+ * for CUBLAS_CHECK. */
+cublasStatus_t cuda_gemm(const cuda_state *s, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                         const float *alpha, const float *A, int lda, long long stride_a, const float *B, int ldb,
+                         long long stride_b, const float *beta, float *C, int ldc, long long stride_c, int batch);
 
 /* A tensor argument must be non-NULL, float32 and on the CUDA device. */
 gnr_status cuda_check_tensor(const char *op, const char *name, const gnr_tensor *t);
@@ -135,8 +146,9 @@ gnr_status cuda_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tens
 gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                   int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out);
 gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                                   const gnr_tensor *probs, int heads, float scale, const gnr_tensor *dout,
-                                   const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv);
+                                   const gnr_tensor *probs, int heads, int causal, float scale,
+                                   const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
+                                   gnr_tensor *dv);
 gnr_status cuda_embedding_forward(gnr_ctx *ctx, const gnr_tensor *table, const int32_t *ids, int64_t n,
                                   gnr_tensor *y);
 gnr_status cuda_sq_diff_mean(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *out);

@@ -51,8 +51,8 @@ gnr_status cuda_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
     }
     if (rows == 0 || out == 0) return GNR_OK;
     const float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, &one, gnr_f32(w),
-                             (int)in, gnr_f32(x), (int)in, &zero, gnr_f32(y), (int)out));
+    CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)rows, (int)in, &one, gnr_f32(w), (int)in, 0,
+                           gnr_f32(x), (int)in, 0, &zero, gnr_f32(y), (int)out, 0, 1));
     if (b) {
         int64_t n = rows * out;
         add_bias_rows_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(y), gnr_f32(b), out, n);
@@ -75,7 +75,7 @@ gnr_status cuda_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_te
     GNR_TRY(linear_dims(op, dx, w, dy, &rows, &in, &out));
     if (rows == 0 || in == 0) return GNR_OK;
     const float one = 1.0f;
-    CUBLAS_CHECK(cublasSgemm(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)in, (int)rows, (int)out, &one, gnr_f32(w),
-                             (int)in, gnr_f32(dy), (int)out, &one, gnr_f32(dx), (int)in));
+    CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, (int)in, (int)rows, (int)out, &one, gnr_f32(w), (int)in, 0,
+                           gnr_f32(dy), (int)out, 0, &one, gnr_f32(dx), (int)in, 0, 1));
     return GNR_OK;
 }

@@ -153,17 +153,26 @@ static int parse_config(PyObject *cfg, gnr_model_config *c)
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"config", "device", "threads", "max_memory", NULL};
+    static char *kwlist[] = {"config", "device", "threads", "max_memory", "dtype", NULL};
     PyObject *cfg;
-    const char *device = "cpu";
+    const char *device = "cpu", *dtype = "float32";
     int threads = 0;
     unsigned long long max_memory = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|siK", kwlist, &cfg, &device, &threads, &max_memory)) return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|siKs", kwlist, &cfg, &device, &threads, &max_memory, &dtype))
+        return -1;
     gnr_device dev;
     if (strcmp(device, "cpu") == 0) dev = GNR_CPU;
     else if (strcmp(device, "cuda") == 0) dev = GNR_CUDA;
     else {
         PyErr_Format(PyExc_ValueError, "device must be 'cpu' or 'cuda', got '%s'", device);
+        return -1;
+    }
+    gnr_dtype mm;
+    if (strcmp(dtype, "float32") == 0) mm = GNR_F32;
+    else if (strcmp(dtype, "float16") == 0) mm = GNR_F16;
+    else if (strcmp(dtype, "bfloat16") == 0) mm = GNR_BF16;
+    else {
+        PyErr_Format(PyExc_ValueError, "dtype must be 'float32', 'float16' or 'bfloat16', got '%s'", dtype);
         return -1;
     }
     gnr_model_config c;
@@ -174,7 +183,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
     }
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_model_create(&c, dev, threads, (size_t)max_memory, &self->model);
+    st = gnr_model_create(&c, dev, mm, threads, (size_t)max_memory, &self->model);
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
         gnr_py_raise(st);

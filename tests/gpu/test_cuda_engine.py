@@ -73,6 +73,55 @@ def test_whole_edit(tiny_e2e_dir, name):
     assert np.abs(img_g.astype(int) - img_c.astype(int)).max() <= 4
 
 
+# ------------------------------------------------------------ speed mode --
+# dtype float16 / bfloat16: matrix-product inputs rounded to 16 bits on tensor
+# cores, fp32 accumulation and everything else fp32 (DECISIONS.md: 1e-2).
+
+@pytest.fixture(scope="module", params=["float16", "bfloat16"])
+def fast(request, tiny_model_dir):
+    return gnr.load_model(tiny_model_dir, device="cuda", dtype=request.param)
+
+
+@needs_gpu
+@pytest.mark.parametrize("t", [0, 500, 999])
+def test_speed_mode_unet(pair, fast, t):
+    cpu, gpu = pair
+    z, c = inputs(t)
+    ref = cpu.unet(z, t, c)
+    out = fast.unet(z, t, c)
+    assert rel_err(out, ref) < 1e-2
+    # the 16-bit products are really in use: not the fp32 result
+    assert not np.array_equal(out, gpu.unet(z, t, c))
+
+
+@needs_gpu
+def test_speed_mode_energy_grads(pair, fast):
+    cpu, _ = pair
+    z, c = inputs(3)
+    z_ref = (z + 0.3).astype(np.float32)
+    terms = [{"kind": "attn_map_l2", "scale": 1e4}, {"kind": "feature_l1", "scale": 5.0, "at": "up_blocks.-1"},
+             {"kind": "feature_l2", "scale": 2.0, "at": "mid_block"}]
+    e_c, g_c = cpu.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"))
+    e_f, g_f = fast.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"))
+    assert abs(e_f - e_c) / e_c < 1e-2
+    assert rel_err(g_f["latent"], g_c["latent"]) < 1e-2
+    assert rel_err(g_f["context"], g_c["context"]) < 1e-2
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_speed_mode_whole_edit(tiny_e2e_dir, dtype):
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cfg = gnr.configs.get("nonstyle")
+    outs = [gnr.Editor(tiny_e2e_dir, device=d, dtype=t).edit(image, "a red circle", "a green circle", config=cfg,
+                                                           progress=False, return_latent=True)
+            for d, t in (("cpu", None), ("cuda", dtype))]
+    (img_c, _), (img_f, _) = outs
+    # DECISIONS.md: speed-mode edits are judged by image difference statistics
+    diff = np.abs(img_f.astype(int) - img_c.astype(int))
+    assert diff.mean() <= 2.0 and np.percentile(diff, 99) <= 8
+
+
 @needs_gpu
 def test_out_of_memory_leaves_model_usable(tiny_a_dir):
     m = gnr.load_model(tiny_a_dir, device="cuda", max_memory=64 * 1024)
