@@ -99,14 +99,23 @@ def make_data(n: int):
     return imgs, caps
 
 
+# Where the models train (--device). Every random draw comes from a CPU
+# generator and is then moved here, so the draws do not depend on the device.
+DEV = torch.device("cpu")
+
+
+def on_dev(x: torch.Tensor) -> torch.Tensor:
+    return x.to(DEV)
+
+
 def to_tensor(imgs: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return on_dev(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1)
 
 
 def train_vae(imgs: np.ndarray, steps: int, batch: int, gen: torch.Generator):
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(**VAE)
+    vae = AutoencoderKL(**VAE).to(DEV)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     full_from = int(steps * 0.8)     # random 32 x 32 crops first (cheap), whole images last
     n = len(imgs)
@@ -121,7 +130,7 @@ def train_vae(imgs: np.ndarray, steps: int, batch: int, gen: torch.Generator):
         for g in opt.param_groups:
             g["lr"] = lr
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * on_dev(torch.randn(post.mean.shape, generator=gen))
         y = vae.decode(z).sample
         rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
         kl = post.kl().mean() / z[0].numel()
@@ -164,28 +173,29 @@ def _denoise(text, unet, latents: torch.Tensor, caps: list, tokenizer, steps: in
     (every, fn): fn(step) is called every `every` steps with the EMA
     weights swapped into the models (for evaluating a long run midway)."""
     ids, cap_index, empty = _caption_ids(caps, tokenizer)
+    ids = on_dev(ids)
     text.train()
     unet.train()
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr_at(0), weight_decay=0.01, betas=(0.9, 0.99))
     ema = [p.detach().clone() for p in params]
-    abar = sd_alphas_cumprod()
+    abar = on_dev(sd_alphas_cumprod())
     n = len(latents)
     t0 = time.time()
     running = None
     for step in range(steps):
         idx = torch.randint(0, n, (batch,), generator=gen)
-        z0 = latents[idx]
+        z0 = latents[on_dev(idx)]
         ci = cap_index[idx].clone()
         ci[torch.rand(batch, generator=gen) < drop] = empty
-        t = torch.randint(0, 1000, (batch,), generator=gen)
-        eps = torch.randn(z0.shape, generator=gen)
+        t = on_dev(torch.randint(0, 1000, (batch,), generator=gen))
+        eps = on_dev(torch.randn(z0.shape, generator=gen))
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         lr = lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        ctx = text(ids[ci]).last_hidden_state
+        ctx = text(ids[on_dev(ci)]).last_hidden_state
         pred = unet(zt, t, ctx).sample
         loss = F.mse_loss(pred, eps)
         opt.zero_grad(set_to_none=True)
@@ -223,8 +233,8 @@ def train_diffusion(latents: torch.Tensor, caps: list, tokenizer, steps: int, ba
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    text = CLIPTextModel(CLIPTextConfig(**TEXT))
-    unet = UNet2DConditionModel(**UNET)
+    text = CLIPTextModel(CLIPTextConfig(**TEXT)).to(DEV)
+    unet = UNet2DConditionModel(**UNET).to(DEV)
     warm = 200
 
     def lr_at(step):
@@ -247,9 +257,9 @@ def load_init(init: Path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    vae = AutoencoderKL.from_pretrained(init / "vae", torch_dtype=torch.float32).eval()
-    text = CLIPTextModel.from_pretrained(init / "text_encoder", torch_dtype=torch.float32).eval()
-    unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32).eval()
+    vae = AutoencoderKL.from_pretrained(init / "vae", torch_dtype=torch.float32).to(DEV).eval()
+    text = CLIPTextModel.from_pretrained(init / "text_encoder", torch_dtype=torch.float32).to(DEV).eval()
+    unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32).to(DEV).eval()
     return vae, text, unet, float(vae.config.scaling_factor)
 
 
@@ -272,7 +282,7 @@ def finetune_decoder(vae, imgs: np.ndarray, steps: int, batch: int, gen: torch.G
         x = to_tensor(imgs[idx.numpy()])
         with torch.no_grad():
             post = vae.encode(x).latent_dist
-            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+            z = post.mean + post.std * on_dev(torch.randn(post.mean.shape, generator=gen))
         lr = lr0 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -369,12 +379,17 @@ def main(argv=None) -> None:
                          "the vae from one and text_encoder + unet from the other equals one full run")
     ap.add_argument("--snapshot-every", type=int, default=0,
                     help="stage 3: also save the EMA model every N steps to OUT.stepN (0: never)")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device to train on (cpu, cuda); the random draws are the same on every device, "
+                         "the arithmetic is not bit-identical across devices")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for these small ops on a busy machine)")
     args = ap.parse_args(argv)
 
     from transformers import CLIPTokenizer
 
+    global DEV
+    DEV = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
