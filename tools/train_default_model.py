@@ -82,7 +82,7 @@ SCHEDULER = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 
 SEED = 1234
 DECODER2_STEPS = 0
 UNET2_STEPS = 1400
-UNET3_STEPS = 5000
+UNET3_STEPS = "5000,3500"
 
 
 def log(msg: str) -> None:
@@ -317,11 +317,12 @@ def finetune_diffusion(text, unet, latents: torch.Tensor, caps: list, tokenizer,
 
 
 def finetune_diffusion_more(text, unet, latents: torch.Tensor, caps: list, tokenizer, steps: int, batch: int,
-                            gen: torch.Generator, drop: float = 0.2, lr0: float = 3e-4, snapshot=None):
-    """Stage 3 of the text encoder + UNet: the stage-2 recipe again from the
-    stage-2 weights, with twice the batch (less gradient noise, which is what
-    classifier-free guidance at 7.5 amplifies) and a lower peak rate."""
-    return finetune_diffusion(text, unet, latents, caps, tokenizer, steps, batch, gen, drop, lr0, tag="unet3",
+                            gen: torch.Generator, drop: float = 0.2, lr0: float = 3e-4, snapshot=None, tag="unet3"):
+    """One round of stage 3 of the text encoder + UNet: the stage-2 recipe
+    again from the previous weights, with twice the batch (less gradient
+    noise, which is what classifier-free guidance at 7.5 amplifies) and a
+    lower peak rate."""
+    return finetune_diffusion(text, unet, latents, caps, tokenizer, steps, batch, gen, drop, lr0, tag=tag,
                               snapshot=snapshot)
 
 
@@ -366,7 +367,10 @@ def main(argv=None) -> None:
     ap.add_argument("--decoder2-steps", type=int, default=DECODER2_STEPS, help="stage 2: decoder-only steps")
     ap.add_argument("--decoder2-batch", type=int, default=8)
     ap.add_argument("--unet2-steps", type=int, default=UNET2_STEPS, help="stage 2: text encoder + UNet steps")
-    ap.add_argument("--unet3-steps", type=int, default=UNET3_STEPS, help="stage 3: text encoder + UNet steps")
+    ap.add_argument("--unet3-steps", default=UNET3_STEPS,
+                    help="stage 3: text encoder + UNet steps of each round, comma-separated (each round: fresh "
+                         "AdamW, warmup, cosine decay, from the previous round's fp16-rounded weights); a round of "
+                         "0 steps is skipped, so '0,3500' with --init-stage 2 continues a model saved after round 1")
     ap.add_argument("--unet3-batch", type=int, default=64)
     ap.add_argument("--init", default=None,
                     help="skip stage 1 and start from this saved model (fp16 weights; see --init-stage)")
@@ -378,7 +382,7 @@ def main(argv=None) -> None:
                          "independent (own seeds, frozen encoder), so running them separately and taking "
                          "the vae from one and text_encoder + unet from the other equals one full run")
     ap.add_argument("--snapshot-every", type=int, default=0,
-                    help="stage 3: also save the EMA model every N steps to OUT.stepN (0: never)")
+                    help="stage 3: also save the EMA model every N steps of round R to OUT.rR.stepN (0: never)")
     ap.add_argument("--device", default="cpu",
                     help="torch device to train on (cpu, cuda); the random draws are the same on every device, "
                          "the arithmetic is not bit-identical across devices")
@@ -433,20 +437,25 @@ def main(argv=None) -> None:
                                         torch.Generator().manual_seed(SEED + 2))
         log(f"stage 2 text encoder + unet {(time.time() - t0) / 60:.1f} min")
         round_fp16(text, unet)           # stage 3 starts from exactly what a saved stage 2 holds
-    # ---- stage 3: more text encoder + UNet steps at a larger batch
-    if args.only != "decoder" and args.unet3_steps > 0:
+    # ---- stage 3: rounds of more text encoder + UNet steps at a larger batch
+    rounds = [int(v) for v in str(args.unet3_steps).split(",") if v.strip()]
+    for r, steps in enumerate(rounds):
+        if args.only == "decoder" or steps <= 0:
+            continue
         t0 = time.time()
         if latents is None:
             latents = encode_all(vae, imgs) * sf
         snapshot = None
         if args.snapshot_every:
-            def write_snapshot(step):
-                save(Path(args.out + f".step{step}"), vae, text, unet, sf)
+            def write_snapshot(step, r=r):
+                save(Path(args.out + f".r{r + 1}.step{step}"), vae, text, unet, sf)
             snapshot = (args.snapshot_every, write_snapshot)
-        text, unet = finetune_diffusion_more(text, unet, latents, caps, tokenizer, args.unet3_steps,
-                                             args.unet3_batch, torch.Generator().manual_seed(SEED + 3),
-                                             snapshot=snapshot)
-        log(f"stage 3 text encoder + unet {(time.time() - t0) / 60:.1f} min")
+        text, unet = finetune_diffusion_more(text, unet, latents, caps, tokenizer, steps, args.unet3_batch,
+                                             torch.Generator().manual_seed(SEED + 3 + r), snapshot=snapshot,
+                                             tag=f"unet3.{r + 1}")
+        log(f"stage 3 round {r + 1} text encoder + unet {(time.time() - t0) / 60:.1f} min")
+        if r + 1 < len(rounds):
+            round_fp16(text, unet)       # the next round starts from exactly what a saved round holds
     save(Path(args.out), vae, text, unet, sf)
     log(f"total {(time.time() - t_start) / 60:.1f} min")
 
