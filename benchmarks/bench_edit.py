@@ -2,7 +2,7 @@
 inversion, guided steps, unguided steps, decode), and peak memory.
 
     python benchmarks/bench_edit.py MODEL_DIR [--config nonstyle] [--size 512] [--num-steps 50]
-                                    [--runs 1] [--device cpu] [--threads N]
+                                    [--runs 1] [--device cpu] [--dtype float32] [--threads N]
 
 Prints one row per run and the median. Memory: gnr's activation-arena peak
 over the edit and the process's peak RSS (weights included).
@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--num-steps", type=int, default=50)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", help="float32; on cuda also float16 or bfloat16 (speed mode)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
 
@@ -40,7 +41,7 @@ def main():
             if isinstance(g["g_scale"], list):
                 g["g_scale"] = g["g_scale"][: args.num_steps]
     t0 = time.perf_counter()
-    editor = gnr.Editor(args.model, device=args.device)
+    editor = gnr.Editor(args.model, device=args.device, dtype=args.dtype)
     load = time.perf_counter() - t0
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     rows = []
@@ -53,7 +54,7 @@ def main():
         rows.append(t)
     keys = ["encode", "inversion", "guided_steps", "unguided_steps", "decode", "total"]
     print(f"model {args.model}  config {args.config}  size {args.size}  steps {args.num_steps}  "
-          f"device {args.device}  threads {args.threads or os.cpu_count()}  load {load:.1f} s")
+          f"device {args.device}  dtype {args.dtype}  threads {args.threads or os.cpu_count()}  load {load:.1f} s")
     print(" ".join(f"{k:>15}" for k in keys + ["arena MiB"]))
     for r in rows:
         print(" ".join(f"{r[k]:>15.2f}" for k in keys) + f" {r['arena_mib']:>15.0f}")
