@@ -4,26 +4,29 @@
 
 Development-only: needs PyTorch, diffusers, transformers and the clip-anytorch
 wheel (for the real CLIP BPE vocabulary), as in requirements-test.txt. Runs on
-one CPU thread and is deterministic for a given PyTorch build: every random
-draw comes from a fixed seed. Training has two stages:
+the CPU (--threads, default 1) or a GPU (--device cuda); on the CPU it is
+deterministic for a given PyTorch build: every random draw comes from a fixed
+seed. Stages (times on this project's 2-core CPU):
 
-- stage 1 (about 40 minutes): VAE, then text encoder + UNet from scratch;
-  its weights are rounded to fp16 as a saved model holds them;
-- stage 2 (1400 steps, about 0.55 s each on a free core, 19 minutes on a
-  busy 2-core machine, plus 1.5 minutes to encode the latents): more text
-  encoder + UNet steps from the stage-1 weights, fresh AdamW, cosine
-  learning-rate decay and a fresh EMA, 20 % of captions dropped.
+- stage 1 (about 40 minutes, one thread): VAE, then text encoder + UNet from
+  scratch; its weights are rounded to fp16 as a saved model holds them;
+- stage 2, decoder (3500 steps, 6.2 minutes on 2 threads): the VAE decoder
+  alone (encoder, hence every latent, frozen) on whole images with L1;
+- stage 2, diffusion (1400 steps, about 20 minutes on one busy thread): more
+  text encoder + UNet steps from the stage-1 weights, fresh AdamW, cosine
+  learning-rate decay and a fresh EMA, 20 % of captions dropped;
+- stage 3 (rounds of 5000 and 3500 steps at batch 64, about 0.7 s a step on
+  2 threads): the stage-2 recipe again, warm-restarted each round.
 
-Optional, off by default (not used for the bundled model): --decoder2-steps N
-trains the VAE decoder alone further (encoder, hence every latent, frozen)
-on whole images with L1 (about 0.2 s per step on a free core). It is
-independent of the UNet part (own seed, frozen encoder), so with a saved
-stage-1 model the two can run side by side:
+The decoder part is independent of the diffusion part (own seed, frozen
+encoder), and every stage can start from a saved model, so the work can be
+split and run side by side:
 
-    python tools/train_default_model.py --out stage1 --unet2-steps 0
-    python tools/train_default_model.py --init stage1 --only decoder --decoder2-steps 3500 --out dec
-    python tools/train_default_model.py --init stage1 --only unet --out unet
-    # dec/vae + unet/{text_encoder,unet,...} is the same model as one full run
+    python tools/train_default_model.py --out s2 --unet3-steps 0 --decoder2-steps 0
+    python tools/train_default_model.py --init s2 --init-stage 2 --only decoder --decoder2-steps 3500 --out dec
+    python tools/train_default_model.py --init s2 --init-stage 2 --only unet --unet3-steps 5000 --out r1
+    python tools/train_default_model.py --init r1 --init-stage 2 --only unet --unet3-steps 0,3500 --out r2
+    # dec/vae + r2/{text_encoder,unet,...} is the same model as one full run
 
 The model is SD 1.x in miniature, on synthetic 64 x 64 scenes from
 tools/scenes.py ("a red circle on a blue background"; training seeds
@@ -80,9 +83,16 @@ SCHEDULER = {"_class_name": "DDIMScheduler", "beta_start": 0.00085, "beta_end": 
              "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
              "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "timestep_spacing": "leading"}
 SEED = 1234
-DECODER2_STEPS = 0
+DECODER2_STEPS = 3500
 UNET2_STEPS = 1400
-UNET3_STEPS = "5000,3500"
+UNET3_STEPS = "5000,3000"
+# A 16 x 16 latent loses its layout to the noise at much lower timesteps than
+# SD's 64 x 64 one (fewer pixels carry each structure): with unit-variance
+# latents the signal-to-noise ratio of the SD schedule is 0.005 at t = 981 and
+# 0.05 at t = 800. Scaling the latents by 3 multiplies it by 9 everywhere, so
+# the inverted latent still fixes where the object is in the first (guided)
+# steps of an edit.
+UNET3_LATENT_SCALES = "1,3"
 
 
 def log(msg: str) -> None:
@@ -372,6 +382,10 @@ def main(argv=None) -> None:
                          "AdamW, warmup, cosine decay, from the previous round's fp16-rounded weights); a round of "
                          "0 steps is skipped, so '0,3500' with --init-stage 2 continues a model saved after round 1")
     ap.add_argument("--unet3-batch", type=int, default=64)
+    ap.add_argument("--unet3-latent-scales", default=UNET3_LATENT_SCALES,
+                    help="per round of stage 3, comma-separated: the latents are multiplied by this (and the saved "
+                         "scaling_factor with it), which multiplies the signal-to-noise ratio at every timestep by "
+                         "its square")
     ap.add_argument("--init", default=None,
                     help="skip stage 1 and start from this saved model (fp16 weights; see --init-stage)")
     ap.add_argument("--init-stage", type=int, choices=(1, 2), default=1,
@@ -439,12 +453,24 @@ def main(argv=None) -> None:
         round_fp16(text, unet)           # stage 3 starts from exactly what a saved stage 2 holds
     # ---- stage 3: rounds of more text encoder + UNet steps at a larger batch
     rounds = [int(v) for v in str(args.unet3_steps).split(",") if v.strip()]
+    scales = [float(v) for v in str(args.unet3_latent_scales).split(",") if v.strip()]
+    if len(scales) != len(rounds):
+        ap.error(f"--unet3-latent-scales has {len(scales)} values for {len(rounds)} rounds of --unet3-steps")
+    applied = 1.0                        # the latent scale already in sf (and in latents)
     for r, steps in enumerate(rounds):
-        if args.only == "decoder" or steps <= 0:
+        if args.only == "decoder":
+            continue
+        if steps <= 0:                   # a round the --init model has had: its scale is in sf
+            applied = scales[r]
             continue
         t0 = time.time()
         if latents is None:
             latents = encode_all(vae, imgs) * sf
+        if scales[r] != applied:
+            latents = latents * (scales[r] / applied)
+            sf = sf * scales[r] / applied
+            applied = scales[r]
+            log(f"latents scaled by {applied:g}: scaling_factor {sf:.5f}, std {latents.std():.3f}")
         snapshot = None
         if args.snapshot_every:
             def write_snapshot(step, r=r):
