@@ -15,8 +15,10 @@ seed. Stages (times on this project's 2-core CPU):
 - stage 2, diffusion (1400 steps, about 20 minutes on one busy thread): more
   text encoder + UNet steps from the stage-1 weights, fresh AdamW, cosine
   learning-rate decay and a fresh EMA, 20 % of captions dropped;
-- stage 3 (rounds of 5000 and 3500 steps at batch 64, about 0.7 s a step on
-  2 threads): the stage-2 recipe again, warm-restarted each round.
+- stage 3 (rounds of 5000 and 3000 steps at batch 64, about 0.7 s a step on
+  2 threads, 67 and about 40 minutes): the stage-2 recipe again,
+  warm-restarted each round; round 2 trains on latents scaled by 3 (see
+  UNET3_LATENT_SCALES), and the saved scaling_factor carries that scale.
 
 The decoder part is independent of the diffusion part (own seed, frozen
 encoder), and every stage can start from a saved model, so the work can be
@@ -25,8 +27,9 @@ split and run side by side:
     python tools/train_default_model.py --out s2 --unet3-steps 0 --decoder2-steps 0
     python tools/train_default_model.py --init s2 --init-stage 2 --only decoder --decoder2-steps 3500 --out dec
     python tools/train_default_model.py --init s2 --init-stage 2 --only unet --unet3-steps 5000 --out r1
-    python tools/train_default_model.py --init r1 --init-stage 2 --only unet --unet3-steps 0,3500 --out r2
-    # dec/vae + r2/{text_encoder,unet,...} is the same model as one full run
+    python tools/train_default_model.py --init r1 --init-stage 2 --only unet --unet3-steps 0,3000 --out r2
+    # r2 with dec's VAE weights (and r2's vae/config.json: the scaling_factor)
+    # is the same model as one full run
 
 The model is SD 1.x in miniature, on synthetic 64 x 64 scenes from
 tools/scenes.py ("a red circle on a blue background"; training seeds
