@@ -121,7 +121,6 @@ class Editor:
                                  f"pass dtype to load_model instead")
             self.model = model
         elif isinstance(model, (str, os.PathLike)):
-            compute_dtype(dtype, device)
             self.model = load_model(model, device=device, threads=threads, max_memory=max_memory, dtype=dtype)
         else:
             raise TypeError(f"model must be a folder path or a gnr.Model, got {type(model).__name__}")

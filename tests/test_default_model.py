@@ -18,35 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gnr
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-import scenes  # noqa: E402
+import eval_default_model  # noqa: E402
 
 N = 20
 BAR = 16
 
 
-def cfg_only() -> dict:
-    c = gnr.configs.NONSTYLE
-    c["guiders"] = [g for g in c["guiders"] if g["name"] == "cfg"]
-    c["noise_rescaling_setup"] = {"type": "identity_rescaler", "init_setup": None}
-    return c
-
-
 @pytest.fixture(scope="module")
 def scores():
-    editor = gnr.Editor()
-    out = {"gnr": [], "cfg": []}
-    for i in range(N):
-        s, target = scenes.eval_scene(i)
-        inv = editor.invert(s.image, s.caption, progress=False)
-        for name, config in (("gnr", gnr.configs.NONSTYLE), ("cfg", cfg_only())):
-            edited = editor.edit(inv, target_prompt=scenes.caption(target, s.shape, s.background), config=config,
-                                 progress=False)
-            out[name].append(scenes.score_colour_edit(s.image, edited, s.mask, target))
-    return out
+    """{"gnr": [...], "cfg": [...]}: the scores of tools/eval_default_model.py
+    on the bundled model, GnR and inversion + CFG alone."""
+    return eval_default_model.run(n=N)
 
 
 def test_colour_changes_and_background_stays(scores):

@@ -24,7 +24,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-sys.path.insert(0, str(ROOT))
 
 import scenes  # noqa: E402
 
@@ -94,4 +93,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(1, str(ROOT))    # run from a checkout: use its gnr
     main()

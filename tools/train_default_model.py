@@ -317,9 +317,9 @@ def finetune_decoder(vae, imgs: np.ndarray, steps: int, batch: int, gen: torch.G
 def finetune_diffusion(text, unet, latents: torch.Tensor, caps: list, tokenizer, steps: int, batch: int,
                        gen: torch.Generator, drop: float = 0.2, lr0: float = 5e-4, tag: str = "unet2",
                        snapshot=None):
-    """Stage 2 of the text encoder + UNet: more steps from the stage-1
-    weights, fresh AdamW, warmup then cosine decay to 0, EMA (decay 0.999)
-    started at the stage-1 weights; 20 % of captions dropped."""
+    """Stage 2 (and each round of stage 3) of the text encoder + UNet: more
+    steps from the previous weights, fresh AdamW, warmup then cosine decay to
+    0, EMA (decay 0.999) started at those weights; 20 % of captions dropped."""
     warm = 100
 
     def lr_at(step):
@@ -327,16 +327,6 @@ def finetune_diffusion(text, unet, latents: torch.Tensor, caps: list, tokenizer,
 
     return _denoise(text, unet, latents, caps, tokenizer, steps, batch, gen, drop, lr_at, lambda step: 0.999, tag,
                     snapshot)
-
-
-def finetune_diffusion_more(text, unet, latents: torch.Tensor, caps: list, tokenizer, steps: int, batch: int,
-                            gen: torch.Generator, drop: float = 0.2, lr0: float = 3e-4, snapshot=None, tag="unet3"):
-    """One round of stage 3 of the text encoder + UNet: the stage-2 recipe
-    again from the previous weights, with twice the batch (less gradient
-    noise, which is what classifier-free guidance at 7.5 amplifies) and a
-    lower peak rate."""
-    return finetune_diffusion(text, unet, latents, caps, tokenizer, steps, batch, gen, drop, lr0, tag=tag,
-                              snapshot=snapshot)
 
 
 def save(out: Path, vae, text, unet, scaling_factor: float) -> None:
@@ -479,9 +469,11 @@ def main(argv=None) -> None:
             def write_snapshot(step, r=r):
                 save(Path(args.out + f".r{r + 1}.step{step}"), vae, text, unet, sf)
             snapshot = (args.snapshot_every, write_snapshot)
-        text, unet = finetune_diffusion_more(text, unet, latents, caps, tokenizer, steps, args.unet3_batch,
-                                             torch.Generator().manual_seed(SEED + 3 + r), snapshot=snapshot,
-                                             tag=f"unet3.{r + 1}")
+        # the stage-2 recipe again from the previous weights, with twice the
+        # batch (less gradient noise, which CFG at 7.5 amplifies) and a lower peak rate
+        text, unet = finetune_diffusion(text, unet, latents, caps, tokenizer, steps, args.unet3_batch,
+                                        torch.Generator().manual_seed(SEED + 3 + r), lr0=3e-4,
+                                        tag=f"unet3.{r + 1}", snapshot=snapshot)
         log(f"stage 3 round {r + 1} text encoder + unet {(time.time() - t0) / 60:.1f} min")
         if r + 1 < len(rounds):
             round_fp16(text, unet)       # the next round starts from exactly what a saved round holds

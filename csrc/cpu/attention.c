@@ -105,6 +105,16 @@ static void softmax_rows(int nt, float *s, int64_t rows, int64_t lk, int64_t i0,
     }
 }
 
+/* Rows i0 .. i0 + rows - 1 of one head's P into s (rows x lk): s = scale
+ * Q_c K_h^T, then the row softmax. The forward and the backward's recompute
+ * both make P here, so they agree bit for bit. */
+static void probs_chunk(int nt, const att_geom *g, const float *qc, const float *kh, int64_t rows, int64_t i0,
+                        int causal, float scale, float *s)
+{
+    gnr_cpu_sgemm(0, 1, rows, g->lk, g->d, scale, qc, g->hd, kh, g->hd, 0.0f, s, g->lk);
+    softmax_rows(nt, s, rows, g->lk, i0, causal);
+}
+
 /* S = scale Q_h K_h^T (+ causal mask);  P = softmax(S);  out_h = P V_h */
 gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out)
@@ -128,8 +138,7 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
             for (int64_t i0 = 0; i0 < g.lq; i0 += chunk) {
                 int64_t rows = g.lq - i0 < chunk ? g.lq - i0 : chunk;
                 const float *qc = pq + (n * g.lq + i0) * g.hd + h * g.d;
-                gnr_cpu_sgemm(0, 1, rows, g.lk, g.d, scale, qc, g.hd, kh, g.hd, 0.0f, s, g.lk);
-                softmax_rows(nt, s, rows, g.lk, i0, causal);
+                probs_chunk(nt, &g, qc, kh, rows, i0, causal, scale, s);
                 if (pp)
                     memcpy(pp + ((n * heads + h) * g.lq + i0) * g.lk, s, (size_t)(rows * g.lk) * sizeof(float));
                 gnr_cpu_sgemm(0, 0, rows, g.d, g.lk, 1.0f, s, g.lk, vh, g.hd, 0.0f,
@@ -191,10 +200,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                 int64_t qoff = (n * g.lq + i0) * g.hd + h * g.d;
                 int64_t poff = ((n * heads + h) * g.lq + i0) * g.lk;
                 const float *pc = pp ? pp + poff : pbuf;
-                if (!pp) {
-                    gnr_cpu_sgemm(0, 1, rows, g.lk, g.d, scale, pq + qoff, g.hd, pk + koff, g.hd, 0.0f, pbuf, g.lk);
-                    softmax_rows(nt, pbuf, rows, g.lk, i0, causal);
-                }
+                if (!pp) probs_chunk(nt, &g, pq + qoff, pk + koff, rows, i0, causal, scale, pbuf);
                 if (dv)
                     gnr_cpu_sgemm(1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + qoff, g.hd, 1.0f, gnr_f32(dv) + koff,
                                   g.hd);

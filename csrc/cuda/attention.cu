@@ -57,6 +57,22 @@ typedef struct {
     int64_t N, Lq, Lk, H, D, HD;
 } attn_dims;
 
+/* P of query rows i0 .. i0 + cq - 1, all heads, into S (head h's rows at
+ * h * cq * Lk): S_h^T (Lk x cq) = scale * K_h (op T of the D x Lk view) *
+ * Q_h^T (D x cq), then the row softmax. The forward and the backward's
+ * recompute both make P here, so they agree bit for bit. qn, kn: batch n's q, k. */
+static gnr_status probs_chunk(const cuda_state *s, const attn_dims *a, const float *qn, const float *kn, int64_t i0,
+                              int64_t cq, int causal, float scale, float *S)
+{
+    const float zero = 0.0f;
+    int D = (int)a->D, HD = (int)a->HD, Lk = (int)a->Lk;
+    CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD, a->D, qn + i0 * a->HD, HD,
+                           a->D, &zero, S, Lk, cq * a->Lk, (int)a->H));
+    softmax_rows_kernel<<<(unsigned)(a->H * cq), CUDA_BLOCK, 0, s->stream>>>(S, a->Lk, cq, i0, causal);
+    CUDA_CHECK_LAUNCH("softmax_rows_kernel");
+    return GNR_OK;
+}
+
 static gnr_status attention_dims(const char *op, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                  int heads, attn_dims *a)
 {
@@ -140,11 +156,7 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
         for (int64_t i0 = 0; i0 < a.Lq; i0 += cq_max) {
             int64_t cq = a.Lq - i0 < cq_max ? a.Lq - i0 : cq_max;
             int64_t sstride = cq * a.Lk; /* between heads in S */
-            /* S_h^T (Lk x cq) = scale * K_h (op T of the D x Lk view) * Q_h^T (D x cq) */
-            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD, a.D, qn + i0 * a.HD,
-                                   HD, a.D, &zero, S, Lk, sstride, H));
-            softmax_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(S, a.Lk, cq, i0, causal);
-            CUDA_CHECK_LAUNCH("softmax_rows_kernel");
+            GNR_TRY(probs_chunk(s, &a, qn, kn, i0, cq, causal, scale, S));
             if (probs) {
                 /* head h's chunk rows are contiguous in probs[n, h] */
                 float *pn = gnr_f32(probs) + (n * a.H * a.Lq + i0) * a.Lk;
@@ -207,13 +219,7 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
             int64_t sstride = cq * a.Lk;
             const float *pc = pn ? pn + i0 * a.Lk : Pc; /* chunk rows of head 0 */
             long long pcs = pn ? pstride : sstride;      /* between heads in pc */
-            if (!pn) {
-                /* as the forward: P_h^T (Lk x cq) = softmax of scale * K_h Q_h^T */
-                CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD, a.D,
-                                       qn + i0 * a.HD, HD, a.D, &zero, Pc, Lk, sstride, H));
-                softmax_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(Pc, a.Lk, cq, i0, causal);
-                CUDA_CHECK_LAUNCH("softmax_rows_kernel");
-            }
+            if (!pn) GNR_TRY(probs_chunk(s, &a, qn, kn, i0, cq, causal, scale, Pc));
             if (dv) {
                 /* dV_h^T (D x Lk) += dO_h^T (D x cq) * P_h (op T of the Lk x cq view) */
                 CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, D, Lk, (int)cq, &one, don + i0 * a.HD, HD, a.D, pc,

@@ -137,10 +137,9 @@ gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
     if (K == 0) {
         CUDA_CHECK(cudaMemsetAsync(yd, 0, gnr_nbytes(y), s->stream));
     } else if (is_pointwise(&g, p)) {
-        /* y[n]^T (P x O) = x[n]^T (P x C) * w^T (C x O) */
-        for (int64_t n = 0; n < N; n++)
-            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, (int)O, (int)K, &one, xd + n * g.C * g.H * g.W,
-                                   (int)P, 0, wd, (int)K, 0, &zero, yd + n * O * P, (int)P, 0, 1));
+        /* y[n]^T (P x O) = x[n]^T (P x C) * w^T (C x O), one batched product over n */
+        CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, (int)O, (int)K, &one, xd, (int)P, g.C * g.H * g.W,
+                               wd, (int)K, 0, &zero, yd, (int)P, O * P, (int)N));
     } else {
         int64_t np_max = tile_pixels(K, P);
         cuda_scratch sc(ctx->arena);
@@ -184,10 +183,9 @@ gnr_status cuda_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_te
     const float *dyd = gnr_f32(dy), *wd = gnr_f32(w);
     float *dxd = gnr_f32(dx);
     if (is_pointwise(&g, p)) {
-        /* dx[n]^T (P x C) += dy[n]^T (P x O) * w (O x C) */
-        for (int64_t n = 0; n < N; n++)
-            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, (int)P, (int)K, (int)O, &one, dyd + n * O * P, (int)P,
-                                   0, wd, (int)K, 0, &one, dxd + n * g.C * HW, (int)P, 0, 1));
+        /* dx[n]^T (P x C) += dy[n]^T (P x O) * w (O x C), one batched product over n */
+        CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, (int)P, (int)K, (int)O, &one, dyd, (int)P, O * P, wd, (int)K,
+                               0, &one, dxd, (int)P, g.C * HW, (int)N));
         return GNR_OK;
     }
     int64_t np_max = tile_pixels(K, P);

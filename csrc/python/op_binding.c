@@ -474,8 +474,7 @@ static gnr_status run_op(const char *op, gnr_ctx *ctx, op_call *c, const op_para
                                      &out[0]);
     if (!strcmp(op, "attention_backward"))
         return gnr_attention_backward(ctx, &in[0], &in[1], &in[2], opt(c, 3), p->heads, p->causal, p->scale, &in[4],
-                                      opt(c, 5),
-                                      want(c, 0), want(c, 1), want(c, 2));
+                                      opt(c, 5), want(c, 0), want(c, 1), want(c, 2));
     if (!strcmp(op, "embedding_forward")) return gnr_embedding_forward(ctx, &in[0], p->ids, p->nids, &out[0]);
     if (!strcmp(op, "sq_diff_mean")) return gnr_sq_diff_mean(ctx, &in[0], &in[1], &c->scalar);
     if (!strcmp(op, "sq_diff_mean_backward")) return gnr_sq_diff_mean_backward(ctx, &in[0], &in[1], p->scale, &out[0]);

@@ -41,20 +41,28 @@ def test_text_and_vae(pair):
     assert rel_err(gpu._c.vae_decode(z), cpu._c.vae_decode(z)) < 1e-4
 
 
+TERMS = [{"kind": "attn_map_l2", "scale": 1e4}, {"kind": "feature_l1", "scale": 5.0, "at": "up_blocks.-1"},
+         {"kind": "feature_l2", "scale": 2.0, "at": "mid_block"}]
+
+
+def energy_case(model, checkpointing=False):
+    """E and dE/d(latent, context) of every energy kind on one fixed input."""
+    z, c = inputs(3)
+    z_ref = (z + 0.3).astype(np.float32)
+    return model.energy_grad(z, 501, c, z_ref, c, TERMS, wrt=("latent", "context"), checkpointing=checkpointing)
+
+
 @needs_gpu
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_energy_grads(pair, checkpointing):
     cpu, gpu = pair
-    z, c = inputs(3)
-    z_ref = (z + 0.3).astype(np.float32)
-    terms = [{"kind": "attn_map_l2", "scale": 1e4}, {"kind": "feature_l1", "scale": 5.0, "at": "up_blocks.-1"},
-             {"kind": "feature_l2", "scale": 2.0, "at": "mid_block"}]
-    e_c, g_c = cpu.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"))
-    e_g, g_g = gpu.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"), checkpointing=checkpointing)
+    e_c, g_c = energy_case(cpu)
+    e_g, g_g = energy_case(gpu, checkpointing)
     assert abs(e_g - e_c) / e_c < 1e-4
     assert rel_err(g_g["latent"], g_c["latent"]) < 1e-3
     assert rel_err(g_g["context"], g_c["context"]) < 1e-3
-    e0, _ = gpu.energy_grad(z, 501, c, z, c, terms)
+    z, c = inputs(3)
+    e0, _ = gpu.energy_grad(z, 501, c, z, c, TERMS)
     assert e0 == 0.0  # identical inputs, identical internals
 
 
@@ -97,12 +105,8 @@ def test_speed_mode_unet(pair, fast, t):
 @needs_gpu
 def test_speed_mode_energy_grads(pair, fast):
     cpu, _ = pair
-    z, c = inputs(3)
-    z_ref = (z + 0.3).astype(np.float32)
-    terms = [{"kind": "attn_map_l2", "scale": 1e4}, {"kind": "feature_l1", "scale": 5.0, "at": "up_blocks.-1"},
-             {"kind": "feature_l2", "scale": 2.0, "at": "mid_block"}]
-    e_c, g_c = cpu.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"))
-    e_f, g_f = fast.energy_grad(z, 501, c, z_ref, c, terms, wrt=("latent", "context"))
+    e_c, g_c = energy_case(cpu)
+    e_f, g_f = energy_case(fast)
     assert abs(e_f - e_c) / e_c < 1e-2
     assert rel_err(g_f["latent"], g_c["latent"]) < 1e-2
     assert rel_err(g_f["context"], g_c["context"]) < 1e-2
