@@ -1,9 +1,11 @@
 """Colour-edit evaluation of the bundled default model on held-out scenes.
 
     python tools/eval_default_model.py [--model DIR] [--n 20] [--save edits.png]
+    python tools/eval_default_model.py --model CKPT --first 1000 --n 30 --methods gnr   # validation
 
 For each of n scenes from seeds scenes.EVAL_SEED_BASE + i (a range training
-never uses), edits "a {c1} {shape} on a {bg} background" ->
+never uses; i from --first, 0 for the test: the 20 scenes the bar is about,
+which checkpoints are never chosen on; 1000 and up for validation), edits "a {c1} {shape} on a {bg} background" ->
 "a {c2} {shape} on a {bg} background" with gnr, once with
 gnr.configs.NONSTYLE (Guide-and-Rescale, 50 steps) and once with plain DDIM
 inversion + classifier-free guidance (the same config with only its cfg
@@ -37,18 +39,23 @@ def cfg_only(config: dict) -> dict:
     return c
 
 
-def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | None = None) -> dict:
+def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | None = None, first: int = 0,
+        methods=("gnr", "cfg")) -> dict:
     import gnr
 
     editor = gnr.Editor(model_dir, threads=threads) if model_dir else gnr.Editor()
-    methods = {"gnr": gnr.configs.NONSTYLE, "cfg": cfg_only(gnr.configs.NONSTYLE)}
+    configs = {"gnr": gnr.configs.NONSTYLE, "cfg": cfg_only(gnr.configs.NONSTYLE)}
+    unknown = [m for m in methods if m not in configs]
+    if unknown or not methods:
+        raise ValueError(f"methods {list(methods)}: allowed are {list(configs)} (at least one)")
+    methods = {name: configs[name] for name in methods}
     rows = {name: [] for name in methods}
     tiles = []
     t0 = time.time()
-    for i in range(n):
+    for i in range(first, first + n):
         s, target = scenes.eval_scene(i)
         tgt_prompt = scenes.caption(target, s.shape, s.background)
-        inv = editor.invert(s.image, s.caption, config=methods["gnr"], progress=False)
+        inv = editor.invert(s.image, s.caption, config=gnr.configs.NONSTYLE, progress=False)
         row_tiles = [s.image, editor.model.decode_latent(editor.model.encode_image(s.image))]
         for name, cfg in methods.items():
             out = editor.edit(inv, target_prompt=tgt_prompt, config=cfg, progress=False)
@@ -57,13 +64,10 @@ def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | Non
             rows[name].append(r)
             row_tiles.append(out)
         tiles.append(np.concatenate(row_tiles, axis=1))
-        g, c = rows["gnr"][-1], rows["cfg"][-1]
-        print(f"{i:2d} {s.caption:42s} -> {target:6s} | "
-              f"gnr {str(g['colour']):6s} shift {g['centroid_shift']:5.2f} bg {g['bg_change']:5.1f} "
-              f"{'OK ' if g['success'] else 'no '}| "
-              f"cfg {str(c['colour']):6s} shift {c['centroid_shift']:5.2f} bg {c['bg_change']:5.1f} "
-              f"{'OK' if c['success'] else 'no'}", flush=True)
-    print(f"\n{n} held-out scenes (seeds {scenes.EVAL_SEED_BASE}..{scenes.EVAL_SEED_BASE + n - 1}), "
+        print(f"{i:2d} {s.caption:42s} -> {target:6s} | " + " | ".join(
+            f"{name} {str(r['colour']):6s} shift {r['centroid_shift']:5.2f} bg {r['bg_change']:5.1f} "
+            f"{'OK' if r['success'] else 'no'}" for name, r in ((m, rows[m][-1]) for m in rows)), flush=True)
+    print(f"\n{n} held-out scenes (seeds {scenes.EVAL_SEED_BASE + first}..{scenes.EVAL_SEED_BASE + first + n - 1}), "
           f"{time.time() - t0:.0f} s")
     print(f"{'method':8s} {'colour ok':>9s} {'shift<=2':>9s} {'bg<=10':>7s} {'all three':>9s} "
           f"{'median shift':>12s} {'median bg':>9s}")
@@ -76,7 +80,7 @@ def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | Non
 
         grid = np.concatenate(tiles, axis=0)
         Image.fromarray(grid).save(save)
-        print(f"columns: scene, VAE reconstruction, GnR, cfg only; saved {save}")
+        print(f"columns: scene, VAE reconstruction, {', '.join(rows)}; saved {save}")
     return rows
 
 
@@ -86,10 +90,16 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--save", default=None, help="write a PNG grid of the edits")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--first", type=int, default=0,
+                    help="first scene index: 0 is the test set; use 1000 and up to choose checkpoints")
+    ap.add_argument("--methods", default="gnr,cfg", help="comma-separated, from gnr, cfg")
     args = ap.parse_args(argv)
-    rows = run(args.model, args.n, args.save, args.threads)
-    wins = sum(r["success"] for r in rows["gnr"])
-    print(f"GnR: {wins}/{args.n} successful colour edits (bar: 16/{args.n})")
+    methods = tuple(m for m in args.methods.split(",") if m)
+    rows = run(args.model, args.n, args.save, args.threads, args.first, methods)
+    if "gnr" in rows:
+        wins = sum(r["success"] for r in rows["gnr"])
+        bar = "16/20" if (args.first, args.n) == (0, 20) else "16/20 on the 20 test scenes"
+        print(f"GnR: {wins}/{args.n} successful colour edits ({100 * wins / args.n:.0f} %; bar: {bar})")
 
 
 if __name__ == "__main__":
