@@ -4,9 +4,9 @@
     python tools/eval_default_model.py --model CKPT --first 1000 --n 30 --methods gnr   # validation
 
 For each of n scenes from seeds scenes.EVAL_SEED_BASE + i (a range training
-never uses; i from --first, 0 for the test: the 20 scenes the bar is about,
-which checkpoints are never chosen on; 1000 and up for validation), edits "a {c1} {shape} on a {bg} background" ->
-"a {c2} {shape} on a {bg} background" with gnr, once with
+never uses; i from --first: 0 for the test, the 20 scenes the bar is about,
+on which checkpoints are never chosen; 1000 and up for validation), edits
+"a {c1} {shape} on a {bg} background" -> "a {c2} {shape} on a {bg} background" with gnr, once with
 gnr.configs.NONSTYLE (Guide-and-Rescale, 50 steps) and once with plain DDIM
 inversion + classifier-free guidance (the same config with only its cfg
 guider), and scores each edit with scenes.score_colour_edit: success when
@@ -56,17 +56,19 @@ def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | Non
         s, target = scenes.eval_scene(i)
         tgt_prompt = scenes.caption(target, s.shape, s.background)
         inv = editor.invert(s.image, s.caption, config=gnr.configs.NONSTYLE, progress=False)
-        row_tiles = [s.image, editor.model.decode_latent(editor.model.encode_image(s.image))]
+        row_tiles = [s.image, editor.model.decode_latent(editor.model.encode_image(s.image))] if save else []
         for name, cfg in methods.items():
             out = editor.edit(inv, target_prompt=tgt_prompt, config=cfg, progress=False)
             r = scenes.score_colour_edit(s.image, out, s.mask, target)
             r.update(i=i, seed=s.seed, source=s.caption, target=target)
             rows[name].append(r)
             row_tiles.append(out)
-        tiles.append(np.concatenate(row_tiles, axis=1))
+        if save:
+            tiles.append(np.concatenate(row_tiles, axis=1))
         print(f"{i:2d} {s.caption:42s} -> {target:6s} | " + " | ".join(
-            f"{name} {str(r['colour']):6s} shift {r['centroid_shift']:5.2f} bg {r['bg_change']:5.1f} "
-            f"{'OK' if r['success'] else 'no'}" for name, r in ((m, rows[m][-1]) for m in rows)), flush=True)
+            f"{name} {str(rs[-1]['colour']):6s} shift {rs[-1]['centroid_shift']:5.2f} "
+            f"bg {rs[-1]['bg_change']:5.1f} {'OK' if rs[-1]['success'] else 'no'}" for name, rs in rows.items()),
+            flush=True)
     print(f"\n{n} held-out scenes (seeds {scenes.EVAL_SEED_BASE + first}..{scenes.EVAL_SEED_BASE + first + n - 1}), "
           f"{time.time() - t0:.0f} s")
     print(f"{'method':8s} {'colour ok':>9s} {'shift<=2':>9s} {'bg<=10':>7s} {'all three':>9s} "

@@ -457,9 +457,9 @@ def main(argv=None) -> None:
         ap.error(f"--unet3-latent-scales has {len(scales)} values for {len(rounds)} rounds of --unet3-steps")
     applied = 1.0                        # the latent scale already in sf (and in latents)
     last = max([r for r, steps in enumerate(rounds) if steps > 0], default=-1)
+    if args.only == "decoder":
+        last = -1
     for r, steps in enumerate(rounds[:last + 1]):    # trailing rounds of 0 steps: not run yet
-        if args.only == "decoder":
-            continue
         if steps <= 0:                   # a round the --init model has had: its scale is in sf
             applied = scales[r]
             continue
@@ -482,7 +482,7 @@ def main(argv=None) -> None:
                                         torch.Generator().manual_seed(SEED + 3 + r), lr0=3e-4,
                                         tag=f"unet3.{r + 1}", snapshot=snapshot)
         log(f"stage 3 round {r + 1} text encoder + unet {(time.time() - t0) / 60:.1f} min")
-        if r + 1 < len(rounds):
+        if r < last:
             round_fp16(text, unet)       # the next round starts from exactly what a saved round holds
     save(Path(args.out), vae, text, unet, sf)
     log(f"total {(time.time() - t_start) / 60:.1f} min")
