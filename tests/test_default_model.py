@@ -4,8 +4,8 @@ The bar (issue: default model): on the 20 held-out evaluation scenes,
 gnr.configs.NONSTYLE turns the object's dominant colour into the target in at
 least 16, with its centroid moved at most 2 pixels and the background within
 10/255 (tools/scenes.py scores them; tools/eval_default_model.py prints the
-table of benchmarks/RESULTS.md). The whole bar is not met yet (11 of 20; on
-60 validation scenes 49 of 60): these tests hold what does: the colour and
+table of benchmarks/RESULTS.md). The whole bar is not met yet (14 of 20; on
+60 validation scenes 52 of 60): these tests hold what does: the colour and
 background parts of the bar, and that the guidance is what keeps the layout
 (Guide-and-Rescale moves objects less than the same inversion with
 classifier-free guidance alone).
