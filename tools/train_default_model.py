@@ -122,7 +122,8 @@ UNET3_STEPS = "5000,3000,2500"
 # moved objects less again (centroid within 2 px in 57 of 60 against 53) but
 # kept more of the old colour (55 right against 58) and left the guidance
 # little to do: inversion + CFG alone made 53 of 60 with it (41 with the x8
-# UNet), Guide-and-Rescale 54 (52). Not used.
+# UNet), Guide-and-Rescale 54 (52). Not used; nor a round at 11 (53 of 60,
+# CFG alone 47: one edit more than x8, within the noise of 60 scenes).
 UNET3_LATENT_SCALES = "1,3,8"
 
 
