@@ -20,7 +20,7 @@ seed. Stages (times on this project's 2-core CPU):
   stage-2 recipe again, warm-restarted each round; rounds 2 and 3 train on
   latents scaled by 3 and then 8 (see UNET3_LATENT_SCALES), and the saved
   scaling_factor carries that scale;
-- stage 4, decoder (3000 steps at batch 16, about 20 minutes on one busy
+- stage 4, decoder (3000 steps at batch 16, 24 minutes on one busy
   thread): the decoder again, on latents given a random offset per image
   and channel, so that it decodes the slowly drifting latents of an edit
   to the colours it was shown (see DECODER4_OFFSET).
@@ -526,6 +526,8 @@ def main(argv=None) -> None:
     if args.only != "unet" and args.decoder4_steps > 0:
         t0 = time.time()
         round_fp16(vae)                  # exactly what a saved model holds, as in a split run
+        # a fresh generator with stage 2's seed and a lower peak rate than
+        # stage 2's (it starts from a trained decoder): the bundled weights' recipe
         vae = finetune_decoder(vae, imgs, args.decoder4_steps, args.decoder4_batch,
                                torch.Generator().manual_seed(SEED + 1), lr0=2e-4,
                                offset=args.decoder4_offset / sf, tag="decoder4")
