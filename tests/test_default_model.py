@@ -43,3 +43,18 @@ def test_guidance_keeps_the_layout(scores):
     held = {k: sum(r["shift_ok"] for r in rs) for k, rs in scores.items()}
     assert shift["gnr"] < 0.6 * shift["cfg"]
     assert held["gnr"] > held["cfg"]
+
+
+def test_breakdown_accounts_for_every_edit(scores):
+    """tools/eval_default_model.py --breakdown: each grouping splits the edits
+    and their successes without losing or double-counting one."""
+    import gnr
+
+    groups = eval_default_model.breakdown(gnr.load_model("default"), scores)
+    by_background = [cells for _, cells in groups["background"].values()]
+    by_distance = list(groups["distance"].values())
+    for cells in (by_background, by_distance):
+        for name, rs in scores.items():
+            assert sum(c[name][1] for c in cells) == len(rs)
+            assert sum(c[name][0] for c in cells) == sum(r["success"] for r in rs)
+    assert len(by_background) >= 5            # the 20 scenes span most backgrounds

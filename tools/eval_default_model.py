@@ -12,6 +12,10 @@ inversion + classifier-free guidance (the same config with only its cfg
 guider), and scores each edit with scenes.score_colour_edit: success when
 the object's dominant colour is the target, its centroid moved at most
 2 pixels, and the median background colour changed at most 10/255.
+--breakdown also counts the successes by background colour and by the
+distance of the old and new object colours in the latent space (each
+colour's latent: the encoder's mean over a flat image of it, in the UNet's
+units), which is where this small model's edits fail.
 Needs only numpy, Pillow and gnr (no PyTorch).
 """
 from __future__ import annotations
@@ -39,8 +43,49 @@ def cfg_only(config: dict) -> dict:
     return c
 
 
+def colour_latents(model) -> dict:
+    """Each scene colour's latent (mean over a flat 64 x 64 image), in the UNet's units."""
+    return {name: model.encode_image(np.full((scenes.SIZE, scenes.SIZE, 3), rgb, np.uint8))[0].mean(axis=(1, 2))
+            for name, rgb in scenes.COLOURS.items()}
+
+
+DISTANCE_BINS = (0.0, 12.0, 18.0, 24.0, float("inf"))
+
+
+def breakdown(model, rows: dict) -> dict:
+    """Where the edits fail: {"background": {colour: (|latent|, {method: (successes, edits)})},
+    "distance": {(lo, hi): {method: (successes, edits)}}}, the second grouped by
+    how far apart the old and new object colours lie in the latent space."""
+    lat = colour_latents(model)
+
+    def count(keep):
+        return {name: (sum(r["success"] for r in rs if keep(r)), sum(bool(keep(r)) for r in rs))
+                for name, rs in rows.items()}
+
+    out = {"background": {}, "distance": {}}
+    for b in sorted({r["background"] for rs in rows.values() for r in rs}):
+        out["background"][b] = (float(np.linalg.norm(lat[b])), count(lambda r: r["background"] == b))
+    for lo, hi in zip(DISTANCE_BINS[:-1], DISTANCE_BINS[1:]):
+        out["distance"][(lo, hi)] = count(
+            lambda r: lo <= np.linalg.norm(lat[r["source_colour"]] - lat[r["target"]]) < hi)
+    return out
+
+
+def print_breakdown(model, rows: dict) -> None:
+    groups = breakdown(model, rows)
+    names = list(rows)
+    print("\nsuccesses / edits, by background (|latent|: its distance from the latent origin)")
+    print(f"{'background':10s} {'|latent|':>8s} " + " ".join(f"{name:>8s}" for name in names))
+    for b, (norm, cells) in groups["background"].items():
+        print(f"{b:10s} {norm:8.1f} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
+    print("by the distance between the old and the new colour's latents")
+    print(f"{'distance':19s} " + " ".join(f"{name:>8s}" for name in names))
+    for (lo, hi), cells in groups["distance"].items():
+        print(f"{f'[{lo:g}, {hi:g})':19s} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
+
+
 def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | None = None, first: int = 0,
-        methods=("gnr", "cfg")) -> dict:
+        methods=("gnr", "cfg"), breakdown: bool = False) -> dict:
     import gnr
 
     editor = gnr.Editor(model_dir, threads=threads) if model_dir else gnr.Editor()
@@ -60,7 +105,8 @@ def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | Non
         for name, cfg in methods.items():
             out = editor.edit(inv, target_prompt=tgt_prompt, config=cfg, progress=False)
             r = scenes.score_colour_edit(s.image, out, s.mask, target)
-            r.update(i=i, seed=s.seed, source=s.caption, target=target)
+            r.update(i=i, seed=s.seed, source=s.caption, target=target, source_colour=s.colour,
+                     background=s.background)
             rows[name].append(r)
             row_tiles.append(out)
         if save:
@@ -83,6 +129,8 @@ def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | Non
         grid = np.concatenate(tiles, axis=0)
         Image.fromarray(grid).save(save)
         print(f"columns: scene, VAE reconstruction, {', '.join(rows)}; saved {save}")
+    if breakdown:
+        print_breakdown(editor.model, rows)
     return rows
 
 
@@ -95,9 +143,11 @@ def main(argv=None) -> None:
     ap.add_argument("--first", type=int, default=0,
                     help="first scene index: 0 is the test set; use 1000 and up to choose checkpoints")
     ap.add_argument("--methods", default="gnr,cfg", help="comma-separated, from gnr, cfg")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also count successes by background colour and by old-new colour distance in the latent")
     args = ap.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
-    rows = run(args.model, args.n, args.save, args.threads, args.first, methods)
+    rows = run(args.model, args.n, args.save, args.threads, args.first, methods, args.breakdown)
     if "gnr" in rows:
         wins = sum(r["success"] for r in rows["gnr"])
         bar = "16/20" if (args.first, args.n) == (0, 20) else "16/20 on the 20 test scenes"
