@@ -50,24 +50,31 @@ def colour_latents(model) -> dict:
 
 
 DISTANCE_BINS = (0.0, 12.0, 18.0, 24.0, float("inf"))
+RATIO_BINS = (0.0, 1.0, 1.5, 2.0, float("inf"))
 
 
 def breakdown(model, rows: dict) -> dict:
     """Where the edits fail: {"background": {colour: (|latent|, {method: (successes, edits)})},
-    "distance": {(lo, hi): {method: (successes, edits)}}}, the second grouped by
-    how far apart the old and new object colours lie in the latent space."""
+    "distance": {(lo, hi): {...}}, "ratio": {(lo, hi): {...}}}, the second grouped by
+    how far apart the old and new object colours lie in the latent space, the
+    third by that distance over the one between the old colour and the background."""
     lat = colour_latents(model)
 
     def count(keep):
         return {name: (sum(r["success"] for r in rs if keep(r)), sum(bool(keep(r)) for r in rs))
                 for name, rs in rows.items()}
 
-    out = {"background": {}, "distance": {}}
+    def dist(a, b):
+        return float(np.linalg.norm(lat[a] - lat[b]))
+
+    out = {"background": {}, "distance": {}, "ratio": {}}
     for b in sorted({r["background"] for rs in rows.values() for r in rs}):
         out["background"][b] = (float(np.linalg.norm(lat[b])), count(lambda r: r["background"] == b))
     for lo, hi in zip(DISTANCE_BINS[:-1], DISTANCE_BINS[1:]):
-        out["distance"][(lo, hi)] = count(
-            lambda r: lo <= np.linalg.norm(lat[r["source_colour"]] - lat[r["target"]]) < hi)
+        out["distance"][(lo, hi)] = count(lambda r: lo <= dist(r["source_colour"], r["target"]) < hi)
+    for lo, hi in zip(RATIO_BINS[:-1], RATIO_BINS[1:]):
+        out["ratio"][(lo, hi)] = count(
+            lambda r: lo <= dist(r["source_colour"], r["target"]) / dist(r["source_colour"], r["background"]) < hi)
     return out
 
 
@@ -81,6 +88,10 @@ def print_breakdown(model, rows: dict) -> None:
     print("by the distance between the old and the new colour's latents")
     print(f"{'distance':19s} " + " ".join(f"{name:>8s}" for name in names))
     for (lo, hi), cells in groups["distance"].items():
+        print(f"{f'[{lo:g}, {hi:g})':19s} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
+    print("by that distance over the distance between the old colour's and the background's latents")
+    print(f"{'ratio':19s} " + " ".join(f"{name:>8s}" for name in names))
+    for (lo, hi), cells in groups["ratio"].items():
         print(f"{f'[{lo:g}, {hi:g})':19s} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
 
 
