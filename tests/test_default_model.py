@@ -6,10 +6,9 @@ least 16, with its centroid moved at most 2 pixels and the background within
 10/255 (tools/scenes.py scores them; tools/eval_default_model.py prints the
 table of benchmarks/RESULTS.md). The whole bar is not met yet (14 of 20; on
 120 validation scenes 97 of 120; RESULTS.md says which edits fail and why):
-these tests hold what does: the colour and
-background parts of the bar, and that the guidance is what keeps the layout
-(Guide-and-Rescale moves objects less than the same inversion with
-classifier-free guidance alone).
+these tests hold what does: the colour and background parts of the bar, and
+that the guidance is what keeps the layout (Guide-and-Rescale moves objects
+less than the same inversion with classifier-free guidance alone).
 """
 from __future__ import annotations
 
