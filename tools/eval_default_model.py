@@ -12,10 +12,11 @@ inversion + classifier-free guidance (the same config with only its cfg
 guider), and scores each edit with scenes.score_colour_edit: success when
 the object's dominant colour is the target, its centroid moved at most
 2 pixels, and the median background colour changed at most 10/255.
---breakdown also counts the successes by background colour and by the
+--breakdown also counts the successes by background colour, by the
 distance of the old and new object colours in the latent space (each
 colour's latent: the encoder's mean over a flat image of it, in the UNet's
-units), which is where this small model's edits fail.
+units) and by that distance over the old colour's distance to the
+background: where this small model's edits fail (benchmarks/RESULTS.md).
 Needs only numpy, Pillow and gnr (no PyTorch).
 """
 from __future__ import annotations
@@ -81,22 +82,23 @@ def breakdown(model, rows: dict) -> dict:
 def print_breakdown(model, rows: dict) -> None:
     groups = breakdown(model, rows)
     names = list(rows)
-    print("\nsuccesses / edits, by background (|latent|: its distance from the latent origin)")
-    print(f"{'background':10s} {'|latent|':>8s} " + " ".join(f"{name:>8s}" for name in names))
-    for b, (norm, cells) in groups["background"].items():
-        print(f"{b:10s} {norm:8.1f} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
-    print("by the distance between the old and the new colour's latents")
-    print(f"{'distance':19s} " + " ".join(f"{name:>8s}" for name in names))
-    for (lo, hi), cells in groups["distance"].items():
-        print(f"{f'[{lo:g}, {hi:g})':19s} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
-    print("by that distance over the distance between the old colour's and the background's latents")
-    print(f"{'ratio':19s} " + " ".join(f"{name:>8s}" for name in names))
-    for (lo, hi), cells in groups["ratio"].items():
-        print(f"{f'[{lo:g}, {hi:g})':19s} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
+
+    def table(title, head, cells_by_label):
+        print(title)
+        print(f"{head:19s} " + " ".join(f"{name:>8s}" for name in names))
+        for label, cells in cells_by_label:
+            print(f"{label:19s} " + " ".join(f"{'%d/%d' % cells[name]:>8s}" for name in names))
+
+    table("\nsuccesses / edits, by background (|latent|: its latent's distance from the origin)",
+          "background |latent|", ((f"{b:10s} {norm:8.1f}", c) for b, (norm, c) in groups["background"].items()))
+    table("by the distance between the old and the new colour's latents", "distance",
+          ((f"[{lo:g}, {hi:g})", c) for (lo, hi), c in groups["distance"].items()))
+    table("by that distance over the one between the old colour's and the background's latents", "ratio",
+          ((f"[{lo:g}, {hi:g})", c) for (lo, hi), c in groups["ratio"].items()))
 
 
 def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | None = None, first: int = 0,
-        methods=("gnr", "cfg"), breakdown: bool = False) -> dict:
+        methods=("gnr", "cfg"), show_breakdown: bool = False) -> dict:
     import gnr
 
     editor = gnr.Editor(model_dir, threads=threads) if model_dir else gnr.Editor()
@@ -140,7 +142,7 @@ def run(model_dir=None, n: int = 20, save: str | None = None, threads: int | Non
         grid = np.concatenate(tiles, axis=0)
         Image.fromarray(grid).save(save)
         print(f"columns: scene, VAE reconstruction, {', '.join(rows)}; saved {save}")
-    if breakdown:
+    if show_breakdown:
         print_breakdown(editor.model, rows)
     return rows
 
@@ -155,7 +157,8 @@ def main(argv=None) -> None:
                     help="first scene index: 0 is the test set; use 1000 and up to choose checkpoints")
     ap.add_argument("--methods", default="gnr,cfg", help="comma-separated, from gnr, cfg")
     ap.add_argument("--breakdown", action="store_true",
-                    help="also count successes by background colour and by old-new colour distance in the latent")
+                    help="also count successes by background colour and by where the old and new colours lie "
+                         "in the latent space")
     args = ap.parse_args(argv)
     methods = tuple(m for m in args.methods.split(",") if m)
     rows = run(args.model, args.n, args.save, args.threads, args.first, methods, args.breakdown)
