@@ -4,11 +4,11 @@ The bar (issue: default model): on the 20 held-out evaluation scenes,
 gnr.configs.NONSTYLE turns the object's dominant colour into the target in at
 least 16, with its centroid moved at most 2 pixels and the background within
 10/255 (tools/scenes.py scores them; tools/eval_default_model.py prints the
-table of benchmarks/RESULTS.md). The whole bar is not met yet (14 of 20; on
-120 validation scenes 97 of 120; RESULTS.md says which edits fail and why):
-these tests hold what does: the colour and background parts of the bar, and
-that the guidance is what keeps the layout (Guide-and-Rescale moves objects
-less than the same inversion with classifier-free guidance alone).
+table of benchmarks/RESULTS.md): the bundled model makes 18 of 20
+(inversion + classifier-free guidance alone: 14). Guide-and-Rescale must
+also beat the same inversion with classifier-free guidance alone on these
+scenes (DECISIONS: the bundled default model): more successful edits, more
+objects held within 2 pixels, a smaller median centroid shift.
 """
 from __future__ import annotations
 
@@ -33,16 +33,18 @@ def scores():
     return eval_default_model.run(n=N)
 
 
-def test_colour_changes_and_background_stays(scores):
-    assert sum(r["colour_ok"] for r in scores["gnr"]) >= BAR
-    assert sum(r["bg_ok"] for r in scores["gnr"]) >= BAR
+def test_the_bar(scores):
+    wins = sum(r["success"] for r in scores["gnr"])
+    assert wins >= BAR, f"{wins} of {N} successful colour edits (bar: {BAR})"
 
 
-def test_guidance_keeps_the_layout(scores):
-    shift = {k: np.median([r["centroid_shift"] for r in rs]) for k, rs in scores.items()}
+def test_guidance_beats_cfg_alone(scores):
+    wins = {k: sum(r["success"] for r in rs) for k, rs in scores.items()}
     held = {k: sum(r["shift_ok"] for r in rs) for k, rs in scores.items()}
-    assert shift["gnr"] < 0.6 * shift["cfg"]
+    shift = {k: np.median([r["centroid_shift"] for r in rs]) for k, rs in scores.items()}
+    assert wins["gnr"] > wins["cfg"]
     assert held["gnr"] > held["cfg"]
+    assert shift["gnr"] < shift["cfg"]
 
 
 def test_breakdown_accounts_for_every_edit(scores):

@@ -1,13 +1,15 @@
 """An experiment on the default model, tried and not used: even out where the
 eight scene colours lie in the VAE's latent space.
 
-    python tools/even_colour_latents.py --init gnr/data/default_model --out even
+    python tools/even_colour_latents.py --init x8 --out even
     python tools/train_default_model.py --init even --init-stage 2 --only unet \\
         --unet3-steps 0,0,2500 --unet3-latent-scales 1,1,1 --out even_unet
-    python tools/train_default_model.py --init even --init-stage 2 --only decoder --decoder2-steps 0 --out even_dec
-    # even_unet with even_dec's VAE weights is the candidate
+    python tools/train_default_model.py --init even --init-stage 2 --only decoder --decoder2-steps 0 \
+        --decoder4-offset 1.5 --out even_dec
+    # even_unet with even_dec's VAE weights is the candidate; x8 is the model after
+    # stage 3's round 3 (latents x8) and stage 4, the bundled model before round 4
 
-Why: the bundled model's colour edits fail mostly where the old object colour
+Why: the x8 model's colour edits fail mostly where the old object colour
 lies far from the new one but near the background in the latent space
 (`tools/eval_default_model.py --breakdown`): the first, nearly pure-noise
 steps then read the old object as background and draw the new one elsewhere.
@@ -17,9 +19,9 @@ the log pairwise distances between the 8 flat colours' latents (the
 encoder's means over a flat 64 x 64 image), weight 1. It takes the pairwise
 distances (x8 units) from 9.7..33.8 to 15.8..22.5 with reconstructions as
 good (L1 4.2/255). The saved scaling_factor is 8 / std of the new latents,
-so the UNet round above trains at the bundled model's latent scale.
+so the UNet round above trains at the x8 model's latent scale.
 
-Result (120 validation scenes): 91 successful edits against the bundled
+Result (120 validation scenes): 91 successful edits against the x8
 model's 97 (inversion + CFG alone 63 against 76); backgrounds with purple
 still fail most (7 of 18). So the colour geometry is not what limits the
 edits, or one 2500-step round does not re-learn it. Needs PyTorch and
@@ -55,7 +57,7 @@ def colour_geometry_penalty(vae, flat: torch.Tensor, report: bool = False, sf: f
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--init", required=True, help="a saved model (the bundled one: gnr/data/default_model)")
+    ap.add_argument("--init", required=True, help="a saved model (the experiment: the x8 model)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--weight", type=float, default=1.0, help="weight of the colour-geometry penalty")
