@@ -29,12 +29,12 @@ The decoder parts are independent of the diffusion part (own seed, frozen
 encoder), and every stage can start from a saved model, so the work can be
 split and run side by side:
 
-    python tools/train_default_model.py --out s2 --unet3-steps 0,0,0 --decoder2-steps 0 --decoder4-steps 0
+    python tools/train_default_model.py --out s2 --unet3-steps 0,0,0,0 --decoder2-steps 0 --decoder4-steps 0
     python tools/train_default_model.py --init s2 --init-stage 2 --only decoder --decoder2-steps 3500 \
         --decoder4-steps 0 --out dec
-    python tools/train_default_model.py --init s2 --init-stage 2 --only unet --unet3-steps 5000,0,0 --out r1
-    python tools/train_default_model.py --init r1 --init-stage 2 --only unet --unet3-steps 0,3000,0 --out r2
-    python tools/train_default_model.py --init r2 --init-stage 2 --only unet --unet3-steps 0,0,2500 --out r3
+    python tools/train_default_model.py --init s2 --init-stage 2 --only unet --unet3-steps 5000,0,0,0 --out r1
+    python tools/train_default_model.py --init r1 --init-stage 2 --only unet --unet3-steps 0,3000,0,0 --out r2
+    python tools/train_default_model.py --init r2 --init-stage 2 --only unet --unet3-steps 0,0,2500,0 --out r3
     python tools/train_default_model.py --init r3 --init-stage 2 --only unet --unet3-steps 0,0,0,2500 --out r4
     # r4 with dec's VAE weights (and r4's vae/config.json: the scaling_factor) is r4dec
     python tools/train_default_model.py --init r4dec --init-stage 2 --only decoder --decoder2-steps 0
@@ -111,8 +111,8 @@ UNET2_STEPS = 1400
 # Independent noise at every latent pixel as well (--decoder4-noise 0.5 or
 # 1.0, 120 validation scenes) changed nothing: 96 and 97 successful edits
 # against 97 without. The edits that fail move the object; no decoder undoes that.
-# The offset is given in the final latent units: 2.0625 at x11 is the 1.5
-# at x8 above (the same offset in raw latent units; the bundled decoder was
+# (All three with the x8 model.) The offset is given in the final latent
+# units: 2.0625 at x11 is the 1.5 at x8 above (the same offset in raw latent units; the bundled decoder was
 # trained on the x8 model, and the decoder does not depend on the UNet).
 DECODER4_STEPS = 3000
 DECODER4_OFFSET = 2.0625
@@ -429,7 +429,7 @@ def main(argv=None) -> None:
     ap.add_argument("--unet3-steps", default=UNET3_STEPS,
                     help="stage 3: text encoder + UNet steps of each round, comma-separated (each round: fresh "
                          "AdamW, warmup, cosine decay, from the previous round's fp16-rounded weights); a round of "
-                         "0 steps before the last round with steps is one the --init model has had (so '0,3000,0' with "
+                         "0 steps before the last round with steps is one the --init model has had (so '0,3000,0,0' with "
                          "--init-stage 2 runs round 2 on a model saved after round 1); trailing 0s are not run")
     ap.add_argument("--unet3-batch", type=int, default=64)
     ap.add_argument("--unet3-latent-scales", default=UNET3_LATENT_SCALES,
