@@ -429,8 +429,9 @@ def main(argv=None) -> None:
     ap.add_argument("--unet3-steps", default=UNET3_STEPS,
                     help="stage 3: text encoder + UNet steps of each round, comma-separated (each round: fresh "
                          "AdamW, warmup, cosine decay, from the previous round's fp16-rounded weights); a round of "
-                         "0 steps before the last round with steps is one the --init model has had (so '0,3000,0,0' with "
-                         "--init-stage 2 runs round 2 on a model saved after round 1); trailing 0s are not run")
+                         "0 steps before the last round with steps is one the --init model has had (so "
+                         "'0,3000,0,0' with --init-stage 2 runs round 2 on a model saved after round 1); trailing "
+                         "0s are not run")
     ap.add_argument("--unet3-batch", type=int, default=64)
     ap.add_argument("--unet3-latent-scales", default=UNET3_LATENT_SCALES,
                     help="per round of stage 3, comma-separated: the latents are multiplied by this (and the saved "
