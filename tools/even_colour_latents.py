@@ -4,7 +4,7 @@ eight scene colours lie in the VAE's latent space.
     python tools/even_colour_latents.py --init x8 --out even
     python tools/train_default_model.py --init even --init-stage 2 --only unet \\
         --unet3-steps 0,0,2500 --unet3-latent-scales 1,1,1 --out even_unet
-    python tools/train_default_model.py --init even --init-stage 2 --only decoder --decoder2-steps 0 \
+    python tools/train_default_model.py --init even --init-stage 2 --only decoder --decoder2-steps 0 \\
         --decoder4-offset 1.5 --out even_dec
     # even_unet with even_dec's VAE weights is the candidate; x8 is the model after
     # stage 3's round 3 (latents x8) and stage 4, the bundled model before round 4
@@ -30,7 +30,6 @@ diffusers (development only), as the training script.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -78,16 +77,11 @@ def main(argv=None) -> None:
     for step in range(args.steps):
         idx = torch.randint(0, len(imgs), (16,), generator=gen)
         x = T.to_tensor(imgs[idx.numpy()])
-        lr = 2e-4 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for g in opt.param_groups:
-            g["lr"] = lr
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        y = vae.decode(z).sample
-        rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
-        kl = post.kl().mean() / z[0].numel()
+            g["lr"] = T.warmup_cosine(2e-4, step, args.steps, warm=50)
+        loss, _, _, y = T.vae_loss(vae, x, gen)
         pen = colour_geometry_penalty(vae, flat)
-        loss = rec + 1e-4 * kl + args.weight * pen
+        loss = loss + args.weight * pen
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -30,7 +30,7 @@ encoder), and every stage can start from a saved model, so the work can be
 split and run side by side:
 
     python tools/train_default_model.py --out s2 --unet3-steps 0,0,0,0 --decoder2-steps 0 --decoder4-steps 0
-    python tools/train_default_model.py --init s2 --init-stage 2 --only decoder --decoder2-steps 3500 \
+    python tools/train_default_model.py --init s2 --init-stage 2 --only decoder --decoder2-steps 3500 \\
         --decoder4-steps 0 --out dec
     python tools/train_default_model.py --init s2 --init-stage 2 --only unet --unet3-steps 5000,0,0,0 --out r1
     python tools/train_default_model.py --init r1 --init-stage 2 --only unet --unet3-steps 0,3000,0,0 --out r2
@@ -112,8 +112,9 @@ UNET2_STEPS = 1400
 # 1.0, 120 validation scenes) changed nothing: 96 and 97 successful edits
 # against 97 without. The edits that fail move the object; no decoder undoes that.
 # (All three with the x8 model.) The offset is given in the final latent
-# units: 2.0625 at x11 is the 1.5 at x8 above (the same offset in raw latent units; the bundled decoder was
-# trained on the x8 model, and the decoder does not depend on the UNet).
+# units: 2.0625 at x11 is the 1.5 at x8 above (the same offset in raw latent
+# units; the bundled decoder was trained on the x8 model, and the decoder
+# does not depend on the UNet).
 DECODER4_STEPS = 3000
 DECODER4_OFFSET = 2.0625
 DECODER4_NOISE = 0.0
@@ -163,6 +164,23 @@ def to_tensor(imgs: np.ndarray) -> torch.Tensor:
     return on_dev(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1)
 
 
+def warmup_cosine(lr0: float, step: int, steps: int, warm: int) -> float:
+    """The learning rate of the fine-tuning stages: linear warmup over `warm`
+    steps, then cosine decay to 0 at `steps`."""
+    return lr0 * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def vae_loss(vae, x: torch.Tensor, gen: torch.Generator):
+    """Stage 1's VAE loss on images x: L1 + L2 reconstruction of a posterior
+    sample plus a small KL term. Returns (loss, reconstruction, KL per element, decoded)."""
+    post = vae.encode(x).latent_dist
+    z = post.mean + post.std * on_dev(torch.randn(post.mean.shape, generator=gen))
+    y = vae.decode(z).sample
+    rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
+    kl = post.kl().mean() / z[0].numel()
+    return rec + 1e-4 * kl, rec, kl, y
+
+
 def train_vae(imgs: np.ndarray, steps: int, batch: int, gen: torch.Generator):
     from diffusers import AutoencoderKL
 
@@ -180,12 +198,7 @@ def train_vae(imgs: np.ndarray, steps: int, batch: int, gen: torch.Generator):
         lr = 1e-3 * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * on_dev(torch.randn(post.mean.shape, generator=gen))
-        y = vae.decode(z).sample
-        rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
-        kl = post.kl().mean() / z[0].numel()
-        loss = rec + 1e-4 * kl
+        loss, rec, kl, _ = vae_loss(vae, x, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -344,7 +357,7 @@ def finetune_decoder(vae, imgs: np.ndarray, steps: int, batch: int, gen: torch.G
                 z = z + offset * on_dev(torch.randn(z.shape[:2] + (1, 1), generator=gen))
             if noise:
                 z = z + noise * on_dev(torch.randn(z.shape, generator=gen))
-        lr = lr0 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        lr = warmup_cosine(lr0, step, steps, warm=50)
         for g in opt.param_groups:
             g["lr"] = lr
         y = vae.decode(z).sample
@@ -368,10 +381,8 @@ def finetune_diffusion(text, unet, latents: torch.Tensor, caps: list, tokenizer,
     """Stage 2 (and each round of stage 3) of the text encoder + UNet: more
     steps from the previous weights, fresh AdamW, warmup then cosine decay to
     0, EMA (decay 0.999) started at those weights; 20 % of captions dropped."""
-    warm = 100
-
     def lr_at(step):
-        return lr0 * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        return warmup_cosine(lr0, step, steps, warm=100)
 
     return _denoise(text, unet, latents, caps, tokenizer, steps, batch, gen, drop, lr_at, lambda step: 0.999, tag,
                     snapshot)
