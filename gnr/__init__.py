@@ -22,6 +22,35 @@ _preload_openblas()
 # the OpenMP runtime when _C loads; a user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+
+def _find_engine():
+    """In a source checkout that was installed with `pip install .` but not
+    built in place, the checkout's gnr/ shadows the installed package for
+    commands run in the repository root (`python -m gnr demo`, as the README
+    says); only the installed copy has the compiled engine. Import the rest of
+    the package from that copy then. A missing engine anywhere is an
+    ImportError that says how to build it."""
+    import importlib.machinery
+    import sys
+
+    def has_engine(folder):
+        return any(_os.path.exists(_os.path.join(folder, "_C" + suffix))
+                   for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    if has_engine(here):
+        return
+    for entry in sys.path:
+        folder = _os.path.join(_os.path.abspath(entry or _os.curdir), "gnr")
+        if folder != here and has_engine(folder):
+            __path__[:] = [folder]
+            return
+    raise ImportError(f"gnr's compiled engine (gnr/_C) is not built: install the package with `pip install .`, "
+                      f"or build it in this checkout with `python setup.py build_ext --inplace` ({here})")
+
+
+_find_engine()
 from . import _C  # noqa: E402
 from ._C import DeviceError, OutOfMemoryError  # noqa: E402
 from .model import Model, load_model  # noqa: E402

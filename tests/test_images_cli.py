@@ -60,3 +60,29 @@ def test_cli_reports_bad_config(tiny_a_dir, tmp_path):
     r = run_cli(["edit", "--model", str(tiny_a_dir), "--image", "x.png", "--source", "a", "--target", "b",
                  "--config", "fancy", "-o", "o.png"], tmp_path)
     assert r.returncode == 2 and "fancy" in r.stderr
+
+
+def test_save_image_writes_png_without_pillow(tmp_path, monkeypatch):
+    """The demo must write its PNG on a bare install (Pillow is optional):
+    the standard-library writer's file reads back exactly with Pillow."""
+    import gnr.images
+
+    def no_pillow():
+        raise ImportError("no Pillow")
+
+    monkeypatch.setattr(gnr.images, "_pil", no_pillow)
+    image = np.random.default_rng(0).integers(0, 256, (7, 13, 3), dtype=np.uint8)
+    gnr.save_image(tmp_path / "x.png", image)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.png").convert("RGB")), image)
+    with pytest.raises(ImportError, match="Pillow"):
+        gnr.save_image(tmp_path / "x.jpg", image)
+
+
+def test_import_from_the_repository_root():
+    """`pip install . && python -m gnr demo` (the README) runs in the
+    repository root, where the checkout's gnr/ (without a compiled engine
+    unless built in place) comes first on sys.path: it must still load."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", "import gnr, gnr.demo; print(gnr._C.__file__)"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
