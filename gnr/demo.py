@@ -30,9 +30,10 @@ def sample_scene() -> tuple[np.ndarray, str, str]:
     """(image uint8 (H, W, 3), source prompt, target prompt) of the demo's
     scene: a generated scene the default model never saw in training."""
     meta = json.loads((DATA / "sample_scene.json").read_text())
-    from .images import load_image
-
-    image = load_image(DATA / meta["image"], size=meta["size"])
+    image = np.load(DATA / meta["image"], allow_pickle=False)     # a .npy: the demo needs no image library
+    size = meta["size"]
+    if image.dtype != np.uint8 or image.shape != (size, size, 3):
+        raise ValueError(f"{DATA / meta['image']}: expected uint8 ({size}, {size}, 3), got {image.dtype} {image.shape}")
     return image, meta["source"], meta["target"]
 
 

@@ -44,8 +44,33 @@ def load_image(path_or_array, size: int = 512) -> np.ndarray:
 
 
 def save_image(path, image: np.ndarray) -> None:
-    """Writes a uint8 (H, W, 3) array (format from the file name)."""
-    Image = _pil()
+    """Writes a uint8 (H, W, 3) array (format from the file name). A .png
+    needs only the standard library when Pillow is absent (so the demo runs
+    on a bare install); other formats need Pillow."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise TypeError("save_image takes a uint8 (H, W, 3) array")
+    try:
+        Image = _pil()
+    except ImportError:
+        if os.fspath(path).lower().endswith(".png"):
+            _write_png(path, image)
+            return
+        raise
     Image.fromarray(image).save(path)
+
+
+def _write_png(path, image: np.ndarray) -> None:
+    """The smallest valid PNG of a uint8 (H, W, 3) array: 8-bit RGB, no
+    row filters, one zlib-compressed IDAT chunk."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    h, w, _ = image.shape
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(image).reshape(h, w * 3)], axis=1)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)       # 8 bits, colour type 2 (RGB)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+                + chunk(b"IEND", b""))
