@@ -8,6 +8,14 @@ and SciPy ship); at run time gnr/__init__.py loads that library before `_C`.
 /usr/local/cuda, else PATH) unless GNR_CUDA=0. It is a separate module loaded
 only when a CUDA device is asked for, so `import gnr` works on machines without
 a GPU driver.
+
+GNR_CUDA=emulate builds the same `gnr._C_cuda` from the unchanged .cu sources
+with the host C++ compiler against the CPU emulator of the CUDA runtime,
+launches and cuBLAS (csrc/cuda/emu): every device="cuda" path then runs, and is
+checked, without a GPU. A test target, never a product (build_info()["cuda"]
+says "emulated"). GNR_SANITIZE=address adds AddressSanitizer and
+UndefinedBehaviorSanitizer to every C, C++ and emulated CUDA file (not with a
+real CUDA build: nvcc's device code cannot be instrumented).
 """
 import os
 import shutil
@@ -32,8 +40,37 @@ def cuda_sources():
     return sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").rglob("*.cu"))
 
 
+def emulator_sources():
+    return sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda" / "emu").glob("*.cpp"))
+
+
+def cuda_mode():
+    """"nvcc" (the default: a real CUDA build when nvcc is found), "emulate" or "off"."""
+    v = os.environ.get("GNR_CUDA", "1").strip().lower()
+    if v == "0":
+        return "off"
+    if v == "emulate":
+        return "emulate"
+    if v not in ("", "1"):
+        sys.exit(f"GNR_CUDA={v!r}: use 0 (CPU only), 1 (CUDA when nvcc is found; the default) or emulate")
+    return "nvcc"
+
+
+def sanitize_flags():
+    """Compiler and linker flags of GNR_SANITIZE=address (empty without it)."""
+    v = os.environ.get("GNR_SANITIZE", "").strip().lower()
+    if not v:
+        return []
+    if v != "address":
+        sys.exit(f"GNR_SANITIZE={v!r}: the only sanitizer build is 'address' (AddressSanitizer + UBSan)")
+    if cuda_mode() == "nvcc" and find_cuda_home() is not None:
+        sys.exit("GNR_SANITIZE=address needs GNR_CUDA=emulate or GNR_CUDA=0: device code built by nvcc "
+                 "cannot be instrumented")
+    return ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+
+
 def find_cuda_home():
-    if os.environ.get("GNR_CUDA", "1") == "0":
+    if cuda_mode() != "nvcc":
         return None
     candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     nvcc = shutil.which("nvcc")
@@ -112,38 +149,112 @@ class BuildExt(build_ext):
             self.build_temp = saved
 
     def compile_cuda(self, ext):
-        """nvcc compiles the .cu files to objects; the C linker links them."""
-        cuda = Path(ext.cuda_home)
-        nvcc = str(cuda / "bin" / "nvcc")
+        """The .cu files to objects (nvcc, or the host C++ compiler against the
+        emulator, which also compiles its own .cpp files); the C linker links them."""
         build = Path(self.build_temp) / "cuda"
         build.mkdir(parents=True, exist_ok=True)
-        archs = os.environ.get("GNR_CUDA_ARCHS", "80;90").split(";")
-        gencode = []
-        for a in archs:
-            gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-        # include dirs given to build_ext (-I, e.g. where cublas_v2.h lives) reach nvcc too
-        includes = ["-I" + d for d in [str(CSRC), *ext.include_dirs, *(self.include_dirs or [])]]
-        objects = []
-        for src in ext.cuda_sources:
-            obj = build / (Path(src).stem + ".o")
-            cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
-                   "-Xcompiler", "-fvisibility=hidden", "-lineinfo", *includes, "--expt-relaxed-constexpr",
-                   *gencode]
-            print(" ".join(cmd))
+        # include dirs given to build_ext (-I, e.g. where cublas_v2.h lives) reach the compiler too
+        includes = ["-I" + d for d in [*ext.include_dirs, str(CSRC), *(self.include_dirs or [])]]
+        jobs = []
+        if ext.cuda_home is None:  # the emulator
+            cxx = os.environ.get("CXX", "c++")
+            flags = ["-O2", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
+                     *sanitize_flags(), *includes]
+            for src in ext.cuda_sources + emulator_sources():
+                obj = build / (Path(src).stem + (".cu.o" if src.endswith(".cu") else ".o"))
+                jobs.append([cxx, "-x", "c++", "-c", src, "-o", str(obj), *flags])
+        else:
+            nvcc = str(Path(ext.cuda_home) / "bin" / "nvcc")
+            archs = os.environ.get("GNR_CUDA_ARCHS", "80;90").split(";")
+            gencode = []
+            for a in archs:
+                gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+            # PTX of the newest architecture too, so GPUs newer than the list JIT-compile it
+            gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+            for src in ext.cuda_sources:
+                obj = build / (Path(src).stem + ".o")
+                jobs.append([nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
+                             "-Xcompiler", "-fvisibility=hidden", "-lineinfo", *includes,
+                             "--expt-relaxed-constexpr", *gencode])
+
+        def run(cmd):
+            print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
-            objects.append(str(obj))
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+            list(pool.map(run, jobs))
+        objects = [cmd[cmd.index("-o") + 1] for cmd in jobs]
         ext.extra_objects = list(ext.extra_objects or []) + objects
+
+
+def cuda_extension(macros, cflags, ldflags):
+    """(the gnr._C_cuda Extension or None, what the build says about CUDA:
+    "nvcc" / "emulated" / "none", and why a CUDA backend is missing)."""
+    # The core files the kernels call (gnr_error, tensor helpers, the arena)
+    # are compiled in: _C hides its symbols, and a failure must be recorded in
+    # this module's own message (the table's last_error).
+    sources = ["csrc/python/cuda_module.c", "csrc/core/status.c", "csrc/core/tensor.c", "csrc/core/arena.c"]
+    # relink when a kernel or header changes (the kernels' objects are extra_objects)
+    depends = cuda_sources() + emulator_sources() + sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h"))
+    mode = cuda_mode()
+    if mode == "off":
+        return None, "none", "built with GNR_CUDA=0 (CPU only); rebuild without it to get the CUDA backend"
+    if mode == "emulate":
+        inc, libdir, lib = openblas()
+        ext = Extension("gnr._C_cuda", sources=sources, include_dirs=[str(CSRC / "cuda" / "emu"), str(CSRC), inc],
+                        library_dirs=[libdir], libraries=[lib, "stdc++", "m", "pthread"], depends=depends,
+                        define_macros=macros, extra_compile_args=cflags, extra_link_args=ldflags)
+        ext.cuda_home = None
+        ext.cuda_sources = cuda_sources()
+        return ext, "emulated", ("built with GNR_CUDA=emulate: the CUDA backend runs on the CPU emulator, "
+                                 "for tests only (never for speed)")
+    cuda = find_cuda_home()
+    if cuda is None:
+        return None, "none", ("nvcc was not found when gnr was built (looked in CUDA_HOME, CUDA_PATH, "
+                              "/usr/local/cuda and PATH): install the CUDA toolkit and rebuild with `pip install .`")
+    cublas = find_cublas(cuda)
+    if cublas is None:
+        note = ("nvcc was found but cuBLAS was not: `pip install nvidia-cublas` (or set GNR_CUBLAS_HOME to a "
+                "folder with include/cublas_v2.h and lib/libcublas.so) and rebuild with `pip install .`")
+        print("gnr: " + note + "; building the CPU backend only", file=sys.stderr)
+        return None, "none", note
+    blas_inc, blas_lib, blas_name = cublas
+    libdirs = [str(cuda / d) for d in ("lib64", "lib", "targets/x86_64-linux/lib") if (cuda / d).exists()]
+    libdirs.append(blas_lib)
+    ext = Extension(
+        "gnr._C_cuda",
+        sources=sources,
+        include_dirs=[str(CSRC), str(cuda / "include"), blas_inc],
+        library_dirs=libdirs,
+        libraries=[blas_name, "cudart", "stdc++"],  # nvcc's objects are C++
+        depends=depends,
+        runtime_library_dirs=libdirs,
+        define_macros=macros,
+        extra_compile_args=cflags,
+        extra_link_args=ldflags,
+    )
+    ext.cuda_home = str(cuda)
+    ext.cuda_sources = cuda_sources()
+    return ext, "nvcc", ""
+
+
+def c_string(text):
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def extensions():
     inc, libdir, lib = openblas()
     omp = openmp_works()
-    cflags = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
-    ldflags = []
-    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION"), ("GNR_VERSION", '"%s"' % VERSION)]
+    san = sanitize_flags()
+    cflags = ["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall", "-Wno-unused-function", *san]
+    ldflags = list(san)
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_20_API_VERSION"), ("GNR_VERSION", c_string(VERSION))]
     if omp:
         cflags.append("-fopenmp")
         ldflags.append("-fopenmp")
+    cuda_ext, cuda_build, cuda_note = cuda_extension(macros, cflags, ldflags)
     exts = [
         Extension(
             "gnr._C",
@@ -151,40 +262,14 @@ def extensions():
             include_dirs=[str(CSRC), numpy_include(), inc],
             library_dirs=[libdir],
             libraries=[lib, "m"],
-            define_macros=macros + [("GNR_OPENBLAS", "1")],
+            define_macros=macros + [("GNR_OPENBLAS", "1"), ("GNR_CUDA_BUILD", c_string(cuda_build)),
+                                    ("GNR_CUDA_NOTE", c_string(cuda_note))],
             extra_compile_args=cflags,
             extra_link_args=ldflags,
         )
     ]
-    cuda = find_cuda_home()
-    cu = cuda_sources()
-    cublas = find_cublas(cuda) if cuda is not None and cu else None
-    if cuda is not None and cu and cublas is None:
-        print("gnr: nvcc found but no cuBLAS (set GNR_CUBLAS_HOME, or pip install nvidia-cublas): "
-              "building the CPU backend only", file=sys.stderr)
-    if cublas is not None:
-        blas_inc, blas_lib, blas_name = cublas
-        libdirs = [str(cuda / d) for d in ("lib64", "lib", "targets/x86_64-linux/lib") if (cuda / d).exists()]
-        libdirs.append(blas_lib)
-        ext = Extension(
-            "gnr._C_cuda",
-            # The core files the kernels call (gnr_error, tensor helpers, the
-            # arena) are compiled in: _C hides its symbols, and a failure must
-            # be recorded in this module's own message (the table's last_error).
-            sources=["csrc/python/cuda_module.c", "csrc/core/status.c", "csrc/core/tensor.c", "csrc/core/arena.c"],
-            include_dirs=[str(CSRC), str(cuda / "include"), blas_inc],
-            library_dirs=libdirs,
-            libraries=[blas_name, "cudart", "stdc++"],  # nvcc's objects are C++
-            # relink when a kernel or header changes (the .cu objects are extra_objects)
-            depends=cu + sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h")),
-            runtime_library_dirs=libdirs,
-            define_macros=macros,
-            extra_compile_args=cflags,
-            extra_link_args=ldflags,
-        )
-        ext.cuda_home = str(cuda)
-        ext.cuda_sources = cu
-        exts.append(ext)
+    if cuda_ext is not None:
+        exts.append(cuda_ext)
     return exts
 
 

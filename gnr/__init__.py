@@ -62,12 +62,16 @@ __version__ = _C.build_info()["version"]
 
 
 def build_info():
-    """What this build contains: {"cuda": bool (the CUDA backend was built), "blas": str, "openmp": bool,
+    """What this build contains: {"cuda": True (the CUDA backend was built with nvcc), "emulated" (built on
+    the CPU emulator of CUDA, GNR_CUDA=emulate: a test target) or False; "cuda_note": str (why there is
+    no real CUDA backend and how to get one; empty when there is); "blas": str, "openmp": bool,
     "version": str, "threads": int}. Whether a GPU is usable now: `cuda_available()`."""
     import importlib.util
 
     info = _C.build_info()
-    info["cuda"] = importlib.util.find_spec("gnr._C_cuda") is not None
+    built = info.pop("cuda_build")
+    present = importlib.util.find_spec("gnr._C_cuda") is not None
+    info["cuda"] = ("emulated" if built == "emulated" else True) if present else False
     return info
 
 

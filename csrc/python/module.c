@@ -11,9 +11,9 @@ static PyObject *build_info(PyObject *self, PyObject *noargs)
 {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:O,s:s,s:O,s:s,s:i}", "cuda", gnr_has_cuda() ? Py_True : Py_False, "blas",
+    return Py_BuildValue("{s:O,s:s,s:O,s:s,s:i,s:s,s:s}", "cuda", gnr_has_cuda() ? Py_True : Py_False, "blas",
                          gnr_blas_name(), "openmp", gnr_has_openmp() ? Py_True : Py_False, "version", GNR_VERSION,
-                         "threads", gnr_get_num_threads());
+                         "threads", gnr_get_num_threads(), "cuda_build", GNR_CUDA_BUILD, "cuda_note", GNR_CUDA_NOTE);
 }
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg)
@@ -55,7 +55,7 @@ static PyMethodDef module_methods[] = {
     {"ddim_alphas_cumprod", ddim_alphas_cumprod, METH_NOARGS,
      "The fixed DDIM schedule of GNR_SPEC.md section 2: float32 abar[1000]."},
     {"_register_cuda_backend", register_cuda_backend, METH_O, "Install the CUDA backend from gnr._C_cuda."},
-    {"build_info", build_info, METH_NOARGS, "What this build contains: cuda, blas, openmp, version, threads."},
+    {"build_info", build_info, METH_NOARGS, "What this build contains: cuda, blas, openmp, version, threads, cuda_build, cuda_note."},
     {"set_num_threads", set_num_threads, METH_O, "Threads used by the CPU backend (OpenMP and BLAS)."},
     {NULL, NULL, 0, NULL},
 };
