@@ -69,8 +69,7 @@ gnr_status cuda_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_
     GNR_TRY(cuda_check_numel(op, "x", x, "y", y));
     int64_t n = gnr_numel(x);
     if (n == 0) return GNR_OK;
-    act_forward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>((int)act, gnr_f32(x), gnr_f32(y), n);
-    CUDA_CHECK_LAUNCH("act_forward_kernel");
+    CUDA_LAUNCH(act_forward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, (int)act, gnr_f32(x), gnr_f32(y), n);
     return GNR_OK;
 }
 
@@ -87,8 +86,7 @@ gnr_status cuda_act_backward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *dy, co
     GNR_TRY(cuda_check_numel(op, "x", x, "dx", dx));
     int64_t n = gnr_numel(x);
     if (n == 0) return GNR_OK;
-    act_backward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>((int)act, gnr_f32(dy), gnr_f32(x), gnr_f32(dx), n);
-    CUDA_CHECK_LAUNCH("act_backward_kernel");
+    CUDA_LAUNCH(act_backward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, (int)act, gnr_f32(dy), gnr_f32(x), gnr_f32(dx), n);
     return GNR_OK;
 }
 
@@ -140,8 +138,7 @@ gnr_status cuda_geglu_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
     int64_t F = 0, n = 0;
     GNR_TRY(geglu_dims(op, x, y, &F, &n));
     if (n == 0) return GNR_OK;
-    geglu_forward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(x), gnr_f32(y), F, n);
-    CUDA_CHECK_LAUNCH("geglu_forward_kernel");
+    CUDA_LAUNCH(geglu_forward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(x), gnr_f32(y), F, n);
     return GNR_OK;
 }
 
@@ -157,7 +154,6 @@ gnr_status cuda_geglu_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
     int64_t F = 0, n = 0;
     GNR_TRY(geglu_dims(op, x, dy, &F, &n));
     if (n == 0) return GNR_OK;
-    geglu_backward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(dy), gnr_f32(x), gnr_f32(dx), F, n);
-    CUDA_CHECK_LAUNCH("geglu_backward_kernel");
+    CUDA_LAUNCH(geglu_backward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(dy), gnr_f32(x), gnr_f32(dx), F, n);
     return GNR_OK;
 }

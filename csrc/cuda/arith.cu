@@ -30,8 +30,7 @@ gnr_status cuda_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_
     GNR_TRY(cuda_check_numel("add", "a", a, "y", y));
     int64_t n = gnr_numel(y);
     if (n == 0) return GNR_OK;
-    add_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(a), gnr_f32(b), gnr_f32(y), n);
-    CUDA_CHECK_LAUNCH("add_kernel");
+    CUDA_LAUNCH(add_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(a), gnr_f32(b), gnr_f32(y), n);
     return GNR_OK;
 }
 
@@ -44,8 +43,7 @@ gnr_status cuda_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor
     GNR_TRY(cuda_check_numel("scale", "x", x, "y", y));
     int64_t n = gnr_numel(y);
     if (n == 0) return GNR_OK;
-    scale_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(x), alpha, gnr_f32(y), n);
-    CUDA_CHECK_LAUNCH("scale_kernel");
+    CUDA_LAUNCH(scale_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(x), alpha, gnr_f32(y), n);
     return GNR_OK;
 }
 
@@ -58,8 +56,7 @@ gnr_status cuda_axpy(gnr_ctx *ctx, float alpha, const gnr_tensor *x, gnr_tensor 
     GNR_TRY(cuda_check_numel("axpy", "x", x, "y", y));
     int64_t n = gnr_numel(y);
     if (n == 0) return GNR_OK;
-    axpy_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(alpha, gnr_f32(x), gnr_f32(y), n);
-    CUDA_CHECK_LAUNCH("axpy_kernel");
+    CUDA_LAUNCH(axpy_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, alpha, gnr_f32(x), gnr_f32(y), n);
     return GNR_OK;
 }
 
@@ -105,8 +102,7 @@ gnr_status cuda_add_channel_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr
     GNR_TRY(channel_dims("add_channel_forward", x, v, &nc, &hw));
     int64_t n = gnr_numel(x);
     if (n == 0) return GNR_OK;
-    add_channel_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(x), gnr_f32(v), gnr_f32(y), hw, n);
-    CUDA_CHECK_LAUNCH("add_channel_kernel");
+    CUDA_LAUNCH(add_channel_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(x), gnr_f32(v), gnr_f32(y), hw, n);
     return GNR_OK;
 }
 
@@ -120,7 +116,6 @@ gnr_status cuda_add_channel_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_ten
     GNR_TRY(channel_dims("add_channel_backward", dy, dv, &nc, &hw));
     if (nc == 0) return GNR_OK;
     if (nc > 0x7fffffff) return gnr_error(GNR_ERR_VALUE, "add_channel_backward: N x C too large");
-    add_channel_backward_kernel<<<(unsigned)nc, CUDA_BLOCK, 0, s->stream>>>(gnr_f32(dy), gnr_f32(dv), hw);
-    CUDA_CHECK_LAUNCH("add_channel_backward_kernel");
+    CUDA_LAUNCH(add_channel_backward_kernel, (unsigned)nc, CUDA_BLOCK, 0, s->stream, gnr_f32(dy), gnr_f32(dv), hw);
     return GNR_OK;
 }

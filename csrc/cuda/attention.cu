@@ -68,8 +68,7 @@ static gnr_status probs_chunk(const cuda_state *s, const attn_dims *a, const flo
     int D = (int)a->D, HD = (int)a->HD, Lk = (int)a->Lk;
     CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &scale, kn, HD, a->D, qn + i0 * a->HD, HD,
                            a->D, &zero, S, Lk, cq * a->Lk, (int)a->H));
-    softmax_rows_kernel<<<(unsigned)(a->H * cq), CUDA_BLOCK, 0, s->stream>>>(S, a->Lk, cq, i0, causal);
-    CUDA_CHECK_LAUNCH("softmax_rows_kernel");
+    CUDA_LAUNCH(softmax_rows_kernel, (unsigned)(a->H * cq), CUDA_BLOCK, 0, s->stream, S, a->Lk, cq, i0, causal);
     return GNR_OK;
 }
 
@@ -158,11 +157,12 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
             int64_t sstride = cq * a.Lk; /* between heads in S */
             GNR_TRY(probs_chunk(s, &a, qn, kn, i0, cq, causal, scale, S));
             if (probs) {
-                /* head h's chunk rows are contiguous in probs[n, h] */
+                /* head h's chunk rows are contiguous in probs[n, h]: one copy per head (a 2-D copy's
+                 * pitch, Lq x Lk floats, passes cudaMemcpy2D's 2^31-byte limit at large images) */
                 float *pn = gnr_f32(probs) + (n * a.H * a.Lq + i0) * a.Lk;
-                CUDA_CHECK(cudaMemcpy2DAsync(pn, (size_t)(a.Lq * a.Lk) * sizeof(float), S,
-                                             (size_t)sstride * sizeof(float), (size_t)sstride * sizeof(float),
-                                             (size_t)a.H, cudaMemcpyDeviceToDevice, s->stream));
+                for (int64_t h = 0; h < a.H; h++)
+                    CUDA_CHECK(cudaMemcpyAsync(pn + h * a.Lq * a.Lk, S + h * sstride, (size_t)sstride * sizeof(float),
+                                               cudaMemcpyDeviceToDevice, s->stream));
             }
             /* O_h^T (D x cq) = V_h^T (D x Lk) * P_h^T (Lk x cq) */
             CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &one, vn, HD, a.D, S, Lk, sstride,
@@ -229,9 +229,7 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
             /* dP_h^T (Lk x cq) = V_h (op T of the D x Lk view) * dO_h^T (D x cq) */
             CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &one, vn, HD, a.D, don + i0 * a.HD,
                                    HD, a.D, &zero, dS, Lk, sstride, H));
-            softmax_backward_rows_kernel<<<(unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream>>>(
-                dS, pc, pcs, gpn ? gpn + i0 * a.Lk : NULL, pstride, a.Lk, cq);
-            CUDA_CHECK_LAUNCH("softmax_backward_rows_kernel");
+            CUDA_LAUNCH(softmax_backward_rows_kernel, (unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream, dS, pc, pcs, gpn ? gpn + i0 * a.Lk : NULL, pstride, a.Lk, cq);
             if (dq) {
                 /* dQ_h^T (D x cq) += scale * K_h^T (D x Lk) * dS_h^T (Lk x cq) */
                 CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &scale, kn, HD, a.D, dS, Lk,

@@ -40,4 +40,29 @@ gnr_status cublas_fail(cublasStatus_t st, const char *call, const char *file, in
             return cuda_fail(cuda_check_e_, "launch of " kernel_name, __FILE__, __LINE__); \
     } while (0)
 
+/* Every kernel launch of the backend, checked:
+ *   CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, args...)
+ * Under nvcc it is kernel<<<grid, block, shared_bytes, stream>>>(args...);
+ * under the emulator (GNR_CUDA=emulate, csrc/cuda/emu) the same source hands
+ * the bound call to the emulated scheduler, so no kernel is written twice.
+ * The arguments are evaluated once per launch on a GPU and once per thread
+ * in the emulator: pass values, never expressions with side effects. */
+#ifdef __CUDACC__
+#define CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)               \
+    do {                                                                          \
+        kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__);       \
+        CUDA_CHECK_LAUNCH(#kernel);                                               \
+    } while (0)
+/* Dynamic shared memory of a kernel, as an array of `type` named `name`. */
+#define CUDA_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#else
+#define CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)               \
+    do {                                                                          \
+        gnr_emu::launch_kernel(#kernel, (grid), (block), (shared_bytes), (stream), \
+                               [=]() { kernel(__VA_ARGS__); });                   \
+        CUDA_CHECK_LAUNCH(#kernel);                                               \
+    } while (0)
+#define CUDA_DYNAMIC_SHARED(type, name) type *name = static_cast<type *>(gnr_emu::dynamic_shared())
+#endif
+
 #endif

@@ -148,9 +148,7 @@ gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
         for (int64_t n = 0; n < N; n++) {
             for (int64_t p0 = 0; p0 < P; p0 += np_max) {
                 int64_t np = P - p0 < np_max ? P - p0 : np_max;
-                im2col_kernel<<<cuda_grid(K * np), CUDA_BLOCK, 0, s->stream>>>(xd + n * g.C * g.H * g.W, col, g,
-                                                                                 p0, np);
-                CUDA_CHECK_LAUNCH("im2col_kernel");
+                CUDA_LAUNCH(im2col_kernel, cuda_grid(K * np), CUDA_BLOCK, 0, s->stream, xd + n * g.C * g.H * g.W, col, g, p0, np);
                 /* y[n][:, p0:p0+np]^T (np x O, ld P) = col^T (np x K, ld np) * w^T (K x O, ld K) */
                 CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, (int)np, (int)O, (int)K, &one, col, (int)np, 0, wd,
                                        (int)K, 0, &zero, yd + n * O * P + p0, (int)P, 0, 1));
@@ -159,8 +157,7 @@ gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
     }
     if (b) {
         int64_t n = N * O * P;
-        add_bias_channels_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(yd, gnr_f32(b), O, P, n);
-        CUDA_CHECK_LAUNCH("add_bias_channels_kernel");
+        CUDA_LAUNCH(add_bias_channels_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, yd, gnr_f32(b), O, P, n);
     }
     return GNR_OK;
 }
@@ -198,8 +195,7 @@ gnr_status cuda_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_te
             /* dcol^T (np x K, ld np) = dy[n][:, p0:p0+np]^T (np x O, ld P) * w (O x K) */
             CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, (int)np, (int)K, (int)O, &one, dyd + n * O * P + p0,
                                    (int)P, 0, wd, (int)K, 0, &zero, dcol, (int)np, 0, 1));
-            col2im_kernel<<<cuda_grid(g.C * HW), CUDA_BLOCK, 0, s->stream>>>(dcol, dxd + n * g.C * HW, g, p0, np);
-            CUDA_CHECK_LAUNCH("col2im_kernel");
+            CUDA_LAUNCH(col2im_kernel, cuda_grid(g.C * HW), CUDA_BLOCK, 0, s->stream, dcol, dxd + n * g.C * HW, g, p0, np);
         }
     }
     return GNR_OK;

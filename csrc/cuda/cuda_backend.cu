@@ -151,7 +151,7 @@ gnr_status cuda_synchronize(gnr_ctx *ctx)
 extern "C" const gnr_backend gnr_cuda_backend = {
     .abi = GNR_BACKEND_ABI,
     .name = "cuda",
-    .allocator = {device_alloc, device_release, NULL, 256},
+    .allocator = {device_alloc, device_release, NULL, 256, cuda_fill_nan},
     .context_init = cuda_context_init,
     .context_free = cuda_context_free,
     .synchronize = cuda_synchronize,

@@ -107,6 +107,7 @@ gnr_status cuda_context_init(gnr_ctx *ctx);
 void cuda_context_free(gnr_ctx *ctx);
 gnr_status cuda_synchronize(gnr_ctx *ctx);
 
+void cuda_fill_nan(void *p, size_t bytes, void *user); /* the allocator's fill_nan */
 gnr_status cuda_fill(gnr_ctx *ctx, gnr_tensor *y, float value);
 gnr_status cuda_copy(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
 gnr_status cuda_upload(gnr_ctx *ctx, const float *host, gnr_tensor *t);

@@ -30,8 +30,7 @@ gnr_status cuda_embedding_forward(gnr_ctx *ctx, const gnr_tensor *table, const i
     GNR_TRY(sc.alloc((size_t)n * sizeof(int32_t), (void **)&dids));
     CUDA_CHECK(cudaMemcpyAsync(dids, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, s->stream));
     int64_t total = n * C;
-    embedding_kernel<<<cuda_grid(total), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(table), dids, gnr_f32(y), C, total);
-    CUDA_CHECK_LAUNCH("embedding_kernel");
+    CUDA_LAUNCH(embedding_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(table), dids, gnr_f32(y), C, total);
     /* `ids` belongs to the caller: make sure the copy has finished before returning. */
     CUDA_CHECK(cudaStreamSynchronize(s->stream));
     return GNR_OK;

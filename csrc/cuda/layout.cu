@@ -61,13 +61,12 @@ static gnr_status transpose_op(gnr_ctx *ctx, const char *op, const gnr_tensor *i
     float *y = gnr_f32(out);
     unsigned grid = cuda_grid(total);
     if (img_is_in) {
-        if (acc) to_nlc_kernel<true><<<grid, CUDA_BLOCK, 0, s->stream>>>(x, y, C, L, total);
-        else to_nlc_kernel<false><<<grid, CUDA_BLOCK, 0, s->stream>>>(x, y, C, L, total);
+        if (acc) CUDA_LAUNCH(to_nlc_kernel<true>, grid, CUDA_BLOCK, 0, s->stream, x, y, C, L, total);
+        else CUDA_LAUNCH(to_nlc_kernel<false>, grid, CUDA_BLOCK, 0, s->stream, x, y, C, L, total);
     } else {
-        if (acc) to_nchw_kernel<true><<<grid, CUDA_BLOCK, 0, s->stream>>>(x, y, C, L, total);
-        else to_nchw_kernel<false><<<grid, CUDA_BLOCK, 0, s->stream>>>(x, y, C, L, total);
+        if (acc) CUDA_LAUNCH(to_nchw_kernel<true>, grid, CUDA_BLOCK, 0, s->stream, x, y, C, L, total);
+        else CUDA_LAUNCH(to_nchw_kernel<false>, grid, CUDA_BLOCK, 0, s->stream, x, y, C, L, total);
     }
-    CUDA_CHECK_LAUNCH("layout transpose kernel");
     return GNR_OK;
 }
 
@@ -146,8 +145,7 @@ gnr_status cuda_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const
     GNR_TRY(concat_dims(op, a, b, y, &N, &Ca, &Cb, &L));
     int64_t total = gnr_numel(y);
     if (total == 0) return GNR_OK;
-    concat_kernel<<<cuda_grid(total), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(a), gnr_f32(b), gnr_f32(y), Ca, Cb, L, total);
-    CUDA_CHECK_LAUNCH("concat_kernel");
+    CUDA_LAUNCH(concat_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(a), gnr_f32(b), gnr_f32(y), Ca, Cb, L, total);
     return GNR_OK;
 }
 
@@ -176,9 +174,7 @@ gnr_status cuda_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr
         }
         int64_t total = N * Cd * L;
         if (total == 0) continue;
-        slice_channels_acc_kernel<<<cuda_grid(total), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(dy), gnr_f32(d), C, c0s[k],
-                                                                                   Cd, L, total);
-        CUDA_CHECK_LAUNCH("slice_channels_acc_kernel");
+        CUDA_LAUNCH(slice_channels_acc_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(dy), gnr_f32(d), C, c0s[k], Cd, L, total);
     }
     return GNR_OK;
 }
@@ -228,8 +224,7 @@ gnr_status cuda_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor
     GNR_TRY(upsample_dims(op, x, y, &H, &W));
     int64_t total = gnr_numel(y);
     if (total == 0) return GNR_OK;
-    upsample2x_kernel<<<cuda_grid(total), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(x), gnr_f32(y), H, W, total);
-    CUDA_CHECK_LAUNCH("upsample2x_kernel");
+    CUDA_LAUNCH(upsample2x_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(x), gnr_f32(y), H, W, total);
     return GNR_OK;
 }
 
@@ -244,7 +239,6 @@ gnr_status cuda_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tens
     GNR_TRY(upsample_dims(op, dx, dy, &H, &W));
     int64_t total = gnr_numel(dx);
     if (total == 0) return GNR_OK;
-    upsample2x_backward_kernel<<<cuda_grid(total), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(dy), gnr_f32(dx), H, W, total);
-    CUDA_CHECK_LAUNCH("upsample2x_backward_kernel");
+    CUDA_LAUNCH(upsample2x_backward_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(dy), gnr_f32(dx), H, W, total);
     return GNR_OK;
 }

@@ -55,8 +55,7 @@ gnr_status cuda_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
                            gnr_f32(x), (int)in, 0, &zero, gnr_f32(y), (int)out, 0, 1));
     if (b) {
         int64_t n = rows * out;
-        add_bias_rows_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(y), gnr_f32(b), out, n);
-        CUDA_CHECK_LAUNCH("add_bias_rows_kernel");
+        CUDA_LAUNCH(add_bias_rows_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(y), gnr_f32(b), out, n);
     }
     return GNR_OK;
 }

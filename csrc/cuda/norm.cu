@@ -122,9 +122,7 @@ static gnr_status launch_forward(cuda_state *s, const gnr_tensor *x, const gnr_t
 {
     if (nblocks == 0 || g.M == 0) return GNR_OK;
     if (nblocks > 0x7fffffff) return gnr_error(GNR_ERR_VALUE, "normalisation: too many groups (%lld)", (long long)nblocks);
-    norm_forward_kernel<<<(unsigned)nblocks, CUDA_BLOCK, 0, s->stream>>>(
-        gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, beta ? gnr_f32(beta) : NULL, gnr_f32(y), g);
-    CUDA_CHECK_LAUNCH("norm_forward_kernel");
+    CUDA_LAUNCH(norm_forward_kernel, (unsigned)nblocks, CUDA_BLOCK, 0, s->stream, gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, beta ? gnr_f32(beta) : NULL, gnr_f32(y), g);
     return GNR_OK;
 }
 
@@ -133,9 +131,7 @@ static gnr_status launch_backward(cuda_state *s, const gnr_tensor *dy, const gnr
 {
     if (nblocks == 0 || g.M == 0) return GNR_OK;
     if (nblocks > 0x7fffffff) return gnr_error(GNR_ERR_VALUE, "normalisation: too many groups (%lld)", (long long)nblocks);
-    norm_backward_kernel<<<(unsigned)nblocks, CUDA_BLOCK, 0, s->stream>>>(
-        gnr_f32(dy), gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, gnr_f32(dx), g);
-    CUDA_CHECK_LAUNCH("norm_backward_kernel");
+    CUDA_LAUNCH(norm_backward_kernel, (unsigned)nblocks, CUDA_BLOCK, 0, s->stream, gnr_f32(dy), gnr_f32(x), gamma ? gnr_f32(gamma) : NULL, gnr_f32(dx), g);
     return GNR_OK;
 }
 

@@ -52,11 +52,8 @@ static gnr_status reduce_sum(gnr_ctx *ctx, const char *op, const gnr_tensor *a, 
     cuda_scratch sc(ctx->arena);
     double *partial;
     GNR_TRY(sc.alloc((REDUCE_BLOCKS + 1) * sizeof(double), (void **)&partial));
-    reduce_partial_kernel<MODE><<<REDUCE_BLOCKS, CUDA_BLOCK, 0, s->stream>>>(gnr_f32(a), b ? gnr_f32(b) : NULL, n,
-                                                                             partial);
-    CUDA_CHECK_LAUNCH("reduce_partial_kernel");
-    reduce_final_kernel<<<1, CUDA_BLOCK, 0, s->stream>>>(partial, partial + REDUCE_BLOCKS);
-    CUDA_CHECK_LAUNCH("reduce_final_kernel");
+    CUDA_LAUNCH(reduce_partial_kernel<MODE>, REDUCE_BLOCKS, CUDA_BLOCK, 0, s->stream, gnr_f32(a), b ? gnr_f32(b) : NULL, n, partial);
+    CUDA_LAUNCH(reduce_final_kernel, 1, CUDA_BLOCK, 0, s->stream, partial, partial + REDUCE_BLOCKS);
     CUDA_CHECK(cudaMemcpyAsync(sum, partial + REDUCE_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost, s->stream));
     CUDA_CHECK(cudaStreamSynchronize(s->stream));
     return GNR_OK;
@@ -67,7 +64,7 @@ gnr_status cuda_sq_diff_mean(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor
 {
     double sum;
     GNR_TRY(reduce_sum<RED_SQ_DIFF>(ctx, "sq_diff_mean", a, b, &sum));
-    *out = sum / (double)gnr_numel(a);
+    *out = gnr_numel(a) ? sum / (double)gnr_numel(a) : 0.0; /* the mean of nothing is 0, as on the CPU */
     return GNR_OK;
 }
 
@@ -76,7 +73,7 @@ gnr_status cuda_abs_diff_mean(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tenso
 {
     double sum;
     GNR_TRY(reduce_sum<RED_ABS_DIFF>(ctx, "abs_diff_mean", a, b, &sum));
-    *out = sum / (double)gnr_numel(a);
+    *out = gnr_numel(a) ? sum / (double)gnr_numel(a) : 0.0;
     return GNR_OK;
 }
 
@@ -122,8 +119,7 @@ gnr_status cuda_sq_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const g
     int64_t n = gnr_numel(a);
     if (n == 0) return GNR_OK;
     float k = (float)((double)scale * 2.0 / (double)n);
-    sq_diff_backward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(a), gnr_f32(b), k, gnr_f32(da), n);
-    CUDA_CHECK_LAUNCH("sq_diff_backward_kernel");
+    CUDA_LAUNCH(sq_diff_backward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(a), gnr_f32(b), k, gnr_f32(da), n);
     return GNR_OK;
 }
 
@@ -135,7 +131,6 @@ gnr_status cuda_abs_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const 
     int64_t n = gnr_numel(a);
     if (n == 0) return GNR_OK;
     float k = (float)((double)scale / (double)n);
-    abs_diff_backward_kernel<<<cuda_grid(n), CUDA_BLOCK, 0, s->stream>>>(gnr_f32(a), gnr_f32(b), k, gnr_f32(da), n);
-    CUDA_CHECK_LAUNCH("abs_diff_backward_kernel");
+    CUDA_LAUNCH(abs_diff_backward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(a), gnr_f32(b), k, gnr_f32(da), n);
     return GNR_OK;
 }
