@@ -36,13 +36,21 @@ nn_scope nn_scope_begin(gnr_ctx *ctx)
 gnr_status nn_scope_end(gnr_ctx *ctx, nn_scope s, gnr_tensor *keep)
 {
     if (ctx->tape) return GNR_OK; /* the backward needs every intermediate */
-    gnr_arena_release(ctx->arena, s.mark);
-    if (!keep) return GNR_OK;
-    /* Re-allocate at the scope's start and move the data down. The new slot
-     * starts at or before the old one, which gnr_copy allows. */
-    gnr_tensor moved;
-    GNR_TRY(gnr_alloc(ctx, keep->dtype, keep->ndim, keep->shape, &moved));
-    if (moved.data != keep->data) GNR_TRY(gnr_copy(ctx, keep, &moved));
+    if (!keep) {
+        gnr_arena_release(ctx->arena, s.mark);
+        return GNR_OK;
+    }
+    /* Move the kept tensor down to the scope's start, then free the rest.
+     * The copy runs while both ranges are still allocated (they may
+     * overlap, which gnr_copy allows): released memory is never read, and
+     * scratch a device copy takes from the arena lies past both. */
+    void *slot = gnr_arena_move_down_slot(ctx->arena, s.mark, gnr_nbytes(keep));
+    if (!slot) return GNR_OK; /* cannot happen (keep's own block fits it); keeping the scope is still correct */
+    gnr_tensor moved = *keep;
+    moved.data = slot;
+    if (slot != keep->data) GNR_TRY(gnr_copy(ctx, keep, &moved));
+    GNR_TRY(gnr_arena_release_keeping(ctx->arena, s.mark, gnr_nbytes(keep), &moved.data));
+    if (moved.data != slot) return gnr_error(GNR_ERR_INTERNAL, "nn_scope_end: the arena moved the kept tensor");
     moved.gid = keep->gid;
     *keep = moved;
     return GNR_OK;

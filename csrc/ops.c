@@ -1,4 +1,8 @@
 /* Dispatch of every op to the backend of the context's device (backend.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "backend.h"
 
 static const gnr_backend *cuda_table = NULL;
@@ -36,11 +40,38 @@ static gnr_status backend_status(const gnr_backend *b, gnr_status st)
     return st;
 }
 
+/* GNR_CUDA_SYNC=1 (a debugging mode): every op on a device is followed by
+ * a synchronisation, so a failure that surfaces asynchronously (a fault in
+ * a kernel, found at the next synchronisation) is reported by the op that
+ * caused it. */
+static int sync_after_each_op(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("GNR_CUDA_SYNC");
+        on = e && *e && strcmp(e, "0") != 0;
+    }
+    return on;
+}
+
+static gnr_status op_done(const gnr_backend *b, gnr_ctx *ctx, const char *op, gnr_status st)
+{
+    st = backend_status(b, st);
+    if (st != GNR_OK || ctx->device == GNR_CPU || !b->synchronize || !sync_after_each_op()) return st;
+    st = backend_status(b, b->synchronize(ctx));
+    if (st != GNR_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", gnr_last_error());
+        gnr_error(st, "op %s failed on the %s (GNR_CUDA_SYNC): %s", op, gnr_device_name(ctx->device), msg);
+    }
+    return st;
+}
+
 #define DISPATCH(op, ...)                                        \
     do {                                                         \
         const gnr_backend *b_ = gnr_backend_for(ctx->device);    \
         if (!b_ || !b_->op) return no_backend(ctx, #op);         \
-        return backend_status(b_, b_->op(__VA_ARGS__));          \
+        return op_done(b_, ctx, #op, b_->op(__VA_ARGS__));       \
     } while (0)
 
 gnr_status gnr_fill(gnr_ctx *ctx, gnr_tensor *y, float value)

@@ -21,7 +21,14 @@ typedef struct {
     void (*release)(void *ptr, void *user);
     void *user;
     size_t alignment; /* of every slice; a power of two */
+    /* Fills [ptr, ptr + bytes) with signalling NaNs (GNR_NANFILL=1: every
+     * slice the arena hands out, so a read of memory nobody wrote poisons
+     * the result); NULL where the device cannot. */
+    void (*fill_nan)(void *ptr, size_t bytes, void *user);
 } gnr_allocator;
+
+/* The float bit pattern GNR_NANFILL writes: a signalling NaN. */
+#define GNR_NAN_FILL_BITS 0x7fbadbadu
 
 typedef struct gnr_arena gnr_arena;
 
@@ -40,6 +47,13 @@ gnr_status gnr_arena_alloc(gnr_arena *a, size_t bytes, void **out);
 gnr_arena_mark gnr_arena_get_mark(const gnr_arena *a);
 /* Frees every slice allocated after `m` (stack order). */
 void gnr_arena_release(gnr_arena *a, gnr_arena_mark m);
+/* Moving a result down to a mark while the memory it moves from is still
+ * allocated: first the slot where a slice of `bytes` will start once the
+ * arena is released to `m` (NULL if it would need a new block; allocated
+ * memory still, writable), then, after the caller has filled it, release
+ * to `m` and take that slot again with its contents kept. */
+void *gnr_arena_move_down_slot(gnr_arena *a, gnr_arena_mark m, size_t bytes);
+gnr_status gnr_arena_release_keeping(gnr_arena *a, gnr_arena_mark m, size_t bytes, void **out);
 /* Frees everything; if the last use spilled over several blocks, replaces them
  * with one block of the peak size so the next pass fits in a single block. */
 void gnr_arena_reset(gnr_arena *a);

@@ -41,6 +41,7 @@ const char *gnr_cpu_shape(const gnr_tensor *t);
 /* The memory the CPU tensors and arenas use (64-byte aligned). */
 void *gnr_cpu_alloc(size_t bytes, void *user);
 void gnr_cpu_free(void *ptr, void *user);
+void gnr_cpu_fill_nan(void *ptr, size_t bytes, void *user); /* GNR_NANFILL: signalling NaNs */
 
 /* ----------------------------------------------------------------- ops --- */
 

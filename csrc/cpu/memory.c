@@ -18,6 +18,15 @@ void gnr_cpu_free(void *ptr, void *user)
     free(ptr);
 }
 
+void gnr_cpu_fill_nan(void *ptr, size_t bytes, void *user)
+{
+    (void)user;
+    uint32_t bits = GNR_NAN_FILL_BITS;
+    unsigned char *p = ptr;
+    size_t i = 0;
+    for (; i + sizeof bits <= bytes; i += sizeof bits) memcpy(p + i, &bits, sizeof bits);
+}
+
 gnr_status cpu_synchronize(gnr_ctx *ctx)
 {
     (void)ctx;
