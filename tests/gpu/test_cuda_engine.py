@@ -102,14 +102,25 @@ def test_speed_mode_unet(pair, fast, t):
     assert not np.array_equal(out, gpu.unet(z, t, c))
 
 
+# A gradient pass rounds the inputs of every product of the forward and of
+# the backward, and the attention maps' softmax amplifies rounding in the
+# scores: dE/dz lands at about 12-21 rounding units u of the 16-bit format
+# (measured on the emulated device, which rounds as tensor cores do: model
+# "a" float16 0.61 %, bfloat16 4.5 %; model "b" float16 1.05 %), so the bound
+# is 40 u (float16 u = 2^-11, bfloat16 u = 2^-8; bfloat16 keeps 3 bits
+# fewer). The energy itself, and every forward pass, stay within 1e-2.
+GRAD_TOL = {"float16": 40 * 2.0**-11, "bfloat16": 40 * 2.0**-8}
+
+
 @needs_gpu
 def test_speed_mode_energy_grads(pair, fast):
     cpu, _ = pair
     e_c, g_c = energy_case(cpu)
     e_f, g_f = energy_case(fast)
+    tol = GRAD_TOL[fast.dtype]
     assert abs(e_f - e_c) / e_c < 1e-2
-    assert rel_err(g_f["latent"], g_c["latent"]) < 1e-2
-    assert rel_err(g_f["context"], g_c["context"]) < 1e-2
+    assert rel_err(g_f["latent"], g_c["latent"]) < tol
+    assert rel_err(g_f["context"], g_c["context"]) < tol
 
 
 @needs_gpu
