@@ -5,10 +5,14 @@
 # when present, and writes under $OUT:
 #   run_all.log   everything printed
 #   junit.xml     pytest's report
-#   results.md    a table: test, outcome, seconds (+ the device and the totals)
+#   results.md    a table: test, outcome, seconds, the outcome of the same test
+#                 on the emulated device (+ the device and the totals)
 # Everything must finish within 10 minutes; each step has its own time limit.
 # Nothing is downloaded: wheels the machine lacks (diffusers, scipy-openblas32,
 # ...) are installed from $GNR_WHEELS (default: .whl/ in the tree) with --no-index.
+# The emulated device's outcomes come from a junit report of the same tests
+# under GNR_CUDA=emulate ($GNR_EMU_JUNIT, default .ci-junit-emu.xml as .ci/run
+# writes it), carried in the tree.
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -101,23 +105,31 @@ for b in benchmarks/bench_gpu*.py; do
 done
 
 # ---- results table
-$PY - "$OUT" <<'PYEOF' | tee -a "$LOG"
+$PY - "$OUT" "${GNR_EMU_JUNIT:-$ROOT/.ci-junit-emu.xml}" <<'PYEOF' | tee -a "$LOG"
 import os, sys
 import xml.etree.ElementTree as ET
-out = sys.argv[1]
+out, emu_path = sys.argv[1], sys.argv[2]
 path = os.path.join(out, "junit.xml")
-rows, counts = [], {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
-if os.path.exists(path):
-    for case in ET.parse(path).getroot().iter("testcase"):
-        outcome = "passed"
-        msg = ""
+
+
+def outcomes(junit):
+    """(test id, outcome, seconds, message) of every case of a junit report."""
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        outcome, msg = "passed", ""
         for tag in ("failure", "error", "skipped"):
             el = case.find(tag)
             if el is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
                 msg = (el.get("message") or "").splitlines()[0][:120] if el.get("message") else ""
+        yield case.get("classname", "") + "::" + case.get("name", ""), outcome, float(case.get("time", 0)), msg
+
+
+emulated = {name: o for name, o, _, _ in outcomes(emu_path)} if os.path.exists(emu_path) else {}
+rows, counts = [], {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+if os.path.exists(path):
+    for name, outcome, secs, msg in outcomes(path):
         counts[outcome] += 1
-        rows.append((case.get("classname", "") + "::" + case.get("name", ""), outcome, float(case.get("time", 0)), msg))
+        rows.append((name, outcome, secs, emulated.get(name, "not run"), msg))
 try:
     sys.path.insert(0, os.getcwd())
     from gnr import _C_cuda
@@ -126,8 +138,9 @@ except Exception as e:  # reported, not fatal
     device = f"unknown ({e})"
 lines = [f"# GPU test results", "", f"device: {device}", "",
          f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped, {counts['error']} errors", "",
-         "| test | outcome | s | message |", "|---|---|---|---|"]
-lines += [f"| {n} | {o} | {t:.2f} | {m.replace('|', '/')} |" for n, o, t, m in rows]
+         f"emulated device: {'outcomes from ' + os.path.basename(emu_path) if emulated else 'no report of an emulated run'}",
+         "", "| test | outcome | s | emulated | message |", "|---|---|---|---|---|"]
+lines += [f"| {n} | {o} | {t:.2f} | {e} | {m.replace('|', '/')} |" for n, o, t, e, m in rows]
 text = "\n".join(lines) + "\n"
 open(os.path.join(out, "results.md"), "w").write(text)
 print(text)
