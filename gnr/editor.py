@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _C, configs
 from .captures import resolve_feature, select_attention_maps
+from .images import load_image
 from .model import Model, compute_dtype, load_model
 
 __all__ = ["Editor", "Inversion", "EditCancelled"]
@@ -126,6 +127,13 @@ class Editor:
             raise TypeError(f"model must be a folder path or a gnr.Model, got {type(model).__name__}")
         self.last_timings: dict = {}
         self._null = None
+
+    def load_image(self, path_or_array, size: Optional[int] = None) -> np.ndarray:
+        """An image file or array prepared for this editor's model: uint8
+        (size, size, 3), centre square crop and bicubic resize; size None is
+        the model's native size (`self.model.native_size`). See
+        `gnr.load_image`."""
+        return load_image(path_or_array, size=size, model=self.model)
 
     # ----------------------------------------------------------- contexts --
 

@@ -18,6 +18,7 @@ import numpy as np
 from . import _C
 from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
 from .files import check_model_dir, iter_component, read_json
+from .sizes import check_size, native_size
 from .tokenizer import ClipTokenizer
 
 __all__ = ["Model", "load_model"]
@@ -256,11 +257,13 @@ class Model:
             raise TypeError(f"image must be uint8 of shape (H, W, 3), got dtype {image.dtype}")
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
-        m = self.size_multiple
         h, w = image.shape[:2]
-        if h == 0 or w == 0 or h % m or w % m:
-            raise ValueError(f"image height and width must be positive multiples of {m} for this model, got "
-                             f"{h} x {w}; resize or crop first (gnr.load_image does both)")
+        try:
+            check_size(h, self.size_multiple, "image height")
+            check_size(w, self.size_multiple, "image width")
+        except ValueError as e:
+            raise ValueError(f"{e} (the image is {h} x {w}; this model's native size is {self.native_size}: "
+                             f"Editor.load_image or gnr.load_image(..., model=...) crops and resizes to it)") from None
         return image
 
     # ------------------------------------------------------ reverse mode --
@@ -311,7 +314,15 @@ class Model:
 
     @property
     def vae_factor(self) -> int:
+        """Image size / latent size (8 for SD 1.x, 4 for the bundled default model)."""
         return self._c.vae_factor
+
+    @property
+    def native_size(self) -> int:
+        """The image size (square, pixels) the model was made for: the UNet's sample_size times
+        :attr:`vae_factor` (64 for the bundled default model, 512 for SD 1.x). Every default image
+        size in gnr is this; see gnr.sizes."""
+        return native_size(self.config["unet"], self.config["vae"])
 
     @property
     def peak_bytes(self) -> int:
