@@ -408,8 +408,15 @@ def _rescaler(setup) -> dict:
 
 def normalize(config) -> dict:
     """Validate a Guide-and-Rescale config and return the engine's normalised
-    form (see the module docstring). Raises TypeError / ValueError naming the key."""
-    config = _mapping(config, "config")
+    form (see the module docstring). Raises TypeError / ValueError naming the key.
+
+    config: a dict with the reference's keys, or a preset's name (as `get`
+    takes it: "nonstyle", "style", ...)."""
+    if isinstance(config, str):
+        config = get(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict or a preset name ({', '.join(_PUBLISHED)}), "
+                        f"got {type(config).__name__}")
     _unknown(config, _USED_KEYS + _IGNORED_KEYS, "config")
 
     n = _num_steps(config.get("num_steps", 50))

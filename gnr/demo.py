@@ -39,7 +39,8 @@ def sample_scene() -> tuple[np.ndarray, str, str]:
 
 def run_demo(output="gnr_demo.png", progress: bool = True) -> Path:
     """Edits the sample scene with the nonstyle config, writes before | after
-    side by side to `output`, prints where and how long each phase took."""
+    side by side to `output`, prints where and how long each phase took.
+    progress: show tqdm bars (when tqdm is installed)."""
     from . import configs
     from .editor import Editor
     from .images import save_image

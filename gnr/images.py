@@ -118,8 +118,9 @@ def check_output_path(path) -> str:
 
 
 def save_image(path, image: np.ndarray) -> None:
-    """Writes a uint8 (H, W, 3) array to `path`, in the format its extension
-    names (any format Pillow writes: .png, .jpg, .webp, ...)."""
+    """Writes `image`, a uint8 (H, W, 3) array, to `path` in the format its
+    extension names (any format Pillow writes RGB to: .png, .jpg, .webp, ...);
+    `check_output_path` runs first, so nothing is written on a bad path."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise TypeError(f"save_image takes a uint8 (H, W, 3) array, got {got}")

@@ -9,6 +9,7 @@ random models and full SD 1.4/1.5 load through the same code.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,21 @@ _IGNORED_SUFFIXES = ("position_ids",)
 class Model:
     """A Stable Diffusion 1.x model loaded into the gnr engine.
 
-    Use :func:`load_model`. Arrays in and out are NumPy; outputs are new
-    C-contiguous arrays.
+    Use :func:`load_model`: its arguments (path, device, variant, threads,
+    max_memory, dtype) are this constructor's. Arrays in and out are NumPy;
+    outputs are new C-contiguous arrays.
+
+    Attributes:
+      path: the model folder (pathlib.Path).
+      device: "cpu" or "cuda".
+      dtype: the compute dtype, "float32", "float16" or "bfloat16".
+      config: the parsed config.json of each component, {"text_encoder",
+        "unet", "vae"}.
+      tokenizer: the `gnr.tokenizer.ClipTokenizer` of the folder.
+      latent_channels, scaling_factor: the VAE's latent channels and
+        latent scale (0.18215 for SD 1.x).
+      native_size, size_multiple, vae_factor: image sizes (properties; see
+        gnr.sizes).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
@@ -226,7 +240,9 @@ class Model:
     # ------------------------------------------------------------ passes --
 
     def encode_prompt(self, prompt: str) -> np.ndarray:
-        """CLIP text embedding: float32 (77, D), the last hidden state after the final LayerNorm."""
+        """CLIP text embedding of `prompt` (a str): float32 (77, D), the last hidden state after the
+        final LayerNorm. A prompt longer than 75 tokens is cut with a PromptTruncatedWarning
+        (gnr.tokenizer) quoting the part dropped."""
         ids = self.tokenizer.encode(prompt)
         return self._c.encode_text(ids)
 
@@ -236,8 +252,8 @@ class Model:
         return self._c.unet(latent, t, context)
 
     def encode_image(self, image) -> np.ndarray:
-        """uint8 (H, W, 3) -> float32 (1, 4, H/f, W/f): the mean of the VAE posterior times the
-        scaling factor. H and W must be multiples of :attr:`size_multiple`."""
+        """`image` uint8 (H, W, 3) -> float32 (1, 4, H/f, W/f): the mean of the VAE posterior times
+        the scaling factor. H and W must be multiples of :attr:`size_multiple`."""
         x = self._check_image(image)
         x = (x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(2, 0, 1)[None]
         return self._c.vae_encode(np.ascontiguousarray(x))
@@ -272,7 +288,7 @@ class Model:
                     checkpointing: bool = False):
         """Energy E of captured UNet internals and its gradient.
 
-        A pass on (latent, context) is recorded; a gradient-free pass on
+        A pass on (latent, context) at integer timestep t in [0, 1000) is recorded; a gradient-free pass on
         (ref_latent, ref_context) gives the reference captures. `terms` is a list of
         {"kind": "attn_map_l2", "scale": s, "layers": [[a,b],[c,d],[e,f]]} (sum over the
         selected self-attention layers of mean((A - A_ref)^2), all heads) or
@@ -330,6 +346,7 @@ class Model:
         return self._c.peak_bytes
 
     def reset_peak(self) -> None:
+        """Starts a new count for :attr:`peak_bytes`."""
         self._c.reset_peak()
 
     def __repr__(self) -> str:
@@ -363,20 +380,38 @@ def compute_dtype(dtype, device: str) -> str:
     return name
 
 
+def _count(value, name: str, allowed: str, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {allowed}, got {value!r} of type {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
                threads: int | None = None, max_memory: int = 0, dtype=None) -> Model:
     """Load a Stable Diffusion 1.x folder in diffusers layout (safetensors weights);
     "default" is the bundled default model.
 
-    variant="fp16" prefers the `*.fp16.safetensors` files; without it the plain
-    files are used when present. Weights are held in float32 whatever the
-    files hold. dtype: None / "float32" computes in float32 (parity with the
+    path: the folder, or "default".
+    device: "cpu", or "cuda" where the CUDA backend is built and a GPU is
+    usable (`gnr.cuda_available()`; otherwise a RuntimeError saying why).
+    variant: None, or "fp16" to prefer the `*.fp16.safetensors` files;
+    without it the plain files are used when present. Weights are held in
+    float32 whatever the files hold.
+    threads: CPU threads for this model's passes; None or 0 uses every core.
+    max_memory: cap on the activation arena in bytes (0: no cap); a pass
+    that needs more raises gnr.OutOfMemoryError before it allocates.
+    dtype: None / "float32" computes in float32 (parity with the
     reference); on device="cuda", "float16" or "bfloat16" is the speed mode
     (matrix products on tensor cores with 16-bit inputs and fp32
     accumulation; everything else float32).
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    _count(threads, "threads", "None or an integer >= 0 (None or 0: every core)", none_ok=True)
+    _count(max_memory, "max_memory", "an integer number of bytes >= 0 (0: no cap)")
     compute_dtype(dtype, device)
     if isinstance(path, str) and path == "default":
         from .demo import default_model_dir

@@ -34,17 +34,19 @@ def _blocks(cfg: dict, default: int, where: str) -> int:
 
 
 def vae_factor(vae_config: dict) -> int:
-    """Image size / latent size of a VAE config (vae/config.json)."""
+    """Image size / latent size of `vae_config` (the parsed vae/config.json)."""
     return 2 ** (_blocks(vae_config, 1, "vae/config.json") - 1)
 
 
 def size_multiple(unet_config: dict, vae_config: dict) -> int:
-    """Image heights and widths must be multiples of this."""
+    """Image heights and widths must be multiples of this, for the parsed
+    `unet_config` and `vae_config` (unet/ and vae/config.json)."""
     return vae_factor(vae_config) * 2 ** (_blocks(unet_config, 4, "unet/config.json") - 1)
 
 
 def native_size(unet_config: dict, vae_config: dict) -> int:
-    """The model's native image size in pixels (square): sample_size x VAE factor."""
+    """The model's native image size in pixels (square): the sample_size of
+    `unet_config` times the VAE factor of `vae_config`."""
     s = unet_config.get("sample_size", _DEFAULT_SAMPLE_SIZE)
     if isinstance(s, (list, tuple)) and len(s) == 2 and s[0] == s[1]:
         s = s[0]
@@ -91,7 +93,8 @@ def nearest_sizes(size: int, multiple: int) -> list[int]:
 
 def check_size(size, multiple: int, what: str = "size") -> int:
     """`size` as an int when it is a positive multiple of `multiple`; else a
-    TypeError / ValueError that names the nearest valid sizes."""
+    TypeError / ValueError that names the nearest valid sizes. `what` names
+    the size in the message ("size", "image height", ...)."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral):
         raise TypeError(f"{what} must be an integer number of pixels, got {size!r} of type {type(size).__name__}")
     size = int(size)
