@@ -47,8 +47,7 @@ def load_image(path_or_array, size=None, model=None) -> np.ndarray:
             img = Image.open(path)
             img.load()
         except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
-            raise ValueError(f"cannot read {path} as an image ({e}); formats Pillow reads: "
-                             f"{', '.join(sorted(Image.OPEN))}") from None
+            raise ValueError(f"cannot read {path} as an image ({e})") from None
     elif isinstance(path_or_array, np.ndarray):
         a = path_or_array
         if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):

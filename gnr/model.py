@@ -22,7 +22,7 @@ from .files import check_model_dir, iter_component, read_json
 from .sizes import check_size, native_size
 from .tokenizer import ClipTokenizer
 
-__all__ = ["Model", "load_model"]
+__all__ = ["Model", "load_model", "read_model_configs"]
 
 # Config values the engine implements. A key absent from config.json takes
 # diffusers' default, which is always the supported value; any other value is
@@ -177,6 +177,18 @@ def _text_config(cfg: dict) -> dict:
     }
 
 
+def read_model_configs(path) -> tuple[dict, dict]:
+    """(parsed config.json of each component, the engine's resolved configs)
+    of a model folder, without reading any weights: every check of the
+    folder's layout and config values that loading makes first."""
+    root = Path(path)
+    check_model_dir(root)
+    configs = {comp: read_json(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
+    resolved = {"text": _text_config(configs["text_encoder"]), "unet": _unet_config(configs["unet"]),
+                "vae": _vae_config(configs["vae"])}
+    return configs, resolved
+
+
 # Buffers some checkpoints carry that are not parameters.
 _IGNORED_SUFFIXES = ("position_ids",)
 
@@ -204,10 +216,7 @@ class Model:
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
                  threads: int | None = None, max_memory: int = 0, dtype=None):
         root = Path(path)
-        check_model_dir(root)
-        configs = {comp: read_json(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
-        resolved = {"text": _text_config(configs["text_encoder"]), "unet": _unet_config(configs["unet"]),
-                    "vae": _vae_config(configs["vae"])}
+        configs, resolved = read_model_configs(root)
         self.path = root
         self.device = device
         self.dtype = compute_dtype(dtype, device)

@@ -61,7 +61,8 @@ def native_size(unet_config: dict, vae_config: dict) -> int:
 def model_sizes(model=None) -> tuple[int, int]:
     """(native size, size multiple) of a model: a `gnr.Model`, a `gnr.Editor`,
     a model folder, or None / "default" for the bundled default model. A
-    folder is read for its config files only (no weights)."""
+    folder is read for its config files only (no weights), which are
+    checked as loading checks them."""
     from .editor import Editor
     from .model import Model
 
@@ -76,12 +77,10 @@ def model_sizes(model=None) -> tuple[int, int]:
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a gnr.Model, a gnr.Editor, a model folder or None (the bundled default "
                         f"model), got {type(model).__name__}")
-    from .files import check_model_dir, read_json
+    from .model import read_model_configs
 
-    root = Path(model)
-    check_model_dir(root)
-    unet, vae = read_json(root / "unet" / "config.json"), read_json(root / "vae" / "config.json")
-    return native_size(unet, vae), size_multiple(unet, vae)
+    configs, _ = read_model_configs(Path(model))  # also every check loading makes before the weights
+    return native_size(configs["unet"], configs["vae"]), size_multiple(configs["unet"], configs["vae"])
 
 
 def nearest_sizes(size: int, multiple: int) -> list[int]:
