@@ -179,7 +179,7 @@ def _text_config(cfg: dict) -> dict:
 
 def read_model_configs(path) -> tuple[dict, dict]:
     """(parsed config.json of each component, the engine's resolved configs)
-    of a model folder, without reading any weights: every check of the
+    of the model folder `path`, without reading any weights: every check of the
     folder's layout and config values that loading makes first."""
     root = Path(path)
     check_model_dir(root)
