@@ -57,6 +57,7 @@ from .model import Model, load_model  # noqa: E402
 from . import configs  # noqa: E402
 from .editor import EditCancelled, Editor, Inversion  # noqa: E402
 from .images import load_image, save_image  # noqa: E402
+from . import captures, demo, files, images, sizes, tokenizer  # noqa: E402,F401  every public submodule
 
 __version__ = _C.build_info()["version"]
 
@@ -76,7 +77,7 @@ def build_info():
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the CPU backend uses (OpenMP and BLAS). Default: all cores."""
+    """Sets to `n` the threads the CPU backend uses (OpenMP and BLAS). Default: all cores."""
     _C.set_num_threads(int(n))
 
 

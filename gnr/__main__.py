@@ -1,29 +1,84 @@
-"""Command line: `python -m gnr edit --model DIR --image in.png --source "..." --target "..." -o out.png`."""
+"""Command line: `python -m gnr {demo, edit, info}`.
+
+    python -m gnr edit --image in.png --source "..." --target "..." -o out.png [--model DIR]
+
+Everything a command is given is checked before any work (the model folder
+and its configs, the config with --steps, the size, the device, the input
+image, the output path), and every user error is one line on stderr,
+`error: ...`, with exit status 2, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import warnings
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A bad command line: reported as `error: ...`, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors, in the same style as ours
+        raise UserError(f"{message} (see: {self.prog} --help)")
+
+
+def _check(option: str, check, *args, **kwargs):
+    """check(*args, **kwargs), with a user error naming the option on failure."""
+    try:
+        return check(*args, **kwargs)
+    except (ValueError, TypeError, OSError) as e:
+        raise UserError(f"{option}: {e}") from None
+
+
+def _check_device(device: str) -> None:
+    import gnr
+
+    if device == "cpu":
+        return
+    if device != "cuda":
+        raise UserError(f"--device: {device!r} is not a device gnr knows; use cpu or cuda")
+    if not gnr.cuda_available():
+        info = gnr.build_info()
+        why = ("this build has no CUDA backend" if info.get("cuda") is False
+               else "no usable CUDA device or driver was found")
+        raise UserError(f"--device cuda: no usable GPU ({why}); use --device cpu, or see `python -m gnr info`")
+
+
+def _plan_edit(args) -> dict:
+    """Every check of `edit` before any work: what the work needs."""
+    import gnr
+    from gnr.images import check_output_path, load_image
+    from gnr.sizes import check_size, model_sizes
+
+    cfg = _check("--config/--steps", gnr.configs.get, args.config, num_steps=args.steps)
+    if args.seed is not None:
+        cfg["seed"] = args.seed
+    _check("--config/--steps/--seed", gnr.configs.normalize, cfg)
+    _check_device(args.device)
+    native, multiple = _check("--model", model_sizes, args.model)
+    size = native if args.size is None else _check("--size", check_size, args.size, multiple)
+    image = _check("--image", load_image, args.image, size=size, model=args.model)
+    _check("--output", check_output_path, args.output)
+    return {"config": cfg, "image": image, "size": size}
 
 
 def _edit(args) -> int:
     import gnr
-    from gnr.images import load_image, save_image
+    from gnr.images import save_image
 
-    cfg = gnr.configs.get(args.config)
-    if args.steps is not None:
-        cfg["num_steps"] = args.steps
-        for g in cfg["guiders"]:
-            if isinstance(g["g_scale"], list):
-                g["g_scale"] = g["g_scale"][: args.steps]
-    if args.seed is not None:
-        cfg["seed"] = args.seed
+    plan = _plan_edit(args)
     t0 = time.perf_counter()
     editor = gnr.Editor(args.model, device=args.device)
     load = time.perf_counter() - t0
-    image = load_image(args.image, size=args.size)
+    size = plan["size"]
+    print(f"editing {args.image} at {size} x {size} ({plan['config']['num_steps']} steps): "
+          f"{args.source!r} -> {args.target!r}")
     t0 = time.perf_counter()
-    out = editor.edit(image, args.source, args.target, config=cfg, progress=not args.quiet)
+    out = editor.edit(plan["image"], args.source, args.target, config=plan["config"], progress=not args.quiet)
     total = time.perf_counter() - t0
     save_image(args.output, out)
     t = editor.last_timings
@@ -36,39 +91,81 @@ def _edit(args) -> int:
 
 def _demo(args) -> int:
     from gnr.demo import run_demo
+    from gnr.images import check_output_path
 
+    _check("--output", check_output_path, args.output)
     run_demo(args.output, progress=not args.quiet)
     return 0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gnr", description="Guide-and-Rescale image editing.")
-    sub = ap.add_subparsers(dest="command", required=True)
+def _info(args) -> int:
+    import gnr
+
+    info = gnr.build_info()
+    note = info.get("cuda_note")
+    print(f"gnr {info.get('version', gnr.__version__)}")
+    print("build:")
+    for key, value in info.items():
+        if key != "cuda_note":
+            print(f"  {key}: {value}")
+    print(f"GPU usable: {'yes' if gnr.cuda_available() else 'no'}")
+    if note:
+        print(f"CUDA backend: {note}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m gnr", description="Guide-and-Rescale image editing.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{demo,edit,info}")
     d = sub.add_parser("demo", help="edit the bundled sample scene with the bundled default model")
-    d.add_argument("-o", "--output", default="gnr_demo.png", help="before/after PNG (default: gnr_demo.png)")
+    d.add_argument("-o", "--output", default="gnr_demo.png",
+                   help="before/after picture, any format Pillow writes (default: gnr_demo.png)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("edit", help="edit one image")
     e.add_argument("--model", default="default",
                    help="Stable Diffusion 1.x folder (diffusers layout); default: the bundled model")
-    e.add_argument("--image", required=True)
+    e.add_argument("--image", required=True, help="input image file (any format Pillow reads)")
     e.add_argument("--source", required=True, help="prompt describing the input image")
     e.add_argument("--target", required=True, help="prompt describing the wanted result")
-    e.add_argument("--config", default="nonstyle", help="nonstyle, nonstyle_lowmem, style, style_lowmem")
-    e.add_argument("-o", "--output", required=True)
-    e.add_argument("--size", type=int, default=512)
-    e.add_argument("--steps", type=int, help="num_steps (default: the config's, 50)")
-    e.add_argument("--seed", type=int)
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--config", default="nonstyle",
+                   help="preset: nonstyle (default), nonstyle_lowmem, style, style_lowmem")
+    e.add_argument("-o", "--output", required=True, help="output image file (any format Pillow writes)")
+    e.add_argument("--size", type=int,
+                   help="image size in pixels (square); default: the model's native size (sample_size x VAE "
+                        "factor: 64 for the bundled model, 512 for SD 1.x); must be a multiple the model accepts")
+    e.add_argument("--steps", type=int,
+                   help="num_steps (default: the preset's 50); the preset's per-step schedules are resampled "
+                        "to it by relative position (gnr.configs.get)")
+    e.add_argument("--seed", type=int, help="seed (start_latent random only)")
+    e.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = ap.parse_args(argv)
-    try:
-        return _demo(args) if args.command == "demo" else _edit(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    sub.add_parser("info", help="what this build contains and whether a GPU is usable")
+    return ap
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            import gnr
+
+            args = _parser().parse_args(argv)
+            return {"demo": _demo, "edit": _edit, "info": _info}[args.command](args)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except (ImportError, ValueError, TypeError, OSError, MemoryError, gnr.DeviceError, gnr.EditCancelled) as err:
+            # Reported by gnr during the work (a weights file that does not
+            # load, memory, the device): one line too.
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,23 @@ Each access to one of these module attributes returns a fresh deep copy, so a
 caller may edit it freely. ``get(name)`` looks one up by name (the short names
 of ``names()`` or the reference file stems, case-insensitive).
 
+Presets at any number of steps: ``get(name, num_steps=N)`` resamples every
+per-step schedule of the preset from its 50 steps to N by relative position:
+step k of N (k = 0..N-1) takes the preset's entry at step
+
+    i(k) = floor((k + 1/2) * 50 / N)
+
+the preset step whose span holds the middle of step k's span, (k + 1/2) / N
+of the way through the edit. Per-step ``g_scale`` lists are resampled so; a
+``total_first_steps = n`` becomes the number of k with i(k) < n and a
+``total_last_steps = n`` the number of k with i(k) >= 50 - n (the same
+schedules, resampled). At N = 50 the preset is unchanged. STYLE's
+``[1e5] * 25 + [0] * 25`` becomes ``[1e5] * 12 + [0] * 13`` at N = 25 and
+``[1e5] * 50 + [0] * 50`` at N = 100; NONSTYLE's ``total_first_steps = 30``
+becomes 15 at N = 25. ``resample(schedule, N)`` applies the same rule to any
+list. A per-step list given by hand must still have exactly ``num_steps``
+entries (``normalize`` raises otherwise).
+
 ``normalize(config)`` checks a user config and returns the engine's
 normalised form. Wrong types raise TypeError, wrong values ValueError; the
 message names the key and says what is allowed. The normalised form, with
@@ -65,7 +82,7 @@ from typing import Any, Mapping
 
 from .captures import DEFAULT_LAYERS, normalize_layer_ranges
 
-__all__ = ["get", "names", "normalize", "NONSTYLE", "NONSTYLE_LOWMEM", "STYLE", "STYLE_LOWMEM",
+__all__ = ["get", "names", "normalize", "resample", "NONSTYLE", "NONSTYLE_LOWMEM", "STYLE", "STYLE_LOWMEM",
            "GUIDERS", "ENERGY_GUIDERS", "RESCALERS", "INVERSION_TYPES", "START_LATENTS"]
 
 # ------------------------------------------------------------------ published --
@@ -134,9 +151,14 @@ def names() -> list[str]:
     return list(_PUBLISHED)
 
 
-def get(name: str) -> dict:
+def get(name: str, num_steps: int | None = None) -> dict:
     """A fresh copy of a published config, by short name ("nonstyle", ...) or
-    reference file stem ("ours_nonstyle_best", ...), case-insensitive."""
+    reference file stem ("ours_nonstyle_best", ...), case-insensitive.
+
+    num_steps: None keeps the preset's 50 steps; an integer N in [1, 1000]
+    resamples every per-step schedule of the preset to N steps by relative
+    position (step k takes the preset's step floor((k + 1/2) * 50 / N); see
+    the module docstring) and sets ``num_steps`` to N."""
     if not isinstance(name, str):
         raise TypeError(f"config name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
@@ -145,7 +167,44 @@ def get(name: str) -> dict:
     key = _STEMS.get(key, key)
     if key not in _PUBLISHED:
         raise ValueError(f"unknown config {name!r}; known: {', '.join(list(_PUBLISHED) + list(_STEMS))}")
-    return copy.deepcopy(_PUBLISHED[key])
+    cfg = copy.deepcopy(_PUBLISHED[key])
+    return cfg if num_steps is None else _at_steps(cfg, _num_steps(num_steps))
+
+
+def _resample_index(k: int, n: int, n0: int) -> int:
+    """i(k) = floor((k + 1/2) * n0 / n), in integers."""
+    return (2 * k + 1) * n0 // (2 * n)
+
+
+def resample(schedule, num_steps: int) -> list:
+    """A per-step list of any length resampled to `num_steps` entries by
+    relative position: entry k is schedule[floor((k + 1/2) * len / num_steps)]."""
+    if not _is_sequence(schedule) or len(schedule) == 0:
+        raise TypeError(f"schedule must be a non-empty list of per-step values, got {schedule!r}")
+    items = schedule.tolist() if hasattr(schedule, "tolist") else list(schedule)
+    n = _num_steps(num_steps)
+    return [items[_resample_index(k, n, len(items))] for k in range(n)]
+
+
+def _at_steps(cfg: dict, n: int) -> dict:
+    """A published config (its lists have cfg["num_steps"] entries) at n steps."""
+    n0 = cfg["num_steps"]
+    for g in cfg["guiders"]:
+        if _is_sequence(g["g_scale"]):
+            g["g_scale"] = resample(g["g_scale"], n)
+        kw = g.get("kwargs") or {}
+        for key in ("self_attn_gs", "app_gs"):
+            if _is_sequence(kw.get(key)):
+                kw[key] = resample(kw[key], n)
+        first, last = kw.get("total_first_steps"), kw.get("total_last_steps")
+        if first is not None:
+            kw["total_first_steps"] = sum(_resample_index(k, n, n0) < first for k in range(n))
+        if last is not None:
+            kw["total_last_steps"] = sum(_resample_index(k, n, n0) >= n0 - last for k in range(n))
+    cfg["num_steps"] = n
+    if cfg.get("scheduler_type") == f"ddim_{n0}_eps":
+        cfg["scheduler_type"] = f"ddim_{n}_eps"
+    return cfg
 
 
 def __getattr__(attr: str) -> Any:
@@ -223,6 +282,14 @@ def _per_step(value, n: int, key: str) -> list[float]:
         return [_real(value, key)] * n
     raise TypeError(f"{key} must be a real number or a list of num_steps ({n}) real numbers, "
                     f"got {value!r} of type {type(value).__name__}")
+
+
+def _num_steps(n) -> int:
+    if not _is_int(n):
+        raise TypeError(f"num_steps must be a positive integer, got {n!r}")
+    if n < 1 or TRAIN_STEPS // n < 1:
+        raise ValueError(f"num_steps must be between 1 and {TRAIN_STEPS}, got {n}")
+    return int(n)
 
 
 def _step_count(value, key: str):
@@ -341,16 +408,18 @@ def _rescaler(setup) -> dict:
 
 def normalize(config) -> dict:
     """Validate a Guide-and-Rescale config and return the engine's normalised
-    form (see the module docstring). Raises TypeError / ValueError naming the key."""
-    config = _mapping(config, "config")
+    form (see the module docstring). Raises TypeError / ValueError naming the key.
+
+    config: a dict with the reference's keys, or a preset's name (as `get`
+    takes it: "nonstyle", "style", ...)."""
+    if isinstance(config, str):
+        config = get(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict or a preset name ({', '.join(_PUBLISHED)}), "
+                        f"got {type(config).__name__}")
     _unknown(config, _USED_KEYS + _IGNORED_KEYS, "config")
 
-    n = config.get("num_steps", 50)
-    if not _is_int(n):
-        raise TypeError(f"num_steps must be a positive integer, got {n!r}")
-    if n < 1 or TRAIN_STEPS // n < 1:
-        raise ValueError(f"num_steps must be between 1 and {TRAIN_STEPS}, got {n}")
-    n = int(n)
+    n = _num_steps(config.get("num_steps", 50))
 
     seed = config.get("seed", 0)
     if not _is_int(seed):

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _C, configs
 from .captures import resolve_feature, select_attention_maps
+from .images import load_image
 from .model import Model, compute_dtype, load_model
 
 __all__ = ["Editor", "Inversion", "EditCancelled"]
@@ -40,9 +41,15 @@ class EditCancelled(RuntimeError):
 @dataclass(frozen=True)
 class Inversion:
     """A DDIM inversion of one image under one source prompt, reusable by any
-    number of edits (GNR_SPEC.md section 4). `latents` holds z*_0 .. z*_N,
-    float32 (N + 1, 4, h, w); `uncond` the per-step unconditional contexts of
-    null-text inversion, else None."""
+    number of edits (GNR_SPEC.md section 4); made by `Editor.invert`.
+
+    Fields: `model` (the gnr.Model it was made with), `image_size` (H, W),
+    `source_prompt`, `num_steps`, `inversion_type`, `start_latent`, `seed`
+    (start_latent "random" only, else None), `guidance` (the null-text
+    guidance scale of ntinv, else None); an edit's config must agree with
+    them. `latents` holds z*_0 .. z*_N, float32 (N + 1, 4, h, w);
+    `uncond` the per-step unconditional contexts of null-text inversion,
+    else None."""
 
     model: Model
     image_size: tuple
@@ -104,11 +111,34 @@ class _Progress:
 class Editor:
     """Guide-and-Rescale editor on one Stable Diffusion 1.x model.
 
-    model: a folder in diffusers layout, a model from `gnr.load_model`, or
-    None for the bundled default model.
-    device: "cpu" (or "cuda" where built and available); dtype: None or
-    "float32" (parity mode, every device), or on "cuda" "float16" /
-    "bfloat16" (speed mode; see `gnr.load_model`).
+    Arguments:
+      model: a model folder in diffusers layout (safetensors weights), a
+        `gnr.Model` from `gnr.load_model`, or None / "default" for the
+        bundled default model.
+      device: "cpu", or "cuda" where the CUDA backend is built and a GPU is
+        usable (`gnr.cuda_available()`).
+      dtype: None or "float32" (parity mode, every device); on "cuda" also
+        "float16" / "bfloat16" (speed mode; see `gnr.load_model`).
+      threads: CPU threads for the passes; None or 0 keeps the current
+        count (every core unless `gnr.set_num_threads` changed it); a
+        positive count sets it for the process, as `gnr.set_num_threads`.
+      max_memory: cap on the activation arena in bytes; 0 (the default) sets
+        no cap. A pass that would need more raises `gnr.OutOfMemoryError`
+        (with the bytes asked and available) before it allocates.
+    `device`, `threads` and `max_memory` apply when the Editor loads the
+    model; a given `gnr.Model` keeps its own.
+
+    Attributes:
+      model: the `gnr.Model` the editor runs.
+      last_timings: what the last call to `edit` or `invert` spent, in
+        seconds, and nothing from earlier calls. After `invert`:
+        {"encode", "inversion"}. After `edit`: {"encode", "inversion",
+        "guided_steps", "unguided_steps", "guided_count",
+        "unguided_count", "decode"}: encode covers the image and the
+        prompts; inversion is 0.0 when editing an `Inversion`; the counts
+        are the number of editing steps with and without energy guidance.
+        A call that stops early (error, Ctrl-C, callback) leaves the phases
+        it finished; one refused before any work leaves {}.
     """
 
     def __init__(self, model=None, device: str = "cpu", dtype: Optional[str] = None, threads: Optional[int] = None,
@@ -123,9 +153,21 @@ class Editor:
         elif isinstance(model, (str, os.PathLike)):
             self.model = load_model(model, device=device, threads=threads, max_memory=max_memory, dtype=dtype)
         else:
-            raise TypeError(f"model must be a folder path or a gnr.Model, got {type(model).__name__}")
+            raise TypeError(f"model must be a folder path, a gnr.Model or None (the bundled default model), "
+                            f"got {type(model).__name__}")
         self.last_timings: dict = {}
         self._null = None
+
+    def load_image(self, path_or_array, size: Optional[int] = None) -> np.ndarray:
+        """An image file or array prepared for this editor's model: uint8
+        (size, size, 3), centre square crop and bicubic resize.
+
+        path_or_array: a file path or a uint8 array (H, W), (H, W, 3), (H, W, 4).
+        size: None (the default) is the model's native size
+        (`self.model.native_size`); another size must be a multiple of
+        `self.model.size_multiple` (else a ValueError naming the nearest
+        valid sizes). See `gnr.load_image`."""
+        return load_image(path_or_array, size=size, model=self.model)
 
     # ----------------------------------------------------------- contexts --
 
@@ -137,19 +179,30 @@ class Editor:
     # ---------------------------------------------------------- inversion --
 
     def invert(self, image, source_prompt: str, config=None, progress=None) -> Inversion:
-        """Inverts `image` (uint8 H x W x 3) under `source_prompt` with the
-        config's num_steps, inversion_type and start_latent."""
-        cfg = configs.normalize(configs.NONSTYLE if config is None else config)
-        return self._invert(image, source_prompt, cfg, _Progress(progress, None))
+        """Inverts `image` under `source_prompt` for later edits (`edit(inv, ...)`).
 
-    def _invert(self, image, source_prompt: str, cfg: dict, prog: _Progress) -> Inversion:
-        if not isinstance(source_prompt, str):
-            raise TypeError(f"source_prompt must be a str, got {type(source_prompt).__name__}")
+        image: uint8 (H, W, 3), H and W multiples of `model.size_multiple`
+          (`load_image` prepares one).
+        source_prompt: str describing the image.
+        config: a config dict or a preset name (default: "nonstyle"); its
+          num_steps, inversion_type, start_latent, seed and (ntinv) first
+          g_scale are used, and the edits must agree with them.
+        progress: None or True shows a tqdm bar (when tqdm is installed),
+          False shows none.
+        Every argument is checked before any work."""
+        self.last_timings = timings = {}
+        cfg = _config(config)
+        self._check_image(image)
+        _check_prompt(source_prompt, "source_prompt")
+        _check_progress(progress)
+        return self._invert(image, source_prompt, cfg, _Progress(progress, None), timings)
+
+    def _invert(self, image, source_prompt: str, cfg: dict, prog: _Progress, timings: dict) -> Inversion:
         m = self.model
         t0 = time.perf_counter()
         z0 = m.encode_image(image)
         c_src = m.encode_prompt(source_prompt)
-        self.last_timings["encode"] = time.perf_counter() - t0
+        timings["encode"] = time.perf_counter() - t0
         n = cfg["num_steps"]
         kind = cfg["inversion_type"]
         t0 = time.perf_counter()
@@ -169,7 +222,7 @@ class Editor:
             finally:
                 prog.close()
             uncond.setflags(write=False)
-        self.last_timings["inversion"] = time.perf_counter() - t0
+        timings["inversion"] = time.perf_counter() - t0
         chain.setflags(write=False)
         return Inversion(model=m, image_size=tuple(image.shape[:2]), source_prompt=source_prompt, num_steps=n,
                          inversion_type=kind, start_latent=cfg["start_latent"],
@@ -198,37 +251,64 @@ class Editor:
 
     def edit(self, image, source_prompt: Optional[str] = None, target_prompt: Optional[str] = None,
              config=None, progress=None, callback: Optional[Callable] = None, return_latent: bool = False):
-        """Edits `image` (uint8 H x W x 3, or an `Inversion` from `invert`)
-        from `source_prompt` toward `target_prompt` with `config` (a dict with
-        the reference's keys; default `gnr.configs.NONSTYLE`).
+        """Edits `image` from `source_prompt` toward `target_prompt`.
 
-        progress: None or True shows a tqdm bar per phase, False shows none.
-        callback(step, total, latent): called after every editing step with the
-        current latent (float32 (1, 4, h, w)); returning False stops the edit
-        (`EditCancelled`). Returns uint8 (H, W, 3), or (image, final latent)
-        with return_latent.
+        image: uint8 (H, W, 3), H and W multiples of `model.size_multiple`
+          (`load_image` prepares one), or an `Inversion` from `invert`
+          (then source_prompt may be left out; if given it must match).
+        source_prompt: str describing the image.
+        target_prompt: str describing the wanted result (required).
+        config: a dict with the reference's keys, or a preset name
+          ("nonstyle", "style", ...; `gnr.configs.names()`); default
+          "nonstyle". Checked by `gnr.configs.normalize`.
+        progress: None or True shows a tqdm bar per phase (when tqdm is
+          installed), False shows none.
+        callback: None, or callable(step, total, latent) called after every
+          editing step with the current latent (float32 (1, 4, h, w));
+          returning False stops the edit with `EditCancelled`.
+        return_latent: also return the final latent.
+
+        Returns uint8 (H, W, 3), or (image, final latent float32
+        (1, 4, h, w)) with return_latent. Every argument is checked before
+        any work; `last_timings` then describes this call.
         """
-        cfg = configs.normalize(configs.NONSTYLE if config is None else config)
-        if target_prompt is None:
-            raise ValueError("target_prompt is required")
-        if not isinstance(target_prompt, str):
-            raise TypeError(f"target_prompt must be a str, got {type(target_prompt).__name__}")
+        self.last_timings = timings = {}
+        cfg = _config(config)
         plan = self._plan(cfg)  # every config and model check before any work
-        prog = _Progress(progress, callback)
-        self.last_timings = {}
         if isinstance(image, Inversion):
             inv = image
-            if source_prompt is not None and source_prompt != inv.source_prompt:
-                raise ValueError(f"source_prompt {source_prompt!r} differs from the inversion's "
-                                 f"{inv.source_prompt!r}; invert again for another source prompt")
+            if source_prompt is not None:
+                _check_prompt(source_prompt, "source_prompt")
+                if source_prompt != inv.source_prompt:
+                    raise ValueError(f"source_prompt {source_prompt!r} differs from the inversion's "
+                                     f"{inv.source_prompt!r}; invert again for another source prompt")
             self._check_inversion(inv, cfg)
         else:
+            self._check_image(image, inversion_allowed=True)
             if source_prompt is None:
                 raise ValueError("source_prompt is required when editing an image (or pass an Inversion)")
-            inv = self._invert(image, source_prompt, cfg, prog)
+            _check_prompt(source_prompt, "source_prompt")
+            inv = None
+        if target_prompt is None:
+            raise ValueError("target_prompt is required")
+        _check_prompt(target_prompt, "target_prompt")
+        _check_progress(progress)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be None or a callable(step, total, latent), got "
+                            f"{type(callback).__name__}")
+        if not isinstance(return_latent, bool):
+            raise TypeError(f"return_latent must be True or False, got {return_latent!r}")
+
+        prog = _Progress(progress, callback)
+        if inv is None:
+            inv = self._invert(image, source_prompt, cfg, prog, timings)
+        else:
+            timings.update(encode=0.0, inversion=0.0)
         m = self.model
+        t0 = time.perf_counter()
         c_src = m.encode_prompt(inv.source_prompt)
         c_trg = m.encode_prompt(target_prompt)
+        timings["encode"] += time.perf_counter() - t0
         if inv.uncond is not None:
             uncond = inv.uncond
         elif cfg["inversion_type"] == "npinv":
@@ -241,12 +321,19 @@ class Editor:
             z, _ = m._c._edit(plan, inv.latents, uncond, c_src, c_trg, prog, callback is not None)
         finally:
             prog.close()
+            timings.update(guided_steps=prog.times["guided"], unguided_steps=prog.times["unguided"],
+                           guided_count=prog.counts["guided"], unguided_count=prog.counts["unguided"])
         t0 = time.perf_counter()
         out = m.decode_latent(z)
-        self.last_timings.update(guided_steps=prog.times["guided"], unguided_steps=prog.times["unguided"],
-                                 guided_count=prog.counts["guided"], unguided_count=prog.counts["unguided"],
-                                 decode=time.perf_counter() - t0)
+        timings["decode"] = time.perf_counter() - t0
         return (out, z) if return_latent else out
+
+    def _check_image(self, image, inversion_allowed: bool = False) -> None:
+        if not isinstance(image, np.ndarray):
+            also = " or a gnr.Inversion" if inversion_allowed else ""
+            raise TypeError(f"image must be a NumPy uint8 array of shape (H, W, 3){also}, got "
+                            f"{type(image).__name__}")
+        self.model._check_image(image)
 
     def _check_inversion(self, inv: Inversion, cfg: dict) -> None:
         if inv.model is not self.model:
@@ -297,7 +384,7 @@ class Editor:
         """Runs editing steps [begin, end) only, from z_start (default: the
         inversion latent of step `begin`): (latent after the last step, its
         eps_hat). For testing steps in isolation."""
-        cfg = configs.normalize(config)
+        cfg = _config(config)
         plan = dict(self._plan(cfg), begin=begin, end=end)
         m = self.model
         c_src, c_trg = m.encode_prompt(inv.source_prompt), m.encode_prompt(target_prompt)
@@ -305,3 +392,18 @@ class Editor:
             uncond = (inv.uncond if inv.uncond is not None
                       else c_src if cfg["inversion_type"] == "npinv" else self._null_context())
         return m._c._edit(plan, inv.latents, uncond, c_src, c_trg, None, False, z_start)
+
+
+def _config(config) -> dict:
+    """The normalised form of a config dict or preset name (None: nonstyle)."""
+    return configs.normalize("nonstyle" if config is None else config)
+
+
+def _check_prompt(prompt, name: str) -> None:
+    if not isinstance(prompt, str):
+        raise TypeError(f"{name} must be a str, got {type(prompt).__name__}")
+
+
+def _check_progress(progress) -> None:
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be None, True or False, got {progress!r}")

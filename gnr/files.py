@@ -147,7 +147,8 @@ def _variant_names(base: str, variant: str) -> list[tuple[str, bool]]:
 
 
 def find_weights_file(component_dir, variant: str | None = None, *, base_name: str | None = None) -> list[Path]:
-    """The safetensors file(s) holding a component's weights.
+    """The safetensors file(s) holding the weights of the component folder
+    `component_dir` (e.g. `<model>/unet`).
 
     The base name is `diffusion_pytorch_model` for `unet` and `vae`, `model` for
     `text_encoder` (taken from the folder's name; for another folder both are
@@ -291,7 +292,7 @@ def _to_float32(bits: np.ndarray, dtype: str, shape: tuple) -> np.ndarray:
 
 
 def load_safetensors(path) -> dict[str, np.ndarray]:
-    """Read a .safetensors file into {name: C-contiguous float32 array}
+    """Read the .safetensors file at `path` into {name: C-contiguous float32 array}
     (iter_safetensors one tensor at a time).
 
     The header is validated before any tensor is read: header length within the
@@ -354,8 +355,8 @@ def _component_dir(model_dir, component) -> Path:
 
 
 def load_component(model_dir, component: str, variant: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-    """(config, weights) of one component ("unet", "vae" or "text_encoder") of a
-    diffusers model folder. `config` is the parsed `config.json`; `weights` maps
+    """(config, weights) of one `component` ("unet", "vae" or "text_encoder") of the
+    diffusers model folder `model_dir`. `config` is the parsed `config.json`; `weights` maps
     tensor names to float32 arrays (shards merged). See find_weights_file for the
     variant rule."""
     folder = _component_dir(model_dir, component)

@@ -9,6 +9,7 @@ random models and full SD 1.4/1.5 load through the same code.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ import numpy as np
 from . import _C
 from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
 from .files import check_model_dir, iter_component, read_json
+from .sizes import check_size, native_size
 from .tokenizer import ClipTokenizer
 
-__all__ = ["Model", "load_model"]
+__all__ = ["Model", "load_model", "read_model_configs"]
 
 # Config values the engine implements. A key absent from config.json takes
 # diffusers' default, which is always the supported value; any other value is
@@ -175,6 +177,18 @@ def _text_config(cfg: dict) -> dict:
     }
 
 
+def read_model_configs(path) -> tuple[dict, dict]:
+    """(parsed config.json of each component, the engine's resolved configs)
+    of the model folder `path`, without reading any weights: every check of the
+    folder's layout and config values that loading makes first."""
+    root = Path(path)
+    check_model_dir(root)
+    configs = {comp: read_json(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
+    resolved = {"text": _text_config(configs["text_encoder"]), "unet": _unet_config(configs["unet"]),
+                "vae": _vae_config(configs["vae"])}
+    return configs, resolved
+
+
 # Buffers some checkpoints carry that are not parameters.
 _IGNORED_SUFFIXES = ("position_ids",)
 
@@ -182,17 +196,27 @@ _IGNORED_SUFFIXES = ("position_ids",)
 class Model:
     """A Stable Diffusion 1.x model loaded into the gnr engine.
 
-    Use :func:`load_model`. Arrays in and out are NumPy; outputs are new
-    C-contiguous arrays.
+    Use :func:`load_model`: its arguments (path, device, variant, threads,
+    max_memory, dtype) are this constructor's. Arrays in and out are NumPy;
+    outputs are new C-contiguous arrays.
+
+    Attributes:
+      path: the model folder (pathlib.Path).
+      device: "cpu" or "cuda".
+      dtype: the compute dtype, "float32", "float16" or "bfloat16".
+      config: the parsed config.json of each component, {"text_encoder",
+        "unet", "vae"}.
+      tokenizer: the `gnr.tokenizer.ClipTokenizer` of the folder.
+      latent_channels, scaling_factor: the VAE's latent channels and
+        latent scale (0.18215 for SD 1.x).
+      native_size, size_multiple, vae_factor: image sizes (properties; see
+        gnr.sizes).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
                  threads: int | None = None, max_memory: int = 0, dtype=None):
         root = Path(path)
-        check_model_dir(root)
-        configs = {comp: read_json(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
-        resolved = {"text": _text_config(configs["text_encoder"]), "unet": _unet_config(configs["unet"]),
-                    "vae": _vae_config(configs["vae"])}
+        configs, resolved = read_model_configs(root)
         self.path = root
         self.device = device
         self.dtype = compute_dtype(dtype, device)
@@ -225,7 +249,9 @@ class Model:
     # ------------------------------------------------------------ passes --
 
     def encode_prompt(self, prompt: str) -> np.ndarray:
-        """CLIP text embedding: float32 (77, D), the last hidden state after the final LayerNorm."""
+        """CLIP text embedding of `prompt` (a str): float32 (77, D), the last hidden state after the
+        final LayerNorm. A prompt longer than 75 tokens is cut with a PromptTruncatedWarning
+        (gnr.tokenizer) quoting the part dropped."""
         ids = self.tokenizer.encode(prompt)
         return self._c.encode_text(ids)
 
@@ -235,8 +261,8 @@ class Model:
         return self._c.unet(latent, t, context)
 
     def encode_image(self, image) -> np.ndarray:
-        """uint8 (H, W, 3) -> float32 (1, 4, H/f, W/f): the mean of the VAE posterior times the
-        scaling factor. H and W must be multiples of :attr:`size_multiple`."""
+        """`image` uint8 (H, W, 3) -> float32 (1, 4, H/f, W/f): the mean of the VAE posterior times
+        the scaling factor. H and W must be multiples of :attr:`size_multiple`."""
         x = self._check_image(image)
         x = (x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)).transpose(2, 0, 1)[None]
         return self._c.vae_encode(np.ascontiguousarray(x))
@@ -256,11 +282,13 @@ class Model:
             raise TypeError(f"image must be uint8 of shape (H, W, 3), got dtype {image.dtype}")
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
-        m = self.size_multiple
         h, w = image.shape[:2]
-        if h == 0 or w == 0 or h % m or w % m:
-            raise ValueError(f"image height and width must be positive multiples of {m} for this model, got "
-                             f"{h} x {w}; resize or crop first (gnr.load_image does both)")
+        try:
+            check_size(h, self.size_multiple, "image height")
+            check_size(w, self.size_multiple, "image width")
+        except ValueError as e:
+            raise ValueError(f"{e} (the image is {h} x {w}; this model's native size is {self.native_size}: "
+                             f"Editor.load_image or gnr.load_image(..., model=...) crops and resizes to it)") from None
         return image
 
     # ------------------------------------------------------ reverse mode --
@@ -269,7 +297,7 @@ class Model:
                     checkpointing: bool = False):
         """Energy E of captured UNet internals and its gradient.
 
-        A pass on (latent, context) is recorded; a gradient-free pass on
+        A pass on (latent, context) at integer timestep t in [0, 1000) is recorded; a gradient-free pass on
         (ref_latent, ref_context) gives the reference captures. `terms` is a list of
         {"kind": "attn_map_l2", "scale": s, "layers": [[a,b],[c,d],[e,f]]} (sum over the
         selected self-attention layers of mean((A - A_ref)^2), all heads) or
@@ -311,7 +339,15 @@ class Model:
 
     @property
     def vae_factor(self) -> int:
+        """Image size / latent size (8 for SD 1.x, 4 for the bundled default model)."""
         return self._c.vae_factor
+
+    @property
+    def native_size(self) -> int:
+        """The image size (square, pixels) the model was made for: the UNet's sample_size times
+        :attr:`vae_factor` (64 for the bundled default model, 512 for SD 1.x). Every default image
+        size in gnr is this; see gnr.sizes."""
+        return native_size(self.config["unet"], self.config["vae"])
 
     @property
     def peak_bytes(self) -> int:
@@ -319,6 +355,7 @@ class Model:
         return self._c.peak_bytes
 
     def reset_peak(self) -> None:
+        """Starts a new count for :attr:`peak_bytes`."""
         self._c.reset_peak()
 
     def __repr__(self) -> str:
@@ -352,20 +389,40 @@ def compute_dtype(dtype, device: str) -> str:
     return name
 
 
+def _count(value, name: str, allowed: str, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {allowed}, got {value!r} of type {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
                threads: int | None = None, max_memory: int = 0, dtype=None) -> Model:
     """Load a Stable Diffusion 1.x folder in diffusers layout (safetensors weights);
     "default" is the bundled default model.
 
-    variant="fp16" prefers the `*.fp16.safetensors` files; without it the plain
-    files are used when present. Weights are held in float32 whatever the
-    files hold. dtype: None / "float32" computes in float32 (parity with the
+    path: the folder, or "default".
+    device: "cpu", or "cuda" where the CUDA backend is built and a GPU is
+    usable (`gnr.cuda_available()`; otherwise a RuntimeError saying why).
+    variant: None, or "fp16" to prefer the `*.fp16.safetensors` files;
+    without it the plain files are used when present. Weights are held in
+    float32 whatever the files hold.
+    threads: CPU threads for the passes; None or 0 keeps the current count
+    (every core unless gnr.set_num_threads changed it); a positive count
+    sets it for the process, as gnr.set_num_threads.
+    max_memory: cap on the activation arena in bytes (0: no cap); a pass
+    that needs more raises gnr.OutOfMemoryError before it allocates.
+    dtype: None / "float32" computes in float32 (parity with the
     reference); on device="cuda", "float16" or "bfloat16" is the speed mode
     (matrix products on tensor cores with 16-bit inputs and fp32
     accumulation; everything else float32).
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    _count(threads, "threads", "None or an integer >= 0 (None or 0: every core)", none_ok=True)
+    _count(max_memory, "max_memory", "an integer number of bytes >= 0 (0: no cap)")
     compute_dtype(dtype, device)
     if isinstance(path, str) and path == "default":
         from .demo import default_model_dir

@@ -16,17 +16,23 @@ what transformers itself does for CLIP). The pipeline:
 `encode` wraps the first `length - 2` tokens in start/end and pads with the
 end token to `length` (77 for SD: the text encoder's max_position_embeddings,
 never the config's model_max_length). No attention mask: SD 1.x uses none.
+A longer prompt is cut there, as transformers and diffusers cut it, with a
+`PromptTruncatedWarning` (once per prompt and tokenizer) that quotes the part
+of the prompt that was dropped.
 """
 from __future__ import annotations
 
 import json
+import os
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-__all__ = ["ClipTokenizer", "START_TOKEN", "END_TOKEN", "CLIP_SPLIT_PATTERN"]
+__all__ = ["ClipTokenizer", "PromptTruncatedWarning", "START_TOKEN", "END_TOKEN", "CLIP_SPLIT_PATTERN"]
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -92,6 +98,20 @@ def _from_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, st
     return vocab, merges
 
 
+class PromptTruncatedWarning(UserWarning):
+    """A prompt had more tokens than the text encoder reads; the rest was cut."""
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside the gnr package (the user's
+    call), for warnings.warn called from the frame above this one."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 class ClipTokenizer:
     """CLIP BPE tokenizer reading a diffusers `tokenizer/` folder.
 
@@ -116,6 +136,7 @@ class ClipTokenizer:
         self.end_id = int(vocab[END_TOKEN])
         self.vocab_size = len(vocab)
         self._tok = self._build(vocab, merges, source)
+        self._warned: set[str] = set()
 
     @staticmethod
     def _build(vocab, merges, source) -> Tokenizer:
@@ -147,15 +168,27 @@ class ClipTokenizer:
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (START_TOKEN, END_TOKEN)])
         return tok
 
-    def tokenize(self, text: str) -> list[int]:
-        """All token ids of `text`, without start/end, untruncated."""
+    def _encoding(self, text: str):
         if not isinstance(text, str):
             raise TypeError(f"prompt must be a str, got {type(text).__name__}")
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def tokenize(self, text: str) -> list[int]:
+        """All token ids of `text`, without start/end, untruncated."""
+        return self._encoding(text).ids
 
     def encode(self, text: str) -> np.ndarray:
-        """int32 array (length,): [start] + first length-2 tokens + [end], padded with end."""
-        ids = self.tokenize(text)[: self.length - 2]
+        """`text` -> int32 array (length,): [start] + first length-2 tokens + [end], padded with
+        end. Tokens past those are dropped with a PromptTruncatedWarning naming them."""
+        enc = self._encoding(text)
+        keep = self.length - 2
+        ids = enc.ids[:keep]
+        if len(enc.ids) > keep and text not in self._warned:
+            self._warned.add(text)
+            dropped = text[enc.offsets[keep][0]:]  # the offsets point into the prompt as given
+            warnings.warn(f"this prompt has {len(enc.ids)} tokens and the text encoder reads {keep} (plus start and "
+                          f"end: {self.length}); the part cut off has no effect: {dropped!r}",
+                          PromptTruncatedWarning, stacklevel=_caller_stacklevel())
         out = np.full(self.length, self.end_id, dtype=np.int32)
         out[0] = self.start_id
         out[1 : 1 + len(ids)] = ids

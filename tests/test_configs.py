@@ -474,3 +474,63 @@ def test_reject_seed(bad, exc):
     _reject(c, "seed", exc)
     assert configs.normalize({"guiders": [], "seed": np.int64(3)})["seed"] == 3
     assert math.isfinite(configs.normalize({"guiders": [], "seed": 2 ** 64 - 1})["seed"])
+
+
+# ------------------------------------------------- presets at any num_steps --
+
+def _schedules(norm):
+    """Every per-step schedule of a normalised config, by name."""
+    out = {}
+    for i, g in enumerate(norm["guiders"]):
+        for key in ("scale", "self_attn", "app"):
+            if key in g:
+                out[f"{i}.{key}"] = g[key]
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 25, 49, 50, 64, 100, 1000])
+@pytest.mark.parametrize("name", configs.names())
+def test_presets_resample_by_relative_position(name, n):
+    """Step k of N takes the preset's step floor((k + 1/2) * 50 / N): every
+    normalised schedule (g_scale lists, total_first_steps) follows it."""
+    at50 = _schedules(configs.normalize(configs.get(name)))
+    cfg = configs.get(name, num_steps=n)
+    assert cfg["num_steps"] == n
+    atn = _schedules(configs.normalize(cfg))
+    assert atn.keys() == at50.keys()
+    for key, sched in atn.items():
+        assert sched == [at50[key][math.floor((k + 0.5) * 50 / n)] for k in range(n)], key
+
+
+def test_presets_at_25_steps():
+    style = configs.get("style", num_steps=25)
+    assert style["guiders"][1]["g_scale"] == [100000.0] * 12 + [0.0] * 13
+    assert style["guiders"][2]["g_scale"] == [2.5] * 12 + [0.0] * 13
+    assert style["scheduler_type"] == "ddim_25_eps"
+    nonstyle = configs.get("nonstyle", num_steps=25)
+    assert nonstyle["guiders"][1]["kwargs"]["total_first_steps"] == 15      # 30 of 50
+    assert configs.get("style", num_steps=100)["guiders"][1]["g_scale"] == [100000.0] * 50 + [0.0] * 50
+    for name in configs.names():
+        assert configs.get(name, num_steps=50) == configs.get(name)
+
+
+def test_resample_any_list():
+    assert configs.resample([1, 2, 3, 4], 2) == [2, 4]
+    assert configs.resample([1, 2], 4) == [1, 1, 2, 2]
+    assert configs.resample(np.arange(5.0), 5) == [0.0, 1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(TypeError, match="non-empty list"):
+        configs.resample([], 3)
+
+
+def test_explicit_lists_of_the_wrong_length_stay_an_error():
+    cfg = configs.get("style")
+    cfg["num_steps"] = 25
+    with pytest.raises(ValueError, match=r"guiders\[1\].g_scale has 50 entries.*num_steps = 25"):
+        configs.normalize(cfg)
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (1001, ValueError), ("25", TypeError), (True, TypeError),
+                                      (25.0, TypeError)])
+def test_get_rejects_bad_num_steps(bad, exc):
+    with pytest.raises(exc, match="num_steps"):
+        configs.get("style", num_steps=bad)

@@ -293,3 +293,130 @@ def test_range_rescaler_by_hand(editor, image, lo, hi):
     # and the rescaling really acted: the gradient term's norm is clip(r) x the cfg term's
     np.testing.assert_allclose(np.linalg.norm(scale * g) / np.linalg.norm(cfg_term), min(max(r, lo), hi),
                                rtol=1e-6)
+
+
+# ---------------------------------------- arguments, presets by name, timings --
+
+class CountingEngine:
+    """Stands in for a model's engine object and records every engine call
+    that does work (passes: text, UNet, VAE, inversion, edit), not the
+    queries of capture names."""
+
+    QUERIES = {"feature_names", "attention_names"}
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.calls = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._engine, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            if name not in self.QUERIES:
+                self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture
+def counted(editor, monkeypatch):
+    engine = CountingEngine(editor.model._c)
+    monkeypatch.setattr(editor.model, "_c", engine)
+    return engine
+
+
+BAD_EDIT_ARGUMENTS = [
+    (dict(callback=5), TypeError, "callback must be None or a callable"),
+    (dict(progress="yes"), TypeError, "progress must be None, True or False"),
+    (dict(return_latent=1), TypeError, "return_latent must be True or False"),
+    (dict(target_prompt=3), TypeError, "target_prompt must be a str"),
+    (dict(target_prompt=None), ValueError, "target_prompt is required"),
+    (dict(source_prompt=None), ValueError, "source_prompt is required"),
+    (dict(source_prompt=["a cat"]), TypeError, "source_prompt must be a str"),
+    (dict(image=np.zeros((60, 64, 3), np.uint8)), ValueError, "image height = 60 .* nearest valid sizes: 48 or 64"),
+    (dict(image=np.zeros((64, 64, 3), np.float32)), TypeError, "uint8"),
+    (dict(image=[[0]]), TypeError, "uint8 array of shape \\(H, W, 3\\)"),
+    (dict(config=3), TypeError, "config must be a dict or a preset name"),
+    (dict(config="fancy"), ValueError, "unknown config 'fancy'"),
+]
+
+
+@pytest.mark.parametrize("bad, exc, msg", BAD_EDIT_ARGUMENTS)
+def test_every_edit_argument_is_checked_before_any_work(editor, image, counted, bad, exc, msg):
+    """A bad argument raises before the engine runs once (callback=5 used to
+    be found only after the inversion), and last_timings keeps nothing."""
+    editor.edit(image, "a cat", "a dog", config=small(), progress=False)
+    assert editor.last_timings and counted.calls
+    counted.calls.clear()
+    args = dict(image=image, source_prompt="a cat", target_prompt="a dog", config=small(), progress=False)
+    args.update(bad)
+    with pytest.raises(exc, match=msg):
+        editor.edit(**args)
+    assert counted.calls == [] and editor.last_timings == {}
+
+
+@pytest.mark.parametrize("bad, exc, msg", [b for b in BAD_EDIT_ARGUMENTS if set(b[0]) <= {"image", "config",
+                                                                                          "progress"}]
+                         + [(dict(source_prompt=3), TypeError, "source_prompt must be a str")])
+def test_every_invert_argument_is_checked_before_any_work(editor, image, counted, bad, exc, msg):
+    args = dict(image=image, source_prompt="a cat", config=small(), progress=False)
+    args.update(bad)
+    with pytest.raises(exc, match=msg):
+        editor.invert(**args)
+    assert counted.calls == []
+
+
+def test_a_preset_name_is_a_config(editor, image):
+    by_name = editor.edit(image, "a cat", "a dog", config="style", progress=False, return_latent=True)[1]
+    by_dict = editor.edit(image, "a cat", "a dog", config=gnr.configs.get("style"), progress=False,
+                          return_latent=True)[1]
+    np.testing.assert_array_equal(by_name, by_dict)
+    inv = editor.invert(image, "a cat", config="nonstyle", progress=False)
+    assert inv.num_steps == 50
+    reused = editor.edit(inv, target_prompt="a dog", config="NONSTYLE", progress=False, return_latent=True)[1]
+    np.testing.assert_array_equal(reused, editor.edit(image, "a cat", "a dog", progress=False,
+                                                      return_latent=True)[1])
+
+
+EDIT_TIMINGS = {"encode", "inversion", "guided_steps", "unguided_steps", "guided_count", "unguided_count", "decode"}
+
+
+def test_last_timings_describe_exactly_the_last_call(editor, image):
+    editor.edit(image, "a cat", "a dog", config=small(), progress=False)
+    t = editor.last_timings
+    assert set(t) == EDIT_TIMINGS and t["inversion"] > 0 and t["guided_count"] + t["unguided_count"] == N
+    inv = editor.invert(image, "a cat", config=small(), progress=False)
+    assert set(editor.last_timings) == {"encode", "inversion"}       # no keys left from the edit
+    editor.edit(inv, target_prompt="a dog", config=small(), progress=False)
+    assert set(editor.last_timings) == EDIT_TIMINGS and editor.last_timings["inversion"] == 0.0
+    with pytest.raises(gnr.EditCancelled):
+        editor.edit(image, "a cat", "a dog", config=small(), progress=False, callback=lambda s, t, z: s < 2)
+    t = editor.last_timings
+    assert "decode" not in t and t["guided_count"] + t["unguided_count"] == 3   # the phases that ran
+    with pytest.raises(TypeError):
+        editor.edit(image, "a cat", "a dog", config=small(), callback=5)
+    assert editor.last_timings == {}
+
+
+def test_one_truncation_warning_per_edit(editor, image):
+    import warnings
+
+    long_source = "cat " * 75 + "wearing a small hat"
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        editor.edit(image, long_source, "a dog", config=small(), progress=False)
+    cut = [w for w in record if issubclass(w.category, gnr.tokenizer.PromptTruncatedWarning)]
+    assert len(cut) == 1 and str(cut[0].message).endswith(": 'wearing a small hat'")
+    assert cut[0].filename == __file__                    # points at the caller, not inside gnr
+
+
+@pytest.mark.parametrize("kw, exc, msg", [(dict(threads=-1), ValueError, "threads"),
+                                          (dict(threads=1.5), TypeError, "threads"),
+                                          (dict(max_memory=-1), ValueError, "max_memory"),
+                                          (dict(max_memory="1GB"), TypeError, "max_memory")])
+def test_editor_constructor_arguments(tiny_a_dir, kw, exc, msg):
+    with pytest.raises(exc, match=msg):
+        gnr.Editor(tiny_a_dir, **kw)

@@ -16,7 +16,10 @@ from clip_vocab import write_clip_tokenizer_files  # noqa: E402
 
 import transformers  # noqa: E402
 
-from gnr.tokenizer import ClipTokenizer  # noqa: E402
+from gnr.tokenizer import ClipTokenizer, PromptTruncatedWarning  # noqa: E402
+
+# Long prompts are compared with transformers on purpose: their warnings are expected there.
+pytestmark = pytest.mark.filterwarnings("ignore::gnr.tokenizer.PromptTruncatedWarning")
 
 
 # --------------------------------------------------------------------------- prompts
@@ -283,10 +286,42 @@ def test_vocabulary_is_clip(ours, reference):
 
 
 def test_long_prompt_truncated_to_75_tokens(ours):
-    ids = ours.encode("cat " * 100)
+    with pytest.warns(PromptTruncatedWarning, match="100 tokens"):
+        ids = ours.encode("cat " * 100)
     assert ids[0] == 49406 and ids[-1] == 49407
     assert (ids[1:76] == ids[1]).all() and ids[1] != 49407
     assert len(ours.tokenize("cat " * 100)) == 100
+
+
+def test_truncation_warning_names_the_dropped_part(vocab_folder):
+    """As transformers and diffusers do: the warning quotes what was cut at
+    77 tokens, verbatim from the prompt (offsets survive accents, case and
+    runs of spaces before the cut)."""
+    tok = ClipTokenizer(vocab_folder)
+    head = "Crème  brûlée,   "
+    kept = head + "cat " * (75 - len(tok.tokenize(head)))
+    assert len(tok.tokenize(kept)) == 75
+    with pytest.warns(PromptTruncatedWarning) as record:
+        ids = tok.encode(kept + "Zebra   GIRAFFE!")
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert message.endswith("has no effect: 'Zebra   GIRAFFE!'") and "78 tokens" in message
+    assert ids.tolist() == tok.encode(kept).tolist()
+
+
+def test_truncation_warning_once_per_prompt(vocab_folder):
+    import warnings
+
+    tok = ClipTokenizer(vocab_folder)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        tok.encode("cat " * 75)                          # exactly 75 tokens: nothing cut
+        assert record == []
+        for _ in range(3):
+            tok.encode("cat " * 75 + "dog")
+        tok.encode("cat " * 75 + "bird")
+    assert [str(w.message).rsplit(": ", 1)[1] for w in record] == ["'dog'", "'bird'"]
+    assert all(w.category is PromptTruncatedWarning and w.filename == __file__ for w in record)
 
 
 def test_nfd_and_nfc_agree(ours):
