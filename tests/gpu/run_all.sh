@@ -12,7 +12,8 @@
 # ...) are installed from $GNR_WHEELS (default: .whl/ in the tree) with --no-index.
 # The emulated device's outcomes come from a junit report of the same tests
 # under GNR_CUDA=emulate ($GNR_EMU_JUNIT, default .ci-junit-emu.xml as .ci/run
-# writes it), carried in the tree.
+# writes it; git ignores it, so name it among the paths carried to the GPU
+# machine).
 set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD

@@ -132,9 +132,14 @@ def test_speed_mode_whole_edit(tiny_e2e_dir, dtype):
                                                            progress=False, return_latent=True)
             for d, t in (("cpu", None), ("cuda", dtype))]
     (img_c, _), (img_f, _) = outs
-    # DECISIONS.md: speed-mode edits are judged by image difference statistics
+    # DECISIONS.md: speed-mode edits are judged by image difference statistics.
+    # Fifty guided steps amplify the rounding (GNR_SPEC.md); measured on the
+    # emulated device, which rounds as tensor cores do: float16 mean 0.37,
+    # 99th percentile 2; bfloat16 (8x float16's rounding unit) mean 4.4, 99th
+    # percentile 22 (of 255).
+    mean_max, p99_max = {"float16": (2.0, 8), "bfloat16": (6.0, 32)}[dtype]
     diff = np.abs(img_f.astype(int) - img_c.astype(int))
-    assert diff.mean() <= 2.0 and np.percentile(diff, 99) <= 8
+    assert diff.mean() <= mean_max and np.percentile(diff, 99) <= p99_max
 
 
 @needs_gpu
