@@ -20,6 +20,7 @@
 #endif
 
 #ifdef GNR_EMU_ASAN
+#include <pthread.h>
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
@@ -147,18 +148,33 @@ void fiber_switch(fiber *from, fiber *to)
 #endif
 }
 
-void fiber_started(fiber *origin)
+void fiber_started()
 {
 #ifdef GNR_EMU_ASAN
-    const void *bottom = nullptr;
-    size_t size = 0;
-    __sanitizer_finish_switch_fiber(nullptr, &bottom, &size);
-    if (!origin->stack) { /* the host thread's stack: learnt here, used to switch back */
-        origin->asan_bottom = bottom;
-        origin->asan_size = size;
+    __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+}
+
+void fiber_host_here(fiber *host)
+{
+#ifdef GNR_EMU_ASAN
+    /* AddressSanitizer must be told the stack a switch goes back to: the
+     * calling thread's, looked up once per thread */
+    static thread_local const void *bottom = nullptr;
+    static thread_local size_t size = 0;
+    if (!bottom) {
+        pthread_attr_t attr;
+        void *addr = nullptr;
+        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+            pthread_attr_getstack(&attr, &addr, &size);
+            pthread_attr_destroy(&attr);
+        }
+        bottom = addr;
     }
+    host->asan_bottom = bottom;
+    host->asan_size = size;
 #else
-    (void)origin;
+    (void)host;
 #endif
 }
 

@@ -32,8 +32,11 @@ void fiber_destroy(fiber *f);
  * stack of its own stands for the host thread (the scheduler). */
 void fiber_switch(fiber *from, fiber *to);
 /* The first thing an entry function calls: completes the switch that
- * started it (`origin`: the fiber that switched to it). */
-void fiber_started(fiber *origin);
+ * started it. */
+void fiber_started();
+/* Makes `host` (a fiber without a stack of its own) stand for the calling
+ * thread, before a launch switches away from it. */
+void fiber_host_here(fiber *host);
 
 } // namespace gnr_emu
 

@@ -239,7 +239,7 @@ void *dynamic_shared()
 static void fiber_main()
 {
     block_run *r = R;
-    fiber_started(&r->host);
+    fiber_started();
     for (;;) {
         r->body.run(r->body.closure);
         thread_slot &s = r->th[r->current];
@@ -651,6 +651,7 @@ void launch(const char *name, dim3 grid, dim3 block, size_t shared_bytes, cudaSt
         return;
     }
     (void)stream;
+    fiber_host_here(&r->host);
     r->body = body;
     r->block = block;
     r->th.resize(threads);
