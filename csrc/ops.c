@@ -62,7 +62,7 @@ static gnr_status op_done(const gnr_backend *b, gnr_ctx *ctx, const char *op, gn
     if (st != GNR_OK) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", gnr_last_error());
-        gnr_error(st, "op %s failed on the %s (GNR_CUDA_SYNC): %s", op, gnr_device_name(ctx->device), msg);
+        gnr_error(st, "op %s failed on %s (GNR_CUDA_SYNC): %s", op, gnr_device_name(ctx->device), msg);
     }
     return st;
 }

@@ -371,6 +371,15 @@ def test_reductions(device, rng):
     assert rel(op("abs_diff_mean_backward", device, a, b, scale=scale)[0], da) <= BWD
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_reductions_of_nothing(device):
+    # the mean of an empty tensor is 0 on every device (a CUDA 0/0 once gave NaN)
+    empty = np.zeros((0, 3), np.float32)
+    for name in ("sq_diff_mean", "abs_diff_mean"):
+        assert op(name, device, empty, empty)[0] == 0.0
+    assert op("sum_sq", device, empty)[0] == 0.0
+
+
 # ----------------------------------------------- backwards add into dx
 
 

@@ -123,6 +123,19 @@ __global__ void count_odd(const int *x, int *count, int n)
 
 /* ------------------------------------------------------------- cases --- */
 
+/* GNR_EMU_FAULT=add_one: the fault is reported by the next call that waits
+ * for the device, not by the launch (as on a GPU) */
+static gnr_status run_injected_fault()
+{
+    float *y;
+    CUDA_CHECK(cudaMalloc((void **)&y, BLOCK * sizeof(float)));
+    CUDA_LAUNCH(add_one, 1, BLOCK, 0, 0, y, y, BLOCK);
+    printf("launched\n");
+    CUDA_CHECK(cudaStreamSynchronize(0));
+    printf("ok synchronised\n");
+    return GNR_OK;
+}
+
 static gnr_status wrong(const char *what)
 {
     printf("wrong: %s\n", what);
@@ -171,7 +184,9 @@ static gnr_status run_block_kernel(int which)
     CUDA_CHECK(cudaMalloc((void **)&y, BLOCK * sizeof(float)));
     if (which == 0) CUDA_LAUNCH(barrier_skipped, 1, BLOCK, 0, 0, y);
     else CUDA_LAUNCH(divergent_barrier, 1, BLOCK, 0, 0, y);
-    printf("ok launched\n");
+    printf("launched\n"); /* a fault in a kernel is reported when the device is next waited for */
+    CUDA_CHECK(cudaDeviceSynchronize());
+    printf("ok synchronised\n");
     return GNR_OK;
 }
 
@@ -256,7 +271,8 @@ static gnr_status run_warp_lane_exited()
     int *y;
     CUDA_CHECK(cudaMalloc((void **)&y, 32 * sizeof(int)));
     CUDA_LAUNCH(warp_lane_exited, 1, 32, 0, 0, y);
-    printf("ok launched\n");
+    CUDA_CHECK(cudaDeviceSynchronize());
+    printf("ok synchronised\n");
     return GNR_OK;
 }
 
@@ -352,6 +368,7 @@ int main(int argc, char **argv)
     else if (!strcmp(c, "shared_and_atomics")) st = run_dynamic_shared_and_atomics();
     else if (!strcmp(c, "bad_launch")) st = run_bad_launch();
     else if (!strcmp(c, "half")) st = run_half();
+    else if (!strcmp(c, "injected_fault")) st = run_injected_fault();
     else {
         fprintf(stderr, "unknown case %s\n", c);
         return 2;

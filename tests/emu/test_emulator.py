@@ -87,7 +87,7 @@ def test_correct_kernels_pass_under_asan(selftest, case):
 def test_missing_syncthreads_fails_the_race_check(selftest):
     rc, out = run(selftest["plain"], "sum_missing_sync", GNR_EMU_RACECHECK="1")
     assert rc != 0
-    assert "launch of block_sum_missing_sync" in out and "race: the result depends on the order" in out, out
+    assert "kernel block_sum_missing_sync, race: the result depends on the order" in out, out
     # the same kernel with its barrier passes (test_correct_kernels_pass_every_mode), and the shuffled order
     # finds it too
     rc, out = run(selftest["plain"], "sum_missing_sync", GNR_EMU_RACECHECK="1", GNR_EMU_ORDER="shuffle:3")
@@ -109,14 +109,14 @@ def test_reading_released_arena_memory_fails_under_asan(selftest):
 def test_skipped_barrier_is_reported(selftest):
     rc, out = run(selftest["plain"], "barrier_skipped")
     assert rc != 0
-    assert "launch of barrier_skipped" in out and "barrier skipped" in out, out
+    assert "kernel barrier_skipped, block (0,0,0): barrier skipped" in out, out
     assert "threads 0-127 (128 of 256) wait at __syncthreads at selftest.cu" in out, out
     assert "threads 128-255 (128 of 256) exited" in out, out
 
 
 def test_divergent_barrier_is_reported(selftest):
     rc, out = run(selftest["plain"], "divergent_barrier")
-    assert rc != 0 and "launch of divergent_barrier" in out and "divergent barrier" in out, out
+    assert rc != 0 and "kernel divergent_barrier, block (0,0,0): divergent barrier" in out, out
 
 
 def test_shuffle_with_an_exited_lane_is_reported(selftest):
@@ -134,6 +134,15 @@ def test_unwritten_memory_reads_as_nan_in_nan_fill_mode(selftest):
     assert rc == 0 and "ok nans 4096 of 4096" in out, out
     rc, out = run(selftest["plain"], "unwritten_read")
     assert rc == 0 and "ok nans 0 of 4096" in out, out  # without the mode the bug goes unseen
+
+
+def test_fault_is_reported_by_the_next_wait_like_a_gpu(selftest):
+    rc, out = run(selftest["plain"], "injected_fault", GNR_EMU_FAULT="add_one")
+    assert rc != 0
+    assert out.startswith("launched\nerror in cudaStreamSynchronize(0)"), out
+    assert "cudaErrorIllegalAddress" in out and "kernel add_one" in out, out
+    rc, out = run(selftest["plain"], "injected_fault")
+    assert rc == 0 and "ok synchronised" in out, out
 
 
 def test_launch_outside_the_limits_is_reported(selftest):

@@ -77,7 +77,9 @@ def test_whole_edit(tiny_e2e_dir, name):
         outs.append(ed.edit(image, "a red circle", "a green circle", config=cfg, progress=False,
                             return_latent=True))
     (img_c, z_c), (img_g, z_g) = outs
-    assert rel_err(z_g, z_c) < 1e-2
+    # DECISIONS.md allows 1e-2 for a whole edit; fp32 CUDA against the CPU
+    # backend is held to 1e-3 (measured on the emulated device: 1.6e-5)
+    assert rel_err(z_g, z_c) < 1e-3
     assert np.abs(img_g.astype(int) - img_c.astype(int)).max() <= 4
 
 
@@ -170,3 +172,45 @@ def test_cuda_device_choice(tiny_a_dir):
     else:
         with pytest.raises(RuntimeError, match="device='cuda' is not available"):
             gnr.load_model(tiny_a_dir, device="cuda")
+
+
+SYNC_SCRIPT = """
+import sys
+import numpy as np
+import gnr
+m = gnr.load_model(sys.argv[1], device="cuda")
+rng = np.random.default_rng(0)
+z = rng.standard_normal((1, 4, 16, 16), dtype=np.float32)
+c = rng.standard_normal((77, 32), dtype=np.float32)
+try:
+    np.save(sys.argv[2], m.unet(z, 500, c))
+except gnr.DeviceError as e:
+    print("DeviceError:", e)
+"""
+
+
+@needs_gpu
+def test_sync_after_each_op_names_the_failing_op(tiny_a_dir, tmp_path):
+    """GNR_CUDA_SYNC=1 synchronises after every device op, so a fault inside a
+    kernel (reported by the GPU at the next wait) is blamed on the op that ran
+    it; results are unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    def run(name, **env):
+        out = tmp_path / f"{name}.npy"
+        e = {**os.environ, **env}
+        r = subprocess.run([sys.executable, "-c", SYNC_SCRIPT, str(tiny_a_dir), str(out)], capture_output=True,
+                           text=True, env=e, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return np.load(out) if out.exists() else r.stdout
+
+    plain, synced = run("plain"), run("synced", GNR_CUDA_SYNC="1")
+    assert isinstance(plain, np.ndarray) and np.array_equal(plain, synced)
+    if gnr.build_info()["cuda"] == "emulated":  # the emulator can inject a fault into one kernel
+        msg = run("fault_synced", GNR_CUDA_SYNC="1", GNR_EMU_FAULT="norm_forward_kernel")
+        assert "op group_norm_forward failed on cuda (GNR_CUDA_SYNC)" in msg, msg
+        assert "kernel norm_forward_kernel" in msg and "cudaErrorIllegalAddress" in msg, msg
+        msg = run("fault", GNR_EMU_FAULT="norm_forward_kernel")  # without: a later call reports it
+        assert "kernel norm_forward_kernel" in msg and "GNR_CUDA_SYNC" not in msg, msg

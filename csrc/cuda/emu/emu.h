@@ -29,9 +29,12 @@ namespace gnr_emu {
  *       GNR_EMU_ORDER order (reverse when that is plain) and require
  *       bit-identical device memory afterwards;
  *   GNR_NANFILL=1  fill fresh device memory with signalling NaNs;
- *   GNR_EMU_DEVICE_MEMORY=bytes  the emulated device's memory (default 16 GiB). */
+ *   GNR_EMU_DEVICE_MEMORY=bytes  the emulated device's memory (default 16 GiB);
+ *   GNR_EMU_FAULT=kernel  launches of that kernel fault after running, as an
+ *       illegal memory access would (to test how faults are reported). */
 enum order_kind { ORDER_PLAIN, ORDER_REVERSE, ORDER_SHUFFLE };
 struct config {
+    std::string fault_kernel; /* GNR_EMU_FAULT=name: every launch of that kernel faults (tests of error paths) */
     order_kind order = ORDER_PLAIN;
     uint64_t seed = 0;
     bool racecheck = false;
@@ -47,6 +50,14 @@ std::recursive_mutex &device_lock();
 /* Records a failure: `code` becomes the last error, and the message is what
  * cudaGetErrorString(code) returns until the next failure. Returns code. */
 cudaError_t fail(cudaError_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A fault in a running kernel is reported the way a GPU reports it: not by
+ * the launch (which reports only a bad configuration) but by the next call
+ * that waits for the device or copies through it (synchronisations, copies,
+ * memsets); then it is cleared. defer_fault records one; take_fault returns
+ * it (cudaSuccess if none) and makes it the last error. */
+void defer_fault(cudaError_t code, const std::string &msg);
+cudaError_t take_fault();
+
 /* The message of the last failure on this thread if it had this code. */
 const char *detail_for(int code, bool cublas);
 void set_cublas_detail(int status, const std::string &msg);

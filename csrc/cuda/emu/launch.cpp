@@ -3,8 +3,9 @@
  * they finish or stop at a barrier or warp operation; when every thread has
  * stopped, the scheduler checks that the stop is legal (every live thread of
  * the block at the same __syncthreads; every lane of a warp mask at the same
- * warp operation) and releases them, or fails the launch with a message that
- * names the kernel, the block, the call site and the threads.
+ * warp operation) and releases them, or stops the grid with a fault that
+ * names the kernel, the block, the call site and the threads. As on a GPU,
+ * the fault is reported by the next call that waits for the device.
  *
  * The race check (GNR_EMU_RACECHECK=1) runs each launch twice, in plain
  * order and in another order of threads and blocks, and compares all device
@@ -661,7 +662,12 @@ void launch(const char *name, dim3 grid, dim3 block, size_t shared_bytes, cudaSt
     blockDim = block;
     gridDim = grid;
     bool ok = cfg().racecheck ? race::checked_grid(r, grid, name) : run_grid(r, grid, cfg().order, cfg().seed);
-    if (!ok) fail(cudaErrorLaunchFailure, "kernel %s, %s", name, r->error.c_str());
+    if (!ok) {
+        defer_fault(cudaErrorLaunchFailure, std::string("kernel ") + name + ", " + r->error);
+    } else if (!cfg().fault_kernel.empty() && cfg().fault_kernel == name) {
+        defer_fault(cudaErrorIllegalAddress,
+                    std::string("kernel ") + name + ": a fault injected by GNR_EMU_FAULT (an illegal memory access)");
+    }
 }
 
 } // namespace gnr_emu

@@ -36,6 +36,8 @@ static config read_config()
     c.racecheck = r && *r && strcmp(r, "0");
     const char *n = getenv("GNR_NANFILL");
     c.nanfill = n && *n && strcmp(n, "0");
+    const char *f = getenv("GNR_EMU_FAULT");
+    if (f) c.fault_kernel = f;
     const char *m = getenv("GNR_EMU_DEVICE_MEMORY");
     if (m && *m) c.device_memory = (size_t)strtoull(m, nullptr, 10);
 #ifdef GNR_EMU_ASAN
@@ -86,6 +88,24 @@ void set_cublas_detail(int status, const std::string &msg)
     detail = "emulator: " + msg;
     detail_code = status;
     detail_is_cublas = true;
+}
+
+static cudaError_t pending_code = cudaSuccess;
+static std::string pending_detail;
+
+void defer_fault(cudaError_t code, const std::string &msg)
+{
+    if (pending_code != cudaSuccess) return; /* the first fault is the one reported */
+    pending_code = code;
+    pending_detail = msg;
+}
+
+cudaError_t take_fault()
+{
+    if (pending_code == cudaSuccess) return cudaSuccess;
+    cudaError_t code = pending_code;
+    pending_code = cudaSuccess;
+    return fail(code, "%s", pending_detail.c_str());
 }
 
 const char *detail_for(int code, bool cublas)
@@ -315,7 +335,11 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void)
+{
+    LOCK;
+    return take_fault();
+}
 
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
@@ -423,6 +447,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 {
     LOCK;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync: invalid stream %p", (void *)stream);
+    if (cudaError_t f = take_fault()) return f;
     if (bytes == 0) return cudaSuccess;
     cudaError_t e = check_copy("cudaMemcpyAsync", dst, src, bytes, kind);
     if (e != cudaSuccess) return e;
@@ -441,6 +466,7 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
     LOCK;
     const size_t max_pitch = 2147483647;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpy2DAsync: invalid stream");
+    if (cudaError_t f = take_fault()) return f;
     if (width > dpitch || width > spitch)
         return fail(cudaErrorInvalidValue, "cudaMemcpy2DAsync: width %zu exceeds a pitch (dst %zu, src %zu)", width,
                     dpitch, spitch);
@@ -470,6 +496,7 @@ cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t str
 {
     LOCK;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync: invalid stream");
+    if (cudaError_t f = take_fault()) return f;
     if (bytes == 0) return cudaSuccess;
     std::string why;
     if (!device_range(dst, bytes, &why)) return fail(cudaErrorInvalidValue, "cudaMemsetAsync: %s", why.c_str());
@@ -519,7 +546,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
     LOCK;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: invalid stream");
-    return cudaSuccess; /* everything ran when it was asked for */
+    return take_fault(); /* everything ran when it was asked for */
 }
 
 cudaError_t cudaEventCreate(cudaEvent_t *event)
@@ -553,7 +580,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
     LOCK;
     if (!event || !handles().count(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: invalid event");
-    return cudaSuccess;
+    return take_fault();
 }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
