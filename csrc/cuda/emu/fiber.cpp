@@ -11,13 +11,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#if defined(__SANITIZE_ADDRESS__)
-#define GNR_EMU_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define GNR_EMU_ASAN 1
-#endif
-#endif
+#include "emu.h"
 
 #ifdef GNR_EMU_ASAN
 #include <pthread.h>
