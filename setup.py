@@ -133,7 +133,30 @@ def openmp_works():
         return r.returncode == 0
 
 
+def build_variant():
+    """What the compiled objects depend on besides the sources: the CUDA mode
+    and the sanitizer."""
+    return cuda_mode() + ("-asan" if sanitize_flags() else "")
+
+
 class BuildExt(build_ext):
+    """Objects of each build variant in a folder of their own, and a full
+    relink when the variant changes: a source that did not change since an
+    nvcc build is still compiled again for the emulator or the sanitizer (its
+    macros, include path and flags differ), never reused."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.variant_stamp = Path(self.build_temp) / "gnr-build-variant"
+        self.build_temp = os.path.join(self.build_temp, build_variant())
+        if not self.variant_stamp.exists() or self.variant_stamp.read_text() != build_variant():
+            self.force = True
+
+    def run(self):
+        super().run()
+        self.variant_stamp.parent.mkdir(parents=True, exist_ok=True)
+        self.variant_stamp.write_text(build_variant())
+
     def build_extension(self, ext):
         if ext.name != "gnr._C_cuda":
             super().build_extension(ext)
