@@ -108,7 +108,11 @@ def _info(args) -> int:
     for key, value in info.items():
         if key != "cuda_note":
             print(f"  {key}: {value}")
-    print(f"GPU usable: {'yes' if gnr.cuda_available() else 'no'}")
+    if info.get("cuda") == "emulated":
+        usable = "no (device='cuda' runs on the CPU emulator of this test build)"
+    else:
+        usable = "yes" if gnr.cuda_available() else "no"
+    print(f"GPU usable: {usable}")
     if note:
         print(f"CUDA backend: {note}")
     return 0

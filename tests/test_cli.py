@@ -175,7 +175,8 @@ def test_info_prints_the_build_and_the_gpu(tmp_path):
     for key, value in info.items():
         if key != "cuda_note":
             assert f"  {key}: {value}\n" in r.stdout
-    assert f"GPU usable: {'yes' if gnr.cuda_available() else 'no'}\n" in r.stdout
+    usable = "no (device='cuda' runs" if info["cuda"] == "emulated" else "yes" if gnr.cuda_available() else "no\n"
+    assert f"GPU usable: {usable}" in r.stdout
 
 
 def test_info_says_why_the_cuda_backend_is_missing(monkeypatch, capsys):
@@ -189,6 +190,11 @@ def test_info_says_why_the_cuda_backend_is_missing(monkeypatch, capsys):
     monkeypatch.setattr(gnr, "build_info", lambda: {"version": "9.9", "cuda": True, "cuda_note": ""})
     assert cli.main(["info"]) == 0
     assert "CUDA backend" not in capsys.readouterr().out
+    # the emulated device (a test build) is not a GPU, though device="cuda" works there
+    monkeypatch.setattr(gnr, "build_info", lambda: {"version": "9.9", "cuda": "emulated", "cuda_note": "emulated"})
+    monkeypatch.setattr(gnr, "cuda_available", lambda: True)
+    assert cli.main(["info"]) == 0
+    assert "GPU usable: no (device='cuda' runs on the CPU emulator of this test build)" in capsys.readouterr().out
 
 
 def test_import_from_the_repository_root():
