@@ -40,6 +40,12 @@ def cuda_sources():
     return sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").rglob("*.cu"))
 
 
+def engine_headers():
+    """Headers, and ops.def (the op list they expand), that a change to must
+    rebuild the modules."""
+    return sorted(str(p.relative_to(ROOT)) for ext in ("h", "def") for p in CSRC.rglob("*." + ext))
+
+
 def emulator_sources():
     return sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda" / "emu").glob("*.cpp"))
 
@@ -220,7 +226,7 @@ def cuda_extension(macros, cflags, ldflags):
     # this module's own message (the table's last_error).
     sources = ["csrc/python/cuda_module.c", "csrc/core/status.c", "csrc/core/tensor.c", "csrc/core/arena.c"]
     # relink when a kernel or header changes (the kernels' objects are extra_objects)
-    depends = cuda_sources() + emulator_sources() + sorted(str(p.relative_to(ROOT)) for p in CSRC.rglob("*.h"))
+    depends = cuda_sources() + emulator_sources() + engine_headers()
     mode = cuda_mode()
     if mode == "off":
         return None, "none", "built with GNR_CUDA=0 (CPU only); rebuild without it to get the CUDA backend"
@@ -282,6 +288,7 @@ def extensions():
         Extension(
             "gnr._C",
             sources=c_sources(),
+            depends=engine_headers(),
             include_dirs=[str(CSRC), numpy_include(), inc],
             library_dirs=[libdir],
             libraries=[lib, "m"],

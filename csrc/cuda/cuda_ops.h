@@ -1,4 +1,4 @@
-/* The CUDA implementation of every op of ops.h (named cuda_*), and what the
+/* The CUDA implementation of every op of ops.def (named cuda_*), and what the
  * .cu files share: the per-context state, argument checks, launch helpers,
  * deterministic block reductions and arena scratch.
  *
@@ -108,56 +108,8 @@ void cuda_context_free(gnr_ctx *ctx);
 gnr_status cuda_synchronize(gnr_ctx *ctx);
 
 void cuda_fill_nan(void *p, size_t bytes, void *user); /* the allocator's fill_nan */
-gnr_status cuda_fill(gnr_ctx *ctx, gnr_tensor *y, float value);
-gnr_status cuda_copy(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
-gnr_status cuda_upload(gnr_ctx *ctx, const float *host, gnr_tensor *t);
-gnr_status cuda_download(gnr_ctx *ctx, const gnr_tensor *t, float *host);
-gnr_status cuda_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
-gnr_status cuda_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y);
-gnr_status cuda_axpy(gnr_ctx *ctx, float alpha, const gnr_tensor *x, gnr_tensor *y);
-gnr_status cuda_add_channel_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y);
-gnr_status cuda_add_channel_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dv);
-gnr_status cuda_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
-                               gnr_tensor *y);
-gnr_status cuda_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, gnr_tensor *dx);
-gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
-                               const gnr_conv_params *p, gnr_tensor *y);
-gnr_status cuda_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, const gnr_conv_params *p,
-                                gnr_tensor *dx);
-gnr_status cuda_group_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
-                                   const gnr_tensor *beta, int groups, float eps, gnr_tensor *y);
-gnr_status cuda_group_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
-                                    const gnr_tensor *gamma, int groups, float eps, gnr_tensor *dx);
-gnr_status cuda_layer_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
-                                   const gnr_tensor *beta, float eps, gnr_tensor *y);
-gnr_status cuda_layer_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
-                                    const gnr_tensor *gamma, float eps, gnr_tensor *dx);
-gnr_status cuda_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y);
-gnr_status cuda_act_backward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx);
-gnr_status cuda_geglu_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
-gnr_status cuda_geglu_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx);
-gnr_status cuda_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
-gnr_status cuda_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
-gnr_status cuda_nchw_to_nlc_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx);
-gnr_status cuda_nlc_to_nchw_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx);
-gnr_status cuda_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
-gnr_status cuda_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *da, gnr_tensor *db);
-gnr_status cuda_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
-gnr_status cuda_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx);
-gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out);
-gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                                   const gnr_tensor *probs, int heads, int causal, float scale,
-                                   const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
-                                   gnr_tensor *dv);
-gnr_status cuda_embedding_forward(gnr_ctx *ctx, const gnr_tensor *table, const int32_t *ids, int64_t n,
-                                  gnr_tensor *y);
-gnr_status cuda_sq_diff_mean(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *out);
-gnr_status cuda_sq_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale,
-                                      gnr_tensor *da);
-gnr_status cuda_abs_diff_mean(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *out);
-gnr_status cuda_abs_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale,
-                                       gnr_tensor *da);
-gnr_status cuda_sum_sq(gnr_ctx *ctx, const gnr_tensor *x, double *out);
+#define GNR_OP(name, params, args) gnr_status cuda_##name params;
+#include "ops.def"
+#undef GNR_OP
 
 #endif
