@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "op_checks.h"
 
 static const gnr_backend *cuda_table = NULL;
 
@@ -69,12 +70,14 @@ static gnr_status op_done(const gnr_backend *b, gnr_ctx *ctx, const char *op, gn
 }
 
 /* gnr_<name> for every op of ops.def: the table of the context's device,
- * then the op's entry in it. */
+ * the op's arguments checked (op_checks.c), then the op's entry in the
+ * table. */
 #define GNR_OP(name, params, args)                                \
     gnr_status gnr_##name params                                  \
     {                                                             \
         const gnr_backend *b_ = gnr_backend_for(ctx->device);     \
         if (!b_ || !b_->name) return no_backend(ctx, #name);      \
+        GNR_TRY(gnr_check_##name args);                           \
         return op_done(b_, ctx, #name, b_->name args);            \
     }
 #include "ops.def"

@@ -13,6 +13,9 @@
  *  - Outputs come last and are allocated by the caller with the documented
  *    shape; ops never allocate outputs. Scratch may come from ctx->arena and is
  *    released before the op returns.
+ *  - Arguments are checked once, before dispatch (op_checks.c): a bad shape,
+ *    dtype or device is GNR_ERR_VALUE / GNR_ERR_TYPE naming the op, and the
+ *    backends assume valid arguments.
  *  - All tensors of one call are on ctx->device. Activations are float32 on the
  *    CPU; weights are float32.
  *  - Backward ops compute INPUT gradients only (weights are frozen) and ADD into

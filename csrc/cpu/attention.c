@@ -17,32 +17,10 @@ typedef struct {
     int64_t n, lq, lk, hd, d;
 } att_geom;
 
-static gnr_status att_setup(const char *op, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
-                            int heads, att_geom *g)
+/* Shapes checked in op_checks.c. */
+static void att_setup(const gnr_tensor *q, const gnr_tensor *k, int heads, att_geom *g)
 {
-    GNR_TRY(gnr_cpu_check_f32(op, "q", q));
-    GNR_TRY(gnr_cpu_check_f32(op, "k", k));
-    GNR_TRY(gnr_cpu_check_f32(op, "v", v));
-    if (q->ndim != 3 || k->ndim != 3 || !gnr_same_shape(k, v) || k->shape[0] != q->shape[0] ||
-        k->shape[2] != q->shape[2])
-        return gnr_error(GNR_ERR_VALUE, "%s: q %s must be N x Lq x (H*D) and k %s, v %s both N x Lk x (H*D)", op,
-                         gnr_cpu_shape(q), gnr_cpu_shape(k), gnr_cpu_shape(v));
-    if (heads < 1 || q->shape[2] % heads)
-        return gnr_error(GNR_ERR_VALUE, "%s: %d heads must divide the %lld channels of q %s", op, heads,
-                         (long long)q->shape[2], gnr_cpu_shape(q));
     g->n = q->shape[0], g->lq = q->shape[1], g->lk = k->shape[1], g->hd = q->shape[2], g->d = q->shape[2] / heads;
-    return GNR_OK;
-}
-
-static gnr_status check_probs(const char *op, const char *name, const gnr_tensor *p, const att_geom *g,
-                              int heads)
-{
-    GNR_TRY(gnr_cpu_check_f32(op, name, p));
-    if (p->ndim != 4 || p->shape[0] != g->n || p->shape[1] != heads || p->shape[2] != g->lq ||
-        p->shape[3] != g->lk)
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x H x Lq x Lk = (%lld, %d, %lld, %lld)", op, name,
-                         gnr_cpu_shape(p), (long long)g->n, heads, (long long)g->lq, (long long)g->lk);
-    return GNR_OK;
 }
 
 /* exp(x) for the softmax, written so the compiler vectorises it (a libm expf
@@ -119,12 +97,8 @@ static void probs_chunk(int nt, const att_geom *g, const float *qc, const float 
 gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out)
 {
-    const char *op = "attention_forward";
     att_geom g;
-    GNR_TRY(att_setup(op, q, k, v, heads, &g));
-    GNR_TRY(gnr_cpu_check_f32(op, "out", out));
-    GNR_TRY(gnr_cpu_check_same(op, "q", q, "out", out));
-    if (probs) GNR_TRY(check_probs(op, "probs", probs, &g, heads));
+    att_setup(q, k, heads, &g);
     int nt = gnr_cpu_threads(ctx);
     int64_t chunk = g.lq < ATT_CHUNK ? g.lq : ATT_CHUNK;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
@@ -160,25 +134,8 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                                   const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
                                   gnr_tensor *dv)
 {
-    const char *op = "attention_backward";
     att_geom g;
-    GNR_TRY(att_setup(op, q, k, v, heads, &g));
-    if (probs) GNR_TRY(check_probs(op, "probs", probs, &g, heads));
-    GNR_TRY(gnr_cpu_check_f32(op, "dout", dout));
-    GNR_TRY(gnr_cpu_check_same(op, "dout", dout, "q", q));
-    if (dprobs) GNR_TRY(check_probs(op, "dprobs", dprobs, &g, heads));
-    if (dq) {
-        GNR_TRY(gnr_cpu_check_f32(op, "dq", dq));
-        GNR_TRY(gnr_cpu_check_same(op, "dq", dq, "q", q));
-    }
-    if (dk) {
-        GNR_TRY(gnr_cpu_check_f32(op, "dk", dk));
-        GNR_TRY(gnr_cpu_check_same(op, "dk", dk, "k", k));
-    }
-    if (dv) {
-        GNR_TRY(gnr_cpu_check_f32(op, "dv", dv));
-        GNR_TRY(gnr_cpu_check_same(op, "dv", dv, "v", v));
-    }
+    att_setup(q, k, heads, &g);
     if (!dq && !dk && !dv) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
     int64_t chunk = g.lq < ATT_CHUNK ? g.lq : ATT_CHUNK;

@@ -18,34 +18,15 @@ typedef struct {
     int64_t ckk;             /* C * KH * KW, the rows of the column matrix */
 } conv_geom;
 
-static gnr_status conv_setup(const char *op, const char *xn, const gnr_tensor *x, const gnr_tensor *w,
-                             const char *yn, const gnr_tensor *y, const gnr_conv_params *p, conv_geom *g)
+/* x: N x C x H x W, w: O x C x KH x KW (shapes checked in op_checks.c) */
+static void conv_setup(const gnr_tensor *x, const gnr_tensor *w, const gnr_conv_params *p, conv_geom *g)
 {
-    if (!p) return gnr_error(GNR_ERR_VALUE, "%s: conv params are missing", op);
-    if (p->stride < 1 || p->pad_top < 0 || p->pad_bottom < 0 || p->pad_left < 0 || p->pad_right < 0)
-        return gnr_error(GNR_ERR_VALUE, "%s: stride %d must be >= 1 and pads (%d, %d, %d, %d) >= 0", op, p->stride,
-                         p->pad_top, p->pad_bottom, p->pad_left, p->pad_right);
-    if (x->ndim != 4 || w->ndim != 4 || y->ndim != 4)
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s, w %s and %s %s must all be 4-D (N x C x H x W, O x C x KH x KW)",
-                         op, xn, gnr_cpu_shape(x), gnr_cpu_shape(w), yn, gnr_cpu_shape(y));
     g->n = x->shape[0], g->c = x->shape[1], g->h = x->shape[2], g->w = x->shape[3];
     g->o = w->shape[0], g->kh = w->shape[2], g->kw = w->shape[3];
     g->s = p->stride, g->pt = p->pad_top, g->pb = p->pad_bottom, g->pl = p->pad_left, g->pr = p->pad_right;
-    if (w->shape[1] != g->c)
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s has %lld channels but w %s expects %lld", op, xn, gnr_cpu_shape(x),
-                         (long long)g->c, gnr_cpu_shape(w), (long long)w->shape[1]);
-    int64_t hp = g->h + g->pt + g->pb, wp = g->w + g->pl + g->pr;
-    if (hp < g->kh || wp < g->kw)
-        return gnr_error(GNR_ERR_VALUE, "%s: kernel %lld x %lld is larger than the padded input %lld x %lld (%s %s)",
-                         op, (long long)g->kh, (long long)g->kw, (long long)hp, (long long)wp, xn, gnr_cpu_shape(x));
-    g->ho = (hp - g->kh) / g->s + 1;
-    g->wo = (wp - g->kw) / g->s + 1;
+    g->ho = (g->h + g->pt + g->pb - g->kh) / g->s + 1;
+    g->wo = (g->w + g->pl + g->pr - g->kw) / g->s + 1;
     g->ckk = g->c * g->kh * g->kw;
-    if (y->shape[0] != g->n || y->shape[1] != g->o || y->shape[2] != g->ho || y->shape[3] != g->wo)
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be (%lld, %lld, %lld, %lld) for %s %s, w %s, stride %lld",
-                         op, yn, gnr_cpu_shape(y), (long long)g->n, (long long)g->o, (long long)g->ho,
-                         (long long)g->wo, xn, gnr_cpu_shape(x), gnr_cpu_shape(w), (long long)g->s);
-    return GNR_OK;
 }
 
 static int is_pointwise(const conv_geom *g)
@@ -131,18 +112,8 @@ static void col2im_add(int nt, const conv_geom *g, const float *col, int64_t i0,
 gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
                               const gnr_conv_params *p, gnr_tensor *y)
 {
-    const char *op = "conv2d_forward";
-    GNR_TRY(gnr_cpu_check_f32(op, "x", x));
-    GNR_TRY(gnr_cpu_check_f32(op, "w", w));
-    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
     conv_geom g;
-    GNR_TRY(conv_setup(op, "x", x, w, "y", y, p, &g));
-    if (b) {
-        GNR_TRY(gnr_cpu_check_f32(op, "b", b));
-        if (gnr_numel(b) != g.o)
-            return gnr_error(GNR_ERR_VALUE, "%s: b %s must have O = %lld elements (w %s)", op, gnr_cpu_shape(b),
-                             (long long)g.o, gnr_cpu_shape(w));
-    }
+    conv_setup(x, w, p, &g);
     int nt = gnr_cpu_threads(ctx);
     int64_t hw = g.ho * g.wo, nout = g.n * g.o;
     float *py = gnr_f32(y);
@@ -183,12 +154,8 @@ gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
 gnr_status cpu_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, const gnr_conv_params *p,
                                gnr_tensor *dx)
 {
-    const char *op = "conv2d_backward";
-    GNR_TRY(gnr_cpu_check_f32(op, "dy", dy));
-    GNR_TRY(gnr_cpu_check_f32(op, "w", w));
-    GNR_TRY(gnr_cpu_check_f32(op, "dx", dx));
     conv_geom g;
-    GNR_TRY(conv_setup(op, "dx", dx, w, "dy", dy, p, &g));
+    conv_setup(dx, w, p, &g);
     int nt = gnr_cpu_threads(ctx);
     int64_t hw = g.ho * g.wo;
     const float *pd = gnr_f32(dy), *pw = gnr_f32(w);

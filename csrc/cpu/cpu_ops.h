@@ -23,18 +23,6 @@ int gnr_cpu_threads(const gnr_ctx *ctx);
 void gnr_cpu_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                    int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
-/* GNR_ERR_VALUE/TYPE unless t is a float32 CPU tensor; `op` and `name` for the message. */
-gnr_status gnr_cpu_check_f32(const char *op, const char *name, const gnr_tensor *t);
-/* GNR_ERR_VALUE unless a and b have the same element count. */
-gnr_status gnr_cpu_check_numel(const char *op, const char *an, const gnr_tensor *a, const char *bn,
-                               const gnr_tensor *b);
-/* GNR_ERR_VALUE unless a and b have the same shape. */
-gnr_status gnr_cpu_check_same(const char *op, const char *an, const gnr_tensor *a, const char *bn,
-                              const gnr_tensor *b);
-
-/* Shape strings for messages: up to 4 live at once per thread. */
-const char *gnr_cpu_shape(const gnr_tensor *t);
-
 /* Elements below which a loop stays on one thread. */
 #define GNR_CPU_PAR_MIN 32768
 

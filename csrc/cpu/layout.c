@@ -26,19 +26,6 @@ static void transpose(int nt, const float *src, float *dst, int64_t rows, int64_
     }
 }
 
-/* nchw: N x C x H x W, nlc: N x HW x C */
-static gnr_status check_pair(const char *op, const char *nn, const gnr_tensor *nchw, const char *ln,
-                             const gnr_tensor *nlc)
-{
-    GNR_TRY(gnr_cpu_check_f32(op, nn, nchw));
-    GNR_TRY(gnr_cpu_check_f32(op, ln, nlc));
-    if (nchw->ndim != 4 || nlc->ndim != 3 || nlc->shape[0] != nchw->shape[0] ||
-        nlc->shape[1] != nchw->shape[2] * nchw->shape[3] || nlc->shape[2] != nchw->shape[1])
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x C x H x W and %s %s N x HW x C", op, nn,
-                         gnr_cpu_shape(nchw), ln, gnr_cpu_shape(nlc));
-    return GNR_OK;
-}
-
 static void nchw_nlc(gnr_ctx *ctx, const gnr_tensor *nchw, const float *src, float *dst, int to_nlc, int add)
 {
     int64_t n = nchw->shape[0], c = nchw->shape[1], hw = nchw->shape[2] * nchw->shape[3];
@@ -54,7 +41,6 @@ static void nchw_nlc(gnr_ctx *ctx, const gnr_tensor *nchw, const float *src, flo
 /* y[n, h*W+w, c] = x[n, c, h, w] */
 gnr_status cpu_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    GNR_TRY(check_pair("nchw_to_nlc", "x", x, "y", y));
     nchw_nlc(ctx, x, gnr_f32(x), gnr_f32(y), 1, 0);
     return GNR_OK;
 }
@@ -62,7 +48,6 @@ gnr_status cpu_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 /* y[n, c, h, w] = x[n, h*W+w, c] */
 gnr_status cpu_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    GNR_TRY(check_pair("nlc_to_nchw", "y", y, "x", x));
     nchw_nlc(ctx, y, gnr_f32(x), gnr_f32(y), 0, 0);
     return GNR_OK;
 }
@@ -70,7 +55,6 @@ gnr_status cpu_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 /* dx[n,c,h,w] += dy[n,hw,c] */
 gnr_status cpu_nchw_to_nlc_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
 {
-    GNR_TRY(check_pair("nchw_to_nlc_backward", "dx", dx, "dy", dy));
     nchw_nlc(ctx, dx, gnr_f32(dy), gnr_f32(dx), 0, 1);
     return GNR_OK;
 }
@@ -78,39 +62,13 @@ gnr_status cpu_nchw_to_nlc_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tens
 /* dx[n,hw,c] += dy[n,c,h,w] */
 gnr_status cpu_nlc_to_nchw_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
 {
-    GNR_TRY(check_pair("nlc_to_nchw_backward", "dy", dy, "dx", dx));
     nchw_nlc(ctx, dy, gnr_f32(dy), gnr_f32(dx), 1, 1);
-    return GNR_OK;
-}
-
-static gnr_status check_concat(const char *op, const gnr_tensor *a, const gnr_tensor *b, const gnr_tensor *y)
-{
-    GNR_TRY(gnr_cpu_check_f32(op, "y", y));
-    if (a) GNR_TRY(gnr_cpu_check_f32(op, "a", a));
-    if (b) GNR_TRY(gnr_cpu_check_f32(op, "b", b));
-    int ok = y->ndim == 4;
-    int64_t ca = a ? a->shape[1] : -1, cb = b ? b->shape[1] : -1;
-    for (int s = 0; s < 2; s++) {
-        const gnr_tensor *t = s ? b : a;
-        if (!t) continue;
-        ok = ok && t->ndim == 4 && t->shape[0] == y->shape[0] && t->shape[2] == y->shape[2] &&
-             t->shape[3] == y->shape[3];
-    }
-    if (a && b) ok = ok && ca + cb == y->shape[1];
-    else if (a) ok = ok && ca <= y->shape[1];
-    else if (b) ok = ok && cb <= y->shape[1];
-    if (!ok)
-        return gnr_error(GNR_ERR_VALUE, "%s: a %s and b %s must be N x Ca x H x W and N x Cb x H x W, y %s "
-                         "N x (Ca+Cb) x H x W", op, gnr_cpu_shape(a), gnr_cpu_shape(b), gnr_cpu_shape(y));
     return GNR_OK;
 }
 
 /* y = [a, b] along dim 1 */
 gnr_status cpu_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
 {
-    const char *op = "concat_channels_forward";
-    if (!a || !b) return gnr_error(GNR_ERR_VALUE, "%s: a and b are both required", op);
-    GNR_TRY(check_concat(op, a, b, y));
     int64_t n = y->shape[0], hw = y->shape[2] * y->shape[3];
     int64_t sa = a->shape[1] * hw, sb = b->shape[1] * hw;
     const float *pa = gnr_f32(a), *pb = gnr_f32(b);
@@ -127,9 +85,7 @@ gnr_status cpu_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const 
 /* da += dy[:, :Ca];  db += dy[:, Ca:]   (either may be NULL; Ca = C - Cb when a is NULL) */
 gnr_status cpu_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *da, gnr_tensor *db)
 {
-    const char *op = "concat_channels_backward";
     if (!da && !db) return GNR_OK;
-    GNR_TRY(check_concat(op, da, db, dy));
     int64_t n = dy->shape[0], c = dy->shape[1], hw = dy->shape[2] * dy->shape[3];
     int64_t ca = da ? da->shape[1] : c - db->shape[1];
     int64_t sy = c * hw, sa = ca * hw, sb = (c - ca) * hw;
@@ -146,21 +102,9 @@ gnr_status cpu_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_
     return GNR_OK;
 }
 
-static gnr_status check_up(const char *op, const char *xn, const gnr_tensor *x, const char *yn, const gnr_tensor *y)
-{
-    GNR_TRY(gnr_cpu_check_f32(op, xn, x));
-    GNR_TRY(gnr_cpu_check_f32(op, yn, y));
-    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
-        y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x C x H x W and %s %s N x C x 2H x 2W", op, xn,
-                         gnr_cpu_shape(x), yn, gnr_cpu_shape(y));
-    return GNR_OK;
-}
-
 /* y[n,c,i,j] = x[n,c,i/2,j/2] */
 gnr_status cpu_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    GNR_TRY(check_up("upsample2x_forward", "x", x, "y", y));
     int64_t rows = x->shape[0] * x->shape[1] * x->shape[2], w = x->shape[3];
     const float *px = gnr_f32(x);
     float *py = gnr_f32(y);
@@ -177,7 +121,6 @@ gnr_status cpu_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor 
 /* dx[n,c,u,v] += dy[2u,2v] + dy[2u,2v+1] + dy[2u+1,2v] + dy[2u+1,2v+1] */
 gnr_status cpu_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
 {
-    GNR_TRY(check_up("upsample2x_backward", "dx", dx, "dy", dy));
     int64_t rows = dx->shape[0] * dx->shape[1] * dx->shape[2], w = dx->shape[3];
     const float *pd = gnr_f32(dy);
     float *px = gnr_f32(dx);

@@ -1,5 +1,5 @@
 /* The CUDA backend: device memory, per-context state (stream, cuBLAS handle
- * and workspace), error recording, shared argument checks, and the table of
+ * and workspace), error recording, the cuBLAS dimension check, and the table of
  * every op that gnr._C_cuda hands to the engine. */
 #include <stdio.h>
 
@@ -37,29 +37,7 @@ gnr_status cublas_fail(cublasStatus_t st, const char *call, const char *file, in
  * its own error state (its gnr_error lives in another module). */
 static const char *cuda_last_error(void) { return gnr_last_error(); }
 
-/* ----------------------------------------------------- argument checks --- */
-
-gnr_status cuda_check_tensor(const char *op, const char *name, const gnr_tensor *t)
-{
-    if (!t || !t->data) return gnr_error(GNR_ERR_VALUE, "%s: %s is missing", op, name);
-    if (t->dtype != GNR_F32)
-        return gnr_error(GNR_ERR_TYPE, "%s: %s is %s; the CUDA backend computes in float32 only", op, name,
-                         gnr_dtype_name(t->dtype));
-    if (t->device != GNR_CUDA)
-        return gnr_error(GNR_ERR_VALUE, "%s: %s is on the %s; the CUDA backend needs tensors on cuda", op, name,
-                         gnr_device_name(t->device));
-    return GNR_OK;
-}
-
-gnr_status cuda_check_numel(const char *op, const char *an, const gnr_tensor *a, const char *bn, const gnr_tensor *b)
-{
-    if (gnr_numel(a) != gnr_numel(b)) {
-        char sa[96], sb[96];
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s and %s %s must have the same number of elements", op, an,
-                         gnr_shape_str(a, sa, sizeof sa), bn, gnr_shape_str(b, sb, sizeof sb));
-    }
-    return GNR_OK;
-}
+/* ------------------------------------------------ cuBLAS dimensions --- */
 
 gnr_status cuda_check_int(const char *op, const char *what, int64_t v)
 {

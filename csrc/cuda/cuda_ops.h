@@ -1,5 +1,5 @@
 /* The CUDA implementation of every op of ops.def (named cuda_*), and what the
- * .cu files share: the per-context state, argument checks, launch helpers,
+ * .cu files share: the per-context state, the cuBLAS dimension check, launch helpers,
  * deterministic block reductions and arena scratch.
  *
  * All kernels are float32 and simple: one thread per output element with
@@ -38,11 +38,6 @@ cublasStatus_t cuda_gemm(const cuda_state *s, cublasOperation_t ta, cublasOperat
                          const float *alpha, const float *A, int lda, long long stride_a, const float *B, int ldb,
                          long long stride_b, const float *beta, float *C, int ldc, long long stride_c, int batch);
 
-/* A tensor argument must be non-NULL, float32 and on the CUDA device. */
-gnr_status cuda_check_tensor(const char *op, const char *name, const gnr_tensor *t);
-/* Element counts must agree. */
-gnr_status cuda_check_numel(const char *op, const char *an, const gnr_tensor *a, const char *bn,
-                            const gnr_tensor *b);
 /* Matrix dimensions handed to cuBLAS must fit an int. */
 gnr_status cuda_check_int(const char *op, const char *what, int64_t v);
 

@@ -27,34 +27,22 @@ __global__ void to_nchw_kernel(const float *in, float *out, int64_t C, int64_t L
     }
 }
 
-/* N, C, L = H*W of an N x C x H x W tensor, and a check that `other` (its
- * N x HW x C counterpart) has N*HW*C elements. */
-static gnr_status nchw_dims(const char *op, const gnr_tensor *img, const gnr_tensor *seq, int64_t *N, int64_t *C,
-                            int64_t *L)
+/* N, C, L = H*W of the N x C x H x W side (shapes checked in op_checks.c). */
+static void nchw_dims(const gnr_tensor *img, int64_t *N, int64_t *C, int64_t *L)
 {
-    char si[96], ss[96];
-    if (img->ndim != 4)
-        return gnr_error(GNR_ERR_VALUE, "%s: the image tensor %s must be N x C x H x W", op,
-                         gnr_shape_str(img, si, sizeof si));
     *N = img->shape[0];
     *C = img->shape[1];
     *L = img->shape[2] * img->shape[3];
-    if (gnr_numel(seq) != gnr_numel(img) || (seq->ndim == 3 && (seq->shape[0] != *N || seq->shape[1] != *L || seq->shape[2] != *C)))
-        return gnr_error(GNR_ERR_VALUE, "%s: the sequence tensor %s must be N x HW x C for %s", op,
-                         gnr_shape_str(seq, ss, sizeof ss), gnr_shape_str(img, si, sizeof si));
-    return GNR_OK;
 }
 
 /* img: the N x C x H x W side; to_seq: whether the output is the sequence. */
-static gnr_status transpose_op(gnr_ctx *ctx, const char *op, const gnr_tensor *in, gnr_tensor *out, bool img_is_in,
+static gnr_status transpose_op(gnr_ctx *ctx, const gnr_tensor *in, gnr_tensor *out, bool img_is_in,
                                bool acc)
 {
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "input", in));
-    GNR_TRY(cuda_check_tensor(op, "output", out));
     int64_t N = 0, C = 0, L = 0;
-    GNR_TRY(img_is_in ? nchw_dims(op, in, out, &N, &C, &L) : nchw_dims(op, out, in, &N, &C, &L));
+    nchw_dims(img_is_in ? in : out, &N, &C, &L);
     int64_t total = N * C * L;
     if (total == 0) return GNR_OK;
     const float *x = gnr_f32(in);
@@ -73,25 +61,25 @@ static gnr_status transpose_op(gnr_ctx *ctx, const char *op, const gnr_tensor *i
 /* y[n, h*W+w, c] = x[n, c, h, w] */
 gnr_status cuda_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    return transpose_op(ctx, "nchw_to_nlc", x, y, true, false);
+    return transpose_op(ctx, x, y, true, false);
 }
 
 /* y[n, c, h, w] = x[n, h*W+w, c] */
 gnr_status cuda_nlc_to_nchw(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    return transpose_op(ctx, "nlc_to_nchw", x, y, false, false);
+    return transpose_op(ctx, x, y, false, false);
 }
 
 /* dx[n,c,h,w] += dy[n,hw,c] */
 gnr_status cuda_nchw_to_nlc_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
 {
-    return transpose_op(ctx, "nchw_to_nlc_backward", dy, dx, false, true);
+    return transpose_op(ctx, dy, dx, false, true);
 }
 
 /* dx[n,hw,c] += dy[n,c,h,w] */
 gnr_status cuda_nlc_to_nchw_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
 {
-    return transpose_op(ctx, "nlc_to_nchw_backward", dy, dx, true, true);
+    return transpose_op(ctx, dy, dx, true, true);
 }
 
 /* y[n, c, p] = c < Ca ? a[n, c, p] : b[n, c - Ca, p] */
@@ -116,33 +104,19 @@ __global__ void slice_channels_acc_kernel(const float *dy, float *d, int64_t C, 
     }
 }
 
-static gnr_status concat_dims(const char *op, const gnr_tensor *a, const gnr_tensor *b, const gnr_tensor *y,
-                              int64_t *N, int64_t *Ca, int64_t *Cb, int64_t *L)
+static void concat_dims(const gnr_tensor *a, const gnr_tensor *b, int64_t *Ca, int64_t *Cb, int64_t *L)
 {
-    char sa[96], sb[96], sy[96];
-    if (a->ndim != 4 || b->ndim != 4 || y->ndim != 4 || a->shape[0] != b->shape[0] || a->shape[2] != b->shape[2] ||
-        a->shape[3] != b->shape[3] || y->shape[0] != a->shape[0] || y->shape[1] != a->shape[1] + b->shape[1] ||
-        y->shape[2] != a->shape[2] || y->shape[3] != a->shape[3])
-        return gnr_error(GNR_ERR_VALUE, "%s: a %s, b %s, y %s must be N x Ca x H x W, N x Cb x H x W, N x (Ca+Cb) x H x W",
-                         op, gnr_shape_str(a, sa, sizeof sa), gnr_shape_str(b, sb, sizeof sb),
-                         gnr_shape_str(y, sy, sizeof sy));
-    *N = a->shape[0];
     *Ca = a->shape[1];
     *Cb = b->shape[1];
     *L = a->shape[2] * a->shape[3];
-    return GNR_OK;
 }
 
 gnr_status cuda_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
 {
-    const char *op = "concat_channels_forward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "a", a));
-    GNR_TRY(cuda_check_tensor(op, "b", b));
-    GNR_TRY(cuda_check_tensor(op, "y", y));
-    int64_t N = 0, Ca = 0, Cb = 0, L = 0;
-    GNR_TRY(concat_dims(op, a, b, y, &N, &Ca, &Cb, &L));
+    int64_t Ca = 0, Cb = 0, L = 0;
+    concat_dims(a, b, &Ca, &Cb, &L);
     int64_t total = gnr_numel(y);
     if (total == 0) return GNR_OK;
     CUDA_LAUNCH(concat_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(a), gnr_f32(b), gnr_f32(y), Ca, Cb, L, total);
@@ -152,11 +126,8 @@ gnr_status cuda_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const
 /* da += dy[:, :Ca], db += dy[:, Ca:] (either may be NULL) */
 gnr_status cuda_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *da, gnr_tensor *db)
 {
-    const char *op = "concat_channels_backward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "dy", dy));
-    if (dy->ndim != 4) return gnr_error(GNR_ERR_VALUE, "%s: dy must be N x C x H x W", op);
     int64_t N = dy->shape[0], C = dy->shape[1], L = dy->shape[2] * dy->shape[3];
     int64_t Ca = da ? da->shape[1] : (db ? C - db->shape[1] : 0);
     gnr_tensor *parts[2] = {da, db};
@@ -164,14 +135,7 @@ gnr_status cuda_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr
     for (int k = 0; k < 2; k++) {
         gnr_tensor *d = parts[k];
         if (!d) continue;
-        GNR_TRY(cuda_check_tensor(op, k ? "db" : "da", d));
         int64_t Cd = d->shape[1];
-        if (d->ndim != 4 || d->shape[0] != N || d->shape[2] * d->shape[3] != L || c0s[k] + Cd > C ||
-            (k == 1 && c0s[1] + Cd != C)) {
-            char sd[96], sy[96];
-            return gnr_error(GNR_ERR_VALUE, "%s: %s %s does not fit dy %s", op, k ? "db" : "da",
-                             gnr_shape_str(d, sd, sizeof sd), gnr_shape_str(dy, sy, sizeof sy));
-        }
         int64_t total = N * Cd * L;
         if (total == 0) continue;
         CUDA_LAUNCH(slice_channels_acc_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(dy), gnr_f32(d), C, c0s[k], Cd, L, total);
@@ -201,27 +165,18 @@ __global__ void upsample2x_backward_kernel(const float *dy, float *dx, int64_t H
     }
 }
 
-static gnr_status upsample_dims(const char *op, const gnr_tensor *x, const gnr_tensor *y, int64_t *H, int64_t *W)
+static void upsample_dims(const gnr_tensor *x, int64_t *H, int64_t *W)
 {
-    char sx[96], sy[96];
-    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
-        y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
-        return gnr_error(GNR_ERR_VALUE, "%s: x %s and y %s must be N x C x H x W and N x C x 2H x 2W", op,
-                         gnr_shape_str(x, sx, sizeof sx), gnr_shape_str(y, sy, sizeof sy));
     *H = x->shape[2];
     *W = x->shape[3];
-    return GNR_OK;
 }
 
 gnr_status cuda_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    const char *op = "upsample2x_forward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "x", x));
-    GNR_TRY(cuda_check_tensor(op, "y", y));
     int64_t H = 0, W = 0;
-    GNR_TRY(upsample_dims(op, x, y, &H, &W));
+    upsample_dims(x, &H, &W);
     int64_t total = gnr_numel(y);
     if (total == 0) return GNR_OK;
     CUDA_LAUNCH(upsample2x_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(x), gnr_f32(y), H, W, total);
@@ -230,13 +185,10 @@ gnr_status cuda_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor
 
 gnr_status cuda_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
 {
-    const char *op = "upsample2x_backward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "dy", dy));
-    GNR_TRY(cuda_check_tensor(op, "dx", dx));
     int64_t H = 0, W = 0;
-    GNR_TRY(upsample_dims(op, dx, dy, &H, &W));
+    upsample_dims(dx, &H, &W);
     int64_t total = gnr_numel(dx);
     if (total == 0) return GNR_OK;
     CUDA_LAUNCH(upsample2x_backward_kernel, cuda_grid(total), CUDA_BLOCK, 0, s->stream, gnr_f32(dy), gnr_f32(dx), H, W, total);

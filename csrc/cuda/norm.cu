@@ -77,44 +77,28 @@ __global__ void norm_backward_kernel(const float *dy, const float *x, const floa
     }
 }
 
-static gnr_status group_geom(const char *op, const gnr_tensor *x, int groups, float eps, norm_geom *g,
-                             int64_t *nblocks, int64_t *C)
+/* x: N x C x (spatial...), groups dividing C (checked in op_checks.c) */
+static void group_geom(const gnr_tensor *x, int groups, float eps, norm_geom *g, int64_t *nblocks)
 {
-    char sx[96];
-    if (x->ndim < 2) return gnr_error(GNR_ERR_VALUE, "%s: x %s must be N x C x ...", op, gnr_shape_str(x, sx, sizeof sx));
-    *C = x->shape[1];
-    if (groups < 1 || *C % groups)
-        return gnr_error(GNR_ERR_VALUE, "%s: groups = %d must be >= 1 and divide C = %lld", op, groups, (long long)*C);
+    int64_t C = x->shape[1];
     g->S = 1;
     for (int i = 2; i < x->ndim; i++) g->S *= x->shape[i];
-    g->Cg = *C / groups;
+    g->Cg = C / groups;
     g->G = groups;
     g->M = g->Cg * g->S;
     g->eps = eps;
     *nblocks = x->shape[0] * groups;
-    return GNR_OK;
 }
 
-static gnr_status layer_geom(const char *op, const gnr_tensor *x, float eps, norm_geom *g, int64_t *nblocks,
-                             int64_t *C)
+static void layer_geom(const gnr_tensor *x, float eps, norm_geom *g, int64_t *nblocks)
 {
-    if (x->ndim < 1) return gnr_error(GNR_ERR_VALUE, "%s: x has no dims", op);
-    *C = x->shape[x->ndim - 1];
+    int64_t C = x->shape[x->ndim - 1];
     g->S = 1;
-    g->Cg = *C;
+    g->Cg = C;
     g->G = 1;
-    g->M = *C;
+    g->M = C;
     g->eps = eps;
-    *nblocks = *C ? gnr_numel(x) / *C : 0;
-    return GNR_OK;
-}
-
-static gnr_status check_affine(const char *op, const char *name, const gnr_tensor *t, int64_t C)
-{
-    if (!t) return GNR_OK;
-    GNR_TRY(cuda_check_tensor(op, name, t));
-    if (gnr_numel(t) != C) return gnr_error(GNR_ERR_VALUE, "%s: %s must have C = %lld elements", op, name, (long long)C);
-    return GNR_OK;
+    *nblocks = C ? gnr_numel(x) / C : 0;
 }
 
 static gnr_status launch_forward(cuda_state *s, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
@@ -138,69 +122,43 @@ static gnr_status launch_backward(cuda_state *s, const gnr_tensor *dy, const gnr
 gnr_status cuda_group_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
                                    const gnr_tensor *beta, int groups, float eps, gnr_tensor *y)
 {
-    const char *op = "group_norm_forward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "x", x));
-    GNR_TRY(cuda_check_tensor(op, "y", y));
-    GNR_TRY(cuda_check_numel(op, "x", x, "y", y));
     norm_geom g;
-    int64_t nb = 0, C = 0;
-    GNR_TRY(group_geom(op, x, groups, eps, &g, &nb, &C));
-    GNR_TRY(check_affine(op, "gamma", gamma, C));
-    GNR_TRY(check_affine(op, "beta", beta, C));
+    int64_t nb = 0;
+    group_geom(x, groups, eps, &g, &nb);
     return launch_forward(s, x, gamma, beta, y, g, nb);
 }
 
 gnr_status cuda_group_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
                                     const gnr_tensor *gamma, int groups, float eps, gnr_tensor *dx)
 {
-    const char *op = "group_norm_backward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "dy", dy));
-    GNR_TRY(cuda_check_tensor(op, "x", x));
-    GNR_TRY(cuda_check_tensor(op, "dx", dx));
-    GNR_TRY(cuda_check_numel(op, "x", x, "dy", dy));
-    GNR_TRY(cuda_check_numel(op, "x", x, "dx", dx));
     norm_geom g;
-    int64_t nb = 0, C = 0;
-    GNR_TRY(group_geom(op, x, groups, eps, &g, &nb, &C));
-    GNR_TRY(check_affine(op, "gamma", gamma, C));
+    int64_t nb = 0;
+    group_geom(x, groups, eps, &g, &nb);
     return launch_backward(s, dy, x, gamma, dx, g, nb);
 }
 
 gnr_status cuda_layer_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
                                    const gnr_tensor *beta, float eps, gnr_tensor *y)
 {
-    const char *op = "layer_norm_forward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "x", x));
-    GNR_TRY(cuda_check_tensor(op, "y", y));
-    GNR_TRY(cuda_check_numel(op, "x", x, "y", y));
     norm_geom g;
-    int64_t nb = 0, C = 0;
-    GNR_TRY(layer_geom(op, x, eps, &g, &nb, &C));
-    GNR_TRY(check_affine(op, "gamma", gamma, C));
-    GNR_TRY(check_affine(op, "beta", beta, C));
+    int64_t nb = 0;
+    layer_geom(x, eps, &g, &nb);
     return launch_forward(s, x, gamma, beta, y, g, nb);
 }
 
 gnr_status cuda_layer_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
                                     const gnr_tensor *gamma, float eps, gnr_tensor *dx)
 {
-    const char *op = "layer_norm_backward";
     cuda_state *s = NULL;
     GNR_TRY(cuda_get_state(ctx, &s));
-    GNR_TRY(cuda_check_tensor(op, "dy", dy));
-    GNR_TRY(cuda_check_tensor(op, "x", x));
-    GNR_TRY(cuda_check_tensor(op, "dx", dx));
-    GNR_TRY(cuda_check_numel(op, "x", x, "dy", dy));
-    GNR_TRY(cuda_check_numel(op, "x", x, "dx", dx));
     norm_geom g;
-    int64_t nb = 0, C = 0;
-    GNR_TRY(layer_geom(op, x, eps, &g, &nb, &C));
-    GNR_TRY(check_affine(op, "gamma", gamma, C));
+    int64_t nb = 0;
+    layer_geom(x, eps, &g, &nb);
     return launch_backward(s, dy, x, gamma, dx, g, nb);
 }
