@@ -52,8 +52,7 @@ __global__ void act_backward_kernel(int act, const float *dy, const float *x, fl
 
 gnr_status cuda_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(x);
     if (n == 0) return GNR_OK;
     CUDA_LAUNCH(act_forward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, (int)act, gnr_f32(x), gnr_f32(y), n);
@@ -62,8 +61,7 @@ gnr_status cuda_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_
 
 gnr_status cuda_act_backward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(x);
     if (n == 0) return GNR_OK;
     CUDA_LAUNCH(act_backward_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, (int)act, gnr_f32(dy), gnr_f32(x), gnr_f32(dx), n);
@@ -104,8 +102,7 @@ static void geglu_dims(const gnr_tensor *x, int64_t *F, int64_t *n)
 
 gnr_status cuda_geglu_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t F = 0, n = 0;
     geglu_dims(x, &F, &n);
     if (n == 0) return GNR_OK;
@@ -115,8 +112,7 @@ gnr_status cuda_geglu_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 
 gnr_status cuda_geglu_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x, gnr_tensor *dx)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t F = 0, n = 0;
     geglu_dims(x, &F, &n);
     if (n == 0) return GNR_OK;

@@ -21,8 +21,7 @@ __global__ void axpy_kernel(float alpha, const float *x, float *y, int64_t n)
 
 gnr_status cuda_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(y);
     if (n == 0) return GNR_OK;
     CUDA_LAUNCH(add_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(a), gnr_f32(b), gnr_f32(y), n);
@@ -31,8 +30,7 @@ gnr_status cuda_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_
 
 gnr_status cuda_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(y);
     if (n == 0) return GNR_OK;
     CUDA_LAUNCH(scale_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(x), alpha, gnr_f32(y), n);
@@ -41,8 +39,7 @@ gnr_status cuda_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor
 
 gnr_status cuda_axpy(gnr_ctx *ctx, float alpha, const gnr_tensor *x, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(y);
     if (n == 0) return GNR_OK;
     CUDA_LAUNCH(axpy_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, alpha, gnr_f32(x), gnr_f32(y), n);
@@ -75,8 +72,7 @@ static void channel_dims(const gnr_tensor *x, int64_t *nc, int64_t *hw)
 
 gnr_status cuda_add_channel_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t nc = 0, hw = 0;
     channel_dims(x, &nc, &hw);
     int64_t n = gnr_numel(x);
@@ -87,8 +83,7 @@ gnr_status cuda_add_channel_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr
 
 gnr_status cuda_add_channel_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dv)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t nc = 0, hw = 0;
     channel_dims(dy, &nc, &hw);
     if (nc == 0) return GNR_OK;

@@ -100,8 +100,7 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                                   int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out)
 {
     const char *op = "attention_forward";
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     attn_dims a;
     GNR_TRY(attention_dims(op, q, k, heads, &a));
     if (a.N == 0 || a.Lq == 0 || a.HD == 0) return GNR_OK;
@@ -153,8 +152,7 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
                                    gnr_tensor *dv)
 {
     const char *op = "attention_backward";
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     attn_dims a;
     GNR_TRY(attention_dims(op, q, k, heads, &a));
     if (a.N == 0 || a.Lq == 0 || a.Lk == 0 || a.HD == 0 || (!dq && !dk && !dv)) return GNR_OK;

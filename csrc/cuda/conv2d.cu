@@ -102,8 +102,7 @@ gnr_status cuda_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
                                const gnr_conv_params *p, gnr_tensor *y)
 {
     const char *op = "conv2d_forward";
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     conv_geom g;
     int64_t N = 0, O = 0;
     GNR_TRY(conv_geometry(op, x, w, p, &g, &N, &O));
@@ -144,8 +143,7 @@ gnr_status cuda_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_te
                                 gnr_tensor *dx)
 {
     const char *op = "conv2d_backward";
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     conv_geom g;
     int64_t N = 0, O = 0;
     GNR_TRY(conv_geometry(op, dx, w, p, &g, &N, &O));

@@ -70,14 +70,6 @@ static void device_release(void *p, void *user)
 
 #define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLAS's recommendation for Hopper */
 
-gnr_status cuda_get_state(gnr_ctx *ctx, cuda_state **out)
-{
-    if (!ctx || !ctx->backend)
-        return gnr_error(GNR_ERR_INTERNAL, "CUDA op called on a context that was not initialised for cuda");
-    *out = (cuda_state *)ctx->backend;
-    return GNR_OK;
-}
-
 void cuda_context_free(gnr_ctx *ctx)
 {
     if (!ctx || !ctx->backend) return;
@@ -118,8 +110,7 @@ gnr_status cuda_context_init(gnr_ctx *ctx)
 
 gnr_status cuda_synchronize(gnr_ctx *ctx)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     CUDA_CHECK(cudaStreamSynchronize(s->stream));
     return GNR_OK;
 }

@@ -28,7 +28,9 @@ typedef struct {
     gnr_dtype matmul;       /* ctx->matmul_dtype when the context was set up */
 } cuda_state;
 
-gnr_status cuda_get_state(gnr_ctx *ctx, cuda_state **out);
+/* The state of a CUDA context. Never NULL inside an op: a context reaches the
+ * CUDA table only after its context_init succeeded (model.c, the op binding). */
+static inline cuda_state *cuda_state_of(const gnr_ctx *ctx) { return (cuda_state *)ctx->backend; }
 
 /* C = alpha op(A) op(B) + beta C, column-major as cuBLAS, `batch` products
  * at the given element strides (batch 1: one product, strides unused), at

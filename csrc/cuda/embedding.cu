@@ -8,8 +8,7 @@ __global__ void embedding_kernel(const float *table, const int32_t *ids, float *
 
 gnr_status cuda_embedding_forward(gnr_ctx *ctx, const gnr_tensor *table, const int32_t *ids, int64_t n, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t C = table->shape[1];
     if (n == 0 || C == 0) return GNR_OK;
     cuda_scratch sc(ctx->arena);

@@ -39,8 +39,7 @@ static void nchw_dims(const gnr_tensor *img, int64_t *N, int64_t *C, int64_t *L)
 static gnr_status transpose_op(gnr_ctx *ctx, const gnr_tensor *in, gnr_tensor *out, bool img_is_in,
                                bool acc)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t N = 0, C = 0, L = 0;
     nchw_dims(img_is_in ? in : out, &N, &C, &L);
     int64_t total = N * C * L;
@@ -113,8 +112,7 @@ static void concat_dims(const gnr_tensor *a, const gnr_tensor *b, int64_t *Ca, i
 
 gnr_status cuda_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t Ca = 0, Cb = 0, L = 0;
     concat_dims(a, b, &Ca, &Cb, &L);
     int64_t total = gnr_numel(y);
@@ -126,8 +124,7 @@ gnr_status cuda_concat_channels_forward(gnr_ctx *ctx, const gnr_tensor *a, const
 /* da += dy[:, :Ca], db += dy[:, Ca:] (either may be NULL) */
 gnr_status cuda_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *da, gnr_tensor *db)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t N = dy->shape[0], C = dy->shape[1], L = dy->shape[2] * dy->shape[3];
     int64_t Ca = da ? da->shape[1] : (db ? C - db->shape[1] : 0);
     gnr_tensor *parts[2] = {da, db};
@@ -173,8 +170,7 @@ static void upsample_dims(const gnr_tensor *x, int64_t *H, int64_t *W)
 
 gnr_status cuda_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t H = 0, W = 0;
     upsample_dims(x, &H, &W);
     int64_t total = gnr_numel(y);
@@ -185,8 +181,7 @@ gnr_status cuda_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor
 
 gnr_status cuda_upsample2x_backward(gnr_ctx *ctx, const gnr_tensor *dy, gnr_tensor *dx)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t H = 0, W = 0;
     upsample_dims(dx, &H, &W);
     int64_t total = gnr_numel(dx);

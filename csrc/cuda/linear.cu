@@ -29,8 +29,7 @@ gnr_status cuda_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
                                gnr_tensor *y)
 {
     const char *op = "linear_forward";
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t rows = 0, in = 0, out = 0;
     GNR_TRY(linear_dims(op, x, w, &rows, &in, &out));
     if (rows == 0 || out == 0) return GNR_OK;
@@ -49,8 +48,7 @@ gnr_status cuda_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tens
 gnr_status cuda_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, gnr_tensor *dx)
 {
     const char *op = "linear_backward";
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t rows = 0, in = 0, out = 0;
     GNR_TRY(linear_dims(op, dx, w, &rows, &in, &out));
     if (rows == 0 || in == 0) return GNR_OK;

@@ -11,8 +11,7 @@ __global__ void fill_kernel(float *y, float value, int64_t n)
 
 gnr_status cuda_fill(gnr_ctx *ctx, gnr_tensor *y, float value)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(y);
     if (n == 0) return GNR_OK;
     CUDA_LAUNCH(fill_kernel, cuda_grid(n), CUDA_BLOCK, 0, s->stream, gnr_f32(y), value, n);
@@ -26,8 +25,7 @@ gnr_status cuda_fill(gnr_ctx *ctx, gnr_tensor *y, float value)
  * both are allocated (the caller's duty: released memory is never read). */
 gnr_status cuda_copy(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     size_t bytes = gnr_nbytes(x);
     const char *xs = (const char *)x->data;
     char *yd = (char *)y->data;
@@ -78,8 +76,7 @@ void cuda_fill_nan(void *p, size_t bytes, void *user)
 /* Host -> device. Synchronises, so the caller may free `host` on return. */
 gnr_status cuda_upload(gnr_ctx *ctx, const float *host, gnr_tensor *t)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     size_t bytes = gnr_nbytes(t);
     if (bytes == 0) return GNR_OK;
     CUDA_CHECK(cudaMemcpyAsync(t->data, host, bytes, cudaMemcpyHostToDevice, s->stream));
@@ -90,8 +87,7 @@ gnr_status cuda_upload(gnr_ctx *ctx, const float *host, gnr_tensor *t)
 /* Device -> host, after every earlier op of the context. */
 gnr_status cuda_download(gnr_ctx *ctx, const gnr_tensor *t, float *host)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     size_t bytes = gnr_nbytes(t);
     if (bytes == 0) return GNR_OK;
     CUDA_CHECK(cudaMemcpyAsync(host, t->data, bytes, cudaMemcpyDeviceToHost, s->stream));

@@ -122,8 +122,7 @@ static gnr_status launch_backward(cuda_state *s, const gnr_tensor *dy, const gnr
 gnr_status cuda_group_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
                                    const gnr_tensor *beta, int groups, float eps, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     norm_geom g;
     int64_t nb = 0;
     group_geom(x, groups, eps, &g, &nb);
@@ -133,8 +132,7 @@ gnr_status cuda_group_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_
 gnr_status cuda_group_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
                                     const gnr_tensor *gamma, int groups, float eps, gnr_tensor *dx)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     norm_geom g;
     int64_t nb = 0;
     group_geom(x, groups, eps, &g, &nb);
@@ -144,8 +142,7 @@ gnr_status cuda_group_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gn
 gnr_status cuda_layer_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma,
                                    const gnr_tensor *beta, float eps, gnr_tensor *y)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     norm_geom g;
     int64_t nb = 0;
     layer_geom(x, eps, &g, &nb);
@@ -155,8 +152,7 @@ gnr_status cuda_layer_norm_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_
 gnr_status cuda_layer_norm_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *x,
                                     const gnr_tensor *gamma, float eps, gnr_tensor *dx)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     norm_geom g;
     int64_t nb = 0;
     layer_geom(x, eps, &g, &nb);

@@ -40,8 +40,7 @@ __global__ void reduce_final_kernel(const double *partial, double *out)
 template <int MODE>
 static gnr_status reduce_sum(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, double *sum)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(a);
     cuda_scratch sc(ctx->arena);
     double *partial;
@@ -96,8 +95,7 @@ __global__ void abs_diff_backward_kernel(const float *a, const float *b, float k
 gnr_status cuda_sq_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale,
                                       gnr_tensor *da)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(a);
     if (n == 0) return GNR_OK;
     float k = (float)((double)scale * 2.0 / (double)n);
@@ -108,8 +106,7 @@ gnr_status cuda_sq_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const g
 gnr_status cuda_abs_diff_mean_backward(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, float scale,
                                        gnr_tensor *da)
 {
-    cuda_state *s = NULL;
-    GNR_TRY(cuda_get_state(ctx, &s));
+    cuda_state *s = cuda_state_of(ctx);
     int64_t n = gnr_numel(a);
     if (n == 0) return GNR_OK;
     float k = (float)((double)scale / (double)n);
