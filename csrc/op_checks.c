@@ -49,6 +49,19 @@ static gnr_status same_shape(const char *op, const char *an, const gnr_tensor *a
     return GNR_OK;
 }
 
+/* Two tensors a and b whose shapes must relate by a rule (`related`), said in
+ * the message as "a <ar> and b <br>". */
+static gnr_status related_pair(const gnr_ctx *ctx, const char *op, const char *an, const gnr_tensor *a,
+                               const char *ar, const char *bn, const gnr_tensor *b, const char *br,
+                               int (*related)(const gnr_tensor *, const gnr_tensor *))
+{
+    GNR_TRY(tensor(ctx, op, an, a));
+    GNR_TRY(tensor(ctx, op, bn, b));
+    if (!related(a, b))
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be %s and %s %s %s", op, an, shape(a), ar, bn, shape(b), br);
+    return GNR_OK;
+}
+
 /* ---------------------------------------------------------------- memory --- */
 
 gnr_status gnr_check_fill(gnr_ctx *ctx, gnr_tensor *y, float value)
@@ -113,15 +126,15 @@ gnr_status gnr_check_axpy(gnr_ctx *ctx, float alpha, const gnr_tensor *x, gnr_te
 }
 
 /* x: N x C x H x W, v: N x C */
+static int channel_of(const gnr_tensor *x, const gnr_tensor *v)
+{
+    return x->ndim == 4 && v->ndim == 2 && v->shape[0] == x->shape[0] && v->shape[1] == x->shape[1];
+}
+
 static gnr_status channel_pair(const gnr_ctx *ctx, const char *op, const char *xn, const gnr_tensor *x,
                                const char *vn, const gnr_tensor *v)
 {
-    GNR_TRY(tensor(ctx, op, xn, x));
-    GNR_TRY(tensor(ctx, op, vn, v));
-    if (x->ndim != 4 || v->ndim != 2 || v->shape[0] != x->shape[0] || v->shape[1] != x->shape[1])
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x C x H x W and %s %s N x C", op, xn, shape(x), vn,
-                         shape(v));
-    return GNR_OK;
+    return related_pair(ctx, op, xn, x, "N x C x H x W", vn, v, "N x C", channel_of);
 }
 
 gnr_status gnr_check_add_channel_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y)
@@ -401,16 +414,16 @@ gnr_status gnr_check_geglu_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gn
 /* ---------------------------------------------------------------- layout --- */
 
 /* nchw: N x C x H x W, nlc: N x HW x C */
+static int nlc_of(const gnr_tensor *nchw, const gnr_tensor *nlc)
+{
+    return nchw->ndim == 4 && nlc->ndim == 3 && nlc->shape[0] == nchw->shape[0] &&
+           nlc->shape[1] == nchw->shape[2] * nchw->shape[3] && nlc->shape[2] == nchw->shape[1];
+}
+
 static gnr_status nchw_nlc(const gnr_ctx *ctx, const char *op, const char *nn, const gnr_tensor *nchw,
                            const char *ln, const gnr_tensor *nlc)
 {
-    GNR_TRY(tensor(ctx, op, nn, nchw));
-    GNR_TRY(tensor(ctx, op, ln, nlc));
-    if (nchw->ndim != 4 || nlc->ndim != 3 || nlc->shape[0] != nchw->shape[0] ||
-        nlc->shape[1] != nchw->shape[2] * nchw->shape[3] || nlc->shape[2] != nchw->shape[1])
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x C x H x W and %s %s N x HW x C", op, nn,
-                         shape(nchw), ln, shape(nlc));
-    return GNR_OK;
+    return related_pair(ctx, op, nn, nchw, "N x C x H x W", ln, nlc, "N x HW x C", nlc_of);
 }
 
 gnr_status gnr_check_nchw_to_nlc(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
@@ -469,16 +482,16 @@ gnr_status gnr_check_concat_channels_backward(gnr_ctx *ctx, const gnr_tensor *dy
 }
 
 /* x: N x C x H x W, y: N x C x 2H x 2W */
+static int upsampled_of(const gnr_tensor *x, const gnr_tensor *y)
+{
+    return x->ndim == 4 && y->ndim == 4 && y->shape[0] == x->shape[0] && y->shape[1] == x->shape[1] &&
+           y->shape[2] == 2 * x->shape[2] && y->shape[3] == 2 * x->shape[3];
+}
+
 static gnr_status upsample(const gnr_ctx *ctx, const char *op, const char *xn, const gnr_tensor *x, const char *yn,
                            const gnr_tensor *y)
 {
-    GNR_TRY(tensor(ctx, op, xn, x));
-    GNR_TRY(tensor(ctx, op, yn, y));
-    if (x->ndim != 4 || y->ndim != 4 || y->shape[0] != x->shape[0] || y->shape[1] != x->shape[1] ||
-        y->shape[2] != 2 * x->shape[2] || y->shape[3] != 2 * x->shape[3])
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must be N x C x H x W and %s %s N x C x 2H x 2W", op, xn,
-                         shape(x), yn, shape(y));
-    return GNR_OK;
+    return related_pair(ctx, op, xn, x, "N x C x H x W", yn, y, "N x C x 2H x 2W", upsampled_of);
 }
 
 gnr_status gnr_check_upsample2x_forward(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
