@@ -41,7 +41,6 @@ static cublasStatus_t bad(cublasStatus_t st, const char *fmt, ...)
     return st;
 }
 
-#define LOCK std::lock_guard<std::recursive_mutex> lock_(device_lock())
 #define CHECK_HANDLE(h)                                                                              \
     do {                                                                                             \
         if (!(h) || !live_handles().count(h))                                                        \
@@ -52,7 +51,7 @@ extern "C" {
 
 cublasStatus_t cublasCreate(cublasHandle_t *handle)
 {
-    LOCK;
+    EMU_LOCK;
     if (!handle) return bad(CUBLAS_STATUS_INVALID_VALUE, "cublasCreate: handle is NULL");
     *handle = new cublasContext{nullptr, CUBLAS_DEFAULT_MATH};
     live_handles().insert(*handle);
@@ -61,7 +60,7 @@ cublasStatus_t cublasCreate(cublasHandle_t *handle)
 
 cublasStatus_t cublasDestroy(cublasHandle_t handle)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     live_handles().erase(handle);
     delete handle;
@@ -70,7 +69,7 @@ cublasStatus_t cublasDestroy(cublasHandle_t handle)
 
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     handle->stream = stream;
     return CUBLAS_STATUS_SUCCESS;
@@ -78,7 +77,7 @@ cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream)
 
 cublasStatus_t cublasGetStream(cublasHandle_t handle, cudaStream_t *stream)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     if (!stream) return bad(CUBLAS_STATUS_INVALID_VALUE, "cublasGetStream: stream is NULL");
     *stream = handle->stream;
@@ -87,7 +86,7 @@ cublasStatus_t cublasGetStream(cublasHandle_t handle, cudaStream_t *stream)
 
 cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     handle->math = mode;
     return CUBLAS_STATUS_SUCCESS;
@@ -95,7 +94,7 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode)
 
 cublasStatus_t cublasGetMathMode(cublasHandle_t handle, cublasMath_t *mode)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     if (!mode) return bad(CUBLAS_STATUS_INVALID_VALUE, "cublasGetMathMode: mode is NULL");
     *mode = handle->math;
@@ -104,7 +103,7 @@ cublasStatus_t cublasGetMathMode(cublasHandle_t handle, cublasMath_t *mode)
 
 cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void *workspace, size_t bytes)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     std::string why;
     if (bytes && !device_range(workspace, bytes, &why))
@@ -249,7 +248,7 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          long long stride_a, const float *B, int ldb, long long stride_b,
                                          const float *beta, float *C, int ldc, long long stride_c, int batch)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     if (!alpha || !beta) return bad(CUBLAS_STATUS_INVALID_VALUE, "cublasSgemmStridedBatched: alpha or beta is NULL");
     return gemm(handle, gemm_args{"cublasSgemmStridedBatched", ta, tb, m, n, k, *alpha, *beta, A, B, C, lda, ldb, ldc,
@@ -260,7 +259,7 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t ta, cublasOp
                            const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
                            float *C, int ldc)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     if (!alpha || !beta) return bad(CUBLAS_STATUS_INVALID_VALUE, "cublasSgemm: alpha or beta is NULL");
     return gemm(handle, gemm_args{"cublasSgemm", ta, tb, m, n, k, *alpha, *beta, A, B, C, lda, ldb, ldc, 0, 0, 0, 1, 0});
@@ -273,7 +272,7 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
                                           int ldc, long long stride_c, int batch, cublasComputeType_t compute,
                                           cublasGemmAlgo_t algo)
 {
-    LOCK;
+    EMU_LOCK;
     CHECK_HANDLE(handle);
     (void)algo;
     if (a_type != CUDA_R_32F || b_type != CUDA_R_32F || c_type != CUDA_R_32F)

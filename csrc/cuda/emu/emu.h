@@ -46,6 +46,7 @@ const config &cfg();
 /* Every emulated API call and launch holds this lock: the emulated device
  * runs one thing at a time, in the order the host asked for it. */
 std::recursive_mutex &device_lock();
+#define EMU_LOCK std::lock_guard<std::recursive_mutex> emu_lock_(gnr_emu::device_lock())
 
 /* Records a failure: `code` becomes the last error, and the message is what
  * cudaGetErrorString(code) returns until the next failure. Returns code. */

@@ -539,8 +539,21 @@ static void *reserve(size_t bytes)
     return p == MAP_FAILED ? nullptr : p;
 }
 
+/* One run of the grid with device memory write-protected, so the first
+ * write to each page records it (as written by run `run`). */
+static bool tracked_run(block_run *r, dim3 grid, int run, order_kind order)
+{
+    run_no = run;
+    active = 1;
+    protect_all(PROT_READ);
+    bool ok = run_grid(r, grid, order, cfg().seed);
+    active = 0;
+    protect_all(PROT_READ | PROT_WRITE);
+    return ok;
+}
+
 /* Runs the grid twice and compares; false with r->error set on a failure. */
-static bool checked_grid(block_run *r, dim3 grid, const char *name)
+static bool checked_grid(block_run *r, dim3 grid)
 {
     page_size = (size_t)sysconf(_SC_PAGESIZE);
     regions.clear();
@@ -565,12 +578,7 @@ static bool checked_grid(block_run *r, dim3 grid, const char *name)
     bool ok = true;
     order_kind other = cfg().order == ORDER_PLAIN ? ORDER_REVERSE : cfg().order;
 
-    run_no = 1;
-    active = 1;
-    protect_all(PROT_READ);
-    ok = run_grid(r, grid, ORDER_PLAIN, cfg().seed);
-    active = 0;
-    protect_all(PROT_READ | PROT_WRITE);
+    ok = tracked_run(r, grid, 1, ORDER_PLAIN);
     size_t n1 = ndirty;
     if (ok) {
         for (size_t i = 0; i < n1; i++) {
@@ -578,12 +586,7 @@ static bool checked_grid(block_run *r, dim3 grid, const char *name)
             memcpy(plain + dirty[i] * page_size, pg, page_size);
             memcpy(pg, pre_images + dirty[i] * page_size, page_size);
         }
-        run_no = 2;
-        active = 1;
-        protect_all(PROT_READ);
-        ok = run_grid(r, grid, other, cfg().seed);
-        active = 0;
-        protect_all(PROT_READ | PROT_WRITE);
+        ok = tracked_run(r, grid, 2, other);
         if (!ok) r->error = std::string("in the ") + (other == ORDER_REVERSE ? "reversed" : "shuffled") +
                             " thread order only: " + r->error;
     }
@@ -621,7 +624,6 @@ static bool checked_grid(block_run *r, dim3 grid, const char *name)
     munmap(pre_images, np * page_size);
     munmap(plain, np * page_size);
     munmap(dirty, np * sizeof(size_t));
-    (void)name;
     return ok;
 }
 
@@ -661,7 +663,7 @@ void launch(const char *name, dim3 grid, dim3 block, size_t shared_bytes, cudaSt
     r->error.clear();
     blockDim = block;
     gridDim = grid;
-    bool ok = cfg().racecheck ? race::checked_grid(r, grid, name) : run_grid(r, grid, cfg().order, cfg().seed);
+    bool ok = cfg().racecheck ? race::checked_grid(r, grid) : run_grid(r, grid, cfg().order, cfg().seed);
     if (!ok) {
         defer_fault(cudaErrorLaunchFailure, std::string("kernel ") + name + ", " + r->error);
     } else if (!cfg().fault_kernel.empty() && cfg().fault_kernel == name) {

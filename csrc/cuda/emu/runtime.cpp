@@ -203,7 +203,6 @@ void visit_allocations(void (*fn)(char *base, size_t bytes, void *user), void *u
 
 using namespace gnr_emu;
 
-#define LOCK std::lock_guard<std::recursive_mutex> lock_(device_lock())
 
 extern "C" {
 
@@ -337,13 +336,13 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
 
 cudaError_t cudaDeviceSynchronize(void)
 {
-    LOCK;
+    EMU_LOCK;
     return take_fault();
 }
 
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
-    LOCK;
+    EMU_LOCK;
     if (!free_bytes || !total_bytes) return fail(cudaErrorInvalidValue, "cudaMemGetInfo: NULL argument");
     *total_bytes = cfg().device_memory;
     *free_bytes = allocated_bytes < *total_bytes ? *total_bytes - allocated_bytes : 0;
@@ -354,7 +353,7 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 
 cudaError_t cudaMalloc(void **ptr, size_t bytes)
 {
-    LOCK;
+    EMU_LOCK;
     if (!ptr) return fail(cudaErrorInvalidValue, "cudaMalloc: ptr is NULL");
     *ptr = nullptr;
     if (bytes == 0) return cudaSuccess;
@@ -382,7 +381,7 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes)
 
 cudaError_t cudaFree(void *ptr)
 {
-    LOCK;
+    EMU_LOCK;
     if (!ptr) return cudaSuccess;
     auto &m = allocations();
     auto it = m.find((uintptr_t)ptr);
@@ -445,7 +444,7 @@ static cudaError_t check_copy(const char *call, void *dst, const void *src, size
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream)
 {
-    LOCK;
+    EMU_LOCK;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync: invalid stream %p", (void *)stream);
     if (cudaError_t f = take_fault()) return f;
     if (bytes == 0) return cudaSuccess;
@@ -463,7 +462,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
                               cudaMemcpyKind kind, cudaStream_t stream)
 {
-    LOCK;
+    EMU_LOCK;
     const size_t max_pitch = 2147483647;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpy2DAsync: invalid stream");
     if (cudaError_t f = take_fault()) return f;
@@ -494,7 +493,7 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
 
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream)
 {
-    LOCK;
+    EMU_LOCK;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync: invalid stream");
     if (cudaError_t f = take_fault()) return f;
     if (bytes == 0) return cudaSuccess;
@@ -526,7 +525,7 @@ static bool stream_ok(cudaStream_t s) { return !s || handles().count(s); }
 
 cudaError_t cudaStreamCreate(cudaStream_t *stream)
 {
-    LOCK;
+    EMU_LOCK;
     if (!stream) return fail(cudaErrorInvalidValue, "cudaStreamCreate: stream is NULL");
     *stream = new CUstream_st();
     handles().insert(*stream);
@@ -535,7 +534,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream)
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
-    LOCK;
+    EMU_LOCK;
     if (!stream || !handles().erase(stream))
         return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy(%p): not a live stream", (void *)stream);
     delete stream;
@@ -544,14 +543,14 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream)
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
-    LOCK;
+    EMU_LOCK;
     if (!stream_ok(stream)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: invalid stream");
     return take_fault(); /* everything ran when it was asked for */
 }
 
 cudaError_t cudaEventCreate(cudaEvent_t *event)
 {
-    LOCK;
+    EMU_LOCK;
     if (!event) return fail(cudaErrorInvalidValue, "cudaEventCreate: event is NULL");
     *event = new CUevent_st{std::chrono::steady_clock::now(), false};
     handles().insert(*event);
@@ -560,7 +559,7 @@ cudaError_t cudaEventCreate(cudaEvent_t *event)
 
 cudaError_t cudaEventDestroy(cudaEvent_t event)
 {
-    LOCK;
+    EMU_LOCK;
     if (!event || !handles().erase(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: not a live event");
     delete event;
     return cudaSuccess;
@@ -568,7 +567,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
-    LOCK;
+    EMU_LOCK;
     if (!event || !handles().count(event) || !stream_ok(stream))
         return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: invalid event or stream");
     event->t = std::chrono::steady_clock::now();
@@ -578,14 +577,14 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
-    LOCK;
+    EMU_LOCK;
     if (!event || !handles().count(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: invalid event");
     return take_fault();
 }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
 {
-    LOCK;
+    EMU_LOCK;
     if (!ms || !start || !end || !handles().count(start) || !handles().count(end))
         return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: invalid event");
     if (!start->recorded || !end->recorded) return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: event not recorded");
