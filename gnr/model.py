@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from . import _C
+from ._backends import check_device_name, require_device
 from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
-from .files import check_model_dir, iter_component, read_json
+from .files import check_model_dir, default_model_dir, iter_component, read_json
 from .sizes import check_size, native_size
 from .tokenizer import ClipTokenizer
 
@@ -215,6 +216,9 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
                  threads: int | None = None, max_memory: int = 0, dtype=None):
+        # Registers the CUDA backend when device="cuda": a Model made
+        # directly must not depend on an earlier cuda_available() call.
+        require_device(device)
         root = Path(path)
         configs, resolved = read_model_configs(root)
         self.path = root
@@ -419,21 +423,12 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
     (matrix products on tensor cores with 16-bit inputs and fp32
     accumulation; everything else float32).
     """
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    check_device_name(device)
     _count(threads, "threads", "None or an integer >= 0 (None or 0: every core)", none_ok=True)
     _count(max_memory, "max_memory", "an integer number of bytes >= 0 (0: no cap)")
     compute_dtype(dtype, device)
     if isinstance(path, str) and path == "default":
-        from .demo import default_model_dir
-
         path = default_model_dir()
-    if device == "cuda":
-        from . import build_info, cuda_available
-
-        if not cuda_available():
-            why = "no usable CUDA device or driver" if build_info()["cuda"] else "this build has no CUDA backend"
-            raise RuntimeError(f"device='cuda' is not available: {why}")
     return Model(path, device=device, variant=variant, threads=threads, max_memory=max_memory, dtype=dtype)
 
 

@@ -20,6 +20,8 @@ import numbers
 import os
 from pathlib import Path
 
+from .files import default_model_dir
+
 __all__ = ["vae_factor", "size_multiple", "native_size", "model_sizes", "check_size", "nearest_sizes"]
 
 _DEFAULT_SAMPLE_SIZE = 64  # SD 1.x's latent size, for a UNet config that does not say
@@ -71,8 +73,6 @@ def model_sizes(model=None) -> tuple[int, int]:
     if isinstance(model, Model):
         return model.native_size, model.size_multiple
     if model is None or (isinstance(model, str) and model == "default"):
-        from .demo import default_model_dir
-
         model = default_model_dir()
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a gnr.Model, a gnr.Editor, a model folder or None (the bundled default "
