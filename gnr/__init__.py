@@ -53,6 +53,7 @@ def _find_engine():
 _find_engine()
 from . import _C  # noqa: E402
 from ._C import DeviceError, OutOfMemoryError  # noqa: E402
+from ._backends import build_info, cuda_available  # noqa: E402
 from .model import Model, load_model  # noqa: E402
 from . import configs  # noqa: E402
 from .editor import EditCancelled, Editor, Inversion  # noqa: E402
@@ -62,47 +63,9 @@ from . import captures, demo, files, images, sizes, tokenizer  # noqa: E402,F401
 __version__ = _C.build_info()["version"]
 
 
-def build_info():
-    """What this build contains: {"cuda": True (the CUDA backend was built with nvcc), "emulated" (built on
-    the CPU emulator of CUDA, GNR_CUDA=emulate: a test target) or False; "cuda_note": str (why there is
-    no real CUDA backend and how to get one; empty when there is); "blas": str, "openmp": bool,
-    "version": str, "threads": int}. Whether a GPU is usable now: `cuda_available()`."""
-    import importlib.util
-
-    info = _C.build_info()
-    built = info.pop("cuda_build")
-    present = importlib.util.find_spec("gnr._C_cuda") is not None
-    info["cuda"] = ("emulated" if built == "emulated" else True) if present else False
-    return info
-
-
 def set_num_threads(n: int) -> None:
     """Sets to `n` the threads the CPU backend uses (OpenMP and BLAS). Default: all cores."""
     _C.set_num_threads(int(n))
-
-
-_cuda_ready = None
-
-
-def cuda_available() -> bool:
-    """True when the CUDA backend is built and a CUDA device is usable.
-
-    The first call imports `gnr._C_cuda` (absent in a CPU-only build; it needs
-    the CUDA runtime libraries) and registers its backend with the engine; a
-    missing module, library, driver or device gives False, never an error."""
-    global _cuda_ready
-    if _cuda_ready is None:
-        try:
-            from . import _C_cuda
-        except (ImportError, OSError):
-            _cuda_ready = False
-            return False
-        if _C_cuda.device_count() < 1:
-            _cuda_ready = False
-            return False
-        _C._register_cuda_backend(_C_cuda.backend)
-        _cuda_ready = True
-    return _cuda_ready
 
 
 __all__ = ["build_info", "set_num_threads", "cuda_available", "load_model", "Model", "Editor", "Inversion",

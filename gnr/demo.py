@@ -13,17 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+# Re-exported: the bundled model's location belongs with the file layout
+# (gnr.files), which every layer may use; the demo only runs it.
+from .files import default_model_dir
+
 DATA = Path(__file__).resolve().parent / "data"
 
 __all__ = ["default_model_dir", "sample_scene", "before_after", "run_demo"]
-
-
-def default_model_dir() -> Path:
-    """Folder of the bundled default model."""
-    path = DATA / "default_model"
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{path}: the bundled default model is missing from this installation")
-    return path
 
 
 def sample_scene() -> tuple[np.ndarray, str, str]:

@@ -37,6 +37,7 @@ __all__ = [
     "load_safetensors",
     "load_component",
     "check_model_dir",
+    "default_model_dir",
 ]
 
 # Component folder -> base name of its weights file (diffusers' and transformers' names).
@@ -48,6 +49,9 @@ WEIGHT_NAMES = {
 COMPONENTS = tuple(WEIGHT_NAMES)
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+
+# The bundled default model ships inside the package, in the layout above.
+_DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default_model"
 
 # safetensors dtype -> (little-endian NumPy dtype of the stored bits, bytes per element)
 _DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
@@ -405,3 +409,11 @@ def check_model_dir(path) -> dict:
     if not tokenizer.is_dir():
         raise FileNotFoundError(f"{tokenizer}: no such folder (the model needs a tokenizer)")
     return index
+
+
+def default_model_dir() -> Path:
+    """Folder of the bundled default model (gnr/data/default_model, in the
+    layout above); FileNotFoundError when the installation lacks it."""
+    if not (_DEFAULT_MODEL / "model_index.json").is_file():
+        raise FileNotFoundError(f"{_DEFAULT_MODEL}: the bundled default model is missing from this installation")
+    return _DEFAULT_MODEL

@@ -20,6 +20,9 @@ import numbers
 import os
 from pathlib import Path
 
+from ._model_config import read_model_configs
+from .files import default_model_dir
+
 __all__ = ["vae_factor", "size_multiple", "native_size", "model_sizes", "check_size", "nearest_sizes"]
 
 _DEFAULT_SAMPLE_SIZE = 64  # SD 1.x's latent size, for a UNet config that does not say
@@ -63,22 +66,16 @@ def model_sizes(model=None) -> tuple[int, int]:
     a model folder, or None / "default" for the bundled default model. A
     folder is read for its config files only (no weights), which are
     checked as loading checks them."""
-    from .editor import Editor
-    from .model import Model
-
-    if isinstance(model, Editor):
-        model = model.model
-    if isinstance(model, Model):
-        return model.native_size, model.size_multiple
+    # A loaded model knows its sizes; an Editor holds one as `.model`. Asked
+    # by attribute, so that this module stays below model.py and editor.py.
+    inner = getattr(model, "model", model)
+    if hasattr(inner, "native_size") and hasattr(inner, "size_multiple"):
+        return inner.native_size, inner.size_multiple
     if model is None or (isinstance(model, str) and model == "default"):
-        from .demo import default_model_dir
-
         model = default_model_dir()
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a gnr.Model, a gnr.Editor, a model folder or None (the bundled default "
                         f"model), got {type(model).__name__}")
-    from .model import read_model_configs
-
     configs, _ = read_model_configs(Path(model))  # also every check loading makes before the weights
     return native_size(configs["unet"], configs["vae"]), size_multiple(configs["unet"], configs["vae"])
 
