@@ -69,8 +69,9 @@ gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_
     m->ctx.device = device;
     m->ctx.cancel = &m->cancel;
     m->ctx.matmul_dtype = matmul_dtype;
+    /* The model's own count: the process default stays as it is, and no
+     * other model is re-threaded. */
     m->ctx.nthreads = nthreads > 0 ? nthreads : gnr_get_num_threads();
-    if (nthreads > 0) gnr_set_num_threads(nthreads);
     gnr_status st;
     GNR_CHECK(st, gnr_arena_create(&be->allocator, max_memory, &m->ctx.arena));
     GNR_CHECK(st, gnr_arena_create(&be->allocator, 0, &m->ctx.keep));
@@ -99,6 +100,8 @@ void gnr_model_destroy(gnr_model *m)
 }
 
 int gnr_model_weight_count(const gnr_model *m) { return m->weights.n; }
+
+int gnr_model_threads(const gnr_model *m) { return m->ctx.nthreads; }
 
 gnr_status gnr_model_weight_info(const gnr_model *m, int index, const char **name, int *ndim, const int64_t **shape)
 {
