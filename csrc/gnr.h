@@ -82,8 +82,9 @@ typedef struct {
 
 typedef struct gnr_model gnr_model;
 
-/* Creates a model on `device` (GNR_CPU, or GNR_CUDA in a CUDA build). Checks
- * the configs for values the engine cannot run (ValueError naming the key).
+/* Creates a model on `device` (GNR_CPU, or GNR_CUDA in a CUDA build). The
+ * configs come validated (gnr/model.py names the file and key at fault); one
+ * the engine cannot build is GNR_ERR_INTERNAL, a bug in gnr.
  * matmul_dtype: GNR_F32 (parity mode), or on CUDA GNR_F16 / GNR_BF16 (speed
  * mode: the inputs of every matrix product rounded to 16 bits on tensor
  * cores, fp32 accumulation; weights, activations, softmax statistics, norms
