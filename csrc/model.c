@@ -336,14 +336,6 @@ static gnr_status build_request(const gnr_energy_term *terms, int nterms, gnr_ca
     return GNR_OK;
 }
 
-static gnr_status check_found(const gnr_capture *cap)
-{
-    for (int i = 0; i < cap->n; i++)
-        if (!cap->found[i])
-            return gnr_error(GNR_ERR_VALUE, "capture point '%s' does not exist in this UNet", cap->names[i]);
-    return GNR_OK;
-}
-
 static gnr_status download_grad(gnr_ctx *ctx, const gnr_tape *tape, const gnr_tensor *leaf, float *out)
 {
     if (!out) return GNR_OK;
@@ -378,7 +370,7 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     GNR_CHECK(st, gnr_upload_new(ctx, ref_latent, 4, zs, &z));
     GNR_CHECK(st, gnr_upload_new(ctx, ref_context, 3, cs, &c));
     GNR_CHECK(st, unet_forward(ctx, &m->unet, &z, timestep, &c, ref, &y));
-    GNR_CHECK(st, check_found(ref));
+    GNR_CHECK(st, gnr_capture_check_found(ref));
     gnr_arena_release(ctx->arena, mark);
     GNR_CHECK(st, gnr_check_cancel(ctx));
 

@@ -70,14 +70,6 @@ static gnr_status build_request(const gnr_edit_config *cfg, int k, int pass, gnr
     return GNR_OK;
 }
 
-static gnr_status check_found(const gnr_capture *cap)
-{
-    for (int i = 0; i < cap->n; i++)
-        if (!cap->found[i])
-            return gnr_error(GNR_ERR_VALUE, "capture point '%s' does not exist in this UNet", cap->names[i]);
-    return GNR_OK;
-}
-
 static gnr_status diff_energy(gnr_ctx *ctx, energy_kind kind, const gnr_tensor *a, const gnr_tensor *b, double *v)
 {
     return kind == ENERGY_ABS_DIFF_MEAN ? gnr_abs_diff_mean(ctx, a, b, v) : gnr_sq_diff_mean(ctx, a, b, v);
@@ -147,7 +139,7 @@ static gnr_status current_pass(gnr_model *m, const gnr_edit_config *cfg, int k, 
     }
     GNR_CHECK(st, gnr_tape_init(&tape, cur));
     GNR_CHECK(st, job_unet(m, z, t, c, cur, &tape, cfg->checkpointing, &leaf, eps));
-    GNR_CHECK(st, check_found(cur));
+    GNR_CHECK(st, gnr_capture_check_found(cur));
     int kept;
     GNR_CHECK(st, seed_energies(ctx, cfg, k, pass, cur, ref, &tape, &kept));
     if (kept) {
@@ -237,7 +229,7 @@ gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain
             GNR_CHECK(st, job_poll(m, hooks));
             GNR_CHECK(st, build_request(cfg, k, -1, ref));
             GNR_CHECK(st, job_unet(m, &z_inv, t, &src, ref, NULL, 0, NULL, NULL));
-            GNR_CHECK(st, check_found(ref));
+            GNR_CHECK(st, gnr_capture_check_found(ref));
         }
         int have_g = 0;
         GNR_CHECK(st, gnr_fill(ctx, &g, 0.0f));
