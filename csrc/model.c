@@ -27,9 +27,9 @@ static gnr_status config_bug(const char *fmt, ...)
     return gnr_error(GNR_ERR_INTERNAL, "a bug in gnr: the model config reached the engine unvalidated: %s", what);
 }
 
-#define RULE(ok, ...)                                   \
-    do {                                                \
-        if (!(ok)) return config_bug(__VA_ARGS__);      \
+#define RULE(ok, ...)                              \
+    do {                                           \
+        if (!(ok)) return config_bug(__VA_ARGS__); \
     } while (0)
 
 /* The one place the engine checks a model config: every limit of the model
