@@ -82,13 +82,16 @@ typedef struct {
 
 typedef struct gnr_model gnr_model;
 
-/* Creates a model on `device` (GNR_CPU, or GNR_CUDA in a CUDA build). Checks
- * the configs for values the engine cannot run (ValueError naming the key).
+/* Creates a model on `device` (GNR_CPU, or GNR_CUDA in a CUDA build). The
+ * configs come validated (gnr/model.py names the file and key at fault); one
+ * the engine cannot build is GNR_ERR_INTERNAL, a bug in gnr.
  * matmul_dtype: GNR_F32 (parity mode), or on CUDA GNR_F16 / GNR_BF16 (speed
  * mode: the inputs of every matrix product rounded to 16 bits on tensor
  * cores, fp32 accumulation; weights, activations, softmax statistics, norms
- * and energies stay float32). nthreads <= 0: all cores. max_memory = 0: no
- * cap on activation memory. */
+ * and energies stay float32). nthreads: the CPU threads of this model's
+ * passes; <= 0: the process default (gnr_get_num_threads) as it is now. The
+ * count belongs to the model: making one never changes the process default
+ * or another model's count. max_memory = 0: no cap on activation memory. */
 gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_dtype matmul_dtype, int nthreads,
                             size_t max_memory, gnr_model **out);
 void gnr_model_destroy(gnr_model *m);
@@ -108,6 +111,8 @@ gnr_status gnr_model_set_weight(gnr_model *m, const char *name, const float *dat
 gnr_status gnr_model_finalize(gnr_model *m);
 
 const gnr_model_config *gnr_model_get_config(const gnr_model *m);
+/* The CPU threads this model's passes run on (fixed when it was made). */
+int gnr_model_threads(const gnr_model *m);
 /* The factor between image and latent sizes: 2^(VAE downsamplings). */
 int gnr_model_vae_factor(const gnr_model *m);
 /* Image sizes must be multiples of this: VAE factor x 2^(UNet downsamplings). */
@@ -260,7 +265,10 @@ gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain
 const char *gnr_blas_name(void);
 int gnr_has_openmp(void);
 int gnr_has_cuda(void);
-/* Threads used by the CPU backend (OpenMP and BLAS). */
+/* The process default of CPU threads: what a model made afterwards without a
+ * count of its own runs on (all cores until set). Models already made keep
+ * theirs. OpenBLAS itself always runs on one thread; products are split over
+ * the model's threads instead. */
 void gnr_set_num_threads(int n);
 int gnr_get_num_threads(void);
 

@@ -1,4 +1,6 @@
 /* gnr_model: one Stable Diffusion 1.x model on one device (gnr.h). */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,44 +10,87 @@
 
 /* ---------------------------------------------------------- lifecycle --- */
 
+/* A config the engine cannot build. gnr/model.py validates every rule below
+ * and names the file and key at fault; a config that reaches the engine
+ * breaking one is a bug in gnr, so it is an internal error here, reported
+ * before any fixed-size array of the model code is indexed by it. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
+static gnr_status config_bug(const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return gnr_error(GNR_ERR_INTERNAL, "a bug in gnr: the model config reached the engine unvalidated: %s", what);
+}
+
+#define RULE(ok, ...)                              \
+    do {                                           \
+        if (!(ok)) return config_bug(__VA_ARGS__); \
+    } while (0)
+
+/* The one place the engine checks a model config: every limit of the model
+ * code's arrays and every rule the layer shapes rely on. The model code
+ * (csrc/models) builds from a config that passed it. */
 static gnr_status check_config(const gnr_model_config *c)
 {
     const gnr_unet_config *u = &c->unet;
-    if (u->num_blocks < 1 || u->num_blocks > GNR_MAX_BLOCKS)
-        return gnr_error(GNR_ERR_VALUE, "unet config: %d blocks is not supported (1 to %d)", u->num_blocks,
-                         GNR_MAX_BLOCKS);
-    for (int i = 0; i < u->num_blocks; i++) {
-        if (u->block_out_channels[i] < 1 || u->block_out_channels[i] % u->norm_num_groups != 0)
-            return gnr_error(GNR_ERR_VALUE,
-                             "unet config: block_out_channels[%d] = %d is not a positive multiple of norm_num_groups %d",
-                             i, u->block_out_channels[i], u->norm_num_groups);
-        if (u->up_has_attn[i] != u->down_has_attn[u->num_blocks - 1 - i])
-            return gnr_error(GNR_ERR_VALUE,
-                             "unet config: up block %d %s cross-attention but its mirrored down block %d %s; "
-                             "gnr supports the symmetric SD 1.x layouts only",
-                             i, u->up_has_attn[i] ? "has" : "has no", u->num_blocks - 1 - i,
-                             u->down_has_attn[u->num_blocks - 1 - i] ? "does" : "does not");
+    int nb = u->num_blocks, groups = u->norm_num_groups;
+    RULE(nb >= 1 && nb <= GNR_MAX_BLOCKS, "unet: %d blocks (1 to %d)", nb, GNR_MAX_BLOCKS);
+    RULE(u->layers_per_block >= 1 && u->layers_per_block < GNR_MAX_LAYERS, "unet: layers_per_block %d (1 to %d)",
+         u->layers_per_block, GNR_MAX_LAYERS - 1);
+    RULE(groups >= 1, "unet: norm_num_groups %d", groups);
+    for (int i = 0; i < nb; i++) {
+        int ch = u->block_out_channels[i], mirror = nb - 1 - i;
+        RULE(ch >= 1 && ch % groups == 0, "unet: block_out_channels[%d] = %d is not a positive multiple of "
+             "norm_num_groups %d", i, ch, groups);
+        RULE(u->up_has_attn[i] == u->down_has_attn[mirror], "unet: up block %d %s cross-attention but its mirrored "
+             "down block %d %s (only the symmetric SD 1.x layouts)", i, u->up_has_attn[i] ? "has" : "has no", mirror,
+             u->down_has_attn[mirror] ? "does" : "does not");
+        /* Up block nb-1-i mirrors down block i, so checking the down blocks'
+         * transformers checks the up blocks' too. */
+        if (u->down_has_attn[i]) {
+            RULE(u->heads[i] >= 1 && ch % u->heads[i] == 0, "unet: down block %d: %d channels cannot be split into "
+                 "%d attention heads", i, ch, u->heads[i]);
+            RULE(u->transformer_layers[i] >= 1 && u->transformer_layers[i] <= GNR_MAX_TBLOCKS,
+                 "unet: down block %d: %d transformer layers (1 to %d)", i, u->transformer_layers[i], GNR_MAX_TBLOCKS);
+        }
     }
-    if (u->block_out_channels[0] * 4 > 4 * 1280)
-        return gnr_error(GNR_ERR_VALUE, "unet config: block_out_channels[0] = %d is larger than supported (1280)",
-                         u->block_out_channels[0]);
+    int top = u->block_out_channels[nb - 1];
+    RULE(u->mid_heads >= 1 && top % u->mid_heads == 0, "unet: mid block: %d channels cannot be split into %d "
+         "attention heads", top, u->mid_heads);
+    RULE(u->mid_transformer_layers >= 1 && u->mid_transformer_layers <= GNR_MAX_TBLOCKS,
+         "unet: mid block: %d transformer layers (1 to %d)", u->mid_transformer_layers, GNR_MAX_TBLOCKS);
+    RULE(u->block_out_channels[0] <= GNR_UNET_MAX_BASE_CHANNELS, "unet: block_out_channels[0] = %d (at most %d)",
+         u->block_out_channels[0], GNR_UNET_MAX_BASE_CHANNELS);
+
     const gnr_vae_config *v = &c->vae;
-    if (v->num_blocks < 1 || v->num_blocks > GNR_MAX_BLOCKS)
-        return gnr_error(GNR_ERR_VALUE, "vae config: %d blocks is not supported (1 to %d)", v->num_blocks,
-                         GNR_MAX_BLOCKS);
+    RULE(v->num_blocks >= 1 && v->num_blocks <= GNR_MAX_BLOCKS, "vae: %d blocks (1 to %d)", v->num_blocks,
+         GNR_MAX_BLOCKS);
+    RULE(v->layers_per_block >= 1 && v->layers_per_block < GNR_VAE_MAX_LAYERS, "vae: layers_per_block %d (1 to %d)",
+         v->layers_per_block, GNR_VAE_MAX_LAYERS - 1);
+    RULE(v->norm_num_groups >= 1, "vae: norm_num_groups %d", v->norm_num_groups);
     for (int i = 0; i < v->num_blocks; i++)
-        if (v->block_out_channels[i] < 1 || v->block_out_channels[i] % v->norm_num_groups != 0)
-            return gnr_error(GNR_ERR_VALUE,
-                             "vae config: block_out_channels[%d] = %d is not a positive multiple of norm_num_groups %d",
-                             i, v->block_out_channels[i], v->norm_num_groups);
-    if (v->latent_channels != u->in_channels)
-        return gnr_error(GNR_ERR_VALUE, "vae latent_channels %d differs from unet in_channels %d",
-                         v->latent_channels, u->in_channels);
-    if (c->text.hidden_size != u->cross_attention_dim)
-        return gnr_error(GNR_ERR_VALUE, "text_encoder hidden_size %d differs from unet cross_attention_dim %d",
-                         c->text.hidden_size, u->cross_attention_dim);
+        RULE(v->block_out_channels[i] >= 1 && v->block_out_channels[i] % v->norm_num_groups == 0,
+             "vae: block_out_channels[%d] = %d is not a positive multiple of norm_num_groups %d", i,
+             v->block_out_channels[i], v->norm_num_groups);
+    RULE(v->latent_channels == u->in_channels, "vae latent_channels %d differs from unet in_channels %d",
+         v->latent_channels, u->in_channels);
+
+    const gnr_text_config *t = &c->text;
+    RULE(t->num_layers >= 1 && t->num_layers <= GNR_MAX_TEXT_LAYERS, "text_encoder: %d layers (1 to %d)",
+         t->num_layers, GNR_MAX_TEXT_LAYERS);
+    RULE(t->num_heads >= 1 && t->hidden_size % t->num_heads == 0, "text_encoder: hidden_size %d cannot be split "
+         "into %d heads", t->hidden_size, t->num_heads);
+    RULE(t->hidden_size == u->cross_attention_dim, "text_encoder hidden_size %d differs from unet "
+         "cross_attention_dim %d", t->hidden_size, u->cross_attention_dim);
     return GNR_OK;
 }
+
+#undef RULE
 
 gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_dtype matmul_dtype, int nthreads,
                             size_t max_memory, gnr_model **out)
@@ -69,8 +114,9 @@ gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_
     m->ctx.device = device;
     m->ctx.cancel = &m->cancel;
     m->ctx.matmul_dtype = matmul_dtype;
+    /* The model's own count: the process default stays as it is, and no
+     * other model is re-threaded. */
     m->ctx.nthreads = nthreads > 0 ? nthreads : gnr_get_num_threads();
-    if (nthreads > 0) gnr_set_num_threads(nthreads);
     gnr_status st;
     GNR_CHECK(st, gnr_arena_create(&be->allocator, max_memory, &m->ctx.arena));
     GNR_CHECK(st, gnr_arena_create(&be->allocator, 0, &m->ctx.keep));
@@ -99,6 +145,8 @@ void gnr_model_destroy(gnr_model *m)
 }
 
 int gnr_model_weight_count(const gnr_model *m) { return m->weights.n; }
+
+int gnr_model_threads(const gnr_model *m) { return m->ctx.nthreads; }
 
 gnr_status gnr_model_weight_info(const gnr_model *m, int index, const char **name, int *ndim, const int64_t **shape)
 {
@@ -288,14 +336,6 @@ static gnr_status build_request(const gnr_energy_term *terms, int nterms, gnr_ca
     return GNR_OK;
 }
 
-static gnr_status check_found(const gnr_capture *cap)
-{
-    for (int i = 0; i < cap->n; i++)
-        if (!cap->found[i])
-            return gnr_error(GNR_ERR_VALUE, "capture point '%s' does not exist in this UNet", cap->names[i]);
-    return GNR_OK;
-}
-
 static gnr_status download_grad(gnr_ctx *ctx, const gnr_tape *tape, const gnr_tensor *leaf, float *out)
 {
     if (!out) return GNR_OK;
@@ -330,7 +370,7 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     GNR_CHECK(st, gnr_upload_new(ctx, ref_latent, 4, zs, &z));
     GNR_CHECK(st, gnr_upload_new(ctx, ref_context, 3, cs, &c));
     GNR_CHECK(st, unet_forward(ctx, &m->unet, &z, timestep, &c, ref, &y));
-    GNR_CHECK(st, check_found(ref));
+    GNR_CHECK(st, gnr_capture_check_found(ref));
     gnr_arena_release(ctx->arena, mark);
     GNR_CHECK(st, gnr_check_cancel(ctx));
 

@@ -27,6 +27,14 @@ int gnr_capture_index(const gnr_capture *cap, const char *name)
     return -1;
 }
 
+gnr_status gnr_capture_check_found(const gnr_capture *cap)
+{
+    for (int i = 0; i < cap->n; i++)
+        if (!cap->found[i])
+            return gnr_error(GNR_ERR_VALUE, "capture point '%s' does not exist in this UNet", cap->names[i]);
+    return GNR_OK;
+}
+
 nn_scope nn_scope_begin(gnr_ctx *ctx)
 {
     nn_scope s = {gnr_arena_get_mark(ctx->arena)};

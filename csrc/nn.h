@@ -33,6 +33,9 @@ typedef struct {
 gnr_status gnr_capture_add(gnr_capture *cap, const char *name);
 /* Index of `name` in the request, or -1 (cap may be NULL). */
 int gnr_capture_index(const gnr_capture *cap, const char *name);
+/* After a pass: GNR_ERR_VALUE naming the first requested name the pass did
+ * not offer (it is not a capture point of this UNet). */
+gnr_status gnr_capture_check_found(const gnr_capture *cap);
 
 typedef struct {
     gnr_arena_mark mark;

@@ -110,3 +110,17 @@ def test_peak_memory_is_counted(pair):
     ours.reset_peak()
     ours.unet(np.zeros((1, 4, 32, 32), np.float32), 10, np.zeros((77, 32), np.float32))
     assert ours.peak_bytes > 2 * small > 0
+
+
+def test_threads_belong_to_the_model(tiny_a_dir):
+    # A model's thread count is its own: making a second model with another
+    # count re-threads neither the first model nor the process default.
+    default = gnr.build_info()["threads"]
+    first = gnr.load_model(tiny_a_dir, threads=2)
+    assert first._c.threads == 2
+    second = gnr.load_model(tiny_a_dir, threads=1)
+    assert second._c.threads == 1
+    assert first._c.threads == 2
+    assert gnr.build_info()["threads"] == default
+    # No count of its own: the process default as it is when the model is made.
+    assert gnr.load_model(tiny_a_dir)._c.threads == default

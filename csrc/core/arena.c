@@ -41,22 +41,6 @@ struct gnr_arena {
     int nanfill; /* GNR_NANFILL was set when the arena was made */
 };
 
-static void *cpu_alloc(size_t bytes, void *user)
-{
-    (void)user;
-    void *p = NULL;
-    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
-    return p;
-}
-
-static void cpu_release(void *p, void *user)
-{
-    (void)user;
-    free(p);
-}
-
-const gnr_allocator gnr_cpu_allocator = {cpu_alloc, cpu_release, NULL, 64};
-
 gnr_status gnr_arena_create(const gnr_allocator *allocator, size_t cap_bytes, gnr_arena **out)
 {
     gnr_arena *a = calloc(1, sizeof *a);
@@ -213,10 +197,3 @@ size_t gnr_arena_peak(const gnr_arena *a) { return a->peak; }
 size_t gnr_arena_cap(const gnr_arena *a) { return a->cap; }
 void gnr_arena_set_cap(gnr_arena *a, size_t cap_bytes) { a->cap = cap_bytes; }
 void gnr_arena_reset_peak(gnr_arena *a) { a->peak = a->used; }
-
-size_t gnr_arena_reserved(const gnr_arena *a)
-{
-    size_t total = 0;
-    for (int i = 0; i < a->nblocks; i++) total += a->size[i];
-    return total;
-}

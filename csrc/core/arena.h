@@ -60,12 +60,8 @@ void gnr_arena_reset(gnr_arena *a);
 
 size_t gnr_arena_used(const gnr_arena *a);     /* live bytes now */
 size_t gnr_arena_peak(const gnr_arena *a);     /* max live bytes since the last reset_peak */
-size_t gnr_arena_reserved(const gnr_arena *a); /* bytes held from the device */
 size_t gnr_arena_cap(const gnr_arena *a);
 void gnr_arena_set_cap(gnr_arena *a, size_t cap_bytes);
 void gnr_arena_reset_peak(gnr_arena *a);
-
-/* The system allocator (64-byte aligned), for CPU arenas. */
-extern const gnr_allocator gnr_cpu_allocator;
 
 #endif

@@ -17,7 +17,8 @@ typedef struct gnr_ctx {
     gnr_device device;
     gnr_arena *arena;        /* stack of activations, released block by block */
     gnr_arena *keep;         /* captures that outlive a pass; reset by the pass's owner */
-    int nthreads;            /* CPU worker threads (OpenMP and BLAS) */
+    int nthreads;            /* CPU threads of this context's ops (OpenMP regions and the sgemm
+                                split); 0: the process default (gnr_get_num_threads) */
     gnr_dtype matmul_dtype;  /* inputs of matrix products: GNR_F32 (parity), or rounded to
                                 GNR_F16 / GNR_BF16 with fp32 accumulation (CUDA speed mode) */
     void *backend;           /* device state, NULL on the CPU */

@@ -2,11 +2,11 @@
 #include <cblas.h>
 
 #include "cpu/cpu_ops.h"
-#include "gnr.h"
 
 /* OpenMP is the engine's only thread pool: OpenBLAS runs single-threaded
  * (gnr_set_num_threads sets it so), and a large product is split into one
- * slice per thread along the larger of C's dimensions, each slice one sgemm.
+ * slice per thread of the calling context (nt) along the larger of C's
+ * dimensions, each slice one sgemm.
  * Two pools on one machine oversubscribe it: OpenBLAS's workers spin after a
  * product and starve the OpenMP workers of the next elementwise op (measured
  * on 2 cores under load: a tiny-model UNet pass took 160 ms with both pools
@@ -23,11 +23,10 @@ static void sgemm1(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, fl
                       (blasint)ldc);
 }
 
-void gnr_cpu_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+void gnr_cpu_sgemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                    int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
 {
     if (m <= 0 || n <= 0) return;
-    int nt = gnr_get_num_threads();
     int split_rows = m >= n;
     int64_t len = split_rows ? m : n;
     int64_t per = (len + nt - 1) / nt;

@@ -1,7 +1,11 @@
 /* The build and its threads: which BLAS, whether OpenMP, how many threads.
  *
- * One process-wide thread count drives both OpenMP regions (each region names
- * it explicitly, so it holds on whichever thread calls an op) and OpenBLAS. */
+ * A context carries its own thread count (ctx->nthreads, fixed when its model
+ * is made), so two models in one process each keep theirs: every OpenMP
+ * region names its count explicitly, from gnr_cpu_threads(ctx). The process
+ * keeps only a default for contexts made later. OpenBLAS stays on one thread
+ * (blas.c says why); gnr_cpu_sgemm splits products over the context's
+ * threads. */
 #include <stdio.h>
 
 #include <cblas.h>
@@ -12,7 +16,7 @@
 #include "gnr.h"
 #include "cpu/cpu_ops.h"
 
-static int num_threads = 0; /* 0: not chosen yet, all cores */
+static int default_threads = 0; /* 0: not chosen yet, all cores */
 
 const char *gnr_blas_name(void)
 {
@@ -33,18 +37,15 @@ int gnr_has_openmp(void)
 void gnr_set_num_threads(int n)
 {
     if (n < 1) n = 1;
-    num_threads = n;
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
-    /* OpenBLAS stays on the calling thread; gnr_cpu_sgemm splits products
-     * over the OpenMP threads (blas.c says why). */
+    default_threads = n;
+    /* The module sets the default when it loads, so OpenBLAS is on one
+     * thread before the first product and never starts a pool of its own. */
     scipy_openblas_set_num_threads(1);
 }
 
 int gnr_get_num_threads(void)
 {
-    if (num_threads > 0) return num_threads;
+    if (default_threads > 0) return default_threads;
 #ifdef _OPENMP
     return omp_get_num_procs();
 #else
@@ -54,6 +55,7 @@ int gnr_get_num_threads(void)
 
 int gnr_cpu_threads(const gnr_ctx *ctx)
 {
-    (void)ctx;
-    return gnr_get_num_threads();
+    /* A context made for a single op call (no model) has no count of its own
+     * and runs on the process default. */
+    return ctx->nthreads > 0 ? ctx->nthreads : gnr_get_num_threads();
 }

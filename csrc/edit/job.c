@@ -2,6 +2,28 @@
 
 #include <stdlib.h>
 
+gnr_status job_begin(gnr_model *m, int h, int w, int ctx_len, int num_steps, job *j)
+{
+    GNR_TRY(gnr_check_latent_size(m, h, w));
+    if (num_steps < 1 || num_steps > GNR_TRAIN_STEPS)
+        return gnr_error(GNR_ERR_VALUE, "num_steps must be in [1, %d], got %d", GNR_TRAIN_STEPS, num_steps);
+    GNR_TRY(gnr_pass_begin(m));
+    const gnr_unet_config *u = &m->cfg.unet;
+    *j = (job){.num_steps = num_steps,
+               .latent = {1, u->in_channels, h, w},
+               .context = {1, ctx_len, u->cross_attention_dim},
+               .chain = {num_steps + 1, u->in_channels, h, w}};
+    gnr_ddim_alphas_cumprod(j->abar);
+    return GNR_OK;
+}
+
+gnr_tensor job_item(const gnr_tensor *stack, int ndim, const int64_t *shape, int i)
+{
+    gnr_tensor t = gnr_reshape(*stack, ndim, shape);
+    t.data = (char *)stack->data + (size_t)i * gnr_nbytes(&t);
+    return t;
+}
+
 gnr_status job_poll(gnr_model *m, const gnr_hooks *hooks)
 {
     if (hooks && hooks->poll && hooks->poll(hooks->user)) return gnr_error(GNR_ERR_CANCELLED, "cancelled");
@@ -32,6 +54,18 @@ gnr_status job_state(gnr_model *m, int ndim, const int64_t *shape, gnr_tensor *o
     gnr_tensor t = gnr_tensor_view(NULL, GNR_F32, m->ctx.device, ndim, shape);
     GNR_TRY(gnr_arena_alloc(m->state, gnr_nbytes(&t), &t.data));
     *out = t;
+    return GNR_OK;
+}
+
+gnr_status job_upload(gnr_model *m, int ndim, const int64_t *shape, const float *host, gnr_tensor *out)
+{
+    GNR_TRY(job_state(m, ndim, shape, out));
+    return gnr_upload(&m->ctx, host, out);
+}
+
+gnr_status job_latents(gnr_model *m, const job *j, gnr_tensor *const *out)
+{
+    for (; *out; out++) GNR_TRY(job_state(m, 4, j->latent, *out));
     return GNR_OK;
 }
 

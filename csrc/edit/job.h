@@ -1,11 +1,30 @@
-/* What the long jobs (inversion, editing) share: the host hooks between
- * passes, and UNet passes on device tensors that keep nothing in the pass
- * arena afterwards. */
+/* What the long jobs (inversion, null-text inversion, editing) share: their
+ * common arguments checked and the model taken in one call, the host hooks
+ * between passes, state tensors that live for the whole job, and UNet passes
+ * on device tensors that keep nothing in the pass arena afterwards. */
 #ifndef GNR_EDIT_JOB_H
 #define GNR_EDIT_JOB_H
 
+#include "ddim.h"
 #include "grad/tape.h"
 #include "model_internal.h"
+
+/* The shapes and the DDIM schedule of a job over num_steps steps, latents of
+ * h x w and contexts of ctx_len tokens. */
+typedef struct {
+    int num_steps;
+    int64_t latent[4];  /* 1 x C x h x w */
+    int64_t context[3]; /* 1 x ctx_len x D */
+    int64_t chain[4];   /* num_steps + 1 latents */
+    float abar[GNR_TRAIN_STEPS];
+} job;
+
+/* Checks the latent size and num_steps (GNR_ERR_VALUE), then takes the model
+ * (gnr_pass_begin: the job ends with gnr_pass_end) and fills *j. */
+gnr_status job_begin(gnr_model *m, int h, int w, int ctx_len, int num_steps, job *j);
+
+/* Item i of `stack`, a run of equal tensors of `shape` (a view). */
+gnr_tensor job_item(const gnr_tensor *stack, int ndim, const int64_t *shape, int i);
 
 /* GNR_ERR_CANCELLED when the host's poll or the model's flag says stop. */
 gnr_status job_poll(gnr_model *m, const gnr_hooks *hooks);
@@ -15,6 +34,11 @@ gnr_status job_step(gnr_model *m, const gnr_hooks *hooks, int phase, int done, i
 
 /* A float32 tensor from the state arena (lives until the job ends). */
 gnr_status job_state(gnr_model *m, int ndim, const int64_t *shape, gnr_tensor *out);
+/* job_state holding a copy of the host array `host`. */
+gnr_status job_upload(gnr_model *m, int ndim, const int64_t *shape, const float *host, gnr_tensor *out);
+/* State tensors of the job's latent shape, one for each entry of the
+ * NULL-terminated list `out`. */
+gnr_status job_latents(gnr_model *m, const job *j, gnr_tensor *const *out);
 
 /* eps = unet(z, t, c) into a state tensor; captures (cap may be NULL) go to
  * ctx->keep. With `tape`, the pass is recorded with a copy of z as its leaf

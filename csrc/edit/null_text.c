@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ddim.h"
 #include "job.h"
 
 #define NT_ITERS 10
@@ -47,18 +46,11 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
                                 const float *c_null, int ctx_len, int num_steps, float guidance,
                                 const gnr_hooks *hooks, float *u_out)
 {
-    GNR_TRY(gnr_check_latent_size(m, h, w));
-    if (num_steps < 1 || num_steps > GNR_TRAIN_STEPS)
-        return gnr_error(GNR_ERR_VALUE, "num_steps must be in [1, %d], got %d", GNR_TRAIN_STEPS, num_steps);
-    GNR_TRY(gnr_pass_begin(m));
+    job j;
+    GNR_TRY(job_begin(m, h, w, ctx_len, num_steps, &j));
     gnr_ctx *ctx = &m->ctx;
-    const gnr_unet_config *uc = &m->cfg.unet;
     int N = num_steps;
-    int64_t zs[4] = {1, uc->in_channels, h, w}, cs[3] = {1, ctx_len, uc->cross_attention_dim};
-    int64_t all[4] = {N + 1, uc->in_channels, h, w};
-    int64_t zn = (int64_t)uc->in_channels * h * w, cn = (int64_t)ctx_len * uc->cross_attention_dim;
-    float abar[GNR_TRAIN_STEPS];
-    gnr_ddim_alphas_cumprod(abar);
+    int64_t cn = j.context[1] * j.context[2];
     float *host = calloc((size_t)(4 * cn), sizeof(float)); /* u, its gradient, Adam's m and v */
     gnr_tensor links, src, u, z, e_c, e_u, e, zn_, tmp, d_eu, target;
     gnr_tape tape;
@@ -67,25 +59,21 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
     if (!host) GNR_CHECK(st, gnr_error(GNR_ERR_NOMEM, "out of host memory for null-text inversion"));
     float *hu = host, *hg = host + cn, *hm = host + 2 * cn, *hv = host + 3 * cn;
 
-    GNR_CHECK(st, job_state(m, 4, all, &links));
-    GNR_CHECK(st, job_state(m, 3, cs, &src));
-    GNR_CHECK(st, job_state(m, 3, cs, &u));
-    gnr_tensor *states[] = {&z, &e_c, &e_u, &e, &zn_, &tmp, &d_eu};
-    for (size_t i = 0; i < sizeof states / sizeof states[0]; i++) GNR_CHECK(st, job_state(m, 4, zs, states[i]));
-    GNR_CHECK(st, gnr_upload(ctx, chain, &links));
-    GNR_CHECK(st, gnr_upload(ctx, c_src, &src));
+    GNR_CHECK(st, job_upload(m, 4, j.chain, chain, &links));
+    GNR_CHECK(st, job_upload(m, 3, j.context, c_src, &src));
+    GNR_CHECK(st, job_state(m, 3, j.context, &u));
+    GNR_CHECK(st, job_latents(m, &j, (gnr_tensor *const[]){&z, &e_c, &e_u, &e, &zn_, &tmp, &d_eu, NULL}));
     memcpy(hu, c_null, (size_t)cn * sizeof(float));
-    target = gnr_reshape(links, 4, zs);
-    target.data = (char *)links.data + (size_t)N * zn * sizeof(float);
+    target = job_item(&links, 4, j.latent, N);
     GNR_CHECK(st, gnr_copy(ctx, &target, &z));
 
     for (int k = 0; k < N; k++) {
         int t = gnr_ddim_timestep(N, k);
-        float a_t = abar[t], a_s = gnr_ddim_next_alpha(abar, N, t, 0);
+        float a_t = j.abar[t], a_s = gnr_ddim_next_alpha(j.abar, N, t, 0);
         float coef = sqrtf(1.0f - a_s) - sqrtf(a_s) * sqrtf(1.0f - a_t) / sqrtf(a_t);
         double lr = 0.01 * (1.0 - k / 100.0);
         double threshold = 1e-5 + k * 2e-5;
-        target.data = (char *)links.data + (size_t)(N - k - 1) * zn * sizeof(float);
+        target = job_item(&links, 4, j.latent, N - k - 1);
         memset(hm, 0, (size_t)(2 * cn) * sizeof(float)); /* a new optimizer every step */
 
         GNR_CHECK(st, job_poll(m, hooks));

@@ -9,12 +9,6 @@ gnr_status clip_text_declare(gnr_weights *ws, const gnr_text_config *cfg, clip_t
     memset(c, 0, sizeof *c);
     c->cfg = *cfg;
     int64_t d = cfg->hidden_size;
-    if (cfg->num_layers < 1 || cfg->num_layers > GNR_MAX_TEXT_LAYERS)
-        return gnr_error(GNR_ERR_VALUE, "text_encoder: num_hidden_layers %d is not supported (1 to %d)",
-                         cfg->num_layers, GNR_MAX_TEXT_LAYERS);
-    if (cfg->num_heads < 1 || d % cfg->num_heads != 0)
-        return gnr_error(GNR_ERR_VALUE, "text_encoder: hidden_size %lld cannot be split into %d heads", (long long)d,
-                         cfg->num_heads);
     int64_t tok[2] = {cfg->vocab_size, d}, pos[2] = {cfg->max_positions, d};
     GNR_TRY(gnr_weights_declare(ws, "text_encoder.text_model.embeddings.token_embedding", "weight", 2, tok,
                                 &c->token_embedding));

@@ -22,6 +22,7 @@ typedef struct {
     norm_w final_ln;
 } clip_text_w;
 
+/* cfg has passed the model's config check (csrc/model.c). */
 gnr_status clip_text_declare(gnr_weights *ws, const gnr_text_config *cfg, clip_text_w *c);
 /* ids: max_positions host int32 in [0, vocab) -> out: 1 x max_positions x hidden (arena). */
 gnr_status clip_text_forward(gnr_ctx *ctx, const clip_text_w *c, const int32_t *ids, gnr_tensor *out);

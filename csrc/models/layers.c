@@ -151,12 +151,6 @@ gnr_status transformer_declare(gnr_weights *ws, const char *component, const cha
 {
     char p[2 * GNR_MODULE_NAME_MAX + 64];
     memset(t, 0, sizeof *t);
-    if (nblocks < 1 || nblocks > GNR_MAX_TBLOCKS)
-        return gnr_error(GNR_ERR_VALUE, "%s: %d transformer layers per block is not supported (1 to %d)", name,
-                         nblocks, GNR_MAX_TBLOCKS);
-    if (heads < 1 || channels % heads != 0)
-        return gnr_error(GNR_ERR_VALUE, "%s: %d channels cannot be split into %d attention heads", name, channels,
-                         heads);
     GNR_TRY(gnr_fmt(t->name, sizeof t->name, "%s", name));
     t->groups = groups;
     t->nblocks = nblocks;

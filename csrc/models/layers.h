@@ -60,6 +60,8 @@ typedef struct {
     basic_block_w blocks[GNR_MAX_TBLOCKS];
 } transformer_w;
 
+/* 1 <= nblocks <= GNR_MAX_TBLOCKS and heads divides channels (the model's
+ * config check, csrc/model.c, ensures both). */
 gnr_status transformer_declare(gnr_weights *ws, const char *component, const char *name, int channels, int heads,
                                int nblocks, int context_dim, int groups, transformer_w *t);
 gnr_status transformer_forward(gnr_ctx *ctx, const transformer_w *t, const gnr_tensor *x,

@@ -14,6 +14,9 @@
 #include "layers.h"
 
 #define GNR_MAX_LAYERS 4 /* resnets per up block: layers_per_block + 1 */
+/* block_out_channels[0]: the width of the sinusoidal time embedding, built in
+ * a buffer of this many floats (SD 1.x uses 320). */
+#define GNR_UNET_MAX_BASE_CHANNELS 1280
 
 typedef struct {
     int nres;
@@ -35,6 +38,8 @@ typedef struct {
     norm_w norm_out;
 } unet_w;
 
+/* cfg has passed the model's config check (csrc/model.c): its counts fit the
+ * arrays above. */
 gnr_status unet_declare(gnr_weights *ws, const gnr_unet_config *cfg, unet_w *u);
 
 /* latent: 1 x in_channels x h x w (h, w multiples of 2^(num_blocks-1)),

@@ -28,11 +28,6 @@ gnr_status vae_declare(gnr_weights *ws, const gnr_vae_config *cfg, vae_w *v)
     v->cfg = *cfg;
     int nb = cfg->num_blocks, lpb = cfg->layers_per_block;
     const int *boc = cfg->block_out_channels;
-    if (nb < 1 || nb > GNR_MAX_BLOCKS)
-        return gnr_error(GNR_ERR_VALUE, "vae: %d blocks is not supported (1 to %d)", nb, GNR_MAX_BLOCKS);
-    if (lpb < 1 || lpb + 1 > GNR_VAE_MAX_LAYERS)
-        return gnr_error(GNR_ERR_VALUE, "vae: layers_per_block %d is not supported (1 to %d)", lpb,
-                         GNR_VAE_MAX_LAYERS - 1);
     int lc = cfg->latent_channels, groups = cfg->norm_num_groups;
     char name[GNR_MODULE_NAME_MAX];
 

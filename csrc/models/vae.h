@@ -30,6 +30,7 @@ typedef struct {
     linear_w quant, post_quant; /* w NULL when the config has none */
 } vae_w;
 
+/* cfg has passed the model's config check (csrc/model.c). */
 gnr_status vae_declare(gnr_weights *ws, const gnr_vae_config *cfg, vae_w *v);
 
 /* image: 1 x in_channels x H x W in [-1, 1] -> mean: 1 x latent_channels x H/f x W/f

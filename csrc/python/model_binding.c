@@ -600,6 +600,13 @@ static PyObject *Model_get_vae_factor(ModelObject *self, void *closure)
     return PyLong_FromLong(gnr_model_vae_factor(self->model));
 }
 
+static PyObject *Model_get_threads(ModelObject *self, void *closure)
+{
+    (void)closure;
+    if (!ready(self)) return NULL;
+    return PyLong_FromLong(gnr_model_threads(self->model));
+}
+
 static PyMethodDef Model_methods[] = {
     {"weight_specs", (PyCFunction)Model_weight_specs, METH_NOARGS, "[(name, shape)] of every weight the configs imply."},
     {"set_weight", (PyCFunction)Model_set_weight, METH_VARARGS, "set_weight(name, array): copy one weight in."},
@@ -632,6 +639,7 @@ static PyGetSetDef Model_getset[] = {
     {"peak_bytes", (getter)Model_get_peak, NULL, "Peak activation bytes since the last reset_peak.", NULL},
     {"size_multiple", (getter)Model_get_size_multiple, NULL, "Image sizes must be multiples of this.", NULL},
     {"vae_factor", (getter)Model_get_vae_factor, NULL, "Image size / latent size.", NULL},
+    {"threads", (getter)Model_get_threads, NULL, "CPU threads of this model's passes (fixed when it was made).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
