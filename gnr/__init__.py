@@ -64,7 +64,9 @@ __version__ = _C.build_info()["version"]
 
 
 def set_num_threads(n: int) -> None:
-    """Sets to `n` the threads the CPU backend uses (OpenMP and BLAS). Default: all cores."""
+    """Sets to `n` the CPU threads of models made from now on (a model's
+    `threads` argument overrides it; models already made keep theirs).
+    Default: all cores."""
     _C.set_num_threads(int(n))
 
 

@@ -119,9 +119,9 @@ class Editor:
         usable (`gnr.cuda_available()`).
       dtype: None or "float32" (parity mode, every device); on "cuda" also
         "float16" / "bfloat16" (speed mode; see `gnr.load_model`).
-      threads: CPU threads for the passes; None or 0 keeps the current
-        count (every core unless `gnr.set_num_threads` changed it); a
-        positive count sets it for the process, as `gnr.set_num_threads`.
+      threads: CPU threads for this editor's passes; None or 0 takes the
+        process default (every core unless `gnr.set_num_threads` changed
+        it). The count belongs to the model: other models keep theirs.
       max_memory: cap on the activation arena in bytes; 0 (the default) sets
         no cap. A pass that would need more raises `gnr.OutOfMemoryError`
         (with the bytes asked and available) before it allocates.

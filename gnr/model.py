@@ -248,9 +248,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
     variant: None, or "fp16" to prefer the `*.fp16.safetensors` files;
     without it the plain files are used when present. Weights are held in
     float32 whatever the files hold.
-    threads: CPU threads for the passes; None or 0 keeps the current count
-    (every core unless gnr.set_num_threads changed it); a positive count
-    sets it for the process, as gnr.set_num_threads.
+    threads: CPU threads for this model's passes; None or 0 takes the
+    process default (every core unless gnr.set_num_threads changed it).
+    The count belongs to the model: other models keep theirs.
     max_memory: cap on the activation arena in bytes (0: no cap); a pass
     that needs more raises gnr.OutOfMemoryError before it allocates.
     dtype: None / "float32" computes in float32 (parity with the

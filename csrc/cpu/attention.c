@@ -89,7 +89,7 @@ static void softmax_rows(int nt, float *s, int64_t rows, int64_t lk, int64_t i0,
 static void probs_chunk(int nt, const att_geom *g, const float *qc, const float *kh, int64_t rows, int64_t i0,
                         int causal, float scale, float *s)
 {
-    gnr_cpu_sgemm(nt, 0, 1, rows, g->lk, g->d, scale, qc, g->hd, kh, g->hd, 0.0f, s, g->lk);
+    cpu_gemm(nt, 0, 1, rows, g->lk, g->d, scale, qc, g->hd, kh, g->hd, 0.0f, s, g->lk);
     softmax_rows(nt, s, rows, g->lk, i0, causal);
 }
 
@@ -115,8 +115,8 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
                 probs_chunk(nt, &g, qc, kh, rows, i0, causal, scale, s);
                 if (pp)
                     memcpy(pp + ((n * heads + h) * g.lq + i0) * g.lk, s, (size_t)(rows * g.lk) * sizeof(float));
-                gnr_cpu_sgemm(nt, 0, 0, rows, g.d, g.lk, 1.0f, s, g.lk, vh, g.hd, 0.0f,
-                              po + (n * g.lq + i0) * g.hd + h * g.d, g.hd);
+                cpu_gemm(nt, 0, 0, rows, g.d, g.lk, 1.0f, s, g.lk, vh, g.hd, 0.0f,
+                         po + (n * g.lq + i0) * g.hd + h * g.d, g.hd);
             }
         }
     }
@@ -159,10 +159,10 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                 const float *pc = pp ? pp + poff : pbuf;
                 if (!pp) probs_chunk(nt, &g, pq + qoff, pk + koff, rows, i0, causal, scale, pbuf);
                 if (dv)
-                    gnr_cpu_sgemm(nt, 1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + qoff, g.hd, 1.0f, gnr_f32(dv) + koff,
-                                  g.hd);
+                    cpu_gemm(nt, 1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + qoff, g.hd, 1.0f, gnr_f32(dv) + koff,
+                             g.hd);
                 if (!need_ds) continue;
-                gnr_cpu_sgemm(nt, 0, 1, rows, g.lk, g.d, 1.0f, pdo + qoff, g.hd, pv + koff, g.hd, 0.0f, ds, g.lk);
+                cpu_gemm(nt, 0, 1, rows, g.lk, g.d, 1.0f, pdo + qoff, g.hd, pv + koff, g.hd, 0.0f, ds, g.lk);
                 const float *dpc = pdp ? pdp + poff : NULL;
 #pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
                 for (int64_t r = 0; r < rows; r++) {
@@ -176,11 +176,11 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                     for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - fdot);
                 }
                 if (dq)
-                    gnr_cpu_sgemm(nt, 0, 0, rows, g.d, g.lk, scale, ds, g.lk, pk + koff, g.hd, 1.0f, gnr_f32(dq) + qoff,
-                                  g.hd);
+                    cpu_gemm(nt, 0, 0, rows, g.d, g.lk, scale, ds, g.lk, pk + koff, g.hd, 1.0f, gnr_f32(dq) + qoff,
+                             g.hd);
                 if (dk)
-                    gnr_cpu_sgemm(nt, 1, 0, g.lk, g.d, rows, scale, ds, g.lk, pq + qoff, g.hd, 1.0f, gnr_f32(dk) + koff,
-                                  g.hd);
+                    cpu_gemm(nt, 1, 0, g.lk, g.d, rows, scale, ds, g.lk, pq + qoff, g.hd, 1.0f, gnr_f32(dk) + koff,
+                             g.hd);
             }
         }
     }

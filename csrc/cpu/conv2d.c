@@ -128,7 +128,7 @@ gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
     const float *px = gnr_f32(x), *pw = gnr_f32(w);
     if (is_pointwise(&g)) {
         for (int64_t n = 0; n < g.n; n++)
-            gnr_cpu_sgemm(nt, 0, 0, g.o, hw, g.c, 1.0f, pw, g.c, px + n * g.c * hw, hw, beta, py + n * g.o * hw, hw);
+            cpu_gemm(nt, 0, 0, g.o, hw, g.c, 1.0f, pw, g.c, px + n * g.c * hw, hw, beta, py + n * g.o * hw, hw);
         return GNR_OK;
     }
     int64_t tr = tile_rows(&g);
@@ -141,8 +141,8 @@ gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
         for (int64_t i0 = 0; i0 < g.ho; i0 += tr) {
             int64_t rows = g.ho - i0 < tr ? g.ho - i0 : tr;
             im2col(nt, &g, xn, i0, rows, col);
-            gnr_cpu_sgemm(nt, 0, 0, g.o, rows * g.wo, g.ckk, 1.0f, pw, g.ckk, col, rows * g.wo, beta, yn + i0 * g.wo,
-                          hw);
+            cpu_gemm(nt, 0, 0, g.o, rows * g.wo, g.ckk, 1.0f, pw, g.ckk, col, rows * g.wo, beta, yn + i0 * g.wo,
+                     hw);
         }
     }
     gnr_arena_release(ctx->arena, m);
@@ -162,7 +162,7 @@ gnr_status cpu_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
     float *px = gnr_f32(dx);
     if (is_pointwise(&g)) {
         for (int64_t n = 0; n < g.n; n++)
-            gnr_cpu_sgemm(nt, 1, 0, g.c, hw, g.o, 1.0f, pw, g.c, pd + n * g.o * hw, hw, 1.0f, px + n * g.c * hw, hw);
+            cpu_gemm(nt, 1, 0, g.c, hw, g.o, 1.0f, pw, g.c, pd + n * g.o * hw, hw, 1.0f, px + n * g.c * hw, hw);
         return GNR_OK;
     }
     int64_t tr = tile_rows(&g);
@@ -174,8 +174,8 @@ gnr_status cpu_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
         float *dxn = px + n * g.c * g.h * g.w;
         for (int64_t i0 = 0; i0 < g.ho; i0 += tr) {
             int64_t rows = g.ho - i0 < tr ? g.ho - i0 : tr;
-            gnr_cpu_sgemm(nt, 1, 0, g.ckk, rows * g.wo, g.o, 1.0f, pw, g.ckk, dyn + i0 * g.wo, hw, 0.0f, col,
-                          rows * g.wo);
+            cpu_gemm(nt, 1, 0, g.ckk, rows * g.wo, g.o, 1.0f, pw, g.ckk, dyn + i0 * g.wo, hw, 0.0f, col,
+                     rows * g.wo);
             col2im_add(nt, &g, col, i0, rows, dxn);
         }
     }

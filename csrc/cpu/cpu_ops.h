@@ -21,8 +21,8 @@ int gnr_cpu_threads(const gnr_ctx *ctx);
 /* Row-major C = alpha op(A) op(B) + beta C through OpenBLAS, split over nt
  * threads (the context's gnr_cpu_threads; never call from inside an OpenMP
  * parallel region). */
-void gnr_cpu_sgemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
-                   int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+              int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
 /* Elements below which a loop stays on one thread. */
 #define GNR_CPU_PAR_MIN 32768

@@ -24,7 +24,7 @@ gnr_status cpu_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
             for (int64_t o = 0; o < out; o++) py[r * out + o] = pb[o];
         beta = 1.0f;
     }
-    gnr_cpu_sgemm(gnr_cpu_threads(ctx), 0, 1, rows, out, in, 1.0f, gnr_f32(x), in, gnr_f32(w), in, beta, py, out);
+    cpu_gemm(gnr_cpu_threads(ctx), 0, 1, rows, out, in, 1.0f, gnr_f32(x), in, gnr_f32(w), in, beta, py, out);
     return GNR_OK;
 }
 
@@ -34,7 +34,7 @@ gnr_status cpu_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
     int64_t out = 0, in = 0;
     weight_dims(w, &out, &in);
     int64_t rows = out ? gnr_numel(dy) / out : 0;
-    gnr_cpu_sgemm(gnr_cpu_threads(ctx), 0, 0, rows, in, out, 1.0f, gnr_f32(dy), out, gnr_f32(w), in, 1.0f,
-                  gnr_f32(dx), in);
+    cpu_gemm(gnr_cpu_threads(ctx), 0, 0, rows, in, out, 1.0f, gnr_f32(dy), out, gnr_f32(w), in, 1.0f,
+             gnr_f32(dx), in);
     return GNR_OK;
 }

@@ -4,7 +4,7 @@
  * is made), so two models in one process each keep theirs: every OpenMP
  * region names its count explicitly, from gnr_cpu_threads(ctx). The process
  * keeps only a default for contexts made later. OpenBLAS stays on one thread
- * (blas.c says why); gnr_cpu_sgemm splits products over the context's
+ * (gemm.c says why); cpu_gemm splits products over the context's
  * threads. */
 #include <stdio.h>
 

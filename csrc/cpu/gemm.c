@@ -23,8 +23,8 @@ static void sgemm1(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, fl
                       (blasint)ldc);
 }
 
-void gnr_cpu_sgemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
-                   int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+              int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
 {
     if (m <= 0 || n <= 0) return;
     int split_rows = m >= n;
