@@ -1,7 +1,9 @@
 """The binding's own guarantees (csrc/python): arguments are range-checked,
 never truncated or wrapped; what the engine reads while the GIL is released
-is the binding's own copy."""
+is the binding's own copy; a model in use cannot be re-initialised under the
+call using it."""
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -57,6 +59,64 @@ def test_a_config_gnr_model_never_builds_is_an_internal_error(resolved):
     del cfg["vae"]["use_quant_conv"]
     with pytest.raises(RuntimeError, match="internal error in gnr.*use_quant_conv"):
         _C.Model(cfg, "cpu", 0, 0, "float32")
+
+
+# ------------------------------------------------------- re-initialising --
+
+def test_reinit_while_another_thread_runs_a_call_is_refused(tiny_a_dir, resolved):
+    m = gnr.load_model(tiny_a_dir)
+    rng = np.random.default_rng(0)
+    z0 = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
+    c = rng.standard_normal((77, 32), dtype=np.float32)
+    expected = m._c._invert(z0, c, 3, None, False)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(phase, done, total, guided, latent):  # keeps the call running, the GIL released
+        started.set()
+        release.wait(60)
+
+    result = {}
+
+    def run():
+        try:
+            result["chain"] = m._c._invert(z0, c, 3, hold, False)
+        except BaseException as e:  # noqa: B036 - reported below
+            result["error"] = e
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert started.wait(60)
+        with pytest.raises(RuntimeError, match="in use"):
+            m._c.__init__(resolved, "cpu", 0, 0, "float32")
+    finally:
+        release.set()
+        worker.join(60)
+    assert "error" not in result, result.get("error")
+    np.testing.assert_array_equal(result["chain"], expected)
+    still_works(m)
+
+
+def test_reinit_from_the_calls_own_callback_is_refused(tiny_a_dir, resolved):
+    m = gnr.load_model(tiny_a_dir)
+    z0 = np.ones((1, 4, 8, 8), np.float32)
+    c = np.ones((77, 32), np.float32)
+
+    def reinit(phase, done, total, guided, latent):
+        m._c.__init__(resolved, "cpu", 0, 0, "float32")
+
+    with pytest.raises(RuntimeError, match="in use"):
+        m._c._invert(z0, c, 3, reinit, False)
+    still_works(m)
+
+
+def test_reinit_of_an_idle_model_replaces_it(tiny_a_dir, resolved):
+    m = gnr.load_model(tiny_a_dir)
+    specs = m._c.weight_specs()
+    m._c.__init__(resolved, "cpu", 0, 0, "float32")  # a new model, no weights yet
+    assert m._c.weight_specs() == specs
+    with pytest.raises(ValueError, match="not loaded"):
+        still_works(m)
 
 
 # ------------------------------------------------------- capture names --

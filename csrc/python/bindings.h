@@ -10,8 +10,9 @@
 int gnr_py_register_model(PyObject *module); /* model_binding.c: gnr._C.Model */
 int gnr_py_register_ops(PyObject *module);   /* op_binding.c: single ops, for tests */
 
-/* edit_binding.c: the bodies of gnr._C.Model's methods for the long jobs,
- * called by model_binding.c with the object's model. */
+/* edit_binding.c: the bodies of gnr._C.Model's methods for the long jobs.
+ * model_binding.c calls them with the model held for the whole call (an
+ * __init__ meanwhile is refused). */
 struct gnr_model;
 PyObject *gnr_py_invert(struct gnr_model *m, PyObject *args, PyObject *kw);
 PyObject *gnr_py_edit(struct gnr_model *m, PyObject *args, PyObject *kw);

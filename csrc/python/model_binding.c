@@ -16,6 +16,11 @@
 typedef struct {
     PyObject_HEAD
     gnr_model *model;
+    /* Running calls that use `model` with the GIL released (a long job's
+     * Python callbacks run inside its call, so they count too). __init__
+     * refuses to replace the model while any runs, since freeing it would
+     * pull it from under that call. Read and written with the GIL held. */
+    int users;
 } ModelObject;
 
 /* ----------------------------------------------------- config parsing --- */
@@ -168,6 +173,13 @@ done:
 
 /* ------------------------------------------------------------ the type --- */
 
+/* Re-initialising a model that no call is using replaces it: once the new
+ * arguments are read, the old model is freed (two need not fit in memory at
+ * once) and the new one created with the GIL released; meanwhile the object
+ * reads as uninitialised and counts as in use, so a second __init__ is
+ * refused. If creating fails, the object stays uninitialised (its methods
+ * raise RuntimeError). While a call uses the model, __init__ raises
+ * RuntimeError and leaves it alone. */
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"config", "device", "threads", "max_memory", "dtype", NULL};
@@ -182,14 +194,24 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
         return -1;
     gnr_model_config c;
     if (parse_config(cfg, &c) < 0) return -1;
-    if (self->model) {
-        gnr_model_destroy(self->model);
-        self->model = NULL;
+    /* Checked after parsing (a converter may run Python code, and with it
+     * another thread); nothing between here and the swap releases the GIL. */
+    if (self->users) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "gnr._C.Model.__init__: this model is in use by a running call (in another thread, or "
+                        "this call's own callback) and cannot be re-initialised until that call returns");
+        return -1;
     }
+    gnr_model_destroy(self->model);
+    self->model = NULL;
+    self->users = 1;
+    gnr_model *fresh = NULL;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_model_create(&c, dev, mm, threads.value, max_memory.value, &self->model);
+    st = gnr_model_create(&c, dev, mm, threads.value, max_memory.value, &fresh);
     Py_END_ALLOW_THREADS
+    self->users = 0;
+    self->model = fresh;
     if (st != GNR_OK) {
         gnr_py_raise(st);
         return -1;
@@ -199,7 +221,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 
 static void Model_dealloc(ModelObject *self)
 {
-    gnr_model_destroy(self->model);
+    gnr_model_destroy(self->model); /* no call runs: each holds a reference to self */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -208,15 +230,19 @@ static void Model_dealloc(ModelObject *self)
 /* A method's body, given the model it may use for the whole call. */
 typedef PyObject *(*model_method)(gnr_model *m, PyObject *args, PyObject *kw);
 
-/* Runs `fn` on the object's model: the model a call uses is read once, at
- * its start. */
+/* Runs `fn` with the model counted as in use, so that __init__ cannot free
+ * it meanwhile: the body may run Python code (array conversion, callbacks)
+ * or release the GIL, and another thread may then call __init__. */
 static PyObject *with_model(ModelObject *self, model_method fn, PyObject *args, PyObject *kw)
 {
     if (!self->model) {
         PyErr_SetString(PyExc_RuntimeError, "model is not initialised");
         return NULL;
     }
-    return fn(self->model, args, kw);
+    self->users++;
+    PyObject *ret = fn(self->model, args, kw);
+    self->users--;
+    return ret;
 }
 
 static PyObject *shape_tuple(int ndim, const int64_t *shape)
@@ -589,7 +615,7 @@ static PyObject *Model_null_text(ModelObject *self, PyObject *args)
 }
 static PyObject *Model_edit(ModelObject *self, PyObject *args) { return with_model(self, gnr_py_edit, args, NULL); }
 
-/* The getters read one number. */
+/* The getters read one number and run no Python code in between. */
 static gnr_model *initialised(ModelObject *self)
 {
     if (!self->model) PyErr_SetString(PyExc_RuntimeError, "model is not initialised");
@@ -664,7 +690,8 @@ static PyTypeObject ModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gnr._C.Model",
     .tp_basicsize = sizeof(ModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A Stable Diffusion 1.x model in the gnr engine (use gnr.load_model).",
+    .tp_doc = "A Stable Diffusion 1.x model in the gnr engine (use gnr.load_model). Calling __init__ again "
+              "replaces the model when no call is running on it, and raises RuntimeError while one is.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Model_init,
     .tp_dealloc = (destructor)Model_dealloc,
