@@ -54,6 +54,12 @@ def test_config_value_beyond_c_int_is_refused(resolved):
         _C.Model(cfg, "cpu", 0, 0, "float32")
 
 
+def test_op_param_beyond_c_int_is_refused():
+    x = np.ones((1, 4, 2, 2), np.float32)
+    with pytest.raises((ValueError, OverflowError), match=r"params\['groups'\]"):
+        _C._op("group_norm_forward", "cpu", (x,), {"groups": 2**32 + 2})  # 2 groups if cut
+
+
 def test_a_config_gnr_model_never_builds_is_an_internal_error(resolved):
     cfg = copy.deepcopy(resolved)
     del cfg["vae"]["use_quant_conv"]

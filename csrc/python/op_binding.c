@@ -16,10 +16,12 @@
 #include "arrays.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "backend.h"
 #include "bindings.h"
+#include "convert.h"
 #include "errors.h"
 
 #define MAX_IN 6
@@ -75,10 +77,6 @@ static const op_spec OPS[] = {
 };
 #define NOPS ((int)(sizeof OPS / sizeof OPS[0]))
 
-static const char *PARAM_KEYS[] = {"stride", "pads", "groups", "eps", "act", "heads", "causal", "scale",
-                                   "alpha", "value", "ids", "want_probs", "want_dq", "want_dk", "want_dv",
-                                   "want_da", "want_db", "x_shape", "hw", "ca", "start", NULL};
-
 typedef struct {
     gnr_conv_params conv;
     int groups, heads, causal, want_probs, want_dq, want_dk, want_dv, want_da, want_db;
@@ -113,152 +111,165 @@ typedef struct {
 
 /* ------------------------------------------------------------ params --- */
 
-static int get_int(PyObject *d, const char *key, int *out)
+/* The plain scalar params: one table gives their defaults, their parsing
+ * and the list of known keys. */
+typedef struct {
+    const char *key;
+    int is_float;
+    size_t offset;
+    double initial;
+} scalar_param;
+
+static const scalar_param SCALARS[] = {
+    {"stride", 0, offsetof(op_params, conv.stride), 1},
+    {"groups", 0, offsetof(op_params, groups), 1},
+    {"heads", 0, offsetof(op_params, heads), 1},
+    {"causal", 0, offsetof(op_params, causal), 0},
+    {"want_probs", 0, offsetof(op_params, want_probs), 0},
+    {"want_dq", 0, offsetof(op_params, want_dq), 1},
+    {"want_dk", 0, offsetof(op_params, want_dk), 1},
+    {"want_dv", 0, offsetof(op_params, want_dv), 1},
+    {"want_da", 0, offsetof(op_params, want_da), 1},
+    {"want_db", 0, offsetof(op_params, want_db), 1},
+    {"eps", 1, offsetof(op_params, eps), 1e-5},
+    {"scale", 1, offsetof(op_params, scale), 1.0},
+    {"alpha", 1, offsetof(op_params, alpha), 1.0},
+    {"value", 1, offsetof(op_params, value), 0.0},
+};
+#define NSCALARS ((int)(sizeof SCALARS / sizeof SCALARS[0]))
+
+/* The other params, read by parse_params itself. */
+static const char *const OTHER_KEYS[] = {"act", "pads", "ids", "x_shape", "hw", "ca", "start", NULL};
+
+static const scalar_param *scalar_named(const char *key)
 {
-    PyObject *v = d ? PyDict_GetItemString(d, key) : NULL;
-    if (!v) return 0;
-    long x = PyLong_AsLong(v);
-    if (x == -1 && PyErr_Occurred()) return -1;
-    *out = (int)x;
+    for (int i = 0; i < NSCALARS; i++)
+        if (!strcmp(SCALARS[i].key, key)) return &SCALARS[i];
+    return NULL;
+}
+
+static int known_key(const char *k)
+{
+    if (scalar_named(k)) return 1;
+    for (int i = 0; OTHER_KEYS[i]; i++)
+        if (!strcmp(k, OTHER_KEYS[i])) return 1;
     return 0;
 }
 
-static int get_float(PyObject *d, const char *key, float *out)
+static PyObject *unknown_key(PyObject *key)
 {
-    PyObject *v = d ? PyDict_GetItemString(d, key) : NULL;
+    char known[512];
+    size_t off = 0;
+    for (int i = 0; i < NSCALARS && off < sizeof known; i++)
+        off += (size_t)snprintf(known + off, sizeof known - off, "%s, ", SCALARS[i].key);
+    for (int i = 0; OTHER_KEYS[i] && off < sizeof known; i++)
+        off += (size_t)snprintf(known + off, sizeof known - off, OTHER_KEYS[i + 1] ? "%s, " : "%s", OTHER_KEYS[i]);
+    PyErr_Format(PyExc_ValueError, "unknown op param %R; known: %s", key, known);
+    return NULL;
+}
+
+/* params[key] through `conv`: 1 converted, 0 absent, -1 error. */
+static int param(PyObject *d, const char *key, gnr_py_converter conv, void *arg)
+{
+    return d ? gnr_py_dict_item(d, key, conv, arg) : 0;
+}
+
+/* params["ids"]: a sequence of int32 token ids into p->ids (PyMem). */
+static int parse_ids(PyObject *d, op_params *p)
+{
+    PyObject *v = d ? PyDict_GetItemString(d, "ids") : NULL;
     if (!v) return 0;
-    double x = PyFloat_AsDouble(v);
-    if (x == -1.0 && PyErr_Occurred()) return -1;
-    *out = (float)x;
+    Py_ssize_t n = PySequence_Check(v) ? PySequence_Size(v) : -1;
+    if (n < 0 || n > INT_MAX) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "params['ids'] must be a sequence of at most %d ints, got %.100s", INT_MAX,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    if (!(p->ids = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int *ids = (int *)p->ids; /* int32_t is int here (checked below) */
+    _Static_assert(sizeof(int) == sizeof(int32_t), "token ids are read as ints");
+    gnr_py_ints list = {"params['ids']", INT32_MIN, INT32_MAX, (int)n, ids, 0};
+    if (param(d, "ids", gnr_py_conv_ints, &list) < 0) return -1;
+    p->nids = list.n;
     return 0;
 }
 
-/* A sequence of at most `max` ints; returns the count, or -1 with an exception. */
-static int get_ints(PyObject *d, const char *key, int64_t *out, int max)
+/* A list param of at most `max` ints into int64 out; returns the count, or -1. */
+static int int_list_param(PyObject *d, const char *key, const char *name, int max, int64_t *out)
 {
-    PyObject *v = d ? PyDict_GetItemString(d, key) : NULL;
-    if (!v) return 0;
-    if (PyLong_Check(v) && max >= 1) {
-        out[0] = PyLong_AsLongLong(v);
-        return out[0] == -1 && PyErr_Occurred() ? -1 : 1;
-    }
-    PyObject *seq = PySequence_Fast(v, "op params: expected an int or a sequence of ints");
-    if (!seq) return -1;
-    int n = (int)PySequence_Fast_GET_SIZE(seq), rc = n;
-    if (n > max) {
-        PyErr_Format(PyExc_ValueError, "params['%s'] has %d entries, at most %d allowed", key, n, max);
-        rc = -1;
-    }
-    for (int i = 0; rc >= 0 && i < n; i++) {
-        long long x = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (x == -1 && PyErr_Occurred()) rc = -1;
-        else out[i] = x;
-    }
-    Py_DECREF(seq);
-    return rc;
+    int v[GNR_MAX_DIMS];
+    gnr_py_ints list = {name, INT_MIN, INT_MAX, max, v, 0};
+    if (param(d, key, gnr_py_conv_ints, &list) < 0) return -1;
+    for (int i = 0; i < list.n; i++) out[i] = v[i];
+    return list.n;
 }
 
 static int parse_params(PyObject *d, op_params *p)
 {
     memset(p, 0, sizeof *p);
-    p->conv.stride = 1;
-    p->groups = 1;
-    p->heads = 1;
-    p->eps = 1e-5f;
-    p->scale = 1.0f;
-    p->alpha = 1.0f;
-    p->want_dq = p->want_dk = p->want_dv = p->want_da = p->want_db = 1;
-    if (d && d != Py_None) {
-        if (!PyDict_Check(d)) {
-            PyErr_Format(PyExc_TypeError, "params must be a dict or None, got %.100s", Py_TYPE(d)->tp_name);
-            return -1;
-        }
-        PyObject *key;
-        PyObject *val;
-        Py_ssize_t pos = 0;
-        while (PyDict_Next(d, &pos, &key, &val)) {
-            const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
-            int known = 0;
-            for (int i = 0; k && PARAM_KEYS[i]; i++) known |= strcmp(k, PARAM_KEYS[i]) == 0;
-            if (!known) {
-                PyErr_Format(PyExc_ValueError, "unknown op param %R; known: stride, pads, groups, eps, act, heads, "
-                             "causal, scale, alpha, value, ids, want_probs, want_dq, want_dk, want_dv, want_da, "
-                             "want_db, x_shape, hw, ca, start", key);
-                return -1;
-            }
-        }
-    } else {
-        d = NULL;
+    for (int i = 0; i < NSCALARS; i++) {
+        char *field = (char *)p + SCALARS[i].offset;
+        if (SCALARS[i].is_float) *(float *)field = (float)SCALARS[i].initial;
+        else *(int *)field = (int)SCALARS[i].initial;
     }
-    int act = 0;
-    PyObject *a = d ? PyDict_GetItemString(d, "act") : NULL;
-    if (a && PyUnicode_Check(a)) {
-        const char *s = PyUnicode_AsUTF8(a);
-        if (!strcmp(s, "silu")) act = GNR_ACT_SILU;
-        else if (!strcmp(s, "gelu")) act = GNR_ACT_GELU;
-        else if (!strcmp(s, "quick_gelu")) act = GNR_ACT_QUICK_GELU;
-        else {
-            PyErr_Format(PyExc_ValueError, "unknown act '%s'; known: silu, gelu, quick_gelu", s);
-            return -1;
-        }
-    } else if (get_int(d, "act", &act) < 0) {
+    if (d == Py_None) d = NULL;
+    if (d && !PyDict_Check(d)) {
+        PyErr_Format(PyExc_TypeError, "params must be a dict or None, got %.100s", Py_TYPE(d)->tp_name);
         return -1;
     }
-    p->act = (gnr_act)act;
-    if (get_int(d, "stride", &p->conv.stride) < 0 || get_int(d, "groups", &p->groups) < 0 ||
-        get_int(d, "heads", &p->heads) < 0 || get_int(d, "causal", &p->causal) < 0 ||
-        get_int(d, "want_probs", &p->want_probs) < 0 || get_int(d, "want_dq", &p->want_dq) < 0 ||
-        get_int(d, "want_dk", &p->want_dk) < 0 || get_int(d, "want_dv", &p->want_dv) < 0 ||
-        get_int(d, "want_da", &p->want_da) < 0 || get_int(d, "want_db", &p->want_db) < 0 ||
-        get_float(d, "eps", &p->eps) < 0 || get_float(d, "scale", &p->scale) < 0 ||
-        get_float(d, "alpha", &p->alpha) < 0 || get_float(d, "value", &p->value) < 0)
-        return -1;
+    PyObject *key, *val;
+    Py_ssize_t pos = 0;
+    while (d && PyDict_Next(d, &pos, &key, &val)) {
+        const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (!k || !known_key(k)) {
+            PyErr_Clear();
+            unknown_key(key);
+            return -1;
+        }
+    }
+    for (int i = 0; i < NSCALARS; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "params['%s']", SCALARS[i].key);
+        char *field = (char *)p + SCALARS[i].offset;
+        if (SCALARS[i].is_float) {
+            gnr_py_float v = {name, *(float *)field};
+            if (param(d, SCALARS[i].key, gnr_py_conv_float, &v) < 0) return -1;
+            *(float *)field = v.value;
+        } else {
+            gnr_py_int v = {name, INT_MIN, INT_MAX, *(int *)field};
+            if (param(d, SCALARS[i].key, gnr_py_conv_int, &v) < 0) return -1;
+            *(int *)field = v.value;
+        }
+    }
+    if (param(d, "act", gnr_py_conv_act, &p->act) < 0) return -1;
     int64_t pads[4] = {0, 0, 0, 0};
-    int np = get_ints(d, "pads", pads, 4);
+    int np = int_list_param(d, "pads", "params['pads']", 4, pads);
     if (np < 0) return -1;
     if (np == 1) pads[1] = pads[2] = pads[3] = pads[0];
     else if (np != 0 && np != 4) {
         PyErr_SetString(PyExc_ValueError, "params['pads'] must be (top, bottom, left, right) or (all,)");
         return -1;
     }
-    p->conv.pad_top = (int)pads[0], p->conv.pad_bottom = (int)pads[1];
+    p->conv.pad_top = (int)pads[0], p->conv.pad_bottom = (int)pads[1]; /* ints, read as such */
     p->conv.pad_left = (int)pads[2], p->conv.pad_right = (int)pads[3];
-    if ((p->x_ndim = get_ints(d, "x_shape", p->x_shape, GNR_MAX_DIMS)) < 0) return -1;
-    int nhw = get_ints(d, "hw", p->hw, 2);
+    if ((p->x_ndim = int_list_param(d, "x_shape", "params['x_shape']", GNR_MAX_DIMS, p->x_shape)) < 0) return -1;
+    int nhw = int_list_param(d, "hw", "params['hw']", 2, p->hw);
     if (nhw < 0) return -1;
     if (nhw != 0 && nhw != 2) {
         PyErr_SetString(PyExc_ValueError, "params['hw'] must be (H, W)");
         return -1;
     }
     p->has_hw = nhw == 2;
-    PyObject *cav = d ? PyDict_GetItemString(d, "ca") : NULL;
-    if (cav) {
-        p->ca = PyLong_AsLongLong(cav);
-        if (p->ca == -1 && PyErr_Occurred()) return -1;
-        p->has_ca = 1;
-    }
-    PyObject *ids = d ? PyDict_GetItemString(d, "ids") : NULL;
-    if (ids) {
-        PyObject *seq = PySequence_Fast(ids, "params['ids'] must be a sequence of ints");
-        if (!seq) return -1;
-        p->nids = PySequence_Fast_GET_SIZE(seq);
-        p->ids = PyMem_Malloc((size_t)(p->nids ? p->nids : 1) * sizeof(int32_t));
-        if (!p->ids) {
-            Py_DECREF(seq);
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (int64_t i = 0; i < p->nids; i++) {
-            long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-            if (x == -1 && PyErr_Occurred()) {
-                Py_DECREF(seq);
-                return -1;
-            }
-            p->ids[i] = (int32_t)x;
-        }
-        Py_DECREF(seq);
-    }
-    return 0;
+    gnr_py_int ca = {"params['ca']", INT_MIN, INT_MAX, 0};
+    int r = param(d, "ca", gnr_py_conv_int, &ca);
+    if (r < 0) return -1;
+    p->ca = ca.value;
+    p->has_ca = r;
+    return parse_ids(d, p);
 }
 
 /* ------------------------------------------------------------ shapes --- */
@@ -541,13 +552,14 @@ done:
 static PyObject *op(PyObject *self, PyObject *args)
 {
     (void)self;
-    const char *name, *device;
+    const char *name;
+    gnr_device dev;
     PyObject *inputs = Py_None, *params = Py_None, *result = NULL;
     op_call c;
     op_params p;
     memset(&c, 0, sizeof c);
     memset(&p, 0, sizeof p);
-    if (!PyArg_ParseTuple(args, "ss|OO:_op", &name, &device, &inputs, &params)) return NULL;
+    if (!PyArg_ParseTuple(args, "sO&|OO:_op", &name, gnr_py_conv_device, &dev, &inputs, &params)) return NULL;
 
     const op_spec *spec = NULL;
     for (int i = 0; i < NOPS; i++)
@@ -560,16 +572,9 @@ static PyObject *op(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "unknown op '%s'; known ops: %s", name, known);
         goto done;
     }
-    gnr_device dev;
-    if (!strcmp(device, "cpu")) dev = GNR_CPU;
-    else if (!strcmp(device, "cuda")) dev = GNR_CUDA;
-    else {
-        PyErr_Format(PyExc_ValueError, "device must be 'cpu' or 'cuda', got '%s'", device);
-        goto done;
-    }
     const gnr_backend *b = gnr_backend_for(dev);
     if (!b) {
-        PyErr_Format(PyExc_NotImplementedError, "no %s backend is loaded", device);
+        PyErr_Format(PyExc_NotImplementedError, "no %s backend is loaded", gnr_device_name(dev));
         goto done;
     }
 
