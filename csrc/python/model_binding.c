@@ -26,16 +26,15 @@ typedef struct {
 /* ----------------------------------------------------- config parsing --- */
 
 /* The dicts parsed here come from gnr.model.read_model_configs, which
- * validates the configs. The binding keeps the checks it needs to fill the C
- * structs safely, and a few that no other layer makes yet:
- *   - every key present, every per-block list num_blocks long: gnr.model
- *     builds the dicts that way, so a violation is a bug in gnr;
- *   - each value an integer (or a number) within CONFIG_MIN..CONFIG_MAX and
- *     norm_num_groups >= 1 (the engine divides by it): config.json values
- *     gnr.model passes through unchecked, refused here until it checks them.
- * num_blocks itself is not checked here: gnr_model_create refuses a count
- * outside [1, GNR_MAX_BLOCKS] (naming the limit) before it reads a list, and
- * the lists are read only when the fixed arrays can hold them. */
+ * validates every value (gnr/_model_config.py) and builds the dicts. The
+ * binding checks only what it needs to fill the C structs safely: every key
+ * present, every per-block list num_blocks long, every value a number, the
+ * integers within CONFIG_MIN..CONFIG_MAX (no truncation, and sums of channels
+ * stay C ints; gnr/_model_config.py's MAX_SIZE is CONFIG_MAX). A config
+ * breaking one of these never comes from gnr.model, so it is an internal
+ * error. Engine rules (block counts, divisibility, ...) are
+ * gnr_model_create's check; the per-block lists are read only when their
+ * count fits the fixed arrays, any other count being refused there first. */
 #define CONFIG_MIN (-1000000)
 #define CONFIG_MAX 1000000000
 
@@ -51,11 +50,20 @@ static const char *config_name(char *buf, size_t n, const config_section *s, con
     return buf;
 }
 
-/* section[key] through `conv` into `arg`; -1 with an exception. */
+/* section[key] through `conv` into `arg`; -1 with an internal error (the
+ * converter's message inside). */
 static int config_item(const config_section *s, const char *key, gnr_py_converter conv, void *arg)
 {
     int r = gnr_py_dict_item(s->dict, key, conv, arg);
     if (r == 0) gnr_py_internal_error("%s config: missing key '%s'", s->name, key);
+    if (r < 0 && (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_ValueError))) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        gnr_py_internal_error("%S", value ? value : Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
     return r > 0 ? 0 : -1;
 }
 
@@ -159,10 +167,6 @@ static int parse_config(PyObject *cfg, gnr_model_config *c)
         config_int(&v, "use_post_quant_conv", &va->use_post_quant_conv) ||
         config_float(&v, "scaling_factor", &va->scaling_factor))
         goto done;
-    if (un->norm_num_groups < 1 || va->norm_num_groups < 1) {
-        PyErr_SetString(PyExc_ValueError, "norm_num_groups must be >= 1");
-        goto done;
-    }
     rc = 0;
 done:
     Py_DECREF(t.dict);
