@@ -1,6 +1,7 @@
 #define NO_IMPORT_ARRAY
 #include "arrays.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -38,6 +39,15 @@ PyArrayObject *gnr_py_float_array(PyObject *obj, const char *name, int ndim, con
                      gnr_py_shape_str(in, buf, sizeof buf));
         Py_DECREF(in);
         return NULL;
+    }
+    /* The engine takes image, latent and context sizes as C ints. */
+    for (int i = 0; i < PyArray_NDIM(in); i++) {
+        if (PyArray_DIM(in, i) > INT_MAX) {
+            PyErr_Format(PyExc_ValueError, "%s has a dimension of %lld; at most %d is supported", name,
+                         (long long)PyArray_DIM(in, i), INT_MAX);
+            Py_DECREF(in);
+            return NULL;
+        }
     }
     if (shape) {
         for (int i = 0; i < ndim; i++) {

@@ -14,7 +14,8 @@
  * sizes, -1 meaning any. `check_finite` rejects NaN/inf. Errors say what was
  * given and what is allowed, naming the argument `name`:
  *   TypeError for a non-numeric, complex or boolean input, ValueError for
- *   ndim/shape/non-finite. Returns NULL with the exception set. */
+ *   ndim/shape/non-finite, and for a dimension beyond INT_MAX (so a size
+ *   read from the array fits a C int). Returns NULL with the exception set. */
 PyArrayObject *gnr_py_float_array(PyObject *obj, const char *name, int ndim, const npy_intp *shape,
                                   int check_finite);
 

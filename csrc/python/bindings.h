@@ -10,12 +10,12 @@
 int gnr_py_register_model(PyObject *module); /* model_binding.c: gnr._C.Model */
 int gnr_py_register_ops(PyObject *module);   /* op_binding.c: single ops, for tests */
 
-/* The engine model of a gnr._C.Model (NULL with RuntimeError if unset). */
-struct gnr_model *gnr_py_model_of(PyObject *self);
-
-/* edit_binding.c: methods of gnr._C.Model for the long jobs. */
-PyObject *gnr_py_invert(PyObject *self, PyObject *args);
-PyObject *gnr_py_edit(PyObject *self, PyObject *args);
-PyObject *gnr_py_null_text(PyObject *self, PyObject *args);
+/* edit_binding.c: the bodies of gnr._C.Model's methods for the long jobs.
+ * model_binding.c calls them with the model held for the whole call (an
+ * __init__ meanwhile is refused). */
+struct gnr_model;
+PyObject *gnr_py_invert(struct gnr_model *m, PyObject *args, PyObject *kw);
+PyObject *gnr_py_edit(struct gnr_model *m, PyObject *args, PyObject *kw);
+PyObject *gnr_py_null_text(struct gnr_model *m, PyObject *args, PyObject *kw);
 
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "bindings.h"
+#include "convert.h"
 #include "errors.h"
 #include "gnr.h"
 
@@ -75,23 +76,21 @@ static PyObject *finish(host_hooks *hh, gnr_status st)
 }
 
 /* _invert(z0 (1,C,h,w), c_src (L,D), num_steps, callback, want_latent) -> chain (N+1, C, h, w) */
-PyObject *gnr_py_invert(PyObject *self, PyObject *args)
+PyObject *gnr_py_invert(gnr_model *m, PyObject *args, PyObject *kw)
 {
+    (void)kw;
     PyObject *zobj, *cobj, *cb;
-    int num_steps, want_latent;
-    if (!PyArg_ParseTuple(args, "OOiOp", &zobj, &cobj, &num_steps, &cb, &want_latent)) return NULL;
-    gnr_model *m = gnr_py_model_of(self);
-    if (!m) return NULL;
+    /* the chain of num_steps + 1 latents is allocated here, before the engine checks anything */
+    gnr_py_int steps = {"num_steps", 1, 1000, 0};
+    int want_latent;
+    if (!PyArg_ParseTuple(args, "OOO&Op", &zobj, &cobj, gnr_py_conv_int, &steps, &cb, &want_latent)) return NULL;
+    int num_steps = steps.value;
     const gnr_model_config *c = gnr_model_get_config(m);
     npy_intp zs[4] = {1, c->unet.in_channels, -1, -1}, cs[2] = {-1, c->unet.cross_attention_dim};
     PyArrayObject *z = NULL, *ctx = NULL, *chain = NULL;
     PyObject *ret = NULL;
     if (!(z = gnr_py_float_array(zobj, "latent", 4, zs, 1))) goto done;
     if (!(ctx = gnr_py_float_array(cobj, "source context", 2, cs, 1))) goto done;
-    if (num_steps < 1 || num_steps > 1000) {
-        PyErr_Format(PyExc_ValueError, "num_steps must be in [1, 1000], got %d", num_steps);
-        goto done;
-    }
     npy_intp chs[4] = {num_steps + 1, c->unet.in_channels, PyArray_DIM(z, 2), PyArray_DIM(z, 3)};
     if (!(chain = gnr_py_new_float(4, chs))) goto done;
     host_hooks hh = {cb, {1, chs[1], chs[2], chs[3]}, NULL, NULL, NULL};
@@ -115,14 +114,14 @@ done:
 }
 
 /* _null_text(chain (N+1,C,h,w), c_src (L,D), c_null (L,D), guidance, callback, want_latent) -> u (N, L, D) */
-PyObject *gnr_py_null_text(PyObject *self, PyObject *args)
+PyObject *gnr_py_null_text(gnr_model *m, PyObject *args, PyObject *kw)
 {
+    (void)kw;
     PyObject *chobj, *sobj, *nobj, *cb;
-    double guidance;
+    gnr_py_float guidance = {"guidance", 0.0f};
     int want_latent;
-    if (!PyArg_ParseTuple(args, "OOOdOp", &chobj, &sobj, &nobj, &guidance, &cb, &want_latent)) return NULL;
-    gnr_model *m = gnr_py_model_of(self);
-    if (!m) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOO&Op", &chobj, &sobj, &nobj, gnr_py_conv_float, &guidance, &cb, &want_latent))
+        return NULL;
     const gnr_model_config *c = gnr_model_get_config(m);
     npy_intp chs[4] = {-1, c->unet.in_channels, -1, -1}, cs[2] = {-1, c->unet.cross_attention_dim};
     PyArrayObject *chain = NULL, *src = NULL, *nul = NULL, *u = NULL;
@@ -143,7 +142,7 @@ PyObject *gnr_py_null_text(PyObject *self, PyObject *args)
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
     st = gnr_null_text_invert(m, PyArray_DATA(chain), (int)PyArray_DIM(chain, 2), (int)PyArray_DIM(chain, 3),
-                              PyArray_DATA(src), PyArray_DATA(nul), (int)cs[0], N, (float)guidance, &hooks,
+                              PyArray_DATA(src), PyArray_DATA(nul), (int)cs[0], N, guidance.value, &hooks,
                               PyArray_DATA(u));
     Py_END_ALLOW_THREADS
     if (st != GNR_OK || hh.exc_type) {
@@ -160,21 +159,46 @@ done:
     return ret;
 }
 
-/* A list of num_steps floats -> a new double array (PyMem), or NULL with an exception. */
-static double *per_step(PyObject *d, const char *key, int n, int required)
+/* plan[key], or NULL with ValueError naming it. */
+static PyObject *plan_item(PyObject *plan, const char *key)
 {
-    PyObject *v = PyDict_GetItemString(d, key);
+    PyObject *v = PyDict_GetItemString(plan, key);
+    if (!v) PyErr_Format(PyExc_ValueError, "edit plan: missing '%s'", key);
+    return v;
+}
+
+/* plan[key] through `conv` into `arg`: 0, or -1 with an exception (ValueError
+ * naming a missing key). */
+static int plan_value(PyObject *plan, const char *key, gnr_py_converter conv, void *arg)
+{
+    int r = gnr_py_dict_item(plan, key, conv, arg);
+    if (r == 0) PyErr_Format(PyExc_ValueError, "edit plan: missing '%s'", key);
+    return r > 0 ? 0 : -1;
+}
+
+/* guider[key], a list of n numbers -> a new double array (PyMem), or NULL
+ * with an exception. */
+static double *per_step(PyObject *guider, const char *key, int n, int required)
+{
+    PyObject *v = PyDict_GetItemString(guider, key);
     if (!v || v == Py_None) {
         if (required) PyErr_Format(PyExc_ValueError, "edit plan: guider is missing '%s'", key);
         else PyErr_Format(PyExc_ValueError, "edit plan: '%s' is required for this guider", key);
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(v, "per-step values must be a list");
+    if (!PySequence_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "per-step values must be a list");
+        return NULL;
+    }
+    /* a tuple of its own references: a value's __float__ may change the list */
+    Py_INCREF(v);
+    PyObject *seq = PySequence_Tuple(v);
+    Py_DECREF(v);
     if (!seq) return NULL;
     double *out = NULL;
-    if (PySequence_Fast_GET_SIZE(seq) != n) {
+    if (PyTuple_GET_SIZE(seq) != n) {
         PyErr_Format(PyExc_ValueError, "edit plan: '%s' has %zd values, expected num_steps = %d", key,
-                     PySequence_Fast_GET_SIZE(seq), n);
+                     PyTuple_GET_SIZE(seq), n);
         goto done;
     }
     out = PyMem_Malloc((size_t)n * sizeof *out);
@@ -183,12 +207,15 @@ static double *per_step(PyObject *d, const char *key, int n, int required)
         goto done;
     }
     for (int i = 0; i < n; i++) {
-        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
-        if (out[i] == -1.0 && PyErr_Occurred()) {
+        char name[64];
+        snprintf(name, sizeof name, "edit plan: '%s'[%d]", key, i);
+        gnr_py_double x = {name, 0.0};
+        if (!gnr_py_conv_double(PyTuple_GET_ITEM(seq, i), &x)) {
             PyMem_Free(out);
             out = NULL;
             goto done;
         }
+        out[i] = x.value;
     }
 done:
     Py_DECREF(seq);
@@ -202,62 +229,72 @@ done:
  *   -> (z (1,C,h,w), eps_hat of the last step run)
  * plan: {"num_steps", "guiders": [{"kind", "scale", "source", "feature", "self_attn", "app"}],
  *        "maps": [names], "range_rescale", "lo", "hi", "checkpointing", "begin", "end"}
- * (built by gnr/editor.py). */
-PyObject *gnr_py_edit(PyObject *self, PyObject *args)
+ * (built by gnr/editor.py). The plan is read into C memory before the engine
+ * runs (names included: the callback, and other threads, may change the
+ * plan's lists while the edit runs). */
+PyObject *gnr_py_edit(gnr_model *m, PyObject *args, PyObject *kw)
 {
+    (void)kw;
     PyObject *plan, *chobj, *uobj, *sobj, *tobj, *cb, *zsobj = Py_None;
     int want_latent;
     if (!PyArg_ParseTuple(args, "O!OOOOOp|O", &PyDict_Type, &plan, &chobj, &uobj, &sobj, &tobj, &cb, &want_latent,
                           &zsobj))
         return NULL;
-    gnr_model *m = gnr_py_model_of(self);
-    if (!m) return NULL;
     const gnr_model_config *c = gnr_model_get_config(m);
     int D = c->unet.cross_attention_dim;
     gnr_guider guiders[MAX_GUIDERS];
-    const char *maps[MAX_MAPS];
+    gnr_py_str features[MAX_GUIDERS];
+    gnr_py_names maps = {"edit plan: 'maps'", MAX_MAPS, 0, NULL};
     double *owned[3 * MAX_GUIDERS];
-    int nowned = 0, nguiders = 0, nmaps = 0;
+    int nowned = 0, nguiders = 0;
     PyArrayObject *chain = NULL, *unc = NULL, *src = NULL, *trg = NULL, *zout = NULL, *zstart = NULL, *eout = NULL;
-    PyObject *ret = NULL, *glist, *mlist;
+    PyObject *ret = NULL, *glist = NULL;
     memset(guiders, 0, sizeof guiders);
+    memset(features, 0, sizeof features);
     gnr_edit_config ec;
     memset(&ec, 0, sizeof ec);
 
-    PyObject *v;
-#define GET(key) ((v = PyDict_GetItemString(plan, key)) ? v : (PyErr_Format(PyExc_ValueError, "edit plan: missing '%s'", key), (PyObject *)NULL))
-    if (!GET("num_steps") || (ec.num_steps = (int)PyLong_AsLong(v)) < 1) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "edit plan: num_steps must be >= 1");
+    gnr_py_int num_steps = {"edit plan: 'num_steps'", 1, INT_MAX, 0};
+    gnr_py_int begin = {"edit plan: 'begin'", INT_MIN, INT_MAX, 0}, end = {"edit plan: 'end'", INT_MIN, INT_MAX, 0};
+    gnr_py_bool range_rescale = {"edit plan: 'range_rescale'", 0}, checkpointing = {"edit plan: 'checkpointing'", 0};
+    gnr_py_double lo = {"edit plan: 'lo'", 0.0}, hi = {"edit plan: 'hi'", 0.0};
+    if (plan_value(plan, "num_steps", gnr_py_conv_int, &num_steps) || plan_value(plan, "range_rescale",
+        gnr_py_conv_bool, &range_rescale) || plan_value(plan, "lo", gnr_py_conv_double, &lo) ||
+        plan_value(plan, "hi", gnr_py_conv_double, &hi) ||
+        plan_value(plan, "checkpointing", gnr_py_conv_bool, &checkpointing) ||
+        plan_value(plan, "begin", gnr_py_conv_int, &begin) || plan_value(plan, "end", gnr_py_conv_int, &end))
+        goto done;
+    int N = ec.num_steps = num_steps.value;
+    ec.range_rescale = range_rescale.value;
+    ec.lo = lo.value;
+    ec.hi = hi.value;
+    ec.checkpointing = checkpointing.value;
+    ec.begin = begin.value;
+    ec.end = end.value;
+    PyObject *gv = plan_item(plan, "guiders");
+    if (!gv) goto done;
+    if (!PyList_Check(gv) || PyList_GET_SIZE(gv) > MAX_GUIDERS) {
+        PyErr_Format(PyExc_ValueError, "edit plan: guiders must be a list of at most %d", MAX_GUIDERS);
         goto done;
     }
-    int N = ec.num_steps;
-    if (!GET("range_rescale")) goto done;
-    ec.range_rescale = PyObject_IsTrue(v);
-    if (!GET("lo") || ((ec.lo = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred())) goto done;
-    if (!GET("hi") || ((ec.hi = PyFloat_AsDouble(v)) == -1.0 && PyErr_Occurred())) goto done;
-    if (!GET("checkpointing")) goto done;
-    ec.checkpointing = PyObject_IsTrue(v);
-    if (!GET("begin") || ((ec.begin = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())) goto done;
-    if (!GET("end") || ((ec.end = (int)PyLong_AsLong(v)) == -1 && PyErr_Occurred())) goto done;
-    if (!(glist = GET("guiders")) || !PyList_Check(glist) || PyList_GET_SIZE(glist) > MAX_GUIDERS) {
-        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "edit plan: guiders must be a list of at most %d", MAX_GUIDERS);
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(glist); i++) {
-        PyObject *gd = PyList_GET_ITEM(glist, i);
+    if (!(glist = PySequence_Tuple(gv))) goto done; /* its own references: reading a guider may run Python code */
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(glist); i++) {
+        PyObject *gd = PyTuple_GET_ITEM(glist, i);
         if (!PyDict_Check(gd)) {
             PyErr_SetString(PyExc_TypeError, "edit plan: each guider must be a dict");
             goto done;
         }
         gnr_guider *G = &guiders[nguiders++];
-        PyObject *kv = PyDict_GetItemString(gd, "kind");
-        G->kind = (gnr_guider_kind)(kv ? PyLong_AsLong(kv) : -1);
-        if (PyErr_Occurred()) goto done;
+        gnr_py_int kind = {"edit plan: guider 'kind'", INT_MIN, INT_MAX, -1}; /* the engine checks the kind */
+        if (gnr_py_dict_item(gd, "kind", gnr_py_conv_int, &kind) < 0) goto done;
+        G->kind = (gnr_guider_kind)kind.value;
         if (!(owned[nowned++] = (double *)(G->scale = per_step(gd, "scale", N, 1)))) goto done;
-        PyObject *sv = PyDict_GetItemString(gd, "source");
-        G->source = sv ? PyObject_IsTrue(sv) : 0;
-        PyObject *fv = PyDict_GetItemString(gd, "feature");
-        if (fv && fv != Py_None && !(G->feature = PyUnicode_AsUTF8(fv))) goto done;
+        gnr_py_bool source = {"edit plan: guider 'source'", 0};
+        if (gnr_py_dict_item(gd, "source", gnr_py_conv_bool, &source) < 0) goto done;
+        G->source = source.value;
+        features[i] = (gnr_py_str){"edit plan: guider 'feature'", 1, NULL};
+        if (gnr_py_dict_item(gd, "feature", gnr_py_conv_str, &features[i]) < 0) goto done;
+        G->feature = features[i].value;
         if (G->kind == GNR_GUIDER_SELF_ATTN_APPEARANCE) {
             if (!(owned[nowned++] = (double *)(G->self_attn = per_step(gd, "self_attn", N, 0)))) goto done;
             if (!(owned[nowned++] = (double *)(G->app = per_step(gd, "app", N, 0)))) goto done;
@@ -267,19 +304,13 @@ PyObject *gnr_py_edit(PyObject *self, PyObject *args)
             goto done;
         }
     }
-    if (!(mlist = GET("maps")) || !PyList_Check(mlist) || PyList_GET_SIZE(mlist) > MAX_MAPS) {
-        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "edit plan: maps must be a list of at most %d", MAX_MAPS);
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(mlist); i++)
-        if (!(maps[nmaps++] = PyUnicode_AsUTF8(PyList_GET_ITEM(mlist, i)))) goto done;
-#undef GET
+    if (plan_value(plan, "maps", gnr_py_conv_names, &maps)) goto done;
     ec.nguiders = nguiders;
     ec.guiders = guiders;
-    ec.nmaps = nmaps;
-    ec.maps = maps;
+    ec.nmaps = maps.n;
+    ec.maps = maps.items;
 
-    npy_intp chs[4] = {N + 1, c->unet.in_channels, -1, -1}, cs[2] = {-1, D};
+    npy_intp chs[4] = {(npy_intp)N + 1, c->unet.in_channels, -1, -1}, cs[2] = {-1, D};
     if (!(chain = gnr_py_float_array(chobj, "inversion latents", 4, chs, 1))) goto done;
     if (!(src = gnr_py_float_array(sobj, "source context", 2, cs, 1))) goto done;
     int L = (int)PyArray_DIM(src, 0);
@@ -310,6 +341,9 @@ PyObject *gnr_py_edit(PyObject *self, PyObject *args)
     ret = Py_BuildValue("(OO)", zout, eout);
 done:
     for (int i = 0; i < nowned; i++) PyMem_Free(owned[i]);
+    for (int i = 0; i < nguiders; i++) gnr_py_str_free(&features[i]);
+    gnr_py_names_free(&maps);
+    Py_XDECREF(glist);
     Py_XDECREF(zstart);
     Py_XDECREF(eout);
     Py_XDECREF(chain);

@@ -1,5 +1,7 @@
 #include "errors.h"
 
+#include <stdarg.h>
+
 PyObject *gnr_OutOfMemoryError = NULL;
 PyObject *gnr_DeviceError = NULL;
 
@@ -35,5 +37,20 @@ PyObject *gnr_py_raise(gnr_status st)
     }
     if (!msg || !msg[0]) msg = "gnr engine error (no message)";
     PyErr_SetString(type, msg);
+    return NULL;
+}
+
+PyObject *gnr_py_internal_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *what = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (!what) return NULL;
+    PyErr_Format(PyExc_RuntimeError,
+                 "internal error in gnr: %U (gnr.model builds and validates this input before it reaches the "
+                 "engine; please report this bug)",
+                 what);
+    Py_DECREF(what);
     return NULL;
 }

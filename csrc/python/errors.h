@@ -16,4 +16,9 @@ int gnr_py_errors_init(PyObject *module);
  * returns NULL so callers can `return gnr_py_raise(st);`. */
 PyObject *gnr_py_raise(gnr_status st);
 
+/* RuntimeError for input the Python layer never passes (gnr.model builds and
+ * validates the dicts the binding reads): a bug in gnr, said so in the
+ * message, never a user's mistake. Returns NULL. */
+PyObject *gnr_py_internal_error(const char *fmt, ...);
+
 #endif

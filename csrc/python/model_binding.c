@@ -9,182 +9,213 @@
 #include <string.h>
 
 #include "bindings.h"
+#include "convert.h"
 #include "errors.h"
 #include "gnr.h"
 
 typedef struct {
     PyObject_HEAD
     gnr_model *model;
+    /* Running calls that use `model` with the GIL released (a long job's
+     * Python callbacks run inside its call, so they count too). __init__
+     * refuses to replace the model while any runs, since freeing it would
+     * pull it from under that call. Read and written with the GIL held. */
+    int users;
 } ModelObject;
 
 /* ----------------------------------------------------- config parsing --- */
 
-static int get_int(PyObject *d, const char *section, const char *key, int *out)
+/* The dicts parsed here come from gnr.model.read_model_configs, which
+ * validates every value (gnr/_model_config.py) and builds the dicts. The
+ * binding checks only what it needs to fill the C structs safely: every key
+ * present, every per-block list num_blocks long, every value a number, the
+ * integers within CONFIG_MIN..CONFIG_MAX (no truncation, and sums of channels
+ * stay C ints; gnr/_model_config.py's MAX_SIZE is CONFIG_MAX). A config
+ * breaking one of these never comes from gnr.model, so it is an internal
+ * error. Engine rules (block counts, divisibility, ...) are
+ * gnr_model_create's check; the per-block lists are read only when their
+ * count fits the fixed arrays, any other count being refused there first. */
+#define CONFIG_MIN (-1000000)
+#define CONFIG_MAX 1000000000
+
+typedef struct {
+    PyObject *dict;
+    const char *name; /* "text", "unet", "vae" */
+} config_section;
+
+/* "<section> config: '<key>'", the name messages give a value. */
+static const char *config_name(char *buf, size_t n, const config_section *s, const char *key)
 {
-    PyObject *v = PyDict_GetItemString(d, key); /* borrowed */
-    if (!v) {
-        PyErr_Format(PyExc_ValueError, "%s config: missing key '%s'", section, key);
-        return -1;
+    snprintf(buf, n, "%s config: '%s'", s->name, key);
+    return buf;
+}
+
+/* section[key] through `conv` into `arg`; -1 with an internal error (the
+ * converter's message inside). */
+static int config_item(const config_section *s, const char *key, gnr_py_converter conv, void *arg)
+{
+    int r = gnr_py_dict_item(s->dict, key, conv, arg);
+    if (r == 0) gnr_py_internal_error("%s config: missing key '%s'", s->name, key);
+    if (r < 0 && (PyErr_ExceptionMatches(PyExc_TypeError) || PyErr_ExceptionMatches(PyExc_ValueError))) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        gnr_py_internal_error("%S", value ? value : Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
     }
-    long x = PyLong_AsLong(v);
-    if (x == -1 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "%s config: '%s' must be an integer", section, key);
-        return -1;
-    }
-    if (x < -1000000 || x > 1000000000) {
-        PyErr_Format(PyExc_ValueError, "%s config: '%s' = %ld is out of range", section, key, x);
-        return -1;
-    }
-    *out = (int)x;
+    return r > 0 ? 0 : -1;
+}
+
+static int config_int(const config_section *s, const char *key, int *out)
+{
+    char name[96];
+    gnr_py_int v = {config_name(name, sizeof name, s, key), CONFIG_MIN, CONFIG_MAX, 0};
+    if (config_item(s, key, gnr_py_conv_int, &v) < 0) return -1;
+    *out = v.value;
     return 0;
 }
 
-static int get_float(PyObject *d, const char *section, const char *key, float *out)
+static int config_float(const config_section *s, const char *key, float *out)
 {
-    PyObject *v = PyDict_GetItemString(d, key);
-    if (!v) {
-        PyErr_Format(PyExc_ValueError, "%s config: missing key '%s'", section, key);
-        return -1;
-    }
-    double x = PyFloat_AsDouble(v);
-    if (x == -1.0 && PyErr_Occurred()) {
-        PyErr_Format(PyExc_TypeError, "%s config: '%s' must be a number", section, key);
-        return -1;
-    }
-    *out = (float)x;
+    char name[96];
+    gnr_py_float v = {config_name(name, sizeof name, s, key), 0.0f};
+    if (config_item(s, key, gnr_py_conv_float, &v) < 0) return -1;
+    *out = v.value;
     return 0;
 }
 
-/* A list of ints of length n (n <= GNR_MAX_BLOCKS). */
-static int get_int_list(PyObject *d, const char *section, const char *key, int n, int *out)
+/* A per-block list of n ints (1 <= n <= GNR_MAX_BLOCKS) into out[n]. */
+static int config_ints(const config_section *s, const char *key, int n, int *out)
 {
-    PyObject *v = PyDict_GetItemString(d, key);
+    PyObject *v = PyDict_GetItemString(s->dict, key);
     if (!v || !PyList_Check(v) || PyList_GET_SIZE(v) != n) {
-        PyErr_Format(PyExc_ValueError, "%s config: '%s' must be a list of %d integers", section, key, n);
+        gnr_py_internal_error("%s config: '%s' must be a list of num_blocks = %d integers, got %R", s->name, key, n,
+                              v ? v : Py_None);
         return -1;
     }
-    for (int i = 0; i < n; i++) {
-        long x = PyLong_AsLong(PyList_GET_ITEM(v, i));
-        if (x == -1 && PyErr_Occurred()) {
-            PyErr_Format(PyExc_TypeError, "%s config: '%s'[%d] must be an integer", section, key, i);
-            return -1;
-        }
-        out[i] = (int)x;
-    }
-    return 0;
+    char name[96];
+    gnr_py_ints list = {config_name(name, sizeof name, s, key), CONFIG_MIN, CONFIG_MAX, n, out, 0};
+    return config_item(s, key, gnr_py_conv_ints, &list);
 }
 
-static PyObject *section(PyObject *cfg, const char *name)
+static int config_section_of(PyObject *cfg, const char *name, config_section *s)
 {
-    PyObject *s = PyDict_GetItemString(cfg, name);
-    if (!s || !PyDict_Check(s)) {
-        PyErr_Format(PyExc_ValueError, "model config: '%s' must be a dict", name);
-        return NULL;
+    s->name = name;
+    s->dict = PyDict_GetItemString(cfg, name);
+    if (!s->dict || !PyDict_Check(s->dict)) {
+        gnr_py_internal_error("model config: '%s' must be a dict", name);
+        return -1;
     }
-    return s;
+    return 0;
 }
 
 static int parse_config(PyObject *cfg, gnr_model_config *c)
 {
     memset(c, 0, sizeof *c);
     if (!PyDict_Check(cfg)) {
-        PyErr_SetString(PyExc_TypeError, "model config must be a dict");
+        gnr_py_internal_error("the model config must be a dict, got %.100s", Py_TYPE(cfg)->tp_name);
         return -1;
     }
-    PyObject *t = section(cfg, "text"), *u = section(cfg, "unet"), *v = section(cfg, "vae");
-    if (!t || !u || !v) return -1;
-    int act;
-    if (get_int(t, "text", "vocab_size", &c->text.vocab_size) || get_int(t, "text", "hidden_size", &c->text.hidden_size) ||
-        get_int(t, "text", "intermediate_size", &c->text.intermediate_size) ||
-        get_int(t, "text", "num_layers", &c->text.num_layers) || get_int(t, "text", "num_heads", &c->text.num_heads) ||
-        get_int(t, "text", "max_positions", &c->text.max_positions) || get_int(t, "text", "act", &act) ||
-        get_float(t, "text", "layer_norm_eps", &c->text.layer_norm_eps))
+    config_section t, u, v;
+    if (config_section_of(cfg, "text", &t) < 0 || config_section_of(cfg, "unet", &u) < 0 ||
+        config_section_of(cfg, "vae", &v) < 0)
         return -1;
-    c->text.act = act ? GNR_TEXT_ACT_GELU : GNR_TEXT_ACT_QUICK_GELU;
+    /* The section dicts are borrowed from cfg; a converter running Python
+     * code could drop them, so they are held while read. */
+    Py_INCREF(t.dict);
+    Py_INCREF(u.dict);
+    Py_INCREF(v.dict);
+    int rc = -1, act;
+    gnr_text_config *tx = &c->text;
+    if (config_int(&t, "vocab_size", &tx->vocab_size) || config_int(&t, "hidden_size", &tx->hidden_size) ||
+        config_int(&t, "intermediate_size", &tx->intermediate_size) ||
+        config_int(&t, "num_layers", &tx->num_layers) || config_int(&t, "num_heads", &tx->num_heads) ||
+        config_int(&t, "max_positions", &tx->max_positions) || config_int(&t, "act", &act) ||
+        config_float(&t, "layer_norm_eps", &tx->layer_norm_eps))
+        goto done;
+    tx->act = act ? GNR_TEXT_ACT_GELU : GNR_TEXT_ACT_QUICK_GELU;
 
     gnr_unet_config *un = &c->unet;
-    if (get_int(u, "unet", "in_channels", &un->in_channels) || get_int(u, "unet", "out_channels", &un->out_channels) ||
-        get_int(u, "unet", "num_blocks", &un->num_blocks))
-        return -1;
-    if (un->num_blocks < 1 || un->num_blocks > GNR_MAX_BLOCKS) {
-        PyErr_Format(PyExc_ValueError, "unet config: %d blocks is not supported (1 to %d)", un->num_blocks,
-                     GNR_MAX_BLOCKS);
-        return -1;
-    }
+    if (config_int(&u, "in_channels", &un->in_channels) || config_int(&u, "out_channels", &un->out_channels) ||
+        config_int(&u, "num_blocks", &un->num_blocks))
+        goto done;
     int n = un->num_blocks;
-    if (get_int_list(u, "unet", "block_out_channels", n, un->block_out_channels) ||
-        get_int(u, "unet", "layers_per_block", &un->layers_per_block) ||
-        get_int_list(u, "unet", "down_has_attn", n, un->down_has_attn) ||
-        get_int_list(u, "unet", "up_has_attn", n, un->up_has_attn) || get_int_list(u, "unet", "heads", n, un->heads) ||
-        get_int_list(u, "unet", "transformer_layers", n, un->transformer_layers) ||
-        get_int(u, "unet", "mid_heads", &un->mid_heads) ||
-        get_int(u, "unet", "mid_transformer_layers", &un->mid_transformer_layers) ||
-        get_int(u, "unet", "cross_attention_dim", &un->cross_attention_dim) ||
-        get_int(u, "unet", "norm_num_groups", &un->norm_num_groups) || get_float(u, "unet", "norm_eps", &un->norm_eps) ||
-        get_int(u, "unet", "flip_sin_to_cos", &un->flip_sin_to_cos) ||
-        get_float(u, "unet", "freq_shift", &un->freq_shift))
-        return -1;
+    if (n >= 1 && n <= GNR_MAX_BLOCKS &&
+        (config_ints(&u, "block_out_channels", n, un->block_out_channels) ||
+         config_ints(&u, "down_has_attn", n, un->down_has_attn) ||
+         config_ints(&u, "up_has_attn", n, un->up_has_attn) || config_ints(&u, "heads", n, un->heads) ||
+         config_ints(&u, "transformer_layers", n, un->transformer_layers)))
+        goto done;
+    if (config_int(&u, "layers_per_block", &un->layers_per_block) || config_int(&u, "mid_heads", &un->mid_heads) ||
+        config_int(&u, "mid_transformer_layers", &un->mid_transformer_layers) ||
+        config_int(&u, "cross_attention_dim", &un->cross_attention_dim) ||
+        config_int(&u, "norm_num_groups", &un->norm_num_groups) || config_float(&u, "norm_eps", &un->norm_eps) ||
+        config_int(&u, "flip_sin_to_cos", &un->flip_sin_to_cos) || config_float(&u, "freq_shift", &un->freq_shift))
+        goto done;
 
     gnr_vae_config *va = &c->vae;
-    if (get_int(v, "vae", "in_channels", &va->in_channels) || get_int(v, "vae", "out_channels", &va->out_channels) ||
-        get_int(v, "vae", "latent_channels", &va->latent_channels) || get_int(v, "vae", "num_blocks", &va->num_blocks))
-        return -1;
-    if (va->num_blocks < 1 || va->num_blocks > GNR_MAX_BLOCKS) {
-        PyErr_Format(PyExc_ValueError, "vae config: %d blocks is not supported (1 to %d)", va->num_blocks,
-                     GNR_MAX_BLOCKS);
-        return -1;
-    }
-    if (get_int_list(v, "vae", "block_out_channels", va->num_blocks, va->block_out_channels) ||
-        get_int(v, "vae", "layers_per_block", &va->layers_per_block) ||
-        get_int(v, "vae", "norm_num_groups", &va->norm_num_groups) ||
-        get_int(v, "vae", "mid_block_add_attention", &va->mid_block_add_attention) ||
-        get_int(v, "vae", "use_quant_conv", &va->use_quant_conv) ||
-        get_int(v, "vae", "use_post_quant_conv", &va->use_post_quant_conv) ||
-        get_float(v, "vae", "scaling_factor", &va->scaling_factor))
-        return -1;
-    if (un->norm_num_groups < 1 || va->norm_num_groups < 1) {
-        PyErr_SetString(PyExc_ValueError, "norm_num_groups must be >= 1");
-        return -1;
-    }
-    return 0;
+    if (config_int(&v, "in_channels", &va->in_channels) || config_int(&v, "out_channels", &va->out_channels) ||
+        config_int(&v, "latent_channels", &va->latent_channels) || config_int(&v, "num_blocks", &va->num_blocks))
+        goto done;
+    n = va->num_blocks;
+    if (n >= 1 && n <= GNR_MAX_BLOCKS && config_ints(&v, "block_out_channels", n, va->block_out_channels)) goto done;
+    if (config_int(&v, "layers_per_block", &va->layers_per_block) ||
+        config_int(&v, "norm_num_groups", &va->norm_num_groups) ||
+        config_int(&v, "mid_block_add_attention", &va->mid_block_add_attention) ||
+        config_int(&v, "use_quant_conv", &va->use_quant_conv) ||
+        config_int(&v, "use_post_quant_conv", &va->use_post_quant_conv) ||
+        config_float(&v, "scaling_factor", &va->scaling_factor))
+        goto done;
+    rc = 0;
+done:
+    Py_DECREF(t.dict);
+    Py_DECREF(u.dict);
+    Py_DECREF(v.dict);
+    return rc;
 }
 
 /* ------------------------------------------------------------ the type --- */
 
+/* Re-initialising a model that no call is using replaces it: once the new
+ * arguments are read, the old model is freed (two need not fit in memory at
+ * once) and the new one created with the GIL released; meanwhile the object
+ * reads as uninitialised and counts as in use, so a second __init__ is
+ * refused. If creating fails, the object stays uninitialised (its methods
+ * raise RuntimeError). While a call uses the model, __init__ raises
+ * RuntimeError and leaves it alone. */
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"config", "device", "threads", "max_memory", "dtype", NULL};
     PyObject *cfg;
-    const char *device = "cpu", *dtype = "float32";
-    int threads = 0;
-    unsigned long long max_memory = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|siKs", kwlist, &cfg, &device, &threads, &max_memory, &dtype))
+    gnr_device dev = GNR_CPU;
+    gnr_dtype mm = GNR_F32;
+    gnr_py_int threads = {"threads", 0, INT_MAX, 0}; /* 0: all cores */
+    gnr_py_size max_memory = {"max_memory", SIZE_MAX, 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O&O&O&O&", kwlist, &cfg, gnr_py_conv_device, &dev,
+                                     gnr_py_conv_int, &threads, gnr_py_conv_size, &max_memory, gnr_py_conv_dtype,
+                                     &mm))
         return -1;
-    gnr_device dev;
-    if (strcmp(device, "cpu") == 0) dev = GNR_CPU;
-    else if (strcmp(device, "cuda") == 0) dev = GNR_CUDA;
-    else {
-        PyErr_Format(PyExc_ValueError, "device must be 'cpu' or 'cuda', got '%s'", device);
-        return -1;
-    }
-    gnr_dtype mm;
-    if (strcmp(dtype, "float32") == 0) mm = GNR_F32;
-    else if (strcmp(dtype, "float16") == 0) mm = GNR_F16;
-    else if (strcmp(dtype, "bfloat16") == 0) mm = GNR_BF16;
-    else {
-        PyErr_Format(PyExc_ValueError, "dtype must be 'float32', 'float16' or 'bfloat16', got '%s'", dtype);
-        return -1;
-    }
     gnr_model_config c;
     if (parse_config(cfg, &c) < 0) return -1;
-    if (self->model) {
-        gnr_model_destroy(self->model);
-        self->model = NULL;
+    /* Checked after parsing (a converter may run Python code, and with it
+     * another thread); nothing between here and the swap releases the GIL. */
+    if (self->users) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "gnr._C.Model.__init__: this model is in use by a running call (in another thread, or "
+                        "this call's own callback) and cannot be re-initialised until that call returns");
+        return -1;
     }
+    gnr_model_destroy(self->model);
+    self->model = NULL;
+    self->users = 1;
+    gnr_model *fresh = NULL;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_model_create(&c, dev, mm, threads, (size_t)max_memory, &self->model);
+    st = gnr_model_create(&c, dev, mm, threads.value, max_memory.value, &fresh);
     Py_END_ALLOW_THREADS
+    self->users = 0;
+    self->model = fresh;
     if (st != GNR_OK) {
         gnr_py_raise(st);
         return -1;
@@ -194,24 +225,28 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kw)
 
 static void Model_dealloc(ModelObject *self)
 {
-    gnr_model_destroy(self->model);
+    gnr_model_destroy(self->model); /* no call runs: each holds a reference to self */
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int ready(ModelObject *self)
+/* ------------------------------------------------------------- methods --- */
+
+/* A method's body, given the model it may use for the whole call. */
+typedef PyObject *(*model_method)(gnr_model *m, PyObject *args, PyObject *kw);
+
+/* Runs `fn` with the model counted as in use, so that __init__ cannot free
+ * it meanwhile: the body may run Python code (array conversion, callbacks)
+ * or release the GIL, and another thread may then call __init__. */
+static PyObject *with_model(ModelObject *self, model_method fn, PyObject *args, PyObject *kw)
 {
     if (!self->model) {
         PyErr_SetString(PyExc_RuntimeError, "model is not initialised");
-        return 0;
+        return NULL;
     }
-    return 1;
-}
-
-struct gnr_model *gnr_py_model_of(PyObject *self)
-{
-    ModelObject *o = (ModelObject *)self;
-    if (!o->model) PyErr_SetString(PyExc_RuntimeError, "model is not initialised");
-    return o->model;
+    self->users++;
+    PyObject *ret = fn(self->model, args, kw);
+    self->users--;
+    return ret;
 }
 
 static PyObject *shape_tuple(int ndim, const int64_t *shape)
@@ -222,18 +257,18 @@ static PyObject *shape_tuple(int ndim, const int64_t *shape)
     return t;
 }
 
-static PyObject *Model_weight_specs(ModelObject *self, PyObject *noargs)
+static PyObject *weight_specs(gnr_model *m, PyObject *noargs, PyObject *kw)
 {
     (void)noargs;
-    if (!ready(self)) return NULL;
-    int n = gnr_model_weight_count(self->model);
+    (void)kw;
+    int n = gnr_model_weight_count(m);
     PyObject *list = PyList_New(n);
     if (!list) return NULL;
     for (int i = 0; i < n; i++) {
         const char *name;
         int ndim;
         const int64_t *shape;
-        gnr_model_weight_info(self->model, i, &name, &ndim, &shape);
+        gnr_model_weight_info(m, i, &name, &ndim, &shape);
         PyObject *item = Py_BuildValue("(sN)", name, shape_tuple(ndim, shape));
         if (!item) {
             Py_DECREF(list);
@@ -244,11 +279,12 @@ static PyObject *Model_weight_specs(ModelObject *self, PyObject *noargs)
     return list;
 }
 
-static PyObject *Model_set_weight(ModelObject *self, PyObject *args)
+static PyObject *set_weight(gnr_model *m, PyObject *args, PyObject *kw)
 {
-    const char *name;
+    (void)kw;
+    const char *name; /* held by the args tuple for the whole call */
     PyObject *obj;
-    if (!ready(self) || !PyArg_ParseTuple(args, "sO", &name, &obj)) return NULL;
+    if (!PyArg_ParseTuple(args, "sO", &name, &obj)) return NULL;
     PyArrayObject *a = gnr_py_float_array(obj, name, -1, NULL, 0);
     if (!a) return NULL;
     PyObject *ret = NULL;
@@ -263,7 +299,7 @@ static PyObject *Model_set_weight(ModelObject *self, PyObject *args)
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_model_set_weight(self->model, name, (const float *)PyArray_DATA(a), ndim, shape);
+    st = gnr_model_set_weight(m, name, (const float *)PyArray_DATA(a), ndim, shape);
     Py_END_ALLOW_THREADS
 done:
     if (st == GNR_OK) ret = Py_NewRef(Py_None);
@@ -272,19 +308,19 @@ done:
     return ret;
 }
 
-static PyObject *Model_finalize(ModelObject *self, PyObject *noargs)
+static PyObject *finalize(gnr_model *m, PyObject *noargs, PyObject *kw)
 {
     (void)noargs;
-    if (!ready(self)) return NULL;
-    gnr_status st = gnr_model_finalize(self->model);
+    (void)kw;
+    gnr_status st = gnr_model_finalize(m);
     if (st != GNR_OK) return gnr_py_raise(st);
     Py_RETURN_NONE;
 }
 
-static PyObject *Model_encode_text(ModelObject *self, PyObject *arg)
+static PyObject *encode_text(gnr_model *m, PyObject *arg, PyObject *kw)
 {
-    if (!ready(self)) return NULL;
-    const gnr_model_config *c = gnr_model_get_config(self->model);
+    (void)kw;
+    const gnr_model_config *c = gnr_model_get_config(m);
     PyArrayObject *ids = (PyArrayObject *)PyArray_FROM_OTF(arg, NPY_INT32, NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     if (!ids) return NULL;
     PyObject *ret = NULL;
@@ -298,7 +334,7 @@ static PyObject *Model_encode_text(ModelObject *self, PyObject *arg)
     if (!out) goto done;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_encode_text(self->model, (const int32_t *)PyArray_DATA(ids), (float *)PyArray_DATA(out));
+    st = gnr_encode_text(m, (const int32_t *)PyArray_DATA(ids), (float *)PyArray_DATA(out));
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
         gnr_py_raise(st);
@@ -310,22 +346,6 @@ done:
     Py_DECREF(ids);
     Py_XDECREF(out);
     return ret;
-}
-
-/* An integer timestep in [0, 1000) (bools and floats refused); -1 with an exception otherwise. */
-static int parse_timestep(PyObject *obj, long *t)
-{
-    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "timestep must be an integer in [0, 1000), got %.100s", Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    *t = PyLong_AsLong(obj);
-    if (*t == -1 && PyErr_Occurred()) return -1;
-    if (*t < 0 || *t >= 1000) {
-        PyErr_Format(PyExc_ValueError, "timestep must be an integer in [0, 1000), got %ld", *t);
-        return -1;
-    }
-    return 0;
 }
 
 /* A context (L, D) or (1, L, D) -> float32 (L, D) array. */
@@ -346,14 +366,13 @@ static PyArrayObject *context_array(PyObject *obj, int dim)
     return a;
 }
 
-static PyObject *Model_unet(ModelObject *self, PyObject *args, PyObject *kw)
+static PyObject *unet(gnr_model *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"latent", "timestep", "context", NULL};
-    PyObject *zobj, *cobj, *tobj;
-    if (!ready(self) || !PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &zobj, &tobj, &cobj)) return NULL;
-    const gnr_model_config *c = gnr_model_get_config(self->model);
-    long t;
-    if (parse_timestep(tobj, &t) < 0) return NULL;
+    PyObject *zobj, *cobj;
+    int t;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&O", kwlist, &zobj, gnr_py_conv_timestep, &t, &cobj)) return NULL;
+    const gnr_model_config *c = gnr_model_get_config(m);
     npy_intp zs[4] = {1, c->unet.in_channels, -1, -1};
     PyArrayObject *z = NULL, *ctx = NULL, *out = NULL;
     PyObject *ret = NULL;
@@ -368,7 +387,7 @@ static PyObject *Model_unet(ModelObject *self, PyObject *args, PyObject *kw)
     if (!out) goto done;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_unet_forward(self->model, PyArray_DATA(z), h, w, (int)t, PyArray_DATA(ctx), L, PyArray_DATA(out));
+    st = gnr_unet_forward(m, PyArray_DATA(z), h, w, t, PyArray_DATA(ctx), L, PyArray_DATA(out));
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
         gnr_py_raise(st);
@@ -387,19 +406,19 @@ done:
  * the VAE factor (up for the decoder, down for the encoder). */
 typedef gnr_status (*vae_pass)(gnr_model *, const float *, int, int, float *);
 
-static PyObject *run_vae(ModelObject *self, PyObject *arg, const char *name, int in_c, int out_c, int decode,
+static PyObject *run_vae(gnr_model *m, PyObject *arg, const char *name, int in_c, int out_c, int decode,
                          vae_pass fn)
 {
     npy_intp xs[4] = {1, in_c, -1, -1};
     PyArrayObject *x = gnr_py_float_array(arg, name, 4, xs, 1), *out = NULL;
     if (!x) return NULL;
     PyObject *ret = NULL;
-    int h = (int)PyArray_DIM(x, 2), w = (int)PyArray_DIM(x, 3), f = gnr_model_vae_factor(self->model);
+    int h = (int)PyArray_DIM(x, 2), w = (int)PyArray_DIM(x, 3), f = gnr_model_vae_factor(m);
     npy_intp os[4] = {1, out_c, decode ? (npy_intp)h * f : h / f, decode ? (npy_intp)w * f : w / f};
     if (!(out = gnr_py_new_float(4, os))) goto done;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = fn(self->model, PyArray_DATA(x), h, w, PyArray_DATA(out));
+    st = fn(m, PyArray_DATA(x), h, w, PyArray_DATA(out));
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
         gnr_py_raise(st);
@@ -413,18 +432,18 @@ done:
     return ret;
 }
 
-static PyObject *Model_vae_encode(ModelObject *self, PyObject *arg)
+static PyObject *vae_encode(gnr_model *m, PyObject *arg, PyObject *kw)
 {
-    if (!ready(self)) return NULL;
-    const gnr_vae_config *v = &gnr_model_get_config(self->model)->vae;
-    return run_vae(self, arg, "image", v->in_channels, v->latent_channels, 0, gnr_vae_encode);
+    (void)kw;
+    const gnr_vae_config *v = &gnr_model_get_config(m)->vae;
+    return run_vae(m, arg, "image", v->in_channels, v->latent_channels, 0, gnr_vae_encode);
 }
 
-static PyObject *Model_vae_decode(ModelObject *self, PyObject *arg)
+static PyObject *vae_decode(gnr_model *m, PyObject *arg, PyObject *kw)
 {
-    if (!ready(self)) return NULL;
-    const gnr_vae_config *v = &gnr_model_get_config(self->model)->vae;
-    return run_vae(self, arg, "latent", v->latent_channels, v->out_channels, 1, gnr_vae_decode);
+    (void)kw;
+    const gnr_vae_config *v = &gnr_model_get_config(m)->vae;
+    return run_vae(m, arg, "latent", v->latent_channels, v->out_channels, 1, gnr_vae_decode);
 }
 
 static PyObject *names_list(const char **names, int n)
@@ -444,23 +463,23 @@ static PyObject *names_list(const char **names, int n)
 
 #define MAX_NAMES 512
 
-static PyObject *Model_feature_names(ModelObject *self, PyObject *noargs)
+static PyObject *feature_names(gnr_model *m, PyObject *noargs, PyObject *kw)
 {
     (void)noargs;
-    if (!ready(self)) return NULL;
+    (void)kw;
     const char *names[MAX_NAMES];
-    int n = gnr_unet_feature_names(self->model, names, MAX_NAMES);
+    int n = gnr_unet_feature_names(m, names, MAX_NAMES);
     return names_list(names, n < MAX_NAMES ? n : MAX_NAMES);
 }
 
-static PyObject *Model_attention_names(ModelObject *self, PyObject *noargs)
+static PyObject *attention_names(gnr_model *m, PyObject *noargs, PyObject *kw)
 {
     (void)noargs;
-    if (!ready(self)) return NULL;
+    (void)kw;
     PyObject *parts[3] = {NULL, NULL, NULL};
     for (int p = 0; p < 3; p++) {
         const char *names[MAX_NAMES];
-        int n = gnr_unet_attention_names(self->model, p, names, MAX_NAMES);
+        int n = gnr_unet_attention_names(m, p, names, MAX_NAMES);
         parts[p] = names_list(names, n < MAX_NAMES ? n : MAX_NAMES);
         if (!parts[p]) {
             for (int q = 0; q < p; q++) Py_DECREF(parts[q]);
@@ -475,22 +494,24 @@ static PyObject *Model_attention_names(ModelObject *self, PyObject *noargs)
 /* energy_grad(latent, timestep, context, ref_latent, ref_context, terms,
  *             want_latent, want_context, checkpointing)
  * terms: a list of (kind int, scale float, [capture names]) (gnr/model.py
- * turns the user's dicts into this form and validates names). */
-static PyObject *Model_energy_grad(ModelObject *self, PyObject *args)
+ * turns the user's dicts into this form and validates names). The names are
+ * copied: the list stays the caller's, and other threads run while the
+ * engine does. */
+static PyObject *energy_grad(gnr_model *m, PyObject *args, PyObject *kw)
 {
-    PyObject *zobj, *cobj, *rzobj, *rcobj, *terms_obj, *tobj;
-    int want_z, want_c, checkpointing;
-    if (!ready(self) || !PyArg_ParseTuple(args, "OOOOOOppp", &zobj, &tobj, &cobj, &rzobj, &rcobj, &terms_obj, &want_z,
-                                          &want_c, &checkpointing))
+    (void)kw;
+    PyObject *zobj, *cobj, *rzobj, *rcobj, *terms_obj;
+    int t, want_z, want_c, checkpointing;
+    if (!PyArg_ParseTuple(args, "OO&OOOOppp", &zobj, gnr_py_conv_timestep, &t, &cobj, &rzobj, &rcobj, &terms_obj,
+                          &want_z, &want_c, &checkpointing))
         return NULL;
-    const gnr_model_config *c = gnr_model_get_config(self->model);
-    long t;
-    if (parse_timestep(tobj, &t) < 0) return NULL;
+    const gnr_model_config *c = gnr_model_get_config(m);
     npy_intp zs[4] = {1, c->unet.in_channels, -1, -1};
     PyArrayObject *z = NULL, *ctx = NULL, *rz = NULL, *rc = NULL, *dz = NULL, *dc = NULL;
     PyObject *ret = NULL, *seq = NULL;
     gnr_energy_term terms[MAX_TERMS];
-    const char **names[MAX_TERMS] = {NULL};
+    gnr_py_names names[MAX_TERMS];
+    memset(names, 0, sizeof names);
     int nterms = 0;
     char buf[96], buf2[96];
     if (!(z = gnr_py_float_array(zobj, "latent", 4, zs, 1))) goto done;
@@ -508,31 +529,21 @@ static PyObject *Model_energy_grad(ModelObject *self, PyObject *args)
                      (int)PyArray_DIM(rc, PyArray_NDIM(rc) - 2), L);
         goto done;
     }
-    seq = PySequence_Fast(terms_obj, "terms must be a list of (kind, scale, names)");
-    if (!seq) goto done;
-    if (PySequence_Fast_GET_SIZE(seq) > MAX_TERMS) {
-        PyErr_Format(PyExc_ValueError, "at most %d energy terms, got %zd", MAX_TERMS, PySequence_Fast_GET_SIZE(seq));
+    /* a tuple of its own references: converting a term may run Python code */
+    if (!(seq = PySequence_Tuple(terms_obj))) goto done;
+    if (PyTuple_GET_SIZE(seq) > MAX_TERMS) {
+        PyErr_Format(PyExc_ValueError, "at most %d energy terms, got %zd", MAX_TERMS, PyTuple_GET_SIZE(seq));
         goto done;
     }
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        int kind;
-        double scale;
-        PyObject *nl;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "idO!;each term is (kind, scale, [names])", &kind,
-                              &scale, &PyList_Type, &nl))
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
+        gnr_py_int kind = {"energy term kind", GNR_ENERGY_ATTN_MAP_L2, GNR_ENERGY_FEATURE_L1, 0};
+        gnr_py_float scale = {"energy term scale", 0.0f};
+        names[i] = (gnr_py_names){"energy term capture names", 0, 0, NULL};
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(seq, i), "O&O&O&;each term is (kind, scale, [names])", gnr_py_conv_int,
+                              &kind, gnr_py_conv_float, &scale, gnr_py_conv_names, &names[i]))
             goto done;
-        Py_ssize_t n = PyList_GET_SIZE(nl);
-        names[i] = PyMem_Calloc(n ? (size_t)n : 1, sizeof(char *));
-        if (!names[i]) {
-            PyErr_NoMemory();
-            goto done;
-        }
         nterms = (int)i + 1;
-        for (Py_ssize_t j = 0; j < n; j++) {
-            names[i][j] = PyUnicode_AsUTF8(PyList_GET_ITEM(nl, j)); /* valid while the list lives */
-            if (!names[i][j]) goto done;
-        }
-        terms[i] = (gnr_energy_term){(gnr_energy_kind)kind, (float)scale, (int)n, names[i]};
+        terms[i] = (gnr_energy_term){(gnr_energy_kind)kind.value, scale.value, names[i].n, names[i].items};
     }
     int h = (int)PyArray_DIM(z, 2), w = (int)PyArray_DIM(z, 3);
     if (want_z && !(dz = gnr_py_new_float(4, PyArray_DIMS(z)))) goto done;
@@ -541,8 +552,8 @@ static PyObject *Model_energy_grad(ModelObject *self, PyObject *args)
     double e = 0.0;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_unet_energy_grad(self->model, PyArray_DATA(z), PyArray_DATA(ctx), PyArray_DATA(rz), PyArray_DATA(rc), h,
-                              w, L, (int)t, terms, nterms, checkpointing, &e, dz ? PyArray_DATA(dz) : NULL,
+    st = gnr_unet_energy_grad(m, PyArray_DATA(z), PyArray_DATA(ctx), PyArray_DATA(rz), PyArray_DATA(rc), h, w, L, t,
+                              terms, nterms, checkpointing, &e, dz ? PyArray_DATA(dz) : NULL,
                               dc ? PyArray_DATA(dc) : NULL);
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
@@ -551,7 +562,7 @@ static PyObject *Model_energy_grad(ModelObject *self, PyObject *args)
     }
     ret = Py_BuildValue("(dOO)", e, dz ? (PyObject *)dz : Py_None, dc ? (PyObject *)dc : Py_None);
 done:
-    for (int i = 0; i < nterms; i++) PyMem_Free((void *)names[i]);
+    for (int i = 0; i < nterms; i++) gnr_py_names_free(&names[i]);
     Py_XDECREF(seq);
     Py_XDECREF(z);
     Py_XDECREF(ctx);
@@ -562,49 +573,85 @@ done:
     return ret;
 }
 
-static PyObject *Model_reset_peak(ModelObject *self, PyObject *noargs)
+static PyObject *reset_peak(gnr_model *m, PyObject *noargs, PyObject *kw)
 {
     (void)noargs;
-    if (!ready(self)) return NULL;
-    gnr_model_reset_peak(self->model);
+    (void)kw;
+    gnr_model_reset_peak(m);
     Py_RETURN_NONE;
 }
 
-static PyObject *Model_set_max_memory(ModelObject *self, PyObject *arg)
+static PyObject *set_max_memory(gnr_model *m, PyObject *arg, PyObject *kw)
 {
-    if (!ready(self)) return NULL;
-    unsigned long long v = PyLong_AsUnsignedLongLong(arg);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    gnr_model_set_max_memory(self->model, (size_t)v);
+    (void)kw;
+    gnr_py_size v = {"max_memory", SIZE_MAX, 0};
+    if (!gnr_py_conv_size(arg, &v)) return NULL;
+    gnr_model_set_max_memory(m, v.value);
     Py_RETURN_NONE;
+}
+
+/* The methods: each runs its body through with_model (2 arguments for
+ * METH_NOARGS, METH_O and METH_VARARGS; 3 with keywords). */
+#define MODEL_METHOD(name)                                                                                             \
+    static PyObject *Model_##name(ModelObject *self, PyObject *args) { return with_model(self, name, args, NULL); }
+#define MODEL_METHOD_KW(name)                                                                                          \
+    static PyObject *Model_##name(ModelObject *self, PyObject *args, PyObject *kw)                                    \
+    {                                                                                                                  \
+        return with_model(self, name, args, kw);                                                                       \
+    }
+MODEL_METHOD(weight_specs)
+MODEL_METHOD(set_weight)
+MODEL_METHOD(finalize)
+MODEL_METHOD(encode_text)
+MODEL_METHOD_KW(unet)
+MODEL_METHOD(vae_encode)
+MODEL_METHOD(vae_decode)
+MODEL_METHOD(feature_names)
+MODEL_METHOD(attention_names)
+MODEL_METHOD(energy_grad)
+MODEL_METHOD(reset_peak)
+MODEL_METHOD(set_max_memory)
+/* the long jobs (edit_binding.c) */
+static PyObject *Model_invert(ModelObject *self, PyObject *args) { return with_model(self, gnr_py_invert, args, NULL); }
+static PyObject *Model_null_text(ModelObject *self, PyObject *args)
+{
+    return with_model(self, gnr_py_null_text, args, NULL);
+}
+static PyObject *Model_edit(ModelObject *self, PyObject *args) { return with_model(self, gnr_py_edit, args, NULL); }
+
+/* The getters read one number and run no Python code in between. */
+static gnr_model *initialised(ModelObject *self)
+{
+    if (!self->model) PyErr_SetString(PyExc_RuntimeError, "model is not initialised");
+    return self->model;
 }
 
 static PyObject *Model_get_peak(ModelObject *self, void *closure)
 {
     (void)closure;
-    if (!ready(self)) return NULL;
-    return PyLong_FromSize_t(gnr_model_peak_bytes(self->model));
+    gnr_model *m = initialised(self);
+    return m ? PyLong_FromSize_t(gnr_model_peak_bytes(m)) : NULL;
 }
 
 static PyObject *Model_get_size_multiple(ModelObject *self, void *closure)
 {
     (void)closure;
-    if (!ready(self)) return NULL;
-    return PyLong_FromLong(gnr_model_size_multiple(self->model));
+    gnr_model *m = initialised(self);
+    return m ? PyLong_FromLong(gnr_model_size_multiple(m)) : NULL;
 }
 
 static PyObject *Model_get_vae_factor(ModelObject *self, void *closure)
 {
     (void)closure;
-    if (!ready(self)) return NULL;
-    return PyLong_FromLong(gnr_model_vae_factor(self->model));
+    gnr_model *m = initialised(self);
+    return m ? PyLong_FromLong(gnr_model_vae_factor(m)) : NULL;
 }
 
 static PyObject *Model_get_threads(ModelObject *self, void *closure)
 {
     (void)closure;
-    if (!ready(self)) return NULL;
-    return PyLong_FromLong(gnr_model_threads(self->model));
+    gnr_model *m = initialised(self);
+    return m ? PyLong_FromLong(gnr_model_threads(m)) : NULL;
 }
 
 static PyMethodDef Model_methods[] = {
@@ -624,11 +671,11 @@ static PyMethodDef Model_methods[] = {
     {"energy_grad", (PyCFunction)Model_energy_grad, METH_VARARGS,
      "energy_grad(latent, t, context, ref_latent, ref_context, terms, want_latent, want_context, checkpointing) "
      "-> (E, dlatent or None, dcontext or None)."},
-    {"_invert", gnr_py_invert, METH_VARARGS,
+    {"_invert", (PyCFunction)Model_invert, METH_VARARGS,
      "_invert(z0, c_src, num_steps, callback, want_latent) -> chain (N+1, C, h, w)."},
-    {"_null_text", gnr_py_null_text, METH_VARARGS,
+    {"_null_text", (PyCFunction)Model_null_text, METH_VARARGS,
      "_null_text(chain, c_src, c_null, guidance, callback, want_latent) -> per-step unconditional contexts."},
-    {"_edit", gnr_py_edit, METH_VARARGS,
+    {"_edit", (PyCFunction)Model_edit, METH_VARARGS,
      "_edit(plan, chain, uncond, c_src, c_trg, callback, want_latent) -> final latent (1, C, h, w)."},
     {"reset_peak", (PyCFunction)Model_reset_peak, METH_NOARGS, "Reset the peak activation counter."},
     {"set_max_memory", (PyCFunction)Model_set_max_memory, METH_O, "Cap activation memory (bytes, 0 = none)."},
@@ -647,7 +694,8 @@ static PyTypeObject ModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gnr._C.Model",
     .tp_basicsize = sizeof(ModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A Stable Diffusion 1.x model in the gnr engine (use gnr.load_model).",
+    .tp_doc = "A Stable Diffusion 1.x model in the gnr engine (use gnr.load_model). Calling __init__ again "
+              "replaces the model when no call is running on it, and raises RuntimeError while one is.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Model_init,
     .tp_dealloc = (destructor)Model_dealloc,

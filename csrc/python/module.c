@@ -3,6 +3,7 @@
 #include "arrays.h"
 
 #include "bindings.h"
+#include "convert.h"
 #include "errors.h"
 #include "backend.h"
 #include "gnr.h"
@@ -19,13 +20,9 @@ static PyObject *build_info(PyObject *self, PyObject *noargs)
 static PyObject *set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 1) {
-        PyErr_Format(PyExc_ValueError, "num_threads must be >= 1, got %ld", n);
-        return NULL;
-    }
-    gnr_set_num_threads((int)n);
+    gnr_py_int n = {"num_threads", 1, INT_MAX, 0};
+    if (!gnr_py_conv_int(arg, &n)) return NULL;
+    gnr_set_num_threads(n.value);
     Py_RETURN_NONE;
 }
 

@@ -11,73 +11,27 @@
  * as zeros so each returned array equals the gradient (or, with
  * params["start"] = a tuple of arrays, from those arrays: the accumulation
  * convention of ops.h can be checked). Reductions return a 0-d float64
- * array. Unrequested optional outputs come back as None. */
+ * array. Unrequested optional outputs come back as None.
+ *
+ * The ops exposed, with their inputs, outputs and shape rules, are listed in
+ * op_table.def; each one's call is generated from its csrc/ops.def entry. */
 #define NO_IMPORT_ARRAY
 #include "arrays.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "backend.h"
 #include "bindings.h"
+#include "convert.h"
 #include "errors.h"
 
 #define MAX_IN 6
 #define MAX_OUT 3
 
-typedef enum { INIT_NAN, INIT_ZERO, INIT_FROM_IN1, INIT_NONE } out_init;
-
-typedef struct {
-    const char *name;
-    const char *inputs;  /* input names, comma separated; "?" marks an optional one */
-    out_init init;       /* how outputs start */
-    int scalar;          /* returns one double */
-} op_spec;
-
-static const op_spec OPS[] = {
-    {"fill", "x", INIT_NAN, 0},
-    {"copy", "x", INIT_NAN, 0},
-    {"upload", "x", INIT_NAN, 0},
-    {"download", "x", INIT_NONE, 0},
-    {"add", "a,b", INIT_NAN, 0},
-    {"scale", "x", INIT_NAN, 0},
-    {"axpy", "x,y", INIT_FROM_IN1, 0},
-    {"add_channel_forward", "x,v", INIT_NAN, 0},
-    {"add_channel_backward", "dy", INIT_ZERO, 0},
-    {"linear_forward", "x,w,b?", INIT_NAN, 0},
-    {"linear_backward", "dy,w", INIT_ZERO, 0},
-    {"conv2d_forward", "x,w,b?", INIT_NAN, 0},
-    {"conv2d_backward", "dy,w", INIT_ZERO, 0},
-    {"group_norm_forward", "x,gamma?,beta?", INIT_NAN, 0},
-    {"group_norm_backward", "dy,x,gamma?", INIT_ZERO, 0},
-    {"layer_norm_forward", "x,gamma?,beta?", INIT_NAN, 0},
-    {"layer_norm_backward", "dy,x,gamma?", INIT_ZERO, 0},
-    {"act_forward", "x", INIT_NAN, 0},
-    {"act_backward", "dy,x", INIT_ZERO, 0},
-    {"geglu_forward", "x", INIT_NAN, 0},
-    {"geglu_backward", "dy,x", INIT_ZERO, 0},
-    {"nchw_to_nlc", "x", INIT_NAN, 0},
-    {"nlc_to_nchw", "x", INIT_NAN, 0},
-    {"nchw_to_nlc_backward", "dy", INIT_ZERO, 0},
-    {"nlc_to_nchw_backward", "dy", INIT_ZERO, 0},
-    {"concat_channels_forward", "a,b", INIT_NAN, 0},
-    {"concat_channels_backward", "dy", INIT_ZERO, 0},
-    {"upsample2x_forward", "x", INIT_NAN, 0},
-    {"upsample2x_backward", "dy", INIT_ZERO, 0},
-    {"attention_forward", "q,k,v", INIT_NAN, 0},
-    {"attention_backward", "q,k,v,probs?,dout,dprobs?", INIT_ZERO, 0},
-    {"embedding_forward", "table", INIT_NAN, 0},
-    {"sq_diff_mean", "a,b", INIT_NONE, 1},
-    {"sq_diff_mean_backward", "a,b", INIT_ZERO, 0},
-    {"abs_diff_mean", "a,b", INIT_NONE, 1},
-    {"abs_diff_mean_backward", "a,b", INIT_ZERO, 0},
-    {"sum_sq", "x", INIT_NONE, 1},
-};
-#define NOPS ((int)(sizeof OPS / sizeof OPS[0]))
-
-static const char *PARAM_KEYS[] = {"stride", "pads", "groups", "eps", "act", "heads", "causal", "scale",
-                                   "alpha", "value", "ids", "want_probs", "want_dq", "want_dk", "want_dv",
-                                   "want_da", "want_db", "x_shape", "hw", "ca", "start", NULL};
+/* What outputs hold before the op runs (op_table.def's start column). */
+typedef enum { START_NANS, START_ZEROS, START_INPUT, START_NONE } out_start;
 
 typedef struct {
     gnr_conv_params conv;
@@ -101,167 +55,188 @@ typedef struct {
     PyArrayObject *host_in[MAX_IN];
     gnr_tensor in[MAX_IN];
     int nout;
+    const char *out_name[MAX_OUT];
     int out_ndim[MAX_OUT];
     int64_t out_shape[MAX_OUT][GNR_MAX_DIMS];
     int out_want[MAX_OUT];
     PyArrayObject *host_out[MAX_OUT];
     PyArrayObject *start[MAX_OUT]; /* initial values of outputs, or NULL */
     gnr_tensor out[MAX_OUT];
+    int scalar_out; /* the op returns one double */
     double scalar;
-    char names[128];
+    const char *unbound; /* an argument of the op the table gives no value (a bug in op_table.def) */
+    char names[256];
 } op_call;
 
 /* ------------------------------------------------------------ params --- */
 
-static int get_int(PyObject *d, const char *key, int *out)
+/* The plain scalar params: one table gives their defaults, their parsing
+ * and the list of known keys. An op's scalar argument takes the param named
+ * like the argument in ops.def (float_arg, int_arg); "stride" is a field of
+ * the conv parameters. */
+typedef struct {
+    const char *key;
+    int is_float;
+    size_t offset;
+    double initial;
+} scalar_param;
+
+static const scalar_param SCALARS[] = {
+    {"stride", 0, offsetof(op_params, conv.stride), 1},
+    {"groups", 0, offsetof(op_params, groups), 1},
+    {"heads", 0, offsetof(op_params, heads), 1},
+    {"causal", 0, offsetof(op_params, causal), 0},
+    {"want_probs", 0, offsetof(op_params, want_probs), 0},
+    {"want_dq", 0, offsetof(op_params, want_dq), 1},
+    {"want_dk", 0, offsetof(op_params, want_dk), 1},
+    {"want_dv", 0, offsetof(op_params, want_dv), 1},
+    {"want_da", 0, offsetof(op_params, want_da), 1},
+    {"want_db", 0, offsetof(op_params, want_db), 1},
+    {"eps", 1, offsetof(op_params, eps), 1e-5},
+    {"scale", 1, offsetof(op_params, scale), 1.0},
+    {"alpha", 1, offsetof(op_params, alpha), 1.0},
+    {"value", 1, offsetof(op_params, value), 0.0},
+};
+#define NSCALARS ((int)(sizeof SCALARS / sizeof SCALARS[0]))
+
+/* The other params, read by parse_params itself. */
+static const char *const OTHER_KEYS[] = {"act", "pads", "ids", "x_shape", "hw", "ca", "start", NULL};
+
+static const scalar_param *scalar_named(const char *key)
 {
-    PyObject *v = d ? PyDict_GetItemString(d, key) : NULL;
-    if (!v) return 0;
-    long x = PyLong_AsLong(v);
-    if (x == -1 && PyErr_Occurred()) return -1;
-    *out = (int)x;
+    for (int i = 0; i < NSCALARS; i++)
+        if (!strcmp(SCALARS[i].key, key)) return &SCALARS[i];
+    return NULL;
+}
+
+static int known_key(const char *k)
+{
+    if (scalar_named(k)) return 1;
+    for (int i = 0; OTHER_KEYS[i]; i++)
+        if (!strcmp(k, OTHER_KEYS[i])) return 1;
     return 0;
 }
 
-static int get_float(PyObject *d, const char *key, float *out)
+static PyObject *unknown_key(PyObject *key)
 {
-    PyObject *v = d ? PyDict_GetItemString(d, key) : NULL;
+    char known[512];
+    size_t off = 0;
+    for (int i = 0; i < NSCALARS && off < sizeof known; i++)
+        off += (size_t)snprintf(known + off, sizeof known - off, "%s, ", SCALARS[i].key);
+    for (int i = 0; OTHER_KEYS[i] && off < sizeof known; i++)
+        off += (size_t)snprintf(known + off, sizeof known - off, OTHER_KEYS[i + 1] ? "%s, " : "%s", OTHER_KEYS[i]);
+    PyErr_Format(PyExc_ValueError, "unknown op param %R; known: %s", key, known);
+    return NULL;
+}
+
+/* params[key] through `conv`: 1 converted, 0 absent, -1 error. */
+static int param(PyObject *d, const char *key, gnr_py_converter conv, void *arg)
+{
+    return d ? gnr_py_dict_item(d, key, conv, arg) : 0;
+}
+
+/* params["ids"]: a sequence of int32 token ids into p->ids (PyMem). */
+static int parse_ids(PyObject *d, op_params *p)
+{
+    PyObject *v = d ? PyDict_GetItemString(d, "ids") : NULL;
     if (!v) return 0;
-    double x = PyFloat_AsDouble(v);
-    if (x == -1.0 && PyErr_Occurred()) return -1;
-    *out = (float)x;
+    Py_ssize_t n = PySequence_Check(v) ? PySequence_Size(v) : -1;
+    if (n < 0 || n > INT_MAX) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "params['ids'] must be a sequence of at most %d ints, got %.100s", INT_MAX,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    if (!(p->ids = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t)))) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int *ids = (int *)p->ids; /* int32_t is int here (checked below) */
+    _Static_assert(sizeof(int) == sizeof(int32_t), "token ids are read as ints");
+    gnr_py_ints list = {"params['ids']", INT32_MIN, INT32_MAX, (int)n, ids, 0};
+    if (param(d, "ids", gnr_py_conv_ints, &list) < 0) return -1;
+    p->nids = list.n;
     return 0;
 }
 
-/* A sequence of at most `max` ints; returns the count, or -1 with an exception. */
-static int get_ints(PyObject *d, const char *key, int64_t *out, int max)
+/* A list param of at most `max` ints into int64 out; returns the count, or -1. */
+static int int_list_param(PyObject *d, const char *key, const char *name, int max, int64_t *out)
 {
-    PyObject *v = d ? PyDict_GetItemString(d, key) : NULL;
-    if (!v) return 0;
-    if (PyLong_Check(v) && max >= 1) {
-        out[0] = PyLong_AsLongLong(v);
-        return out[0] == -1 && PyErr_Occurred() ? -1 : 1;
-    }
-    PyObject *seq = PySequence_Fast(v, "op params: expected an int or a sequence of ints");
-    if (!seq) return -1;
-    int n = (int)PySequence_Fast_GET_SIZE(seq), rc = n;
-    if (n > max) {
-        PyErr_Format(PyExc_ValueError, "params['%s'] has %d entries, at most %d allowed", key, n, max);
-        rc = -1;
-    }
-    for (int i = 0; rc >= 0 && i < n; i++) {
-        long long x = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (x == -1 && PyErr_Occurred()) rc = -1;
-        else out[i] = x;
-    }
-    Py_DECREF(seq);
-    return rc;
+    int v[GNR_MAX_DIMS];
+    gnr_py_ints list = {name, INT_MIN, INT_MAX, max, v, 0};
+    if (param(d, key, gnr_py_conv_ints, &list) < 0) return -1;
+    for (int i = 0; i < list.n; i++) out[i] = v[i];
+    return list.n;
 }
 
 static int parse_params(PyObject *d, op_params *p)
 {
     memset(p, 0, sizeof *p);
-    p->conv.stride = 1;
-    p->groups = 1;
-    p->heads = 1;
-    p->eps = 1e-5f;
-    p->scale = 1.0f;
-    p->alpha = 1.0f;
-    p->want_dq = p->want_dk = p->want_dv = p->want_da = p->want_db = 1;
-    if (d && d != Py_None) {
-        if (!PyDict_Check(d)) {
-            PyErr_Format(PyExc_TypeError, "params must be a dict or None, got %.100s", Py_TYPE(d)->tp_name);
-            return -1;
-        }
-        PyObject *key;
-        PyObject *val;
-        Py_ssize_t pos = 0;
-        while (PyDict_Next(d, &pos, &key, &val)) {
-            const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
-            int known = 0;
-            for (int i = 0; k && PARAM_KEYS[i]; i++) known |= strcmp(k, PARAM_KEYS[i]) == 0;
-            if (!known) {
-                PyErr_Format(PyExc_ValueError, "unknown op param %R; known: stride, pads, groups, eps, act, heads, "
-                             "causal, scale, alpha, value, ids, want_probs, want_dq, want_dk, want_dv, want_da, "
-                             "want_db, x_shape, hw, ca, start", key);
-                return -1;
-            }
-        }
-    } else {
-        d = NULL;
+    for (int i = 0; i < NSCALARS; i++) {
+        char *field = (char *)p + SCALARS[i].offset;
+        if (SCALARS[i].is_float) *(float *)field = (float)SCALARS[i].initial;
+        else *(int *)field = (int)SCALARS[i].initial;
     }
-    int act = 0;
-    PyObject *a = d ? PyDict_GetItemString(d, "act") : NULL;
-    if (a && PyUnicode_Check(a)) {
-        const char *s = PyUnicode_AsUTF8(a);
-        if (!strcmp(s, "silu")) act = GNR_ACT_SILU;
-        else if (!strcmp(s, "gelu")) act = GNR_ACT_GELU;
-        else if (!strcmp(s, "quick_gelu")) act = GNR_ACT_QUICK_GELU;
-        else {
-            PyErr_Format(PyExc_ValueError, "unknown act '%s'; known: silu, gelu, quick_gelu", s);
-            return -1;
-        }
-    } else if (get_int(d, "act", &act) < 0) {
+    if (d == Py_None) d = NULL;
+    if (d && !PyDict_Check(d)) {
+        PyErr_Format(PyExc_TypeError, "params must be a dict or None, got %.100s", Py_TYPE(d)->tp_name);
         return -1;
     }
-    p->act = (gnr_act)act;
-    if (get_int(d, "stride", &p->conv.stride) < 0 || get_int(d, "groups", &p->groups) < 0 ||
-        get_int(d, "heads", &p->heads) < 0 || get_int(d, "causal", &p->causal) < 0 ||
-        get_int(d, "want_probs", &p->want_probs) < 0 || get_int(d, "want_dq", &p->want_dq) < 0 ||
-        get_int(d, "want_dk", &p->want_dk) < 0 || get_int(d, "want_dv", &p->want_dv) < 0 ||
-        get_int(d, "want_da", &p->want_da) < 0 || get_int(d, "want_db", &p->want_db) < 0 ||
-        get_float(d, "eps", &p->eps) < 0 || get_float(d, "scale", &p->scale) < 0 ||
-        get_float(d, "alpha", &p->alpha) < 0 || get_float(d, "value", &p->value) < 0)
-        return -1;
+    PyObject *key, *val;
+    Py_ssize_t pos = 0;
+    while (d && PyDict_Next(d, &pos, &key, &val)) {
+        const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        if (!k || !known_key(k)) {
+            PyErr_Clear();
+            unknown_key(key);
+            return -1;
+        }
+    }
+    for (int i = 0; i < NSCALARS; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "params['%s']", SCALARS[i].key);
+        char *field = (char *)p + SCALARS[i].offset;
+        if (SCALARS[i].is_float) {
+            gnr_py_float v = {name, *(float *)field};
+            if (param(d, SCALARS[i].key, gnr_py_conv_float, &v) < 0) return -1;
+            *(float *)field = v.value;
+        } else {
+            gnr_py_int v = {name, INT_MIN, INT_MAX, *(int *)field};
+            if (param(d, SCALARS[i].key, gnr_py_conv_int, &v) < 0) return -1;
+            *(int *)field = v.value;
+        }
+    }
+    if (param(d, "act", gnr_py_conv_act, &p->act) < 0) return -1;
     int64_t pads[4] = {0, 0, 0, 0};
-    int np = get_ints(d, "pads", pads, 4);
+    int np = int_list_param(d, "pads", "params['pads']", 4, pads);
     if (np < 0) return -1;
     if (np == 1) pads[1] = pads[2] = pads[3] = pads[0];
     else if (np != 0 && np != 4) {
         PyErr_SetString(PyExc_ValueError, "params['pads'] must be (top, bottom, left, right) or (all,)");
         return -1;
     }
-    p->conv.pad_top = (int)pads[0], p->conv.pad_bottom = (int)pads[1];
+    p->conv.pad_top = (int)pads[0], p->conv.pad_bottom = (int)pads[1]; /* ints, read as such */
     p->conv.pad_left = (int)pads[2], p->conv.pad_right = (int)pads[3];
-    if ((p->x_ndim = get_ints(d, "x_shape", p->x_shape, GNR_MAX_DIMS)) < 0) return -1;
-    int nhw = get_ints(d, "hw", p->hw, 2);
+    if ((p->x_ndim = int_list_param(d, "x_shape", "params['x_shape']", GNR_MAX_DIMS, p->x_shape)) < 0) return -1;
+    int nhw = int_list_param(d, "hw", "params['hw']", 2, p->hw);
     if (nhw < 0) return -1;
     if (nhw != 0 && nhw != 2) {
         PyErr_SetString(PyExc_ValueError, "params['hw'] must be (H, W)");
         return -1;
     }
     p->has_hw = nhw == 2;
-    PyObject *cav = d ? PyDict_GetItemString(d, "ca") : NULL;
-    if (cav) {
-        p->ca = PyLong_AsLongLong(cav);
-        if (p->ca == -1 && PyErr_Occurred()) return -1;
-        p->has_ca = 1;
-    }
-    PyObject *ids = d ? PyDict_GetItemString(d, "ids") : NULL;
-    if (ids) {
-        PyObject *seq = PySequence_Fast(ids, "params['ids'] must be a sequence of ints");
-        if (!seq) return -1;
-        p->nids = PySequence_Fast_GET_SIZE(seq);
-        p->ids = PyMem_Malloc((size_t)(p->nids ? p->nids : 1) * sizeof(int32_t));
-        if (!p->ids) {
-            Py_DECREF(seq);
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (int64_t i = 0; i < p->nids; i++) {
-            long x = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
-            if (x == -1 && PyErr_Occurred()) {
-                Py_DECREF(seq);
-                return -1;
-            }
-            p->ids[i] = (int32_t)x;
-        }
-        Py_DECREF(seq);
-    }
-    return 0;
+    gnr_py_int ca = {"params['ca']", INT_MIN, INT_MAX, 0};
+    int r = param(d, "ca", gnr_py_conv_int, &ca);
+    if (r < 0) return -1;
+    p->ca = ca.value;
+    p->has_ca = r;
+    return parse_ids(d, p);
 }
 
-/* ------------------------------------------------------------ shapes --- */
+/* ------------------------------------------------------ shape rules --- */
+
+/* Each rule sets the output shapes (and which optional outputs are wanted)
+ * from the inputs and params; -1 with ValueError. */
 
 static int64_t dim(const op_call *c, int i, int d)
 {
@@ -288,7 +263,6 @@ static void set_out(op_call *c, int k, int nd, const int64_t *shape)
     c->out_ndim[k] = nd;
     for (int i = 0; i < nd; i++) c->out_shape[k][i] = shape[i];
     c->out_want[k] = 1;
-    if (k + 1 > c->nout) c->nout = k + 1;
 }
 
 static void out_like(op_call *c, int k, int i)
@@ -309,181 +283,326 @@ static void out_last(op_call *c, int k, int i, int64_t last)
     set_out(c, k, nd, s);
 }
 
-static int out_shapes(const char *op, op_call *c, const op_params *p)
+typedef int (*shape_rule)(const char *op, op_call *c, const op_params *p);
+
+static int shape_like_in0(const char *op, op_call *c, const op_params *p)
 {
-    for (int i = 0; i < c->nin; i++) {
-        if (c->host_in[i] && (ndim_of(c, i) < 1 || ndim_of(c, i) > GNR_MAX_DIMS)) {
-            PyErr_Format(PyExc_ValueError, "%s: %s must have 1 to %d dimensions, got %d", op, c->in_name[i],
-                         GNR_MAX_DIMS, ndim_of(c, i));
-            return -1;
-        }
-    }
-    if (!strcmp(op, "fill") || !strcmp(op, "copy") || !strcmp(op, "upload") || !strcmp(op, "download") ||
-        !strcmp(op, "add") || !strcmp(op, "scale") || !strcmp(op, "axpy") || !strcmp(op, "act_forward") ||
-        !strcmp(op, "sq_diff_mean_backward") || !strcmp(op, "abs_diff_mean_backward")) {
-        out_like(c, 0, !strcmp(op, "axpy") ? 1 : 0);
-    } else if (!strcmp(op, "add_channel_forward")) {
-        out_like(c, 0, 0);
-    } else if (!strcmp(op, "add_channel_backward")) {
-        if (need_ndim(op, c, 0, 4) < 0) return -1;
-        int64_t s[2] = {dim(c, 0, 0), dim(c, 0, 1)};
-        set_out(c, 0, 2, s);
-    } else if (!strcmp(op, "linear_forward")) {
-        out_last(c, 0, 0, dim(c, 1, 0));
-    } else if (!strcmp(op, "linear_backward")) {
-        if (ndim_of(c, 1) < 2) {
-            PyErr_Format(PyExc_ValueError, "%s: w must be Out x In", op);
-            return -1;
-        }
-        out_last(c, 0, 0, dim(c, 1, 1));
-    } else if (!strcmp(op, "conv2d_forward")) {
-        if (need_ndim(op, c, 0, 4) < 0 || need_ndim(op, c, 1, 4) < 0) return -1;
-        const gnr_conv_params *cp = &p->conv;
-        int64_t s = cp->stride > 0 ? cp->stride : 1;
-        int64_t hp = dim(c, 0, 2) + cp->pad_top + cp->pad_bottom - dim(c, 1, 2);
-        int64_t wp = dim(c, 0, 3) + cp->pad_left + cp->pad_right - dim(c, 1, 3);
-        if (hp < 0 || wp < 0) {
-            PyErr_Format(PyExc_ValueError, "%s: the kernel is larger than the padded input", op);
-            return -1;
-        }
-        int64_t sh[4] = {dim(c, 0, 0), dim(c, 1, 0), hp / s + 1, wp / s + 1};
-        set_out(c, 0, 4, sh);
-    } else if (!strcmp(op, "conv2d_backward")) {
-        if (p->x_ndim != 4) {
-            PyErr_Format(PyExc_ValueError, "%s needs params['x_shape'] = (N, C, H, W)", op);
-            return -1;
-        }
-        set_out(c, 0, 4, p->x_shape);
-    } else if (!strcmp(op, "group_norm_forward") || !strcmp(op, "layer_norm_forward")) {
-        out_like(c, 0, 0);
-    } else if (!strcmp(op, "group_norm_backward") || !strcmp(op, "layer_norm_backward") ||
-               !strcmp(op, "act_backward") || !strcmp(op, "geglu_backward")) {
-        out_like(c, 0, 1);
-    } else if (!strcmp(op, "geglu_forward")) {
-        out_last(c, 0, 0, dim(c, 0, -1) / 2);
-    } else if (!strcmp(op, "nchw_to_nlc") || !strcmp(op, "nlc_to_nchw_backward")) {
-        if (need_ndim(op, c, 0, 4) < 0) return -1;
-        int64_t s[3] = {dim(c, 0, 0), dim(c, 0, 2) * dim(c, 0, 3), dim(c, 0, 1)};
-        set_out(c, 0, 3, s);
-    } else if (!strcmp(op, "nlc_to_nchw") || !strcmp(op, "nchw_to_nlc_backward")) {
-        if (need_ndim(op, c, 0, 3) < 0) return -1;
-        if (!p->has_hw) {
-            PyErr_Format(PyExc_ValueError, "%s needs params['hw'] = (H, W)", op);
-            return -1;
-        }
-        int64_t s[4] = {dim(c, 0, 0), dim(c, 0, 2), p->hw[0], p->hw[1]};
-        set_out(c, 0, 4, s);
-    } else if (!strcmp(op, "concat_channels_forward")) {
-        if (need_ndim(op, c, 0, 4) < 0 || need_ndim(op, c, 1, 4) < 0) return -1;
-        int64_t s[4] = {dim(c, 0, 0), dim(c, 0, 1) + dim(c, 1, 1), dim(c, 0, 2), dim(c, 0, 3)};
-        set_out(c, 0, 4, s);
-    } else if (!strcmp(op, "concat_channels_backward")) {
-        if (need_ndim(op, c, 0, 4) < 0) return -1;
-        if (!p->has_ca || p->ca < 0 || p->ca > dim(c, 0, 1)) {
-            PyErr_Format(PyExc_ValueError, "%s needs params['ca'] in [0, C]", op);
-            return -1;
-        }
-        int64_t sa[4] = {dim(c, 0, 0), p->ca, dim(c, 0, 2), dim(c, 0, 3)};
-        int64_t sb[4] = {dim(c, 0, 0), dim(c, 0, 1) - p->ca, dim(c, 0, 2), dim(c, 0, 3)};
-        set_out(c, 0, 4, sa);
-        set_out(c, 1, 4, sb);
-        c->out_want[0] = p->want_da;
-        c->out_want[1] = p->want_db;
-    } else if (!strcmp(op, "upsample2x_forward") || !strcmp(op, "upsample2x_backward")) {
-        if (need_ndim(op, c, 0, 4) < 0) return -1;
-        int up = !strcmp(op, "upsample2x_forward");
-        int64_t s[4] = {dim(c, 0, 0), dim(c, 0, 1), up ? dim(c, 0, 2) * 2 : dim(c, 0, 2) / 2,
-                        up ? dim(c, 0, 3) * 2 : dim(c, 0, 3) / 2};
-        set_out(c, 0, 4, s);
-    } else if (!strcmp(op, "attention_forward")) {
-        if (need_ndim(op, c, 0, 3) < 0 || need_ndim(op, c, 1, 3) < 0) return -1;
-        out_like(c, 0, 0);
-        int64_t s[4] = {dim(c, 0, 0), p->heads, dim(c, 0, 1), dim(c, 1, 1)};
-        set_out(c, 1, 4, s);
-        c->out_want[1] = p->want_probs;
-    } else if (!strcmp(op, "attention_backward")) {
-        out_like(c, 0, 0);
-        out_like(c, 1, 1);
-        out_like(c, 2, 2);
-        c->out_want[0] = p->want_dq;
-        c->out_want[1] = p->want_dk;
-        c->out_want[2] = p->want_dv;
-    } else if (!strcmp(op, "embedding_forward")) {
-        if (need_ndim(op, c, 0, 2) < 0) return -1;
-        int64_t s[2] = {p->nids, dim(c, 0, 1)};
-        set_out(c, 0, 2, s);
-    } else if (!strcmp(op, "sq_diff_mean") || !strcmp(op, "abs_diff_mean") || !strcmp(op, "sum_sq")) {
-        c->nout = 0;
-    } else {
-        PyErr_Format(PyExc_RuntimeError, "no output shapes for op %s", op);
-        return -1;
-    }
-    for (int k = 0; k < c->nout; k++)
-        for (int d = 0; d < c->out_ndim[k]; d++)
-            if (c->out_shape[k][d] < 0) {
-                PyErr_Format(PyExc_ValueError, "%s: inputs imply a negative output size", op);
-                return -1;
-            }
+    (void)op, (void)p;
+    out_like(c, 0, 0);
     return 0;
 }
 
-/* --------------------------------------------------------------- run --- */
-
-static const gnr_tensor *opt(const op_call *c, int i) { return c->host_in[i] ? &c->in[i] : NULL; }
-static gnr_tensor *want(op_call *c, int k) { return c->out_want[k] ? &c->out[k] : NULL; }
-
-static gnr_status run_op(const char *op, gnr_ctx *ctx, op_call *c, const op_params *p)
+static int shape_like_in1(const char *op, op_call *c, const op_params *p)
 {
-    gnr_tensor *in = c->in, *out = c->out;
-    if (!strcmp(op, "fill")) return gnr_fill(ctx, &out[0], p->value);
-    if (!strcmp(op, "copy")) return gnr_copy(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "upload")) return gnr_upload(ctx, (const float *)PyArray_DATA(c->host_in[0]), &out[0]);
-    if (!strcmp(op, "download")) return gnr_download(ctx, &in[0], (float *)PyArray_DATA(c->host_out[0]));
-    if (!strcmp(op, "add")) return gnr_add(ctx, &in[0], &in[1], &out[0]);
-    if (!strcmp(op, "scale")) return gnr_scale(ctx, &in[0], p->alpha, &out[0]);
-    if (!strcmp(op, "axpy")) return gnr_axpy(ctx, p->alpha, &in[0], &out[0]);
-    if (!strcmp(op, "add_channel_forward")) return gnr_add_channel_forward(ctx, &in[0], &in[1], &out[0]);
-    if (!strcmp(op, "add_channel_backward")) return gnr_add_channel_backward(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "linear_forward")) return gnr_linear_forward(ctx, &in[0], &in[1], opt(c, 2), &out[0]);
-    if (!strcmp(op, "linear_backward")) return gnr_linear_backward(ctx, &in[0], &in[1], &out[0]);
-    if (!strcmp(op, "conv2d_forward")) return gnr_conv2d_forward(ctx, &in[0], &in[1], opt(c, 2), &p->conv, &out[0]);
-    if (!strcmp(op, "conv2d_backward")) return gnr_conv2d_backward(ctx, &in[0], &in[1], &p->conv, &out[0]);
-    if (!strcmp(op, "group_norm_forward"))
-        return gnr_group_norm_forward(ctx, &in[0], opt(c, 1), opt(c, 2), p->groups, p->eps, &out[0]);
-    if (!strcmp(op, "group_norm_backward"))
-        return gnr_group_norm_backward(ctx, &in[0], &in[1], opt(c, 2), p->groups, p->eps, &out[0]);
-    if (!strcmp(op, "layer_norm_forward"))
-        return gnr_layer_norm_forward(ctx, &in[0], opt(c, 1), opt(c, 2), p->eps, &out[0]);
-    if (!strcmp(op, "layer_norm_backward"))
-        return gnr_layer_norm_backward(ctx, &in[0], &in[1], opt(c, 2), p->eps, &out[0]);
-    if (!strcmp(op, "act_forward")) return gnr_act_forward(ctx, p->act, &in[0], &out[0]);
-    if (!strcmp(op, "act_backward")) return gnr_act_backward(ctx, p->act, &in[0], &in[1], &out[0]);
-    if (!strcmp(op, "geglu_forward")) return gnr_geglu_forward(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "geglu_backward")) return gnr_geglu_backward(ctx, &in[0], &in[1], &out[0]);
-    if (!strcmp(op, "nchw_to_nlc")) return gnr_nchw_to_nlc(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "nlc_to_nchw")) return gnr_nlc_to_nchw(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "nchw_to_nlc_backward")) return gnr_nchw_to_nlc_backward(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "nlc_to_nchw_backward")) return gnr_nlc_to_nchw_backward(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "concat_channels_forward")) return gnr_concat_channels_forward(ctx, &in[0], &in[1], &out[0]);
-    if (!strcmp(op, "concat_channels_backward"))
-        return gnr_concat_channels_backward(ctx, &in[0], want(c, 0), want(c, 1));
-    if (!strcmp(op, "upsample2x_forward")) return gnr_upsample2x_forward(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "upsample2x_backward")) return gnr_upsample2x_backward(ctx, &in[0], &out[0]);
-    if (!strcmp(op, "attention_forward"))
-        return gnr_attention_forward(ctx, &in[0], &in[1], &in[2], p->heads, p->causal, p->scale, want(c, 1),
-                                     &out[0]);
-    if (!strcmp(op, "attention_backward"))
-        return gnr_attention_backward(ctx, &in[0], &in[1], &in[2], opt(c, 3), p->heads, p->causal, p->scale, &in[4],
-                                      opt(c, 5), want(c, 0), want(c, 1), want(c, 2));
-    if (!strcmp(op, "embedding_forward")) return gnr_embedding_forward(ctx, &in[0], p->ids, p->nids, &out[0]);
-    if (!strcmp(op, "sq_diff_mean")) return gnr_sq_diff_mean(ctx, &in[0], &in[1], &c->scalar);
-    if (!strcmp(op, "sq_diff_mean_backward")) return gnr_sq_diff_mean_backward(ctx, &in[0], &in[1], p->scale, &out[0]);
-    if (!strcmp(op, "abs_diff_mean")) return gnr_abs_diff_mean(ctx, &in[0], &in[1], &c->scalar);
-    if (!strcmp(op, "abs_diff_mean_backward"))
-        return gnr_abs_diff_mean_backward(ctx, &in[0], &in[1], p->scale, &out[0]);
-    if (!strcmp(op, "sum_sq")) return gnr_sum_sq(ctx, &in[0], &c->scalar);
-    return gnr_error(GNR_ERR_INTERNAL, "op %s has no runner", op);
+    (void)op, (void)p;
+    out_like(c, 0, 1);
+    return 0;
 }
+
+static int shape_scalar(const char *op, op_call *c, const op_params *p)
+{
+    (void)op, (void)p;
+    c->scalar_out = 1;
+    return 0;
+}
+
+static int shape_channel_sums(const char *op, op_call *c, const op_params *p)
+{
+    (void)p;
+    if (need_ndim(op, c, 0, 4) < 0) return -1;
+    int64_t s[2] = {dim(c, 0, 0), dim(c, 0, 1)};
+    set_out(c, 0, 2, s);
+    return 0;
+}
+
+static int shape_linear_forward(const char *op, op_call *c, const op_params *p)
+{
+    (void)op, (void)p;
+    out_last(c, 0, 0, dim(c, 1, 0));
+    return 0;
+}
+
+static int shape_linear_backward(const char *op, op_call *c, const op_params *p)
+{
+    (void)p;
+    if (ndim_of(c, 1) < 2) {
+        PyErr_Format(PyExc_ValueError, "%s: w must be Out x In", op);
+        return -1;
+    }
+    out_last(c, 0, 0, dim(c, 1, 1));
+    return 0;
+}
+
+static int shape_conv2d_forward(const char *op, op_call *c, const op_params *p)
+{
+    if (need_ndim(op, c, 0, 4) < 0 || need_ndim(op, c, 1, 4) < 0) return -1;
+    const gnr_conv_params *cp = &p->conv;
+    int64_t s = cp->stride > 0 ? cp->stride : 1;
+    int64_t hp = dim(c, 0, 2) + cp->pad_top + cp->pad_bottom - dim(c, 1, 2);
+    int64_t wp = dim(c, 0, 3) + cp->pad_left + cp->pad_right - dim(c, 1, 3);
+    if (hp < 0 || wp < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the kernel is larger than the padded input", op);
+        return -1;
+    }
+    int64_t sh[4] = {dim(c, 0, 0), dim(c, 1, 0), hp / s + 1, wp / s + 1};
+    set_out(c, 0, 4, sh);
+    return 0;
+}
+
+static int shape_x_shape(const char *op, op_call *c, const op_params *p)
+{
+    if (p->x_ndim != 4) {
+        PyErr_Format(PyExc_ValueError, "%s needs params['x_shape'] = (N, C, H, W)", op);
+        return -1;
+    }
+    set_out(c, 0, 4, p->x_shape);
+    return 0;
+}
+
+static int shape_half_last(const char *op, op_call *c, const op_params *p)
+{
+    (void)op, (void)p;
+    out_last(c, 0, 0, dim(c, 0, -1) / 2);
+    return 0;
+}
+
+/* N x C x H x W -> N x HW x C */
+static int shape_to_nlc(const char *op, op_call *c, const op_params *p)
+{
+    (void)p;
+    if (need_ndim(op, c, 0, 4) < 0) return -1;
+    int64_t s[3] = {dim(c, 0, 0), dim(c, 0, 2) * dim(c, 0, 3), dim(c, 0, 1)};
+    set_out(c, 0, 3, s);
+    return 0;
+}
+
+/* N x HW x C -> N x C x H x W, with (H, W) = params["hw"] */
+static int shape_to_nchw(const char *op, op_call *c, const op_params *p)
+{
+    if (need_ndim(op, c, 0, 3) < 0) return -1;
+    if (!p->has_hw) {
+        PyErr_Format(PyExc_ValueError, "%s needs params['hw'] = (H, W)", op);
+        return -1;
+    }
+    int64_t s[4] = {dim(c, 0, 0), dim(c, 0, 2), p->hw[0], p->hw[1]};
+    set_out(c, 0, 4, s);
+    return 0;
+}
+
+static int shape_concat(const char *op, op_call *c, const op_params *p)
+{
+    (void)p;
+    if (need_ndim(op, c, 0, 4) < 0 || need_ndim(op, c, 1, 4) < 0) return -1;
+    int64_t s[4] = {dim(c, 0, 0), dim(c, 0, 1) + dim(c, 1, 1), dim(c, 0, 2), dim(c, 0, 3)};
+    set_out(c, 0, 4, s);
+    return 0;
+}
+
+/* dy split along channels at params["ca"] */
+static int shape_split(const char *op, op_call *c, const op_params *p)
+{
+    if (need_ndim(op, c, 0, 4) < 0) return -1;
+    if (!p->has_ca || p->ca < 0 || p->ca > dim(c, 0, 1)) {
+        PyErr_Format(PyExc_ValueError, "%s needs params['ca'] in [0, C]", op);
+        return -1;
+    }
+    int64_t sa[4] = {dim(c, 0, 0), p->ca, dim(c, 0, 2), dim(c, 0, 3)};
+    int64_t sb[4] = {dim(c, 0, 0), dim(c, 0, 1) - p->ca, dim(c, 0, 2), dim(c, 0, 3)};
+    set_out(c, 0, 4, sa);
+    set_out(c, 1, 4, sb);
+    c->out_want[0] = p->want_da;
+    c->out_want[1] = p->want_db;
+    return 0;
+}
+
+static int resample2x(const char *op, op_call *c, int up)
+{
+    if (need_ndim(op, c, 0, 4) < 0) return -1;
+    int64_t s[4] = {dim(c, 0, 0), dim(c, 0, 1), up ? dim(c, 0, 2) * 2 : dim(c, 0, 2) / 2,
+                    up ? dim(c, 0, 3) * 2 : dim(c, 0, 3) / 2};
+    set_out(c, 0, 4, s);
+    return 0;
+}
+
+static int shape_upsample2x(const char *op, op_call *c, const op_params *p)
+{
+    (void)p;
+    return resample2x(op, c, 1);
+}
+
+static int shape_downsample2x(const char *op, op_call *c, const op_params *p)
+{
+    (void)p;
+    return resample2x(op, c, 0);
+}
+
+static int shape_attention_forward(const char *op, op_call *c, const op_params *p)
+{
+    if (need_ndim(op, c, 0, 3) < 0 || need_ndim(op, c, 1, 3) < 0) return -1;
+    out_like(c, 0, 0);
+    int64_t s[4] = {dim(c, 0, 0), p->heads, dim(c, 0, 1), dim(c, 1, 1)};
+    set_out(c, 1, 4, s);
+    c->out_want[1] = p->want_probs;
+    return 0;
+}
+
+static int shape_attention_backward(const char *op, op_call *c, const op_params *p)
+{
+    (void)op;
+    out_like(c, 0, 0);
+    out_like(c, 1, 1);
+    out_like(c, 2, 2);
+    c->out_want[0] = p->want_dq;
+    c->out_want[1] = p->want_dk;
+    c->out_want[2] = p->want_dv;
+    return 0;
+}
+
+static int shape_embedding(const char *op, op_call *c, const op_params *p)
+{
+    if (need_ndim(op, c, 0, 2) < 0) return -1;
+    int64_t s[2] = {p->nids, dim(c, 0, 1)};
+    set_out(c, 0, 2, s);
+    return 0;
+}
+
+/* ------------------------------------------------- generated calls --- */
+
+/* An array named "host" is the host memory of upload / download. */
+static int is_host(const char *name) { return !strcmp(name, "host"); }
+
+static int index_of(const char *const *names, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(names[i], name)) return i;
+    return -1;
+}
+
+/* The values of an op's arguments, by the argument's ops.def name: NULL for
+ * an absent optional input or an unwanted output; a name the table does not
+ * provide is recorded in c->unbound (and the op is not called). */
+static gnr_tensor *tensor_arg(op_call *c, const char *name, int is_input)
+{
+    int i = is_input ? index_of(c->in_name, c->nin, name) : index_of(c->out_name, c->nout, name);
+    if (i < 0) {
+        c->unbound = name;
+        return NULL;
+    }
+    if (is_input) return c->host_in[i] ? &c->in[i] : NULL;
+    return c->out_want[i] ? &c->out[i] : NULL;
+}
+
+static void *host_arg(op_call *c, const char *name, int is_input)
+{
+    int i = is_input ? index_of(c->in_name, c->nin, name) : index_of(c->out_name, c->nout, name);
+    PyArrayObject *a = i < 0 ? NULL : is_input ? c->host_in[i] : c->host_out[i];
+    if (!a) c->unbound = name;
+    return a ? PyArray_DATA(a) : NULL;
+}
+
+static float float_arg(op_call *c, const op_params *p, const char *name)
+{
+    const scalar_param *s = scalar_named(name);
+    if (!s || !s->is_float) {
+        c->unbound = name;
+        return 0.0f;
+    }
+    return *(const float *)((const char *)p + s->offset);
+}
+
+/* Integer and enum arguments. */
+static int64_t int_arg(op_call *c, const op_params *p, const char *name)
+{
+    if (!strcmp(name, "act")) return p->act;
+    if (!strcmp(name, "n")) return p->nids; /* the count of ids */
+    const scalar_param *s = scalar_named(name);
+    if (!s || s->is_float) {
+        c->unbound = name;
+        return 0;
+    }
+    return *(const int *)((const char *)p + s->offset);
+}
+
+/* Preprocessor iteration over an argument list (up to 16 entries; the
+ * longest op, attention_backward, has 13). */
+#define GNR_PY_UNPACK(...) __VA_ARGS__
+#define GNR_PY_COUNT(...) GNR_PY_COUNT_(__VA_ARGS__, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define GNR_PY_COUNT_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16, n, ...) n
+#define GNR_PY_CAT(a, b) GNR_PY_CAT_(a, b)
+#define GNR_PY_CAT_(a, b) a##b
+#define GNR_PY_EACH(m, ...) GNR_PY_CAT(GNR_PY_EACH_, GNR_PY_COUNT(__VA_ARGS__))(m, __VA_ARGS__)
+#define GNR_PY_EACH_1(m, a) m(a)
+#define GNR_PY_EACH_2(m, a, ...) m(a) GNR_PY_EACH_1(m, __VA_ARGS__)
+#define GNR_PY_EACH_3(m, a, ...) m(a) GNR_PY_EACH_2(m, __VA_ARGS__)
+#define GNR_PY_EACH_4(m, a, ...) m(a) GNR_PY_EACH_3(m, __VA_ARGS__)
+#define GNR_PY_EACH_5(m, a, ...) m(a) GNR_PY_EACH_4(m, __VA_ARGS__)
+#define GNR_PY_EACH_6(m, a, ...) m(a) GNR_PY_EACH_5(m, __VA_ARGS__)
+#define GNR_PY_EACH_7(m, a, ...) m(a) GNR_PY_EACH_6(m, __VA_ARGS__)
+#define GNR_PY_EACH_8(m, a, ...) m(a) GNR_PY_EACH_7(m, __VA_ARGS__)
+#define GNR_PY_EACH_9(m, a, ...) m(a) GNR_PY_EACH_8(m, __VA_ARGS__)
+#define GNR_PY_EACH_10(m, a, ...) m(a) GNR_PY_EACH_9(m, __VA_ARGS__)
+#define GNR_PY_EACH_11(m, a, ...) m(a) GNR_PY_EACH_10(m, __VA_ARGS__)
+#define GNR_PY_EACH_12(m, a, ...) m(a) GNR_PY_EACH_11(m, __VA_ARGS__)
+#define GNR_PY_EACH_13(m, a, ...) m(a) GNR_PY_EACH_12(m, __VA_ARGS__)
+#define GNR_PY_EACH_14(m, a, ...) m(a) GNR_PY_EACH_13(m, __VA_ARGS__)
+#define GNR_PY_EACH_15(m, a, ...) m(a) GNR_PY_EACH_14(m, __VA_ARGS__)
+#define GNR_PY_EACH_16(m, a, ...) m(a) GNR_PY_EACH_15(m, __VA_ARGS__)
+
+/* For each op of ops.def, run_<name>(ctx, call, params): its parameters
+ * become locals (DECLARE), each takes its value by its type and name (BIND),
+ * and gnr_<name> is called with the argument list of ops.def. The type
+ * decides where a value comes from; an unlisted pointer type would take an
+ * integer, which the pragma below turns into a compile error, so an op with a
+ * new kind of argument cannot be called with a wrong value. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic error "-Wint-conversion"
+#define DECLARE(decl) decl;
+#define BIND(a)                                                                                                        \
+    a = _Generic((a),                                                                                                  \
+        gnr_ctx *: ctx_,                                                                                               \
+        const gnr_tensor *: tensor_arg(c_, #a, 1),                                                                     \
+        gnr_tensor *: tensor_arg(c_, #a, 0),                                                                           \
+        const float *: host_arg(c_, #a, 1),                                                                            \
+        float *: host_arg(c_, #a, 0),                                                                                  \
+        double *: &c_->scalar,                                                                                         \
+        const gnr_conv_params *: &p_->conv,                                                                            \
+        const int32_t *: p_->ids,                                                                                      \
+        float: float_arg(c_, p_, #a),                                                                                  \
+        default: int_arg(c_, p_, #a));
+#define GNR_OP(name, params, args)                                                                                     \
+    static gnr_status run_##name(gnr_ctx *ctx_, op_call *c_, const op_params *p_)                                     \
+    {                                                                                                                  \
+        GNR_PY_EACH(DECLARE, GNR_PY_UNPACK params)                                                                     \
+        GNR_PY_EACH(BIND, GNR_PY_UNPACK args)                                                                          \
+        if (c_->unbound)                                                                                               \
+            return gnr_error(GNR_ERR_INTERNAL, "op_table.def: %s's argument '%s' has no value", #name, c_->unbound); \
+        return gnr_##name args;                                                                                        \
+    }
+#include "ops.def"
+#undef GNR_OP
+#undef BIND
+#undef DECLARE
+#pragma GCC diagnostic pop
+
+/* ------------------------------------------------------------ table --- */
+
+typedef struct {
+    const char *name;
+    const char *inputs;  /* comma separated; "?" marks an optional one */
+    const char *outputs; /* comma separated, in the order returned */
+    out_start start;
+    shape_rule shapes;
+    gnr_status (*run)(gnr_ctx *ctx, op_call *c, const op_params *p);
+} op_spec;
+
+static const op_spec OPS[] = {
+#define GNR_OP_TEST(name, inputs, outputs, start, shape) {#name, inputs, outputs, START_##start, shape_##shape, run_##name},
+#include "op_table.def"
+#undef GNR_OP_TEST
+};
+#define NOPS ((int)(sizeof OPS / sizeof OPS[0]))
+
+/* --------------------------------------------------------------- run --- */
 
 static gnr_status device_tensor(const gnr_backend *b, gnr_device dev, int nd, const int64_t *shape, gnr_tensor *t)
 {
@@ -494,8 +613,7 @@ static gnr_status device_tensor(const gnr_backend *b, gnr_device dev, int nd, co
 }
 
 /* Everything between upload and download; runs without the GIL. */
-static gnr_status execute(const char *op, const op_spec *spec, const gnr_backend *b, gnr_device dev, op_call *c,
-                          const op_params *p)
+static gnr_status execute(const op_spec *spec, const gnr_backend *b, gnr_device dev, op_call *c, const op_params *p)
 {
     gnr_status st = GNR_OK;
     int ctx_ready = 0;
@@ -507,7 +625,7 @@ static gnr_status execute(const char *op, const op_spec *spec, const gnr_backend
     if (b->context_init) GNR_CHECK(st, b->context_init(&ctx));
     ctx_ready = 1;
     for (int i = 0; i < c->nin; i++) {
-        if (!c->host_in[i]) continue;
+        if (!c->host_in[i] || is_host(c->in_name[i])) continue;
         PyArrayObject *a = c->host_in[i];
         int64_t s[GNR_MAX_DIMS];
         for (int d = 0; d < PyArray_NDIM(a); d++) s[d] = PyArray_DIM(a, d);
@@ -515,17 +633,18 @@ static gnr_status execute(const char *op, const op_spec *spec, const gnr_backend
         GNR_CHECK(st, gnr_upload(&ctx, (const float *)PyArray_DATA(a), &c->in[i]));
     }
     for (int k = 0; k < c->nout; k++) {
-        if (!c->out_want[k]) continue;
+        if (!c->out_want[k] || is_host(c->out_name[k])) continue;
         GNR_CHECK(st, device_tensor(b, dev, c->out_ndim[k], c->out_shape[k], &c->out[k]));
+        int from = spec->start == START_INPUT ? index_of(c->in_name, c->nin, c->out_name[k]) : -1;
         if (c->start[k]) GNR_CHECK(st, gnr_upload(&ctx, (const float *)PyArray_DATA(c->start[k]), &c->out[k]));
-        else if (spec->init == INIT_NAN) GNR_CHECK(st, gnr_fill(&ctx, &c->out[k], NAN));
-        else if (spec->init == INIT_ZERO) GNR_CHECK(st, gnr_fill(&ctx, &c->out[k], 0.0f));
-        else if (spec->init == INIT_FROM_IN1) GNR_CHECK(st, gnr_copy(&ctx, &c->in[1], &c->out[k]));
+        else if (spec->start == START_NANS) GNR_CHECK(st, gnr_fill(&ctx, &c->out[k], NAN));
+        else if (spec->start == START_ZEROS) GNR_CHECK(st, gnr_fill(&ctx, &c->out[k], 0.0f));
+        else if (from >= 0) GNR_CHECK(st, gnr_copy(&ctx, &c->in[from], &c->out[k]));
     }
-    GNR_CHECK(st, run_op(op, &ctx, c, p));
-    if (strcmp(op, "download") != 0)
-        for (int k = 0; k < c->nout; k++)
-            if (c->out_want[k]) GNR_CHECK(st, gnr_download(&ctx, &c->out[k], (float *)PyArray_DATA(c->host_out[k])));
+    GNR_CHECK(st, spec->run(&ctx, c, p));
+    for (int k = 0; k < c->nout; k++)
+        if (c->out_want[k] && !is_host(c->out_name[k]))
+            GNR_CHECK(st, gnr_download(&ctx, &c->out[k], (float *)PyArray_DATA(c->host_out[k])));
     if (b->synchronize) GNR_CHECK(st, b->synchronize(&ctx));
 done:
     for (int i = 0; i < MAX_IN; i++)
@@ -538,16 +657,34 @@ done:
     return st;
 }
 
+/* Splits "a,b?,c" (copied into buf) into names, marking optional ones;
+ * returns the count. */
+static int split_names(const char *list, char *buf, size_t n, const char **names, int *optional, int max)
+{
+    int count = 0;
+    char *save = NULL;
+    snprintf(buf, n, "%s", list);
+    for (char *tok = strtok_r(buf, ",", &save); tok && count < max; tok = strtok_r(NULL, ",", &save)) {
+        size_t len = strlen(tok);
+        int opt = len && tok[len - 1] == '?';
+        if (opt) tok[len - 1] = '\0';
+        if (optional) optional[count] = opt;
+        names[count++] = tok;
+    }
+    return count;
+}
+
 static PyObject *op(PyObject *self, PyObject *args)
 {
     (void)self;
-    const char *name, *device;
+    const char *name;
+    gnr_device dev;
     PyObject *inputs = Py_None, *params = Py_None, *result = NULL;
     op_call c;
     op_params p;
     memset(&c, 0, sizeof c);
     memset(&p, 0, sizeof p);
-    if (!PyArg_ParseTuple(args, "ss|OO:_op", &name, &device, &inputs, &params)) return NULL;
+    if (!PyArg_ParseTuple(args, "sO&|OO:_op", &name, gnr_py_conv_device, &dev, &inputs, &params)) return NULL;
 
     const op_spec *spec = NULL;
     for (int i = 0; i < NOPS; i++)
@@ -560,28 +697,15 @@ static PyObject *op(PyObject *self, PyObject *args)
         PyErr_Format(PyExc_ValueError, "unknown op '%s'; known ops: %s", name, known);
         goto done;
     }
-    gnr_device dev;
-    if (!strcmp(device, "cpu")) dev = GNR_CPU;
-    else if (!strcmp(device, "cuda")) dev = GNR_CUDA;
-    else {
-        PyErr_Format(PyExc_ValueError, "device must be 'cpu' or 'cuda', got '%s'", device);
-        goto done;
-    }
     const gnr_backend *b = gnr_backend_for(dev);
     if (!b) {
-        PyErr_Format(PyExc_NotImplementedError, "no %s backend is loaded", device);
+        PyErr_Format(PyExc_NotImplementedError, "no %s backend is loaded", gnr_device_name(dev));
         goto done;
     }
 
-    /* input names and optionality */
-    snprintf(c.names, sizeof c.names, "%s", spec->inputs);
-    char *save = NULL;
-    for (char *tok = strtok_r(c.names, ",", &save); tok && c.nin < MAX_IN; tok = strtok_r(NULL, ",", &save)) {
-        size_t n = strlen(tok);
-        c.optional[c.nin] = n && tok[n - 1] == '?';
-        if (c.optional[c.nin]) tok[n - 1] = '\0';
-        c.in_name[c.nin++] = tok;
-    }
+    size_t half = sizeof c.names / 2;
+    c.nin = split_names(spec->inputs, c.names, half, c.in_name, c.optional, MAX_IN);
+    c.nout = split_names(spec->outputs, c.names + half, half, c.out_name, NULL, MAX_OUT);
     Py_ssize_t given = 0;
     if (inputs != Py_None) {
         if (!PyTuple_Check(inputs)) {
@@ -606,9 +730,20 @@ static PyObject *op(PyObject *self, PyObject *args)
         }
         c.host_in[i] = gnr_py_float_array(obj, c.in_name[i], -1, NULL, 0);
         if (!c.host_in[i]) goto done;
+        if (ndim_of(&c, i) < 1 || ndim_of(&c, i) > GNR_MAX_DIMS) {
+            PyErr_Format(PyExc_ValueError, "%s: %s must have 1 to %d dimensions, got %d", name, c.in_name[i],
+                         GNR_MAX_DIMS, ndim_of(&c, i));
+            goto done;
+        }
     }
     if (parse_params(params, &p) < 0) goto done;
-    if (out_shapes(name, &c, &p) < 0) goto done;
+    if (spec->shapes(name, &c, &p) < 0) goto done;
+    for (int k = 0; k < c.nout; k++)
+        for (int d = 0; d < c.out_ndim[k]; d++)
+            if (c.out_shape[k][d] < 0) {
+                PyErr_Format(PyExc_ValueError, "%s: inputs imply a negative output size", name);
+                goto done;
+            }
     for (int k = 0; k < c.nout; k++) {
         if (!c.out_want[k]) continue;
         npy_intp s[GNR_MAX_DIMS];
@@ -619,7 +754,7 @@ static PyObject *op(PyObject *self, PyObject *args)
 
     PyObject *start = params != Py_None && PyDict_Check(params) ? PyDict_GetItemString(params, "start") : NULL;
     if (start) {
-        if (spec->init != INIT_ZERO || !PyTuple_Check(start) || PyTuple_GET_SIZE(start) != c.nout) {
+        if (spec->start != START_ZEROS || !PyTuple_Check(start) || PyTuple_GET_SIZE(start) != c.nout) {
             PyErr_Format(PyExc_ValueError, "params['start'] must be a tuple of %d arrays (or None), for a backward op",
                          c.nout);
             goto done;
@@ -636,14 +771,14 @@ static PyObject *op(PyObject *self, PyObject *args)
 
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = execute(name, spec, b, dev, &c, &p);
+    st = execute(spec, b, dev, &c, &p);
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
         gnr_py_raise(st);
         goto done;
     }
 
-    if (spec->scalar) {
+    if (c.scalar_out) {
         PyArrayObject *s = (PyArrayObject *)PyArray_SimpleNew(0, NULL, NPY_FLOAT64);
         if (!s) goto done;
         *(double *)PyArray_DATA(s) = c.scalar;
