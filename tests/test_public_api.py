@@ -88,6 +88,6 @@ def test_every_public_attribute_is_documented(tiny_a_dir):
 
 def test_help_of_editor_names_threads_memory_and_timings():
     text = inspect.getdoc(gnr.Editor)
-    for phrase in ("threads", "None or 0 keeps the current", "max_memory", "OutOfMemoryError", "last_timings",
-                   "guided_count", "native"):
+    for phrase in ("threads", "None or 0 takes the", "other models keep theirs", "max_memory", "OutOfMemoryError",
+                   "last_timings", "guided_count", "native"):
         assert phrase in text or phrase in inspect.getdoc(gnr.Editor.load_image), phrase

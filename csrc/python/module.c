@@ -53,7 +53,7 @@ static PyMethodDef module_methods[] = {
      "The fixed DDIM schedule of GNR_SPEC.md section 2: float32 abar[1000]."},
     {"_register_cuda_backend", register_cuda_backend, METH_O, "Install the CUDA backend from gnr._C_cuda."},
     {"build_info", build_info, METH_NOARGS, "What this build contains: cuda, blas, openmp, version, threads, cuda_build, cuda_note."},
-    {"set_num_threads", set_num_threads, METH_O, "Threads used by the CPU backend (OpenMP and BLAS)."},
+    {"set_num_threads", set_num_threads, METH_O, "CPU threads of models made from now on (a model keeps the count it was made with)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -62,7 +62,7 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "gnr._C", "The gn
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
-    /* All cores by default, with OpenBLAS kept single-threaded (cpu/blas.c). */
+    /* All cores by default, with OpenBLAS kept single-threaded (cpu/gemm.c). */
     gnr_set_num_threads(gnr_get_num_threads());
     PyObject *m = PyModule_Create(&module_def);
     if (!m) return NULL;
