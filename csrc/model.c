@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grad/energy.h"
 #include "grad/tape.h"
 #include "model_internal.h"
 
@@ -331,7 +332,7 @@ static gnr_status build_request(const gnr_energy_term *terms, int nterms, gnr_ca
             return gnr_error(GNR_ERR_VALUE, "energy term %d: a feature energy compares exactly one capture, got %d",
                              i, t->ncaptures);
         for (int j = 0; j < t->ncaptures; j++)
-            if (gnr_capture_index(cap, t->captures[j]) < 0) GNR_TRY(gnr_capture_add(cap, t->captures[j]));
+            GNR_TRY(gnr_capture_want(cap, t->captures[j], t->kind == GNR_ENERGY_ATTN_MAP_L2));
     }
     return GNR_OK;
 }
@@ -396,10 +397,9 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
         for (int j = 0; j < t->ncaptures; j++) {
             int ci = gnr_capture_index(cur, t->captures[j]);
             double v;
-            if (kind == ENERGY_ABS_DIFF_MEAN) GNR_CHECK(st, gnr_abs_diff_mean(ctx, &cur->tensors[ci], &ref->tensors[ci], &v));
-            else GNR_CHECK(st, gnr_sq_diff_mean(ctx, &cur->tensors[ci], &ref->tensors[ci], &v));
+            GNR_CHECK(st, gnr_capture_energy(ctx, kind, cur, ci, ref, ci, &v));
             e += (double)t->scale * v;
-            if (dlatent || dcontext) GNR_CHECK(st, gnr_tape_seed_capture(&tape, ci, kind, &ref->tensors[ci], t->scale));
+            if (dlatent || dcontext) GNR_CHECK(st, gnr_tape_seed_capture(&tape, ci, kind, ref, ci, t->scale));
         }
     }
     *energy = e;

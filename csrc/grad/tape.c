@@ -38,14 +38,22 @@ static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
 
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x) { return new_gid(t, x); }
 
-gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_tensor *ref, float scale)
+gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_capture *ref, int ri, float scale)
 {
-    if (ci < 0 || ci >= GNR_MAX_CAPTURES) return gnr_error(GNR_ERR_INTERNAL, "capture index %d out of range", ci);
+    if (ci < 0 || ci >= GNR_MAX_CAPTURES || ri < 0 || ri >= ref->n)
+        return gnr_error(GNR_ERR_INTERNAL, "capture index %d / %d out of range", ci, ri);
+    if (t->capture && t->capture->as_qk[ci] != ref->as_qk[ri])
+        return gnr_error(GNR_ERR_INTERNAL, "capture '%s' seeded from a reference kept in another form",
+                         ref->names[ri]);
+    if (ref->as_qk[ri] && kind != ENERGY_SQ_DIFF_MEAN)
+        return gnr_error(GNR_ERR_INTERNAL, "an attention map kept as queries and keys has only the squared energy");
     capture_seed *s = &t->seeds[ci];
     if (s->n == TAPE_MAX_SEEDS)
         return gnr_error(GNR_ERR_VALUE, "at most %d energy terms may use the same capture", TAPE_MAX_SEEDS);
     s->kind[s->n] = kind;
-    s->ref[s->n] = *ref;
+    s->ref[s->n] = ref->tensors[ri];
+    memset(&s->ref_keys[s->n], 0, sizeof s->ref_keys[0]);
+    if (ref->as_qk[ri]) s->ref_keys[s->n] = ref->keys[ri];
     s->scale[s->n] = scale;
     s->n++;
     return GNR_OK;
@@ -120,6 +128,24 @@ static gnr_status apply_seeds(gnr_ctx *ctx, const capture_seed *s, const gnr_ten
     return GNR_OK;
 }
 
+/* An energy on a map kept as queries and keys: each seed's gradient enters
+ * attention_backward as the reference's queries and keys, with
+ * d/dP scale * mean((P - P_ref)^2) = coef (P - P_ref), coef = 2 scale / |P|.
+ * dS is linear in dP, so the seeds after the first add theirs in calls
+ * without the output gradient. */
+static gnr_status backward_attention_qk(gnr_ctx *ctx, const tape_entry *e, const capture_seed *seed,
+                                        const gnr_tensor *dy, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+{
+    const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
+    double map_size = (double)q->shape[0] * e->heads * (double)q->shape[1] * (double)k->shape[1];
+    for (int i = 0; i < seed->n; i++) {
+        gnr_attention_seed sd = {&seed->ref[i], &seed->ref_keys[i], (float)(2.0 * seed->scale[i] / map_size)};
+        GNR_TRY(gnr_attention_backward(ctx, q, k, v, NULL, e->heads, e->iparam, e->scale, i == 0 ? dy : NULL, NULL,
+                                       &sd, dq, dk, i == 0 ? dv : NULL));
+    }
+    return GNR_OK;
+}
+
 static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e, const gnr_tensor *dy)
 {
     const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
@@ -130,10 +156,10 @@ static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry
     if (has_grad(q)) GNR_TRY(grad_of(ctx, t, q, &dq));
     if (has_grad(k)) GNR_TRY(grad_of(ctx, t, k, &dk));
     if (has_grad(v)) GNR_TRY(grad_of(ctx, t, v, &dv));
-    /* Temporaries for this entry only: the energy's gradient w.r.t. P and a
-     * zero output gradient when only the map is differentiated. */
+    if (seeded && seed->ref_keys[0].data) return backward_attention_qk(ctx, e, seed, dy, dq, dk, dv);
+    /* A seeded map: the energy's gradient w.r.t. P, for this entry only. */
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    gnr_tensor dprobs, dzero;
+    gnr_tensor dprobs;
     const gnr_tensor *dp = NULL;
     gnr_status st = GNR_OK;
     if (seeded) {
@@ -142,13 +168,9 @@ static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry
         GNR_CHECK(st, apply_seeds(ctx, seed, &e->probs, &dprobs));
         dp = &dprobs;
     }
-    if (!dy) {
-        GNR_CHECK(st, gnr_alloc_like(ctx, &e->out, &dzero));
-        GNR_CHECK(st, gnr_fill(ctx, &dzero, 0.0f));
-        dy = &dzero;
-    }
+    /* dy NULL: only the map is differentiated */
     st = gnr_attention_backward(ctx, q, k, v, e->probs.data ? &e->probs : NULL, e->heads, e->iparam, e->scale, dy, dp,
-                                dq, dk, dv);
+                                NULL, dq, dk, dv);
 done:
     gnr_arena_release(ctx->arena, m);
     return st;

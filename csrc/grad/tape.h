@@ -10,8 +10,10 @@
  * Energies are seeded through captures, not through an output gradient: a
  * term says "capture i contributes scale * d/dA of mean((A - ref)^2)" (or of
  * mean|A - ref|). The gradient of a capture is materialised only at the moment
- * the entry that produced it is replayed, then released, so a pass with all
- * sixteen attention maps does not hold a second copy of every map.
+ * the entry that produced it is replayed, then released. An attention map
+ * captured as queries and keys has no materialised gradient at all: its
+ * attention entry's backward takes the reference's queries and keys and adds
+ * the energy's gradient chunk by chunk.
  *
  * Gradient checkpointing: nn_checkpoint runs a segment (a block) without
  * recording and records one entry holding the segment's function and inputs;
@@ -63,7 +65,8 @@ typedef enum { ENERGY_SQ_DIFF_MEAN = 0, ENERGY_ABS_DIFF_MEAN = 1 } energy_kind;
 typedef struct {
     int n;
     energy_kind kind[TAPE_MAX_SEEDS];
-    gnr_tensor ref[TAPE_MAX_SEEDS];
+    gnr_tensor ref[TAPE_MAX_SEEDS];      /* the reference value, or its queries */
+    gnr_tensor ref_keys[TAPE_MAX_SEEDS]; /* an attention map kept as queries and keys: the keys */
     float scale[TAPE_MAX_SEEDS];
 } capture_seed;
 
@@ -86,9 +89,10 @@ void gnr_tape_free(gnr_tape *t);
 /* Gives `x` a gradient identity: it becomes a leaf whose gradient backward computes. */
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
 
-/* Adds scale * d/dA energy(A, ref) to capture i's gradient seed. */
-gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_tensor *ref,
-                                 float scale);
+/* Adds scale * d/dA energy(A, R) to capture i's gradient seed, R being
+ * capture ref_index of `ref` (in the same form as capture i). */
+gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_capture *ref,
+                                 int ref_index, float scale);
 
 /* Adds dy to the gradient of a recorded output y (an energy defined on the
  * pass's output rather than on a capture, as null-text inversion's loss). */
