@@ -58,7 +58,6 @@ nn_scope nn_scope_begin(gnr_ctx *ctx)
 
 gnr_status nn_scope_end(gnr_ctx *ctx, nn_scope s, gnr_tensor *keep)
 {
-    if (ctx->tape) return GNR_OK; /* the backward needs every intermediate */
     if (!keep) {
         gnr_arena_release(ctx->arena, s.mark);
         return GNR_OK;
@@ -244,6 +243,11 @@ static gnr_status capture_qk(gnr_ctx *ctx, gnr_capture *cap, int ci, const gnr_t
     GNR_TRY(gnr_copy(ctx, q, &kq));
     GNR_TRY(alloc_keep(ctx, k, &kk));
     GNR_TRY(gnr_copy(ctx, k, &kk));
+    if (ctx->tape) {
+        /* the attention entry's backward reads the same q and k */
+        gnr_tape_saved_as(ctx->tape, q, &kq);
+        gnr_tape_saved_as(ctx->tape, k, &kk);
+    }
     cap->tensors[ci] = kq;
     cap->keys[ci] = kk;
     cap->heads[ci] = heads;
@@ -271,9 +275,11 @@ gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, 
     if (ci >= 0 && cap->as_qk[ci]) {
         GNR_TRY(capture_qk(ctx, cap, ci, q, k, heads, scale));
     } else if (ci >= 0) {
-        int keep = !(ctx->tape && ctx->tape->rerun);
-        GNR_TRY(gnr_arena_alloc(keep ? ctx->keep : ctx->arena, gnr_nbytes(&probs), &probs.data));
-        if (keep) {
+        /* ctx->keep: the map outlives its scope, for the capture and for the
+         * backward of a seeded map (a re-run block's copy goes with the
+         * re-run, grad/tape.c). */
+        GNR_TRY(gnr_arena_alloc(ctx->keep, gnr_nbytes(&probs), &probs.data));
+        if (!(ctx->tape && ctx->tape->rerun)) {
             cap->tensors[ci] = probs;
             cap->found[ci] = 1;
         }

@@ -7,8 +7,8 @@
  *
  * Memory: model functions bracket their temporaries with nn_scope_begin /
  * nn_scope_end, which releases everything allocated inside the scope except
- * the one tensor the function returns (moved down to the scope's start). While
- * a tape records, nothing is released: the backward needs it.
+ * the one tensor the function returns (moved down to the scope's start). A
+ * recording tape has already copied what its backward reads (grad/tape.h).
  *
  * Captures: a pass may be asked to keep internals by name (diffusers module
  * paths such as "up_blocks.1.resnets.1", "mid_block", "conv_norm_out", or

@@ -105,6 +105,7 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
             else memset(hg, 0, (size_t)cn * sizeof(float));
             gnr_tape_free(&tape);
             gnr_arena_reset(ctx->arena);
+            gnr_arena_reset(ctx->keep); /* what the tape saved (no captures here) */
             adam_step(hu, hg, hm, hv, cn, it + 1, lr);
             if (loss < threshold) break; /* the step just taken is kept */
         }

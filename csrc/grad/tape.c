@@ -18,6 +18,8 @@ void gnr_tape_free(gnr_tape *t)
     for (int i = 0; i < t->n; i++) free(t->entries[i].segment_args);
     free(t->entries);
     free(t->grads);
+    free(t->saved);
+    free(t->free_buffers);
     if (t->owns_seeds) free(t->seeds);
     memset(t, 0, sizeof *t);
 }
@@ -29,9 +31,13 @@ static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
         gnr_tensor *g = realloc(t->grads, (size_t)cap * sizeof *g);
         if (!g) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
         t->grads = g;
+        gnr_tensor *sv = realloc(t->saved, (size_t)cap * sizeof *sv);
+        if (!sv) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+        t->saved = sv;
         t->grads_cap = cap;
     }
     memset(&t->grads[t->ngids], 0, sizeof t->grads[0]);
+    memset(&t->saved[t->ngids], 0, sizeof t->saved[0]);
     x->gid = t->ngids++;
     return GNR_OK;
 }
@@ -68,6 +74,44 @@ gnr_tensor gnr_tape_grad(const gnr_tape *t, const gnr_tensor *x)
     return t->grads[x->gid];
 }
 
+/* Whether the backward of `op` reads the values of its input i (tape.h). */
+static int backward_reads(tape_op op, int i)
+{
+    switch (op) {
+    case TAPE_GROUP_NORM:
+    case TAPE_LAYER_NORM:
+    case TAPE_ACT:
+    case TAPE_GEGLU:
+    case TAPE_CAPTURE: return i == 0;
+    case TAPE_ATTENTION: return i < 3;
+    case TAPE_SEGMENT: return 1;
+    default: return 0;
+    }
+}
+
+/* Points x at a copy in ctx->keep that outlives the scope x was made in: one
+ * copy per recorded tensor; constants (gid -1, such as cross-attention's keys
+ * from an untracked context) get one per use. */
+static gnr_status save(gnr_ctx *ctx, gnr_tape *t, gnr_tensor *x)
+{
+    if (x->gid >= 0 && t->saved[x->gid].data) {
+        x->data = t->saved[x->gid].data;
+        return GNR_OK;
+    }
+    gnr_tensor s = gnr_tensor_view(NULL, x->dtype, ctx->device, x->ndim, x->shape);
+    GNR_TRY(gnr_arena_alloc(ctx->keep, gnr_nbytes(&s), &s.data));
+    GNR_TRY(gnr_copy(ctx, x, &s));
+    s.gid = x->gid;
+    if (x->gid >= 0) t->saved[x->gid] = s;
+    x->data = s.data;
+    return GNR_OK;
+}
+
+void gnr_tape_saved_as(gnr_tape *t, const gnr_tensor *x, const gnr_tensor *copy)
+{
+    if (x->gid >= 0 && x->gid < t->ngids) t->saved[x->gid] = *copy;
+}
+
 gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
 {
     gnr_tape *t = ctx->tape;
@@ -87,6 +131,8 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
     *dst = *e;
     if (out) dst->out = *out;
     else dst->out.gid = -1;
+    for (int i = 0; i < dst->nin; i++)
+        if (backward_reads(dst->op, i)) GNR_TRY(save(ctx, t, &dst->in[i]));
     return GNR_OK;
 }
 
@@ -97,11 +143,40 @@ static gnr_status grad_of(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *x, gnr_te
 {
     gnr_tensor *slot = &t->grads[x->gid];
     if (!slot->data) {
-        GNR_TRY(gnr_alloc_like(ctx, x, slot));
-        GNR_TRY(gnr_fill(ctx, slot, 0.0f));
-        slot->gid = x->gid;
+        gnr_tensor fresh = gnr_tensor_view(NULL, x->dtype, ctx->device, x->ndim, x->shape);
+        size_t bytes = gnr_nbytes(&fresh);
+        for (int i = t->nfree - 1; i >= 0; i--)
+            if (t->free_buffers[i].bytes == bytes) {
+                fresh.data = t->free_buffers[i].data;
+                t->free_buffers[i] = t->free_buffers[--t->nfree];
+                break;
+            }
+        if (!fresh.data) GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, &fresh.data));
+        GNR_TRY(gnr_fill(ctx, &fresh, 0.0f));
+        fresh.gid = x->gid;
+        *slot = fresh;
     }
     *g = slot;
+    return GNR_OK;
+}
+
+/* The gradient of a replayed entry's output is dead: its buffer goes to the
+ * free list. The slot keeps its shape with data NULL. */
+static gnr_status release_grad(gnr_tape *t, int gid)
+{
+    gnr_tensor *slot = &t->grads[gid];
+    if (!slot->data) return GNR_OK;
+    if (t->nfree == t->free_cap) {
+        int cap = t->free_cap ? 2 * t->free_cap : 64;
+        tape_free_buffer *p = realloc(t->free_buffers, (size_t)cap * sizeof *p);
+        if (!p) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+        t->free_buffers = p;
+        t->free_cap = cap;
+    }
+    t->free_buffers[t->nfree].data = slot->data;
+    t->free_buffers[t->nfree].bytes = gnr_nbytes(slot);
+    t->nfree++;
+    slot->data = NULL;
     return GNR_OK;
 }
 
@@ -183,7 +258,9 @@ static gnr_status backward_segment(gnr_ctx *ctx, gnr_tape *t, const tape_entry *
     gnr_tensor *dins[4] = {NULL, NULL, NULL, NULL};
     for (int i = 0; i < e->nin; i++)
         if (has_grad(&e->in[i])) GNR_TRY(grad_of(ctx, t, &e->in[i], &dins[i]));
-    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    /* The re-run's saved tensors (ctx->keep) and everything of its replay
+     * (ctx->arena) go when the segment is done. */
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena), km = gnr_arena_get_mark(ctx->keep);
     gnr_tape inner;
     memset(&inner, 0, sizeof inner);
     inner.capture = t->capture;
@@ -219,6 +296,7 @@ done:
     ctx->tape = outer;
     gnr_tape_free(&inner);
     gnr_arena_release(ctx->arena, m);
+    gnr_arena_release(ctx->keep, km);
     return st;
 }
 
@@ -307,6 +385,10 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
 
 gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t)
 {
-    for (int i = t->n - 1; i >= 0; i--) GNR_TRY(backward_entry(ctx, t, &t->entries[i]));
+    for (int i = t->n - 1; i >= 0; i--) {
+        const tape_entry *e = &t->entries[i];
+        GNR_TRY(backward_entry(ctx, t, e));
+        if (e->out.gid >= 0) GNR_TRY(release_grad(t, e->out.gid));
+    }
     return GNR_OK;
 }

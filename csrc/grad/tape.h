@@ -15,6 +15,15 @@
  * attention entry's backward takes the reference's queries and keys and adds
  * the energy's gradient chunk by chunk.
  *
+ * Memory: the weights are frozen, so an entry keeps only what its backward
+ * reads: nothing for linear layers, convolutions, additions and layout ops;
+ * the input of norms, activations and GEGLU; q, k and v of attention (P is
+ * recomputed); a capture's value; a checkpointed segment's inputs. Those are
+ * copied into ctx->keep when recorded (once per tensor), so the forward
+ * releases its scopes as in inference. In the backward, the gradient of an
+ * entry's output is dead once the entry is replayed (each tensor has one
+ * producer): its buffer is reused for the next gradient of the same size.
+ *
  * Gradient checkpointing: nn_checkpoint runs a segment (a block) without
  * recording and records one entry holding the segment's function and inputs;
  * the backward re-runs the segment with a nested tape, replays that, and
@@ -70,11 +79,20 @@ typedef struct {
     float scale[TAPE_MAX_SEEDS];
 } capture_seed;
 
+/* A gradient buffer no longer needed, for the next gradient of its size. */
+typedef struct {
+    void *data;
+    size_t bytes;
+} tape_free_buffer;
+
 typedef struct gnr_tape {
     tape_entry *entries;
     int n, cap;
     gnr_tensor *grads; /* by gid; data NULL until a gradient reaches it */
+    gnr_tensor *saved; /* by gid: the copy kept for the backward (data NULL: none) */
     int ngids, grads_cap;
+    tape_free_buffer *free_buffers; /* gradients of replayed entries, reused by size */
+    int nfree, free_cap;
     gnr_capture *capture;                  /* the request the recorded pass fills */
     capture_seed *seeds;                   /* GNR_MAX_CAPTURES entries, shared with nested tapes */
     int rerun;                             /* a checkpointed segment being replayed: captures exist already */
@@ -102,6 +120,10 @@ gnr_status gnr_tape_seed_grad(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *y, co
 gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t);
 /* The gradient of a recorded tensor (data NULL when none reached it). */
 gnr_tensor gnr_tape_grad(const gnr_tape *t, const gnr_tensor *x);
+
+/* x's values are already kept in `copy` (ctx->keep, outliving the pass):
+ * an entry that must save x uses it instead of a copy of its own. */
+void gnr_tape_saved_as(gnr_tape *t, const gnr_tensor *x, const gnr_tensor *copy);
 
 /* Recording, called by nn.c only. Each returns GNR_OK without recording when
  * no input carries a gid; otherwise the output gets a new gid. */
