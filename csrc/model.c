@@ -381,12 +381,16 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     GNR_CHECK(st, gnr_upload_new(ctx, context, 3, cs, &c));
     if (dlatent) GNR_CHECK(st, gnr_tape_leaf(&tape, &z));
     if (dcontext) GNR_CHECK(st, gnr_tape_leaf(&tape, &c));
+    mark = gnr_arena_get_mark(ctx->arena);
     ctx->tape = &tape;
     ctx->checkpointing = checkpointing;
     st = unet_forward(ctx, &m->unet, &z, timestep, &c, cur, &y);
     ctx->tape = NULL;
     ctx->checkpointing = 0;
     if (st != GNR_OK) goto done;
+    /* The tape saved what its backward reads (ctx->keep): the forward's
+     * activations go before the backward. */
+    gnr_arena_release(ctx->arena, mark);
 
     /* E and the seeds: each capture's gradient enters the backward where
      * the tape replays the op that produced it. */

@@ -93,19 +93,19 @@ gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gn
     if (i < 0) return GNR_OK;
     if (cap->as_qk[i])
         return gnr_error(GNR_ERR_VALUE, "capture '%s' is not an attention map: it has no queries and keys", name);
-    if (ctx->tape) {
-        /* The energy's gradient enters the backward here. */
-        tape_entry e = {.op = TAPE_CAPTURE, .in = {*t}, .nin = 1, .capture = i};
-        GNR_TRY(gnr_tape_record(ctx, &e, NULL));
-        if (ctx->tape->rerun) return GNR_OK; /* captured on the first run */
+    if (!(ctx->tape && ctx->tape->rerun)) { /* a re-run block was captured on its first run */
+        gnr_tensor kept;
+        GNR_TRY(alloc_keep(ctx, t, &kept));
+        GNR_TRY(gnr_copy(ctx, t, &kept));
+        kept.gid = t->gid;
+        cap->tensors[i] = kept;
+        cap->found[i] = 1;
+        if (ctx->tape) gnr_tape_saved_as(ctx->tape, t, &kept); /* the energy's backward reads the same values */
     }
-    gnr_tensor kept;
-    GNR_TRY(alloc_keep(ctx, t, &kept));
-    GNR_TRY(gnr_copy(ctx, t, &kept));
-    kept.gid = t->gid;
-    cap->tensors[i] = kept;
-    cap->found[i] = 1;
-    return GNR_OK;
+    if (!ctx->tape) return GNR_OK;
+    /* The energy's gradient enters the backward here. */
+    tape_entry e = {.op = TAPE_CAPTURE, .in = {*t}, .nin = 1, .capture = i};
+    return gnr_tape_record(ctx, &e, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
