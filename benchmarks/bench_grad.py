@@ -1,15 +1,21 @@
 """Time one UNet pass with gradients (dE/dz of the self-attention map energy
-over the selected layers) in gnr and in PyTorch (torch.autograd through the
-diffusers UNet with explicit attention maps, as the reference implementation
-computes it), with and without gradient checkpointing.
+over the selected layers plus the appearance term, the L1 distance of the
+last up block's features, as NONSTYLE's appearance guider has them) in gnr
+and in PyTorch (torch.autograd through the diffusers UNet with explicit
+attention maps, as the reference implementation computes it), with and
+without gradient checkpointing.
 
     python benchmarks/bench_grad.py MODEL_DIR [--size 512] [--runs 3] [--threads N]
                                     [--layers all|lowmem] [--skip-torch]
 
 Each side runs in its own process. Reports the median of --runs runs (after a
 warm-up), gnr's activation-arena peak (what the engine allocated for the
-pass: inputs, activations kept for the backward, captures, gradients) and each
-process's peak RSS (weights included).
+pass: inputs, activations kept for the backward, captures, gradients), each
+process's peak RSS (weights included) and the resident memory a pass adds
+over what the process held before it: gnr's first pass (its weights are
+resident once loaded; its arena keeps what a pass reserved, so later passes
+add nothing), PyTorch's pass after the warm-up (its weights are paged in from
+the mapped file by the first pass, and it frees activations after each).
 """
 from __future__ import annotations
 
@@ -25,10 +31,35 @@ from pathlib import Path
 
 LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
 SCALE = 3e5
+APP_SCALE = 500.0  # NONSTYLE's app_gs
+
+
+def energy_terms(layers: str, last_up: str) -> list:
+    return [{"kind": "attn_map_l2", "scale": SCALE, "layers": LAYERS[layers]},
+            {"kind": "feature_l1", "scale": APP_SCALE, "at": last_up}]
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def extra_rss_mib(fn) -> float:
+    """The resident memory one call adds at its peak over what the process
+    held before it: Linux's peak-RSS mark is reset first
+    (/proc/self/clear_refs), then read after the call."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - base) / 1024.0
 
 
 def timed(fn, runs):
@@ -59,8 +90,8 @@ def run_gnr(args) -> dict:
         gnr.set_num_threads(args.threads)
     m = gnr.load_model(args.model)
     z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
-    terms = [{"kind": "attn_map_l2", "scale": SCALE, "layers": LAYERS[args.layers]}]
-    out = {}
+    terms = energy_terms(args.layers, "up_blocks.-1")
+    out = {"extra_rss_mib": extra_rss_mib(lambda: m.energy_grad(z, 501, c, z_ref, c, terms))}
     for cp in (False, True):
         m.reset_peak()
         med, best = timed(lambda: m.energy_grad(z, 501, c, z_ref, c, terms, checkpointing=cp), args.runs)
@@ -82,11 +113,16 @@ def run_torch(args) -> dict:
     unet = UNet2DConditionModel.from_pretrained(os.path.join(args.model, "unet")).eval()
     for p in unet.parameters():
         p.requires_grad_(False)
-    rec = Recorder(unet)
+    last_up = f"up_blocks.{len(unet.config.block_out_channels) - 1}"
+    rec = Recorder(unet, [last_up])
     z, z_ref, c = inputs(args.size, 8, unet.config.cross_attention_dim)
-    terms = [{"kind": "attn_map_l2", "scale": SCALE, "layers": LAYERS[args.layers]}]
-    med, best = timed(lambda: energy_and_grads(unet, rec, z, 501, c[None], z_ref, c[None], terms), args.runs)
-    return {"plain": {"median_s": med, "min_s": best}, "rss_mib": peak_rss_mib()}
+    terms = energy_terms(args.layers, last_up)
+    def run():
+        return energy_and_grads(unet, rec, z, 501, c[None], z_ref, c[None], terms)
+
+    med, best = timed(run, args.runs)
+    extra = extra_rss_mib(run)  # after the warm-up: weights paged in from the mapped file, lazy setup done
+    return {"plain": {"median_s": med, "min_s": best}, "rss_mib": peak_rss_mib(), "extra_rss_mib": extra}
 
 
 def main():
@@ -121,6 +157,9 @@ def main():
     if t:
         print(f"{'torch autograd':<22} {t['plain']['median_s']:>9.2f} {'':>10}")
     print(f"peak RSS MiB: gnr {g['rss_mib']:.0f}" + (f", torch {t['rss_mib']:.0f}" if t else ""))
+    print(f"resident memory a pass adds, MiB: gnr {g['extra_rss_mib']:.0f}"
+          + (f", torch {t['extra_rss_mib']:.0f} (gnr / torch {g['extra_rss_mib'] / t['extra_rss_mib']:.2f})"
+             if t else ""))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grad/energy.h"
 #include "grad/tape.h"
 #include "model_internal.h"
 
@@ -331,7 +332,7 @@ static gnr_status build_request(const gnr_energy_term *terms, int nterms, gnr_ca
             return gnr_error(GNR_ERR_VALUE, "energy term %d: a feature energy compares exactly one capture, got %d",
                              i, t->ncaptures);
         for (int j = 0; j < t->ncaptures; j++)
-            if (gnr_capture_index(cap, t->captures[j]) < 0) GNR_TRY(gnr_capture_add(cap, t->captures[j]));
+            GNR_TRY(gnr_capture_want(cap, t->captures[j], t->kind == GNR_ENERGY_ATTN_MAP_L2));
     }
     return GNR_OK;
 }
@@ -380,12 +381,16 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     GNR_CHECK(st, gnr_upload_new(ctx, context, 3, cs, &c));
     if (dlatent) GNR_CHECK(st, gnr_tape_leaf(&tape, &z));
     if (dcontext) GNR_CHECK(st, gnr_tape_leaf(&tape, &c));
+    mark = gnr_arena_get_mark(ctx->arena);
     ctx->tape = &tape;
     ctx->checkpointing = checkpointing;
     st = unet_forward(ctx, &m->unet, &z, timestep, &c, cur, &y);
     ctx->tape = NULL;
     ctx->checkpointing = 0;
     if (st != GNR_OK) goto done;
+    /* The tape saved what its backward reads (ctx->keep): the forward's
+     * activations go before the backward. */
+    gnr_arena_release(ctx->arena, mark);
 
     /* E and the seeds: each capture's gradient enters the backward where
      * the tape replays the op that produced it. */
@@ -396,10 +401,9 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
         for (int j = 0; j < t->ncaptures; j++) {
             int ci = gnr_capture_index(cur, t->captures[j]);
             double v;
-            if (kind == ENERGY_ABS_DIFF_MEAN) GNR_CHECK(st, gnr_abs_diff_mean(ctx, &cur->tensors[ci], &ref->tensors[ci], &v));
-            else GNR_CHECK(st, gnr_sq_diff_mean(ctx, &cur->tensors[ci], &ref->tensors[ci], &v));
+            GNR_CHECK(st, gnr_capture_energy(ctx, kind, cur, ci, ref, ci, &v));
             e += (double)t->scale * v;
-            if (dlatent || dcontext) GNR_CHECK(st, gnr_tape_seed_capture(&tape, ci, kind, &ref->tensors[ci], t->scale));
+            if (dlatent || dcontext) GNR_CHECK(st, gnr_tape_seed_capture(&tape, ci, kind, ref, ci, t->scale));
         }
     }
     *energy = e;

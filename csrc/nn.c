@@ -15,7 +15,22 @@ gnr_status gnr_capture_add(gnr_capture *cap, const char *name)
         return gnr_error(GNR_ERR_VALUE, "capture name too long: '%s'", name);
     strcpy(cap->names[cap->n], name);
     cap->found[cap->n] = 0;
+    cap->as_qk[cap->n] = 0;
     cap->n++;
+    return GNR_OK;
+}
+
+gnr_status gnr_capture_want(gnr_capture *cap, const char *name, int as_qk)
+{
+    int i = gnr_capture_index(cap, name);
+    if (i < 0) {
+        GNR_TRY(gnr_capture_add(cap, name));
+        i = cap->n - 1;
+        cap->as_qk[i] = (unsigned char)(as_qk != 0);
+    }
+    if (cap->as_qk[i] != (as_qk != 0))
+        return gnr_error(GNR_ERR_VALUE, "capture '%s' is asked for both as an attention-map energy and as a value",
+                         name);
     return GNR_OK;
 }
 
@@ -43,7 +58,6 @@ nn_scope nn_scope_begin(gnr_ctx *ctx)
 
 gnr_status nn_scope_end(gnr_ctx *ctx, nn_scope s, gnr_tensor *keep)
 {
-    if (ctx->tape) return GNR_OK; /* the backward needs every intermediate */
     if (!keep) {
         gnr_arena_release(ctx->arena, s.mark);
         return GNR_OK;
@@ -77,19 +91,21 @@ gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gn
 {
     int i = gnr_capture_index(cap, name);
     if (i < 0) return GNR_OK;
-    if (ctx->tape) {
-        /* The energy's gradient enters the backward here. */
-        tape_entry e = {.op = TAPE_CAPTURE, .in = {*t}, .nin = 1, .capture = i};
-        GNR_TRY(gnr_tape_record(ctx, &e, NULL));
-        if (ctx->tape->rerun) return GNR_OK; /* captured on the first run */
+    if (cap->as_qk[i])
+        return gnr_error(GNR_ERR_VALUE, "capture '%s' is not an attention map: it has no queries and keys", name);
+    if (!(ctx->tape && ctx->tape->rerun)) { /* a re-run block was captured on its first run */
+        gnr_tensor kept;
+        GNR_TRY(alloc_keep(ctx, t, &kept));
+        GNR_TRY(gnr_copy(ctx, t, &kept));
+        kept.gid = t->gid;
+        cap->tensors[i] = kept;
+        cap->found[i] = 1;
+        if (ctx->tape) gnr_tape_saved_as(ctx->tape, t, &kept); /* the energy's backward reads the same values */
     }
-    gnr_tensor kept;
-    GNR_TRY(alloc_keep(ctx, t, &kept));
-    GNR_TRY(gnr_copy(ctx, t, &kept));
-    kept.gid = t->gid;
-    cap->tensors[i] = kept;
-    cap->found[i] = 1;
-    return GNR_OK;
+    if (!ctx->tape) return GNR_OK;
+    /* The energy's gradient enters the backward here. */
+    tape_entry e = {.op = TAPE_CAPTURE, .in = {*t}, .nin = 1, .capture = i};
+    return gnr_tape_record(ctx, &e, NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -215,6 +231,31 @@ gnr_status nn_upsample2x(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
     return gnr_tape_record(ctx, &e, y);
 }
 
+/* An energy's attention capture: the layer's queries and keys, copied into
+ * ctx->keep (they outlive the pass; a checkpointed block's temporaries do
+ * not), once: a re-run block finds them there. */
+static gnr_status capture_qk(gnr_ctx *ctx, gnr_capture *cap, int ci, const gnr_tensor *q, const gnr_tensor *k,
+                             int heads, float scale)
+{
+    if (ctx->tape && ctx->tape->rerun) return GNR_OK;
+    gnr_tensor kq, kk;
+    GNR_TRY(alloc_keep(ctx, q, &kq));
+    GNR_TRY(gnr_copy(ctx, q, &kq));
+    GNR_TRY(alloc_keep(ctx, k, &kk));
+    GNR_TRY(gnr_copy(ctx, k, &kk));
+    if (ctx->tape) {
+        /* the attention entry's backward reads the same q and k */
+        gnr_tape_saved_as(ctx->tape, q, &kq);
+        gnr_tape_saved_as(ctx->tape, k, &kk);
+    }
+    cap->tensors[ci] = kq;
+    cap->keys[ci] = kk;
+    cap->heads[ci] = heads;
+    cap->scale[ci] = scale;
+    cap->found[ci] = 1;
+    return GNR_OK;
+}
+
 gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v, int heads,
                         int causal, float scale, gnr_capture *cap, const char *probs_name, gnr_tensor *out)
 {
@@ -223,17 +264,22 @@ gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, 
     int tracked = ctx->tape && (q->gid >= 0 || k->gid >= 0 || v->gid >= 0);
     if (ci < 0 && !tracked) return gnr_attention_forward(ctx, q, k, v, heads, causal, scale, NULL, out);
 
-    /* P is materialised only for a capture, which keeps it past the pass
-     * (ctx->keep) and whose energy seeds its gradient (the stack arena while
-     * re-running a checkpointed block). An uncaptured layer's backward
-     * recomputes P chunk by chunk, bit-identical, so the tape never holds its
-     * Lq x Lk matrix. Both forward paths run the probs-free kernels. */
+    /* P is materialised only for a capture of the map itself, which keeps it
+     * past the pass (ctx->keep) and whose energy, if any, seeds its gradient
+     * (the stack arena while re-running a checkpointed block). An energy's
+     * capture keeps queries and keys instead, and an uncaptured layer's
+     * backward recomputes P chunk by chunk, bit-identical, so neither holds
+     * the Lq x Lk matrix. Both forward paths run the probs-free kernels. */
     int64_t pshape[4] = {q->shape[0], heads, q->shape[1], k->shape[1]};
     gnr_tensor probs = gnr_tensor_view(NULL, GNR_F32, ctx->device, 4, pshape);
-    if (ci >= 0) {
-        int keep = !(ctx->tape && ctx->tape->rerun);
-        GNR_TRY(gnr_arena_alloc(keep ? ctx->keep : ctx->arena, gnr_nbytes(&probs), &probs.data));
-        if (keep) {
+    if (ci >= 0 && cap->as_qk[ci]) {
+        GNR_TRY(capture_qk(ctx, cap, ci, q, k, heads, scale));
+    } else if (ci >= 0) {
+        /* ctx->keep: the map outlives its scope, for the capture and for the
+         * backward of a seeded map (a re-run block's copy goes with the
+         * re-run, grad/tape.c). */
+        GNR_TRY(gnr_arena_alloc(ctx->keep, gnr_nbytes(&probs), &probs.data));
+        if (!(ctx->tape && ctx->tape->rerun)) {
             cap->tensors[ci] = probs;
             cap->found[ci] = 1;
         }

@@ -7,8 +7,8 @@
  *
  * Memory: model functions bracket their temporaries with nn_scope_begin /
  * nn_scope_end, which releases everything allocated inside the scope except
- * the one tensor the function returns (moved down to the scope's start). While
- * a tape records, nothing is released: the backward needs it.
+ * the one tensor the function returns (moved down to the scope's start). A
+ * recording tape has already copied what its backward reads (grad/tape.h).
  *
  * Captures: a pass may be asked to keep internals by name (diffusers module
  * paths such as "up_blocks.1.resnets.1", "mid_block", "conv_norm_out", or
@@ -22,15 +22,27 @@
 
 #define GNR_MAX_CAPTURES 64
 
+/* A request for captures and what the pass filled in. An attention map
+ * wanted only for an energy is kept as the layer's queries (tensors[i]) and
+ * keys (keys[i]) with its heads and scale, not as the Lq x Lk map: the
+ * energy and its gradient are computed from those chunk by chunk
+ * (attention_map_energy, attention_backward's seed, ops.def). */
 typedef struct {
     int n;
     char names[GNR_MAX_CAPTURES][96];
-    gnr_tensor tensors[GNR_MAX_CAPTURES]; /* filled by the pass */
+    gnr_tensor tensors[GNR_MAX_CAPTURES]; /* filled by the pass: the value, or the queries */
     int found[GNR_MAX_CAPTURES];
+    unsigned char as_qk[GNR_MAX_CAPTURES]; /* an attention map kept as queries and keys */
+    gnr_tensor keys[GNR_MAX_CAPTURES];
+    int heads[GNR_MAX_CAPTURES];
+    float scale[GNR_MAX_CAPTURES];
 } gnr_capture;
 
 /* Adds a name to a request; GNR_ERR_VALUE when full or too long. */
 gnr_status gnr_capture_add(gnr_capture *cap, const char *name);
+/* Requests `name` (once) in the form given: as_qk for an attention map that
+ * only an energy reads. GNR_ERR_VALUE when it was requested in the other form. */
+gnr_status gnr_capture_want(gnr_capture *cap, const char *name, int as_qk);
 /* Index of `name` in the request, or -1 (cap may be NULL). */
 int gnr_capture_index(const gnr_capture *cap, const char *name);
 /* After a pass: GNR_ERR_VALUE naming the first requested name the pass did

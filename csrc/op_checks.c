@@ -556,21 +556,49 @@ gnr_status gnr_check_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const 
     return probs_map(ctx, op, "probs", probs, q, k, heads);
 }
 
+static gnr_status result(const char *op, const double *out);
+
+/* A reference pass's queries and keys, shaped like q and k */
+static gnr_status reference_qk(const gnr_ctx *ctx, const char *op, const char *qn, const gnr_tensor *q_ref,
+                               const char *kn, const gnr_tensor *k_ref, const gnr_tensor *q, const gnr_tensor *k)
+{
+    GNR_TRY(tensor(ctx, op, qn, q_ref));
+    GNR_TRY(tensor(ctx, op, kn, k_ref));
+    GNR_TRY(same_shape(op, qn, q_ref, "q", q));
+    return same_shape(op, kn, k_ref, "k", k);
+}
+
 gnr_status gnr_check_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                         const gnr_tensor *probs, int heads, int causal, float scale,
-                                        const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq,
-                                        gnr_tensor *dk, gnr_tensor *dv)
+                                        const gnr_tensor *dout, const gnr_tensor *dprobs,
+                                        const gnr_attention_seed *seed, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
 {
     const char *op = "attention_backward";
-    (void)causal, (void)scale;
+    (void)scale;
     GNR_TRY(qkv(ctx, op, q, k, v, heads));
     GNR_TRY(probs_map(ctx, op, "probs", probs, q, k, heads));
-    GNR_TRY(tensor(ctx, op, "dout", dout));
-    GNR_TRY(same_shape(op, "dout", dout, "q", q));
+    GNR_TRY(optional_like(ctx, op, "dout", dout, "q", q));
     GNR_TRY(probs_map(ctx, op, "dprobs", dprobs, q, k, heads));
+    if (seed) {
+        if (causal)
+            return gnr_error(GNR_ERR_VALUE, "%s: an attention-map seed compares self-attention maps, which are "
+                             "not causal", op);
+        GNR_TRY(reference_qk(ctx, op, "seed q", seed->q, "seed k", seed->k, q, k));
+    }
     GNR_TRY(optional_like(ctx, op, "dq", dq, "q", q));
     GNR_TRY(optional_like(ctx, op, "dk", dk, "k", k));
     return optional_like(ctx, op, "dv", dv, "v", v);
+}
+
+gnr_status gnr_check_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k,
+                                          const gnr_tensor *q_ref, const gnr_tensor *k_ref, int heads, float scale,
+                                          double *out)
+{
+    const char *op = "attention_map_energy";
+    (void)scale;
+    GNR_TRY(qkv(ctx, op, q, k, k, heads));
+    GNR_TRY(reference_qk(ctx, op, "q_ref", q_ref, "k_ref", k_ref, q, k));
+    return result(op, out);
 }
 
 /* ------------------------------------------------------------- embedding --- */

@@ -39,6 +39,13 @@ typedef struct {
     int pad_top, pad_bottom, pad_left, pad_right; /* zero padding; asymmetric for the VAE downsampler */
 } gnr_conv_params;
 
+/* An attention-map energy's gradient seed for attention_backward (ops.def):
+ * the reference pass's queries and keys, and the factor of P - P_ref. */
+typedef struct {
+    const gnr_tensor *q, *k;
+    float coef;
+} gnr_attention_seed;
+
 /* The elementwise activations of act_forward / act_backward (ops.def). */
 typedef enum {
     GNR_ACT_SILU = 0,       /* x * sigmoid(x) */

@@ -338,6 +338,82 @@ def test_attention_backward(device, rng, cfg, with_dprobs):
         assert o.tobytes() == r.tobytes()
 
 
+# -------------------------------------------------- attention-map energy
+
+# N, L (queries = keys: self-attention), heads, D
+MAP_ENERGIES = [
+    (2, 37, 3, 8),
+    (1, 300, 2, 8),   # more queries than one chunk
+    (1, 64, 8, 5),
+]
+
+
+def _self_attention_pair(rng, n, L, h, d):
+    """Queries and keys of a current and a reference pass: scaled up so the
+    maps are peaky, the reference a perturbation of the current pass so the
+    maps differ by a clear but partial amount."""
+    q, k = 3 * rand(rng, n, L, h * d), 3 * rand(rng, n, L, h * d)
+    return q, k, q + 0.5 * rand(rng, n, L, h * d), k + 0.5 * rand(rng, n, L, h * d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", MAP_ENERGIES)
+def test_attention_map_energy(device, rng, cfg):
+    n, L, h, d = cfg
+    q, k, qr, kr = _self_attention_pair(rng, n, L, h, d)
+    scale = d**-0.5
+    _, p = attention_ref(t(q), t(k), t(k), h, 0, scale)
+    _, pr = attention_ref(t(qr), t(kr), t(kr), h, 0, scale)
+    ref = float(((p.double() - pr.double()) ** 2).mean())
+    assert ref > 1e-4, "the maps must differ for the test to mean anything"
+    ours = float(op("attention_map_energy", device, q, k, qr, kr, heads=h, scale=scale)[0])
+    assert abs(ours - ref) <= FWD * ref
+    # equal to sq_diff_mean over the explicit maps of the same backend
+    _, pm = op("attention_forward", device, q, k, k, heads=h, scale=scale, want_probs=1)
+    _, prm = op("attention_forward", device, qr, kr, kr, heads=h, scale=scale, want_probs=1)
+    explicit = float(op("sq_diff_mean", device, pm, prm)[0])
+    assert abs(ours - explicit) <= 1e-6 * explicit
+    # the same maps: no energy
+    assert float(op("attention_map_energy", device, q, k, q, k, heads=h, scale=scale)[0]) == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cfg", MAP_ENERGIES)
+@pytest.mark.parametrize("with_dout", [True, False])
+def test_attention_backward_with_a_map_seed(device, rng, cfg, with_dout):
+    """The energy's gradient through queries and keys, with no map held:
+    against autograd of <out, g> + w * mean((P - P_ref)^2)."""
+    n, L, h, d = cfg
+    q, k, qr, kr = _self_attention_pair(rng, n, L, h, d)
+    v = rand(rng, n, L, h * d)
+    scale, w = d**-0.5, 0.7
+    g = rand(rng, n, L, h * d) if with_dout else None
+    _, pr = attention_ref(t(qr), t(kr), t(kr), h, 0, scale)
+
+    def loss(q, k, v):
+        out, p = attention_ref(q, k, v, h, 0, scale)
+        e = w * ((p - pr) ** 2).mean()
+        return e + ((out * t(g)).sum() if g is not None else 0.0)
+
+    ts = [t(a, True) for a in (q, k, v)]
+    loss(*ts).backward()
+    coef = w * 2.0 / (n * h * L * L)
+    ours = op("attention_backward", device, q, k, v, None, g, None, qr, kr, heads=h, scale=scale, coef=coef)
+    for name, o, r in zip("qk", ours[:2], ts[:2]):
+        assert rel(o, r.grad) <= BWD, name
+    if with_dout:
+        assert rel(ours[2], ts[2].grad) <= BWD
+    else:
+        assert not np.any(ours[2]), "no output gradient: V gets none"
+    # the same as the explicit map's gradient through dprobs
+    _, p = op("attention_forward", device, q, k, v, heads=h, scale=scale, want_probs=1)
+    _, prm = op("attention_forward", device, qr, kr, kr, heads=h, scale=scale, want_probs=1)
+    dprobs = op("sq_diff_mean_backward", device, p, prm, scale=w)[0].reshape(p.shape)
+    explicit = op("attention_backward", device, q, k, v, p, g, dprobs, heads=h, scale=scale)
+    for o, r in zip(ours, explicit):
+        assert np.allclose(o, r, rtol=1e-5, atol=1e-6 * np.abs(r).max())
+
+
 # --------------------------------------------------------------- embedding
 
 

@@ -15,12 +15,43 @@
 
 typedef struct {
     int64_t n, lq, lk, hd, d;
+    int heads;
+    int64_t chunk; /* query rows per chunk */
 } att_geom;
 
 /* Shapes checked in op_checks.c. */
 static void att_setup(const gnr_tensor *q, const gnr_tensor *k, int heads, att_geom *g)
 {
     g->n = q->shape[0], g->lq = q->shape[1], g->lk = k->shape[1], g->hd = q->shape[2], g->d = q->shape[2] / heads;
+    g->heads = heads;
+    g->chunk = g->lq < ATT_CHUNK ? g->lq : ATT_CHUNK;
+}
+
+/* The chunks every op here walks, batch by batch, head by head, then query
+ * rows i0 .. i0 + rows - 1 (the order fixes the order of accumulations into
+ * dk and dv). qoff: the chunk's first query in the packed N x Lq x (H*D)
+ * tensors; koff: the head's first key (and value); poff: the chunk's first
+ * row of P in N x H x Lq x Lk. */
+typedef struct {
+    int64_t i0, rows, qoff, koff, poff;
+} att_chunk;
+
+static int64_t att_chunks(const att_geom *g)
+{
+    return g->chunk ? g->n * g->heads * ((g->lq + g->chunk - 1) / g->chunk) : 0;
+}
+
+static att_chunk att_chunk_at(const att_geom *g, int64_t index)
+{
+    int64_t per_head = (g->lq + g->chunk - 1) / g->chunk;
+    int64_t n = index / (g->heads * per_head), h = index / per_head % g->heads;
+    att_chunk c;
+    c.i0 = index % per_head * g->chunk;
+    c.rows = g->lq - c.i0 < g->chunk ? g->lq - c.i0 : g->chunk;
+    c.qoff = (n * g->lq + c.i0) * g->hd + h * g->d;
+    c.koff = n * g->lk * g->hd + h * g->d;
+    c.poff = ((n * g->heads + h) * g->lq + c.i0) * g->lk;
+    return c;
 }
 
 /* exp(x) for the softmax, written so the compiler vectorises it (a libm expf
@@ -100,90 +131,128 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
     att_geom g;
     att_setup(q, k, heads, &g);
     int nt = gnr_cpu_threads(ctx);
-    int64_t chunk = g.lq < ATT_CHUNK ? g.lq : ATT_CHUNK;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
     float *s;
-    GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)chunk * (size_t)g.lk * sizeof(float), (void **)&s));
+    GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)g.chunk * (size_t)g.lk * sizeof(float), (void **)&s));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v);
     float *po = gnr_f32(out), *pp = probs ? gnr_f32(probs) : NULL;
-    for (int64_t n = 0; n < g.n; n++) {
-        for (int h = 0; h < heads; h++) {
-            const float *kh = pk + n * g.lk * g.hd + h * g.d, *vh = pv + n * g.lk * g.hd + h * g.d;
-            for (int64_t i0 = 0; i0 < g.lq; i0 += chunk) {
-                int64_t rows = g.lq - i0 < chunk ? g.lq - i0 : chunk;
-                const float *qc = pq + (n * g.lq + i0) * g.hd + h * g.d;
-                probs_chunk(nt, &g, qc, kh, rows, i0, causal, scale, s);
-                if (pp)
-                    memcpy(pp + ((n * heads + h) * g.lq + i0) * g.lk, s, (size_t)(rows * g.lk) * sizeof(float));
-                cpu_gemm(nt, 0, 0, rows, g.d, g.lk, 1.0f, s, g.lk, vh, g.hd, 0.0f,
-                         po + (n * g.lq + i0) * g.hd + h * g.d, g.hd);
-            }
-        }
+    for (int64_t i = 0; i < att_chunks(&g); i++) {
+        att_chunk c = att_chunk_at(&g, i);
+        probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, c.rows, c.i0, causal, scale, s);
+        if (pp) memcpy(pp + c.poff, s, (size_t)(c.rows * g.lk) * sizeof(float));
+        cpu_gemm(nt, 0, 0, c.rows, g.d, g.lk, 1.0f, s, g.lk, pv + c.koff, g.hd, 0.0f, po + c.qoff, g.hd);
     }
     gnr_arena_release(ctx->arena, m);
     return GNR_OK;
 }
 
-/* Given P:  dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs);  dS = P * (dP - rowsum(dP * P));
+/* Given P:  dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs) (+ coef (P - P_ref));
+ *           dS = P * (dP - rowsum(dP * P));
  *           dQ_h += scale dS K_h;  dK_h += scale dS^T Q_h        (by chunks of query rows)
  * Without probs, each chunk of P is recomputed from q and k by the forward's
  * own kernels on the same chunks, so it is bit-identical to the P the forward
- * would have stored, and the whole Lq x Lk matrix is never held. */
+ * would have stored, and the whole Lq x Lk matrix is never held. A seed's
+ * P_ref is recomputed the same way from its queries and keys. */
 gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                   const gnr_tensor *probs, int heads, int causal, float scale,
-                                  const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
-                                  gnr_tensor *dv)
+                                  const gnr_tensor *dout, const gnr_tensor *dprobs, const gnr_attention_seed *seed,
+                                  gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
 {
     att_geom g;
     att_setup(q, k, heads, &g);
+    if (!dout) dv = NULL; /* no output gradient: V gets none */
     if (!dq && !dk && !dv) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
-    int64_t chunk = g.lq < ATT_CHUNK ? g.lq : ATT_CHUNK;
     int need_ds = dq || dk;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    float *ds = NULL, *pbuf = NULL;
+    float *ds = NULL, *pbuf = NULL, *rbuf = NULL;
     gnr_status st = GNR_OK;
-    size_t chunk_bytes = (size_t)chunk * (size_t)g.lk * sizeof(float);
+    size_t chunk_bytes = (size_t)g.chunk * (size_t)g.lk * sizeof(float);
     if (need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&ds));
     if (!probs) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&pbuf));
-    const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pdo = gnr_f32(dout);
+    if (seed && need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&rbuf));
+    const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pdo = dout ? gnr_f32(dout) : NULL;
     const float *pp = probs ? gnr_f32(probs) : NULL;
     const float *pdp = dprobs ? gnr_f32(dprobs) : NULL;
-    for (int64_t n = 0; n < g.n; n++) {
-        for (int h = 0; h < heads; h++) {
-            int64_t koff = n * g.lk * g.hd + h * g.d;
-            for (int64_t i0 = 0; i0 < g.lq; i0 += chunk) {
-                int64_t rows = g.lq - i0 < chunk ? g.lq - i0 : chunk;
-                int64_t qoff = (n * g.lq + i0) * g.hd + h * g.d;
-                int64_t poff = ((n * heads + h) * g.lq + i0) * g.lk;
-                const float *pc = pp ? pp + poff : pbuf;
-                if (!pp) probs_chunk(nt, &g, pq + qoff, pk + koff, rows, i0, causal, scale, pbuf);
-                if (dv)
-                    cpu_gemm(nt, 1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + qoff, g.hd, 1.0f, gnr_f32(dv) + koff,
-                             g.hd);
-                if (!need_ds) continue;
-                cpu_gemm(nt, 0, 1, rows, g.lk, g.d, 1.0f, pdo + qoff, g.hd, pv + koff, g.hd, 0.0f, ds, g.lk);
-                const float *dpc = pdp ? pdp + poff : NULL;
+    float coef = seed ? seed->coef : 0.0f;
+    for (int64_t i = 0; i < att_chunks(&g); i++) {
+        att_chunk c = att_chunk_at(&g, i);
+        int64_t rows = c.rows;
+        const float *pc = pp ? pp + c.poff : pbuf;
+        if (!pp) probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, causal, scale, pbuf);
+        if (dv)
+            cpu_gemm(nt, 1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + c.qoff, g.hd, 1.0f, gnr_f32(dv) + c.koff, g.hd);
+        if (!need_ds) continue;
+        if (pdo)
+            cpu_gemm(nt, 0, 1, rows, g.lk, g.d, 1.0f, pdo + c.qoff, g.hd, pv + c.koff, g.hd, 0.0f, ds, g.lk);
+        else
+            memset(ds, 0, (size_t)(rows * g.lk) * sizeof(float));
+        if (rbuf) probs_chunk(nt, &g, gnr_f32(seed->q) + c.qoff, gnr_f32(seed->k) + c.koff, rows, c.i0, 0, scale, rbuf);
+        const float *dpc = pdp ? pdp + c.poff : NULL;
 #pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
-                for (int64_t r = 0; r < rows; r++) {
-                    float *dsr = ds + r * g.lk;
-                    const float *pr = pc + r * g.lk;
-                    if (dpc)
-                        for (int64_t j = 0; j < g.lk; j++) dsr[j] += dpc[r * g.lk + j];
-                    double dot = 0.0;
-                    for (int64_t j = 0; j < g.lk; j++) dot += (double)dsr[j] * pr[j];
-                    float fdot = (float)dot;
-                    for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - fdot);
-                }
-                if (dq)
-                    cpu_gemm(nt, 0, 0, rows, g.d, g.lk, scale, ds, g.lk, pk + koff, g.hd, 1.0f, gnr_f32(dq) + qoff,
-                             g.hd);
-                if (dk)
-                    cpu_gemm(nt, 1, 0, g.lk, g.d, rows, scale, ds, g.lk, pq + qoff, g.hd, 1.0f, gnr_f32(dk) + koff,
-                             g.hd);
+        for (int64_t r = 0; r < rows; r++) {
+            float *dsr = ds + r * g.lk;
+            const float *pr = pc + r * g.lk;
+            if (dpc)
+                for (int64_t j = 0; j < g.lk; j++) dsr[j] += dpc[r * g.lk + j];
+            if (rbuf) {
+                const float *rr = rbuf + r * g.lk;
+                for (int64_t j = 0; j < g.lk; j++) dsr[j] += coef * (pr[j] - rr[j]);
             }
+            double dot = 0.0;
+            for (int64_t j = 0; j < g.lk; j++) dot += (double)dsr[j] * pr[j];
+            float fdot = (float)dot;
+            for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - fdot);
         }
+        if (dq)
+            cpu_gemm(nt, 0, 0, rows, g.d, g.lk, scale, ds, g.lk, pk + c.koff, g.hd, 1.0f, gnr_f32(dq) + c.qoff, g.hd);
+        if (dk)
+            cpu_gemm(nt, 1, 0, g.lk, g.d, rows, scale, ds, g.lk, pq + c.qoff, g.hd, 1.0f, gnr_f32(dk) + c.koff, g.hd);
     }
+done:
+    gnr_arena_release(ctx->arena, m);
+    return st;
+}
+
+/* Per (batch, head, chunk of query rows): both chunks of P made by the
+ * forward's kernels, then the squared differences summed in double, one
+ * partial sum per row so the order does not depend on the thread count. */
+gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *q_ref,
+                                    const gnr_tensor *k_ref, int heads, float scale, double *out)
+{
+    att_geom g;
+    att_setup(q, k, heads, &g);
+    *out = 0.0; /* the mean of nothing */
+    if (g.n == 0 || g.lq == 0 || g.lk == 0) return GNR_OK;
+    int nt = gnr_cpu_threads(ctx);
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    float *s, *sr;
+    double *row_sum;
+    gnr_status st = GNR_OK;
+    size_t chunk_bytes = (size_t)g.chunk * (size_t)g.lk * sizeof(float);
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&s));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&sr));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)g.chunk * sizeof(double), (void **)&row_sum));
+    const float *pq = gnr_f32(q), *pk = gnr_f32(k), *prq = gnr_f32(q_ref), *prk = gnr_f32(k_ref);
+    double total = 0.0;
+    for (int64_t i = 0; i < att_chunks(&g); i++) {
+        att_chunk c = att_chunk_at(&g, i);
+        int64_t rows = c.rows;
+        probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, 0, scale, s);
+        probs_chunk(nt, &g, prq + c.qoff, prk + c.koff, rows, c.i0, 0, scale, sr);
+#pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *a = s + r * g.lk, *b = sr + r * g.lk;
+            double acc = 0.0;
+            for (int64_t j = 0; j < g.lk; j++) {
+                double d = (double)a[j] - (double)b[j];
+                acc += d * d;
+            }
+            row_sum[r] = acc;
+        }
+        for (int64_t r = 0; r < rows; r++) total += row_sum[r];
+    }
+    *out = total / ((double)g.n * g.heads * (double)g.lq * (double)g.lk);
 done:
     gnr_arena_release(ctx->arena, m);
     return st;

@@ -30,27 +30,57 @@ __global__ void softmax_rows_kernel(float *S, int64_t Lk, int64_t cq, int64_t i0
     for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) row[j] = j < valid ? expf(row[j] - m) * inv : 0.0f;
 }
 
-/* dS = P * (dP + dprobs - rowsum((dP + dprobs) * P)), in place over dP.
- * Row r of the chunk (head h = r / cq, row r % cq of the chunk) of P is at
- * P + h * p_head + (r % cq) * Lk, and of dprobs at dprobs + h * dp_head +
- * (r % cq) * Lk (both pointers already at the chunk's first row); dprobs may
+/* dS = P * (dP + dprobs + coef (P - R) - rowsum((dP + dprobs + coef (P - R)) * P)),
+ * in place over dP. Row r of the chunk (head h = r / cq, row r % cq of the
+ * chunk) of P is at P + h * p_head + (r % cq) * Lk, and likewise of dprobs
+ * (dp_head) and of R, the reference pass's P (r_head). dprobs and R may each
  * be NULL. */
 __global__ void softmax_backward_rows_kernel(float *dP, const float *P, int64_t p_head, const float *dprobs,
-                                             int64_t dp_head, int64_t Lk, int64_t cq)
+                                             int64_t dp_head, const float *R, int64_t r_head, float coef,
+                                             int64_t Lk, int64_t cq)
 {
     __shared__ double sh[CUDA_BLOCK];
     int64_t r = blockIdx.x;
     float *g = dP + r * Lk;
     const float *p = P + (r / cq) * p_head + (r % cq) * Lk;
     const float *gp = dprobs ? dprobs + (r / cq) * dp_head + (r % cq) * Lk : NULL;
+    const float *pr = R ? R + (r / cq) * r_head + (r % cq) * Lk : NULL;
     double acc = 0.0;
     for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) {
         float v = g[j] + (gp ? gp[j] : 0.0f);
+        if (pr) v += coef * (p[j] - pr[j]);
         g[j] = v;
         acc += (double)v * p[j];
     }
     float dot = (float)block_sum(acc, sh);
     for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) g[j] = p[j] * (g[j] - dot);
+}
+
+/* The sum over each row of (P - R)^2 in double, one block per chunk row
+ * (laid out as in softmax_rows_kernel), into row_sum[(r / cq) * Lq + i0 + r % cq]:
+ * one slot per (head, query), so the final sum's order is fixed. */
+__global__ void sq_diff_rows_kernel(const float *P, const float *R, int64_t Lk, int64_t cq, int64_t Lq, int64_t i0,
+                                    double *row_sum)
+{
+    __shared__ double sh[CUDA_BLOCK];
+    const float *p = P + (int64_t)blockIdx.x * Lk, *pr = R + (int64_t)blockIdx.x * Lk;
+    double acc = 0.0;
+    for (int64_t j = threadIdx.x; j < Lk; j += CUDA_BLOCK) {
+        double d = (double)p[j] - (double)pr[j];
+        acc += d * d;
+    }
+    double sum = block_sum(acc, sh);
+    if (threadIdx.x == 0) row_sum[((int64_t)blockIdx.x / cq) * Lq + i0 + (int64_t)blockIdx.x % cq] = sum;
+}
+
+/* *out = the sum of x[0 .. n), in one block over a fixed stride. */
+__global__ void sum_rows_kernel(const double *x, int64_t n, double *out)
+{
+    __shared__ double sh[CUDA_BLOCK];
+    double acc = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += CUDA_BLOCK) acc += x[i];
+    double sum = block_sum(acc, sh);
+    if (threadIdx.x == 0) *out = sum;
 }
 
 typedef struct {
@@ -140,27 +170,31 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
 }
 
 /* Given P (probs):
- *   dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs);  dS = P * (dP - rowsum(dP * P));
+ *   dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs) (+ coef (P - P_ref));  dS = P * (dP - rowsum(dP * P));
  *   dQ_h += scale * dS K_h;  dK_h += scale * dS^T Q_h
  * The causal mask needs no care here: masked entries of P are 0, so dS is 0 there.
  * Without probs, each chunk of P is recomputed into scratch by the forward's
  * own products and kernel on the same chunks (bit-identical to what the
- * forward stores), so the Lq x Lk matrix is never held. */
+ * forward stores), so the Lq x Lk matrix is never held. A seed's P_ref is
+ * recomputed the same way from its queries and keys. */
 gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                    const gnr_tensor *probs, int heads, int causal, float scale,
-                                   const gnr_tensor *dout, const gnr_tensor *dprobs, gnr_tensor *dq, gnr_tensor *dk,
-                                   gnr_tensor *dv)
+                                   const gnr_tensor *dout, const gnr_tensor *dprobs, const gnr_attention_seed *seed,
+                                   gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
 {
     const char *op = "attention_backward";
     cuda_state *s = cuda_state_of(ctx);
     attn_dims a;
     GNR_TRY(attention_dims(op, q, k, heads, &a));
+    if (!dout) dv = NULL; /* no output gradient: V gets none */
     if (a.N == 0 || a.Lq == 0 || a.Lk == 0 || a.HD == 0 || (!dq && !dk && !dv)) return GNR_OK;
     int64_t cq_max = chunk_rows(&a);
+    size_t chunk_bytes = (size_t)(a.H * cq_max * a.Lk) * sizeof(float);
     cuda_scratch sc(ctx->arena);
-    float *dS = NULL, *Pc = NULL;
-    if (dq || dk) GNR_TRY(sc.alloc((size_t)(a.H * cq_max * a.Lk) * sizeof(float), (void **)&dS));
-    if (!probs) GNR_TRY(sc.alloc((size_t)(a.H * cq_max * a.Lk) * sizeof(float), (void **)&Pc));
+    float *dS = NULL, *Pc = NULL, *Rc = NULL;
+    if (dq || dk) GNR_TRY(sc.alloc(chunk_bytes, (void **)&dS));
+    if (!probs) GNR_TRY(sc.alloc(chunk_bytes, (void **)&Pc));
+    if (seed && dS) GNR_TRY(sc.alloc(chunk_bytes, (void **)&Rc));
     const float zero = 0.0f, one = 1.0f;
     int D = (int)a.D, HD = (int)a.HD, Lk = (int)a.Lk, H = (int)a.H;
     long long pstride = a.Lq * a.Lk; /* between heads in probs */
@@ -168,7 +202,7 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
         const float *qn = gnr_f32(q) + n * a.Lq * a.HD;
         const float *kn = gnr_f32(k) + n * a.Lk * a.HD;
         const float *vn = gnr_f32(v) + n * a.Lk * a.HD;
-        const float *don = gnr_f32(dout) + n * a.Lq * a.HD;
+        const float *don = dout ? gnr_f32(dout) + n * a.Lq * a.HD : NULL;
         const float *pn = probs ? gnr_f32(probs) + n * a.H * a.Lq * a.Lk : NULL;
         const float *gpn = dprobs ? gnr_f32(dprobs) + n * a.H * a.Lq * a.Lk : NULL;
         for (int64_t i0 = 0; i0 < a.Lq; i0 += cq_max) {
@@ -184,9 +218,17 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
             }
             if (!dS) continue;
             /* dP_h^T (Lk x cq) = V_h (op T of the D x Lk view) * dO_h^T (D x cq) */
-            CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &one, vn, HD, a.D, don + i0 * a.HD,
-                                   HD, a.D, &zero, dS, Lk, sstride, H));
-            CUDA_LAUNCH(softmax_backward_rows_kernel, (unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream, dS, pc, pcs, gpn ? gpn + i0 * a.Lk : NULL, pstride, a.Lk, cq);
+            if (don)
+                CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_T, CUBLAS_OP_N, Lk, (int)cq, D, &one, vn, HD, a.D,
+                                       don + i0 * a.HD, HD, a.D, &zero, dS, Lk, sstride, H));
+            else
+                CUDA_CHECK(cudaMemsetAsync(dS, 0, (size_t)(a.H * sstride) * sizeof(float), s->stream));
+            if (Rc)
+                GNR_TRY(probs_chunk(s, &a, gnr_f32(seed->q) + n * a.Lq * a.HD, gnr_f32(seed->k) + n * a.Lk * a.HD,
+                                    i0, cq, 0, scale, Rc));
+            CUDA_LAUNCH(softmax_backward_rows_kernel, (unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream, dS, pc, pcs,
+                        gpn ? gpn + i0 * a.Lk : NULL, pstride, (const float *)Rc, sstride, seed ? seed->coef : 0.0f,
+                        a.Lk, cq);
             if (dq) {
                 /* dQ_h^T (D x cq) += scale * K_h^T (D x Lk) * dS_h^T (Lk x cq) */
                 CUBLAS_CHECK(cuda_gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, D, (int)cq, Lk, &scale, kn, HD, a.D, dS, Lk,
@@ -199,5 +241,47 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
             }
         }
     }
+    return GNR_OK;
+}
+
+/* Per batch and chunk of query rows: both chunks of P (all heads) made by the
+ * forward's products and kernel, each row's sum of squared differences into
+ * its own slot, then one fixed-order sum of the slots. */
+gnr_status cuda_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *q_ref,
+                                     const gnr_tensor *k_ref, int heads, float scale, double *out)
+{
+    const char *op = "attention_map_energy";
+    cuda_state *s = cuda_state_of(ctx);
+    attn_dims a;
+    GNR_TRY(attention_dims(op, q, k, heads, &a));
+    int64_t rows_total = a.N * a.H * a.Lq;
+    if (rows_total == 0 || a.Lk == 0) {
+        *out = 0.0; /* the mean of nothing, as on the CPU */
+        return GNR_OK;
+    }
+    int64_t cq_max = chunk_rows(&a);
+    size_t chunk_bytes = (size_t)(a.H * cq_max * a.Lk) * sizeof(float);
+    cuda_scratch sc(ctx->arena);
+    float *P, *R;
+    double *row_sum;
+    GNR_TRY(sc.alloc(chunk_bytes, (void **)&P));
+    GNR_TRY(sc.alloc(chunk_bytes, (void **)&R));
+    GNR_TRY(sc.alloc((size_t)(rows_total + 1) * sizeof(double), (void **)&row_sum));
+    for (int64_t n = 0; n < a.N; n++) {
+        int64_t qo = n * a.Lq * a.HD, ko = n * a.Lk * a.HD;
+        for (int64_t i0 = 0; i0 < a.Lq; i0 += cq_max) {
+            int64_t cq = a.Lq - i0 < cq_max ? a.Lq - i0 : cq_max;
+            GNR_TRY(probs_chunk(s, &a, gnr_f32(q) + qo, gnr_f32(k) + ko, i0, cq, 0, scale, P));
+            GNR_TRY(probs_chunk(s, &a, gnr_f32(q_ref) + qo, gnr_f32(k_ref) + ko, i0, cq, 0, scale, R));
+            CUDA_LAUNCH(sq_diff_rows_kernel, (unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream, (const float *)P,
+                        (const float *)R, a.Lk, cq, a.Lq, i0, row_sum + n * a.H * a.Lq);
+        }
+    }
+    CUDA_LAUNCH(sum_rows_kernel, 1, CUDA_BLOCK, 0, s->stream, (const double *)row_sum, rows_total,
+                row_sum + rows_total);
+    double sum;
+    CUDA_CHECK(cudaMemcpyAsync(&sum, row_sum + rows_total, sizeof(double), cudaMemcpyDeviceToHost, s->stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    *out = sum / ((double)rows_total * (double)a.Lk);
     return GNR_OK;
 }

@@ -54,6 +54,9 @@ static gnr_status current_pass(gnr_model *m, const gnr_edit_config *cfg, int k, 
     gnr_ctx *ctx = &m->ctx;
     gnr_capture *cur = malloc(sizeof *cur);
     if (!cur) return gnr_error(GNR_ERR_NOMEM, "out of host memory for a capture request");
+    /* This pass's captures and what its tape saved (ctx->keep) go with it;
+     * the inv_inv captures below the mark stay for the next pass. */
+    gnr_arena_mark km = gnr_arena_get_mark(ctx->keep);
     gnr_tape tape;
     memset(&tape, 0, sizeof tape);
     gnr_tensor leaf;
@@ -77,6 +80,7 @@ static gnr_status current_pass(gnr_model *m, const gnr_edit_config *cfg, int k, 
 done:
     if (tape.seeds) gnr_tape_free(&tape);
     gnr_arena_reset(ctx->arena);
+    gnr_arena_release(ctx->keep, km);
     free(cur);
     return st;
 }

@@ -1,5 +1,7 @@
 #include "guiders.h"
 
+#include "grad/energy.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -57,11 +59,6 @@ step_plan guiders_plan_step(const gnr_edit_config *cfg, int k)
     return p;
 }
 
-static gnr_status request(gnr_capture *cap, const char *name)
-{
-    return gnr_capture_index(cap, name) < 0 ? gnr_capture_add(cap, name) : GNR_OK;
-}
-
 gnr_status guiders_capture_request(const gnr_edit_config *cfg, int k, int pass, gnr_capture *cap)
 {
     memset(cap, 0, sizeof *cap);
@@ -69,15 +66,10 @@ gnr_status guiders_capture_request(const gnr_edit_config *cfg, int k, int pass, 
         const gnr_guider *g = &cfg->guiders[i];
         if (!energy_active(g, k) || (pass != PASS_INV_INV && energy_pass(g) != pass)) continue;
         if (uses_maps(g, k))
-            for (int j = 0; j < cfg->nmaps; j++) GNR_TRY(request(cap, cfg->maps[j]));
-        if (uses_feature(g, k)) GNR_TRY(request(cap, g->feature));
+            for (int j = 0; j < cfg->nmaps; j++) GNR_TRY(gnr_capture_want(cap, cfg->maps[j], 1));
+        if (uses_feature(g, k)) GNR_TRY(gnr_capture_want(cap, g->feature, 0));
     }
     return GNR_OK;
-}
-
-static gnr_status diff_energy(gnr_ctx *ctx, energy_kind kind, const gnr_tensor *a, const gnr_tensor *b, double *v)
-{
-    return kind == ENERGY_ABS_DIFF_MEAN ? gnr_abs_diff_mean(ctx, a, b, v) : gnr_sq_diff_mean(ctx, a, b, v);
 }
 
 gnr_status guiders_seed_energies(gnr_ctx *ctx, const gnr_edit_config *cfg, int k, int pass, const gnr_capture *cur,
@@ -96,13 +88,13 @@ gnr_status guiders_seed_energies(gnr_ctx *ctx, const gnr_edit_config *cfg, int k
             for (int j = 0; j < cfg->nmaps; j++) {
                 int ci = gnr_capture_index(cur, cfg->maps[j]), ri = gnr_capture_index(ref, cfg->maps[j]);
                 double v;
-                GNR_TRY(diff_energy(ctx, ENERGY_SQ_DIFF_MEAN, &cur->tensors[ci], &ref->tensors[ri], &v));
+                GNR_TRY(gnr_capture_energy(ctx, ENERGY_SQ_DIFF_MEAN, cur, ci, ref, ri, &v));
                 e += map_w * v;
             }
         if (uses_feature(g, k)) {
             int ci = gnr_capture_index(cur, g->feature), ri = gnr_capture_index(ref, g->feature);
             double v;
-            GNR_TRY(diff_energy(ctx, fkind, &cur->tensors[ci], &ref->tensors[ri], &v));
+            GNR_TRY(gnr_capture_energy(ctx, fkind, cur, ci, ref, ri, &v));
             e += feat_w * v;
         }
         if (fabs(s * e) <= DROP_ATOL) continue;
@@ -110,11 +102,11 @@ gnr_status guiders_seed_energies(gnr_ctx *ctx, const gnr_edit_config *cfg, int k
         if (uses_maps(g, k))
             for (int j = 0; j < cfg->nmaps; j++) {
                 int ci = gnr_capture_index(cur, cfg->maps[j]), ri = gnr_capture_index(ref, cfg->maps[j]);
-                GNR_TRY(gnr_tape_seed_capture(tape, ci, ENERGY_SQ_DIFF_MEAN, &ref->tensors[ri], (float)(s * map_w)));
+                GNR_TRY(gnr_tape_seed_capture(tape, ci, ENERGY_SQ_DIFF_MEAN, ref, ri, (float)(s * map_w)));
             }
         if (uses_feature(g, k)) {
             int ci = gnr_capture_index(cur, g->feature), ri = gnr_capture_index(ref, g->feature);
-            GNR_TRY(gnr_tape_seed_capture(tape, ci, fkind, &ref->tensors[ri], (float)(s * feat_w)));
+            GNR_TRY(gnr_tape_seed_capture(tape, ci, fkind, ref, ri, (float)(s * feat_w)));
         }
     }
     return GNR_OK;

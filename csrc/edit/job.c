@@ -86,6 +86,8 @@ gnr_status job_unet(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *
     ctx->tape = NULL;
     ctx->checkpointing = 0;
     if (st == GNR_OK && eps) st = gnr_copy(ctx, &y, eps);
-    if (!tape) gnr_arena_reset(ctx->arena);
+    /* The tape saved what its backward reads (ctx->keep): the forward's
+     * activations go, and the backward starts on an empty arena. */
+    gnr_arena_reset(ctx->arena);
     return st;
 }

@@ -91,6 +91,7 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
             ctx->tape = NULL;
             if (st != GNR_OK) goto done;
             GNR_CHECK(st, gnr_copy(ctx, &y, &e_u));
+            gnr_arena_reset(ctx->arena); /* the tape saved what its backward reads; y's shape is all it needs */
             GNR_CHECK(st, guided(ctx, &e_u, &e_c, guidance, &e));
             GNR_CHECK(st, gnr_ddim_step(ctx, a_t, a_s, &z, &e, &tmp, &zn_));
             double loss;
@@ -105,6 +106,7 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
             else memset(hg, 0, (size_t)cn * sizeof(float));
             gnr_tape_free(&tape);
             gnr_arena_reset(ctx->arena);
+            gnr_arena_reset(ctx->keep); /* what the tape saved (no captures here) */
             adam_step(hu, hg, hm, hv, cn, it + 1, lr);
             if (loss < threshold) break; /* the step just taken is kept */
         }

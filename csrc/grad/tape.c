@@ -18,6 +18,8 @@ void gnr_tape_free(gnr_tape *t)
     for (int i = 0; i < t->n; i++) free(t->entries[i].segment_args);
     free(t->entries);
     free(t->grads);
+    free(t->saved);
+    free(t->free_buffers);
     if (t->owns_seeds) free(t->seeds);
     memset(t, 0, sizeof *t);
 }
@@ -29,23 +31,35 @@ static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
         gnr_tensor *g = realloc(t->grads, (size_t)cap * sizeof *g);
         if (!g) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
         t->grads = g;
+        gnr_tensor *sv = realloc(t->saved, (size_t)cap * sizeof *sv);
+        if (!sv) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+        t->saved = sv;
         t->grads_cap = cap;
     }
     memset(&t->grads[t->ngids], 0, sizeof t->grads[0]);
+    memset(&t->saved[t->ngids], 0, sizeof t->saved[0]);
     x->gid = t->ngids++;
     return GNR_OK;
 }
 
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x) { return new_gid(t, x); }
 
-gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_tensor *ref, float scale)
+gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_capture *ref, int ri, float scale)
 {
-    if (ci < 0 || ci >= GNR_MAX_CAPTURES) return gnr_error(GNR_ERR_INTERNAL, "capture index %d out of range", ci);
+    if (ci < 0 || ci >= GNR_MAX_CAPTURES || ri < 0 || ri >= ref->n)
+        return gnr_error(GNR_ERR_INTERNAL, "capture index %d / %d out of range", ci, ri);
+    if (t->capture && t->capture->as_qk[ci] != ref->as_qk[ri])
+        return gnr_error(GNR_ERR_INTERNAL, "capture '%s' seeded from a reference kept in another form",
+                         ref->names[ri]);
+    if (ref->as_qk[ri] && kind != ENERGY_SQ_DIFF_MEAN)
+        return gnr_error(GNR_ERR_INTERNAL, "an attention map kept as queries and keys has only the squared energy");
     capture_seed *s = &t->seeds[ci];
     if (s->n == TAPE_MAX_SEEDS)
         return gnr_error(GNR_ERR_VALUE, "at most %d energy terms may use the same capture", TAPE_MAX_SEEDS);
     s->kind[s->n] = kind;
-    s->ref[s->n] = *ref;
+    s->ref[s->n] = ref->tensors[ri];
+    memset(&s->ref_keys[s->n], 0, sizeof s->ref_keys[0]);
+    if (ref->as_qk[ri]) s->ref_keys[s->n] = ref->keys[ri];
     s->scale[s->n] = scale;
     s->n++;
     return GNR_OK;
@@ -58,6 +72,44 @@ gnr_tensor gnr_tape_grad(const gnr_tape *t, const gnr_tensor *x)
     none.gid = -1;
     if (x->gid < 0 || x->gid >= t->ngids) return none;
     return t->grads[x->gid];
+}
+
+/* Whether the backward of `op` reads the values of its input i (tape.h). */
+static int backward_reads(tape_op op, int i)
+{
+    switch (op) {
+    case TAPE_GROUP_NORM:
+    case TAPE_LAYER_NORM:
+    case TAPE_ACT:
+    case TAPE_GEGLU:
+    case TAPE_CAPTURE: return i == 0;
+    case TAPE_ATTENTION: return i < 3;
+    case TAPE_SEGMENT: return 1;
+    default: return 0;
+    }
+}
+
+/* Points x at a copy in ctx->keep that outlives the scope x was made in: one
+ * copy per recorded tensor; constants (gid -1, such as cross-attention's keys
+ * from an untracked context) get one per use. */
+static gnr_status save(gnr_ctx *ctx, gnr_tape *t, gnr_tensor *x)
+{
+    if (x->gid >= 0 && t->saved[x->gid].data) {
+        x->data = t->saved[x->gid].data;
+        return GNR_OK;
+    }
+    gnr_tensor s = gnr_tensor_view(NULL, x->dtype, ctx->device, x->ndim, x->shape);
+    GNR_TRY(gnr_arena_alloc(ctx->keep, gnr_nbytes(&s), &s.data));
+    GNR_TRY(gnr_copy(ctx, x, &s));
+    s.gid = x->gid;
+    if (x->gid >= 0) t->saved[x->gid] = s;
+    x->data = s.data;
+    return GNR_OK;
+}
+
+void gnr_tape_saved_as(gnr_tape *t, const gnr_tensor *x, const gnr_tensor *copy)
+{
+    if (x->gid >= 0 && x->gid < t->ngids) t->saved[x->gid] = *copy;
 }
 
 gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
@@ -79,6 +131,8 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
     *dst = *e;
     if (out) dst->out = *out;
     else dst->out.gid = -1;
+    for (int i = 0; i < dst->nin; i++)
+        if (backward_reads(dst->op, i)) GNR_TRY(save(ctx, t, &dst->in[i]));
     return GNR_OK;
 }
 
@@ -89,11 +143,40 @@ static gnr_status grad_of(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *x, gnr_te
 {
     gnr_tensor *slot = &t->grads[x->gid];
     if (!slot->data) {
-        GNR_TRY(gnr_alloc_like(ctx, x, slot));
-        GNR_TRY(gnr_fill(ctx, slot, 0.0f));
-        slot->gid = x->gid;
+        gnr_tensor fresh = gnr_tensor_view(NULL, x->dtype, ctx->device, x->ndim, x->shape);
+        size_t bytes = gnr_nbytes(&fresh);
+        for (int i = t->nfree - 1; i >= 0; i--)
+            if (t->free_buffers[i].bytes == bytes) {
+                fresh.data = t->free_buffers[i].data;
+                t->free_buffers[i] = t->free_buffers[--t->nfree];
+                break;
+            }
+        if (!fresh.data) GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, &fresh.data));
+        GNR_TRY(gnr_fill(ctx, &fresh, 0.0f));
+        fresh.gid = x->gid;
+        *slot = fresh;
     }
     *g = slot;
+    return GNR_OK;
+}
+
+/* The gradient of a replayed entry's output is dead: its buffer goes to the
+ * free list. The slot keeps its shape with data NULL. */
+static gnr_status release_grad(gnr_tape *t, int gid)
+{
+    gnr_tensor *slot = &t->grads[gid];
+    if (!slot->data) return GNR_OK;
+    if (t->nfree == t->free_cap) {
+        int cap = t->free_cap ? 2 * t->free_cap : 64;
+        tape_free_buffer *p = realloc(t->free_buffers, (size_t)cap * sizeof *p);
+        if (!p) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+        t->free_buffers = p;
+        t->free_cap = cap;
+    }
+    t->free_buffers[t->nfree].data = slot->data;
+    t->free_buffers[t->nfree].bytes = gnr_nbytes(slot);
+    t->nfree++;
+    slot->data = NULL;
     return GNR_OK;
 }
 
@@ -120,6 +203,24 @@ static gnr_status apply_seeds(gnr_ctx *ctx, const capture_seed *s, const gnr_ten
     return GNR_OK;
 }
 
+/* An energy on a map kept as queries and keys: each seed's gradient enters
+ * attention_backward as the reference's queries and keys, with
+ * d/dP scale * mean((P - P_ref)^2) = coef (P - P_ref), coef = 2 scale / |P|.
+ * dS is linear in dP, so the seeds after the first add theirs in calls
+ * without the output gradient. */
+static gnr_status backward_attention_qk(gnr_ctx *ctx, const tape_entry *e, const capture_seed *seed,
+                                        const gnr_tensor *dy, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+{
+    const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
+    double map_size = (double)q->shape[0] * e->heads * (double)q->shape[1] * (double)k->shape[1];
+    for (int i = 0; i < seed->n; i++) {
+        gnr_attention_seed sd = {&seed->ref[i], &seed->ref_keys[i], (float)(2.0 * seed->scale[i] / map_size)};
+        GNR_TRY(gnr_attention_backward(ctx, q, k, v, NULL, e->heads, e->iparam, e->scale, i == 0 ? dy : NULL, NULL,
+                                       &sd, dq, dk, i == 0 ? dv : NULL));
+    }
+    return GNR_OK;
+}
+
 static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e, const gnr_tensor *dy)
 {
     const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
@@ -130,10 +231,10 @@ static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry
     if (has_grad(q)) GNR_TRY(grad_of(ctx, t, q, &dq));
     if (has_grad(k)) GNR_TRY(grad_of(ctx, t, k, &dk));
     if (has_grad(v)) GNR_TRY(grad_of(ctx, t, v, &dv));
-    /* Temporaries for this entry only: the energy's gradient w.r.t. P and a
-     * zero output gradient when only the map is differentiated. */
+    if (seeded && seed->ref_keys[0].data) return backward_attention_qk(ctx, e, seed, dy, dq, dk, dv);
+    /* A seeded map: the energy's gradient w.r.t. P, for this entry only. */
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    gnr_tensor dprobs, dzero;
+    gnr_tensor dprobs;
     const gnr_tensor *dp = NULL;
     gnr_status st = GNR_OK;
     if (seeded) {
@@ -142,13 +243,9 @@ static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry
         GNR_CHECK(st, apply_seeds(ctx, seed, &e->probs, &dprobs));
         dp = &dprobs;
     }
-    if (!dy) {
-        GNR_CHECK(st, gnr_alloc_like(ctx, &e->out, &dzero));
-        GNR_CHECK(st, gnr_fill(ctx, &dzero, 0.0f));
-        dy = &dzero;
-    }
+    /* dy NULL: only the map is differentiated */
     st = gnr_attention_backward(ctx, q, k, v, e->probs.data ? &e->probs : NULL, e->heads, e->iparam, e->scale, dy, dp,
-                                dq, dk, dv);
+                                NULL, dq, dk, dv);
 done:
     gnr_arena_release(ctx->arena, m);
     return st;
@@ -161,7 +258,9 @@ static gnr_status backward_segment(gnr_ctx *ctx, gnr_tape *t, const tape_entry *
     gnr_tensor *dins[4] = {NULL, NULL, NULL, NULL};
     for (int i = 0; i < e->nin; i++)
         if (has_grad(&e->in[i])) GNR_TRY(grad_of(ctx, t, &e->in[i], &dins[i]));
-    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    /* The re-run's saved tensors (ctx->keep) and everything of its replay
+     * (ctx->arena) go when the segment is done. */
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena), km = gnr_arena_get_mark(ctx->keep);
     gnr_tape inner;
     memset(&inner, 0, sizeof inner);
     inner.capture = t->capture;
@@ -197,6 +296,7 @@ done:
     ctx->tape = outer;
     gnr_tape_free(&inner);
     gnr_arena_release(ctx->arena, m);
+    gnr_arena_release(ctx->keep, km);
     return st;
 }
 
@@ -285,6 +385,10 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
 
 gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t)
 {
-    for (int i = t->n - 1; i >= 0; i--) GNR_TRY(backward_entry(ctx, t, &t->entries[i]));
+    for (int i = t->n - 1; i >= 0; i--) {
+        const tape_entry *e = &t->entries[i];
+        GNR_TRY(backward_entry(ctx, t, e));
+        if (e->out.gid >= 0) GNR_TRY(release_grad(t, e->out.gid));
+    }
     return GNR_OK;
 }

@@ -10,8 +10,19 @@
  * Energies are seeded through captures, not through an output gradient: a
  * term says "capture i contributes scale * d/dA of mean((A - ref)^2)" (or of
  * mean|A - ref|). The gradient of a capture is materialised only at the moment
- * the entry that produced it is replayed, then released, so a pass with all
- * sixteen attention maps does not hold a second copy of every map.
+ * the entry that produced it is replayed, then released. An attention map
+ * captured as queries and keys has no materialised gradient at all: its
+ * attention entry's backward takes the reference's queries and keys and adds
+ * the energy's gradient chunk by chunk.
+ *
+ * Memory: the weights are frozen, so an entry keeps only what its backward
+ * reads: nothing for linear layers, convolutions, additions and layout ops;
+ * the input of norms, activations and GEGLU; q, k and v of attention (P is
+ * recomputed); a capture's value; a checkpointed segment's inputs. Those are
+ * copied into ctx->keep when recorded (once per tensor), so the forward
+ * releases its scopes as in inference. In the backward, the gradient of an
+ * entry's output is dead once the entry is replayed (each tensor has one
+ * producer): its buffer is reused for the next gradient of the same size.
  *
  * Gradient checkpointing: nn_checkpoint runs a segment (a block) without
  * recording and records one entry holding the segment's function and inputs;
@@ -63,15 +74,25 @@ typedef enum { ENERGY_SQ_DIFF_MEAN = 0, ENERGY_ABS_DIFF_MEAN = 1 } energy_kind;
 typedef struct {
     int n;
     energy_kind kind[TAPE_MAX_SEEDS];
-    gnr_tensor ref[TAPE_MAX_SEEDS];
+    gnr_tensor ref[TAPE_MAX_SEEDS];      /* the reference value, or its queries */
+    gnr_tensor ref_keys[TAPE_MAX_SEEDS]; /* an attention map kept as queries and keys: the keys */
     float scale[TAPE_MAX_SEEDS];
 } capture_seed;
+
+/* A gradient buffer no longer needed, for the next gradient of its size. */
+typedef struct {
+    void *data;
+    size_t bytes;
+} tape_free_buffer;
 
 typedef struct gnr_tape {
     tape_entry *entries;
     int n, cap;
     gnr_tensor *grads; /* by gid; data NULL until a gradient reaches it */
+    gnr_tensor *saved; /* by gid: the copy kept for the backward (data NULL: none) */
     int ngids, grads_cap;
+    tape_free_buffer *free_buffers; /* gradients of replayed entries, reused by size */
+    int nfree, free_cap;
     gnr_capture *capture;                  /* the request the recorded pass fills */
     capture_seed *seeds;                   /* GNR_MAX_CAPTURES entries, shared with nested tapes */
     int rerun;                             /* a checkpointed segment being replayed: captures exist already */
@@ -86,9 +107,10 @@ void gnr_tape_free(gnr_tape *t);
 /* Gives `x` a gradient identity: it becomes a leaf whose gradient backward computes. */
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
 
-/* Adds scale * d/dA energy(A, ref) to capture i's gradient seed. */
-gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_tensor *ref,
-                                 float scale);
+/* Adds scale * d/dA energy(A, R) to capture i's gradient seed, R being
+ * capture ref_index of `ref` (in the same form as capture i). */
+gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_capture *ref,
+                                 int ref_index, float scale);
 
 /* Adds dy to the gradient of a recorded output y (an energy defined on the
  * pass's output rather than on a capture, as null-text inversion's loss). */
@@ -98,6 +120,10 @@ gnr_status gnr_tape_seed_grad(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *y, co
 gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t);
 /* The gradient of a recorded tensor (data NULL when none reached it). */
 gnr_tensor gnr_tape_grad(const gnr_tape *t, const gnr_tensor *x);
+
+/* x's values are already kept in `copy` (ctx->keep, outliving the pass):
+ * an entry that must save x uses it instead of a copy of its own. */
+void gnr_tape_saved_as(gnr_tape *t, const gnr_tensor *x, const gnr_tensor *copy);
 
 /* Recording, called by nn.c only. Each returns GNR_OK without recording when
  * no input carries a gid; otherwise the output gets a new gid. */

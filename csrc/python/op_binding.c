@@ -27,7 +27,7 @@
 #include "convert.h"
 #include "errors.h"
 
-#define MAX_IN 6
+#define MAX_IN 8
 #define MAX_OUT 3
 
 /* What outputs hold before the op runs (op_table.def's start column). */
@@ -37,7 +37,7 @@ typedef struct {
     gnr_conv_params conv;
     int groups, heads, causal, want_probs, want_dq, want_dk, want_dv, want_da, want_db;
     gnr_act act;
-    float eps, scale, alpha, value;
+    float eps, scale, alpha, value, coef;
     int32_t *ids;
     int64_t nids;
     int64_t x_shape[GNR_MAX_DIMS];
@@ -64,6 +64,7 @@ typedef struct {
     gnr_tensor out[MAX_OUT];
     int scalar_out; /* the op returns one double */
     double scalar;
+    gnr_attention_seed seed; /* attention_backward's seed, from inputs seed_q, seed_k and params["coef"] */
     const char *unbound; /* an argument of the op the table gives no value (a bug in op_table.def) */
     char names[256];
 } op_call;
@@ -96,6 +97,7 @@ static const scalar_param SCALARS[] = {
     {"scale", 1, offsetof(op_params, scale), 1.0},
     {"alpha", 1, offsetof(op_params, alpha), 1.0},
     {"value", 1, offsetof(op_params, value), 0.0},
+    {"coef", 1, offsetof(op_params, coef), 0.0},
 };
 #define NSCALARS ((int)(sizeof SCALARS / sizeof SCALARS[0]))
 
@@ -523,8 +525,19 @@ static int64_t int_arg(op_call *c, const op_params *p, const char *name)
     return *(const int *)((const char *)p + s->offset);
 }
 
+/* attention_backward's seed: NULL when the seed_q input is None. */
+static const gnr_attention_seed *seed_arg(op_call *c, const op_params *p)
+{
+    const gnr_tensor *q = tensor_arg(c, "seed_q", 1), *k = tensor_arg(c, "seed_k", 1);
+    if (!q || !k) return NULL;
+    c->seed.q = q;
+    c->seed.k = k;
+    c->seed.coef = p->coef;
+    return &c->seed;
+}
+
 /* Preprocessor iteration over an argument list (up to 16 entries; the
- * longest op, attention_backward, has 13). */
+ * longest op, attention_backward, has 14). */
 #define GNR_PY_UNPACK(...) __VA_ARGS__
 #define GNR_PY_COUNT(...) GNR_PY_COUNT_(__VA_ARGS__, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
 #define GNR_PY_COUNT_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16, n, ...) n
@@ -566,6 +579,7 @@ static int64_t int_arg(op_call *c, const op_params *p, const char *name)
         float *: host_arg(c_, #a, 0),                                                                                  \
         double *: &c_->scalar,                                                                                         \
         const gnr_conv_params *: &p_->conv,                                                                            \
+        const gnr_attention_seed *: seed_arg(c_, p_),                                                                  \
         const int32_t *: p_->ids,                                                                                      \
         float: float_arg(c_, p_, #a),                                                                                  \
         default: int_arg(c_, p_, #a));
