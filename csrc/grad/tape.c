@@ -24,16 +24,21 @@ void gnr_tape_free(gnr_tape *t)
     memset(t, 0, sizeof *t);
 }
 
+/* *array (host memory) resized to cap elements of elem bytes. */
+static gnr_status resize(void **array, int cap, size_t elem)
+{
+    void *p = realloc(*array, (size_t)cap * elem);
+    if (!p) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
+    *array = p;
+    return GNR_OK;
+}
+
 static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
 {
     if (t->ngids == t->grads_cap) {
         int cap = t->grads_cap ? 2 * t->grads_cap : 256;
-        gnr_tensor *g = realloc(t->grads, (size_t)cap * sizeof *g);
-        if (!g) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
-        t->grads = g;
-        gnr_tensor *sv = realloc(t->saved, (size_t)cap * sizeof *sv);
-        if (!sv) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
-        t->saved = sv;
+        GNR_TRY(resize((void **)&t->grads, cap, sizeof *t->grads));
+        GNR_TRY(resize((void **)&t->saved, cap, sizeof *t->saved));
         t->grads_cap = cap;
     }
     memset(&t->grads[t->ngids], 0, sizeof t->grads[0]);
@@ -121,9 +126,7 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
     if (!tracked) return GNR_OK;
     if (t->n == t->cap) {
         int cap = t->cap ? 2 * t->cap : 512;
-        tape_entry *p = realloc(t->entries, (size_t)cap * sizeof *p);
-        if (!p) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
-        t->entries = p;
+        GNR_TRY(resize((void **)&t->entries, cap, sizeof *t->entries));
         t->cap = cap;
     }
     if (out) GNR_TRY(new_gid(t, out));
@@ -168,9 +171,7 @@ static gnr_status release_grad(gnr_tape *t, int gid)
     if (!slot->data) return GNR_OK;
     if (t->nfree == t->free_cap) {
         int cap = t->free_cap ? 2 * t->free_cap : 64;
-        tape_free_buffer *p = realloc(t->free_buffers, (size_t)cap * sizeof *p);
-        if (!p) return gnr_error(GNR_ERR_NOMEM, "out of host memory for the gradient tape");
-        t->free_buffers = p;
+        GNR_TRY(resize((void **)&t->free_buffers, cap, sizeof *t->free_buffers));
         t->free_cap = cap;
     }
     t->free_buffers[t->nfree].data = slot->data;
