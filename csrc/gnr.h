@@ -264,6 +264,16 @@ gnr_status gnr_edit(gnr_model *m, const gnr_edit_config *cfg, const float *chain
 /* "openblas 0.3.x ..." : which BLAS the CPU backend calls. */
 const char *gnr_blas_name(void);
 int gnr_has_openmp(void);
+/* The vector kernels the CPU backend runs (cpu/simd.h): "avx512", "avx2" or
+ * "baseline", the best this CPU has unless set lower. Setting one the CPU
+ * lacks, or an unknown name, is a GNR_ERR_VALUE. Process-wide: for tests
+ * that run each version against the reference. */
+const char *gnr_cpu_vector_level(void);
+gnr_status gnr_cpu_set_vector_level(const char *name);
+/* The softmax's exponential as the CPU backend runs it at the current level:
+ * y[j] = exp(x[j] - shift), returns their sum (a testing door to check each
+ * level's accuracy element by element). */
+float gnr_cpu_vector_exp_sum(const float *x, float *y, int64_t n, float shift);
 int gnr_has_cuda(void);
 /* The process default of CPU threads: what a model made afterwards without a
  * count of its own runs on (all cores until set). Models already made keep

@@ -22,7 +22,8 @@ DEVICES = ("cpu", "cuda")
 def build_info() -> dict:
     """What this build contains: {"cuda": True (the CUDA backend was built with nvcc), "emulated" (built on
     the CPU emulator of CUDA, GNR_CUDA=emulate: a test target) or False; "cuda_note": str (why there is
-    no real CUDA backend and how to get one; empty when there is); "blas": str, "openmp": bool,
+    no real CUDA backend and how to get one; empty when there is); "blas": str, "cpu_vector": the CPU
+    backend's vector kernels on this machine ("avx512", "avx2" or "baseline", picked at run time), "openmp": bool,
     "version": str, "threads": int}. Whether a GPU is usable now: `cuda_available()`."""
     info = _C.build_info()
     built = info.pop("cuda_build")

@@ -338,6 +338,72 @@ def test_attention_backward(device, rng, cfg, with_dprobs):
         assert o.tobytes() == r.tobytes()
 
 
+# The CPU forward walks keys in tiles of 512 with an online softmax, and the
+# CPU backend's exponentials and maxima exist in an AVX-512, an AVX2 and a
+# baseline version picked at run time: each version this CPU has, on keys
+# spanning several tiles (the running max grows from tile to tile), with
+# peaky scores.
+LEVELS = [lv for lv in ("baseline", "avx2", "avx512")
+          if ("baseline", "avx2", "avx512").index(lv) <= ("baseline", "avx2", "avx512").index(gnr._C._cpu_vector_level())]
+MULTI_TILE = [
+    # N, Lq, Lk, heads, D, causal
+    (1, 130, 1300, 2, 6, 0),
+    (1, 1100, 1100, 1, 4, 1),
+]
+
+
+@pytest.fixture
+def vector_level(request):
+    best = gnr._C._cpu_vector_level()
+    gnr._C._cpu_vector_level(request.param)
+    yield request.param
+    gnr._C._cpu_vector_level(best)
+
+
+@pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
+@pytest.mark.parametrize("cfg", MULTI_TILE)
+def test_attention_across_key_tiles_on_each_vector_level(rng, cfg, vector_level):
+    n, lq, lk, h, d, causal = cfg
+    q, k, v = rand(rng, n, lq, h * d), rand(rng, n, lk, h * d), rand(rng, n, lk, h * d)
+    scale = 1.5  # peaky rows: the max moves between tiles, and exp(s - m) spans the float range
+    ref_out, ref_p = attention_ref(t(q), t(k), t(v), h, causal, scale)
+    out, probs = op("attention_forward", "cpu", q, k, v, heads=h, causal=causal, scale=scale, want_probs=1)
+    assert rel(out, ref_out) <= FWD
+    assert rel(probs, ref_p) <= FWD
+    out2, _ = op("attention_forward", "cpu", q, k, v, heads=h, causal=causal, scale=scale)
+    assert out2.tobytes() == out.tobytes()
+    g = rand(rng, n, lq, h * d)
+    ref = grads(lambda q, k, v: attention_ref(q, k, v, h, causal, scale)[0], [q, k, v], g)
+    ours = op("attention_backward", "cpu", q, k, v, probs, g, None, heads=h, scale=scale)
+    for o, r in zip(ours, ref):
+        assert rel(o, r) <= BWD
+    rec = op("attention_backward", "cpu", q, k, v, None, g, None, heads=h, causal=causal, scale=scale)
+    for o, r in zip(rec, ours):
+        assert o.tobytes() == r.tobytes()
+
+
+@pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
+def test_cpu_vector_exp_is_within_two_ulp(vector_level):
+    # every float the softmax meets (x - shift in [-87, 0]), odd lengths for
+    # the vector tails, against exp in double
+    x = np.concatenate([np.linspace(-87.0, 0.0, 200_003, dtype=np.float32), [0.0, -1e-30, -0.5]]).astype(np.float32)
+    shifted = x + np.float32(3.0)
+    y, total = gnr._C._cpu_vector_exp(shifted, 3.0)
+    ref = np.exp((shifted - np.float32(3.0)).astype(np.float64))  # the kernel subtracts in float32
+    ulp = np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(y - ref) / ulp) <= 2.0
+    assert abs(total - ref.sum()) <= 1e-5 * ref.sum()
+    y7, t7 = gnr._C._cpu_vector_exp(shifted[-7:], 3.0)
+    assert np.array_equal(y7, y[-7:]) and abs(t7 - y7.astype(np.float64).sum()) <= 1e-6 * t7
+
+
+def test_cpu_vector_level_is_reported_and_checked():
+    assert gnr.build_info()["cpu_vector"] == gnr._C._cpu_vector_level() == LEVELS[-1]
+    with pytest.raises(ValueError, match="expected baseline, avx2 or avx512"):
+        gnr._C._cpu_vector_level("sse9")
+    assert gnr._C._cpu_vector_level() == LEVELS[-1]
+
+
 # -------------------------------------------------- attention-map energy
 
 # N, L (queries = keys: self-attention), heads, D

@@ -1,17 +1,28 @@
-/* Multi-head attention on packed heads, by fixed-size chunks of queries.
+/* Multi-head attention on packed heads.
  *
- * Per (batch, head, chunk of ATT_CHUNK query rows): S = scale Q K^T by sgemm
- * into scratch, optional causal mask, row softmax as torch does it (subtract
- * the row max, expf, divide by the sum), out = P V by sgemm. The chunking and
- * every kernel are the same whether or not `probs` is asked for: P is only
- * copied out of the scratch, so `out` is bit-identical either way, and the
- * whole Lq x Lk matrix is never held without probs. */
+ * The forward is flash attention: per (batch, head, block of ATT_QBLOCK
+ * queries), one thread walks the keys in tiles of ATT_KTILE with an online
+ * softmax (running row max m and sum l; the output block rescaled when m
+ * grows), so it holds one tile of scores and one block of output per
+ * thread, never a row of P, and each tile stays in the core's cache. The
+ * blocks are independent, so they run in parallel, each product on one
+ * thread.
+ *
+ * P is defined by those statistics: P[i,j] = exp(S[i,j] - m_i) / l_i with
+ * l_i summed tile by tile exactly as the forward does (row_stats). The
+ * forward writes it when probs is asked (the output is the same kernels'
+ * either way, so it does not depend on probs), and the backward and the
+ * map energy recompute rows of it by chunks of ATT_CHUNK queries with the
+ * same kernels, bit-identical to what the forward stores. */
 #include <math.h>
 #include <string.h>
 
 #include "cpu/cpu_ops.h"
+#include "cpu/simd.h"
 
-#define ATT_CHUNK 256
+#define ATT_CHUNK 256  /* query rows per chunk of recomputed P (backward, energy) */
+#define ATT_QBLOCK 64  /* query rows per block of the flash forward */
+#define ATT_KTILE 512  /* keys per tile of the online softmax */
 
 typedef struct {
     int64_t n, lq, lk, hd, d;
@@ -20,11 +31,11 @@ typedef struct {
 } att_geom;
 
 /* Shapes checked in op_checks.c. */
-static void att_setup(const gnr_tensor *q, const gnr_tensor *k, int heads, att_geom *g)
+static void att_setup(const gnr_tensor *q, const gnr_tensor *k, int heads, int64_t chunk, att_geom *g)
 {
     g->n = q->shape[0], g->lq = q->shape[1], g->lk = k->shape[1], g->hd = q->shape[2], g->d = q->shape[2] / heads;
     g->heads = heads;
-    g->chunk = g->lq < ATT_CHUNK ? g->lq : ATT_CHUNK;
+    g->chunk = g->lq < chunk ? g->lq : chunk;
 }
 
 /* The chunks every op here walks, batch by batch, head by head, then query
@@ -54,74 +65,117 @@ static att_chunk att_chunk_at(const att_geom *g, int64_t index)
     return c;
 }
 
-/* exp(x) for the softmax, written so the compiler vectorises it (a libm expf
- * call would not be): x = n ln2 + r, exp(r) by Cephes' polynomial on
- * |r| <= ln2 / 2, times 2^n from the exponent bits. Within 1 ulp of glibc expf
- * on [-87, 10] (checked on every float there); clamped to [-87.3, 88]. */
-__attribute__((optimize("no-trapping-math"))) static inline float exp_poly(float x)
+/* Keys query i may see: all, or j <= i when causal. */
+static int64_t att_valid(int64_t lk, int64_t i, int causal) { return causal ? (i + 1 < lk ? i + 1 : lk) : lk; }
+
+/* The online softmax of one row: m, the max so far, and l, the sum so far
+ * of exp(s - m). */
+typedef struct {
+    float m, l;
+} row_stats;
+
+/* Folds the next tile of a row (s[0 .. kn), all valid) into st; writes
+ * exp(s - m_new) to e (e may be s). Returns the factor exp(m_old - m_new)
+ * by which the terms summed so far shrink (0 on the first tile). */
+static float row_stats_add(row_stats *st, const float *s, float *e, int64_t kn)
 {
-    x = x > -87.3f ? x : -87.3f;
-    x = x < 88.0f ? x : 88.0f;
-    float fx = x * 1.44269504088896341f + 0.5f;
-    float fn = (float)(int32_t)fx;
-    fn = fn > fx ? fn - 1.0f : fn; /* floor */
-    int32_t n = (int32_t)fn;
-    float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = (n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    float mt = cpu_vec_max(s, kn);
+    float m = mt > st->m ? mt : st->m;
+    float shrink = st->m == -INFINITY ? 0.0f : expf(st->m - m);
+    float sum = cpu_vec_exp_sum(s, e, kn, m);
+    st->l = st->l * shrink + sum;
+    st->m = m;
+    return shrink;
 }
 
-/* row[j] = exp(row[j] - mx) for j < n; returns their sum (in a fixed vector order).
- * Kept out of line and compiled without -ftrapping-math (the default), which
- * otherwise stops GCC vectorising the float-to-int conversion; no FP
- * exception flags are read anywhere, so the results are the same. */
-__attribute__((noinline, optimize("no-trapping-math"))) static float exp_sum(float *row, int64_t n, float mx)
+/* A row of P from its scores s[0 .. lk), in place: the statistics tile by
+ * tile as the forward gathers them (tile: ATT_KTILE floats of scratch),
+ * then P = exp(s - m) / l on the valid keys and 0 past them. */
+static void probs_row(float *s, int64_t lk, int64_t valid, float *tile)
 {
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; j++) {
-        float e = exp_poly(row[j] - mx);
-        row[j] = e;
-        sum += e;
-    }
-    return sum;
-}
-
-/* s (rows x lk) <- softmax of each row, with j > i0 + r masked when causal:
- * subtract the row max, exponentiate, divide by the sum (as torch) */
-static void softmax_rows(int nt, float *s, int64_t rows, int64_t lk, int64_t i0, int causal)
-{
-#pragma omp parallel for num_threads(nt) if (rows * lk > GNR_CPU_PAR_MIN) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        float *row = s + r * lk;
-        int64_t valid = causal ? (i0 + r + 1 < lk ? i0 + r + 1 : lk) : lk;
-        float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < valid; j++) mx = row[j] > mx ? row[j] : mx;
-        float sum = exp_sum(row, valid, mx);
+    row_stats st = {-INFINITY, 0.0f};
+    for (int64_t j0 = 0; j0 < valid; j0 += ATT_KTILE)
+        row_stats_add(&st, s + j0, tile, valid - j0 < ATT_KTILE ? valid - j0 : ATT_KTILE);
+    cpu_vec_exp_sum(s, s, valid, st.m);
 #pragma omp simd
-        for (int64_t j = 0; j < valid; j++) row[j] /= sum;
-        for (int64_t j = valid; j < lk; j++) row[j] = 0.0f;
-    }
+    for (int64_t j = 0; j < valid; j++) s[j] /= st.l;
+    for (int64_t j = valid; j < lk; j++) s[j] = 0.0f;
 }
 
-/* Rows i0 .. i0 + rows - 1 of one head's P into s (rows x lk): s = scale
- * Q_c K_h^T, then the row softmax. The forward and the backward's recompute
- * both make P here, so they agree bit for bit. */
-static void probs_chunk(int nt, const att_geom *g, const float *qc, const float *kh, int64_t rows, int64_t i0,
-                        int causal, float scale, float *s)
+/* The scores of one block of queries (rows of them, from i0) against one
+ * tile of keys (kn of them, from j0): s = scale Q_b K_t^T, ld ldc. The
+ * forward and every recompute of P make each score by exactly this call
+ * (one thread, the same shape), since OpenBLAS may pick another kernel, and
+ * round differently, for another shape. */
+static void scores_tile(const att_geom *g, const float *qb, const float *kh, int64_t rows, int64_t j0, int64_t kn,
+                        float scale, float *s, int64_t ldc)
 {
-    cpu_gemm(nt, 0, 1, rows, g->lk, g->d, scale, qc, g->hd, kh, g->hd, 0.0f, s, g->lk);
-    softmax_rows(nt, s, rows, g->lk, i0, causal);
+    cpu_gemm(1, 0, 1, rows, kn, g->d, scale, qb, g->hd, kh + j0 * g->hd, g->hd, 0.0f, s, ldc);
+}
+
+/* Keys a block of queries i0 .. i0 + rows - 1 sees at all. */
+static int64_t block_keys(const att_geom *g, int64_t i0, int64_t rows, int causal)
+{
+    return causal && i0 + rows < g->lk ? i0 + rows : g->lk;
+}
+
+/* Rows i0 .. i0 + rows - 1 of one head's P into s (rows x lk; i0 a multiple
+ * of ATT_QBLOCK): the scores block by block and tile by tile as the forward
+ * makes them, then each row by probs_row. tiles: nt x ATT_KTILE floats. */
+static void probs_chunk(int nt, const att_geom *g, const float *qc, const float *kh, int64_t rows, int64_t i0,
+                        int causal, float scale, float *s, float *tiles)
+{
+    int64_t blocks = (rows + ATT_QBLOCK - 1) / ATT_QBLOCK, tiles_per_row = (g->lk + ATT_KTILE - 1) / ATT_KTILE;
+#pragma omp parallel for num_threads(nt) if (rows * g->lk > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t bt = 0; bt < blocks * tiles_per_row; bt++) {
+        int64_t r0 = bt / tiles_per_row * ATT_QBLOCK, j0 = bt % tiles_per_row * ATT_KTILE;
+        int64_t br = rows - r0 < ATT_QBLOCK ? rows - r0 : ATT_QBLOCK, limit = block_keys(g, i0 + r0, br, causal);
+        if (j0 < limit)
+            scores_tile(g, qc + r0 * g->hd, kh, br, j0, limit - j0 < ATT_KTILE ? limit - j0 : ATT_KTILE, scale,
+                        s + r0 * g->lk + j0, g->lk);
+    }
+#pragma omp parallel for num_threads(nt) if (rows * g->lk > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        probs_row(s + r * g->lk, g->lk, att_valid(g->lk, i0 + r, causal), tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE);
+}
+
+/* One block of the flash forward: queries i0 .. i0 + rows - 1 of one head.
+ * s: ATT_QBLOCK x ATT_KTILE scores, o: ATT_QBLOCK x D output sums, st:
+ * ATT_QBLOCK rows' statistics (the thread's scratch). pp: the block's first
+ * row of P, or NULL. */
+static void flash_block(const att_geom *g, const float *qb, const float *kh, const float *vh, float *ob, float *pp,
+                        int64_t rows, int64_t i0, int causal, float scale, float *s, float *o, row_stats *st)
+{
+    int64_t d = g->d, limit = block_keys(g, i0, rows, causal);
+    memset(o, 0, (size_t)(rows * d) * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) st[r] = (row_stats){-INFINITY, 0.0f};
+    for (int64_t j0 = 0; j0 < limit; j0 += ATT_KTILE) {
+        int64_t kn = limit - j0 < ATT_KTILE ? limit - j0 : ATT_KTILE;
+        scores_tile(g, qb, kh, rows, j0, kn, scale, s, kn);
+        for (int64_t r = 0; r < rows; r++) {
+            float *sr = s + r * kn;
+            int64_t valid = att_valid(g->lk, i0 + r, causal) - j0;
+            valid = valid < 0 ? 0 : valid < kn ? valid : kn;
+            if (pp) memcpy(pp + r * g->lk + j0, sr, (size_t)kn * sizeof(float));
+            if (valid > 0) {
+                float shrink = row_stats_add(&st[r], sr, sr, valid);
+                if (shrink != 1.0f)
+                    for (int64_t c = 0; c < d; c++) o[r * d + c] *= shrink;
+            }
+            for (int64_t j = valid; j < kn; j++) sr[j] = 0.0f;
+        }
+        cpu_gemm(1, 0, 0, rows, d, kn, 1.0f, s, kn, vh + j0 * g->hd, g->hd, 1.0f, o, d);
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        float l = st[r].l;
+        for (int64_t c = 0; c < d; c++) ob[r * g->hd + c] = l > 0.0f ? o[r * d + c] / l : 0.0f;
+        if (!pp) continue;
+        float *pr = pp + r * g->lk;
+        int64_t valid = att_valid(g->lk, i0 + r, causal);
+        cpu_vec_exp_sum(pr, pr, valid, st[r].m);
+        for (int64_t j = 0; j < valid; j++) pr[j] /= l;
+        for (int64_t j = valid; j < g->lk; j++) pr[j] = 0.0f;
+    }
 }
 
 /* S = scale Q_h K_h^T (+ causal mask);  P = softmax(S);  out_h = P V_h */
@@ -129,18 +183,25 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
                                  int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out)
 {
     att_geom g;
-    att_setup(q, k, heads, &g);
+    att_setup(q, k, heads, ATT_QBLOCK, &g);
+    int64_t blocks = att_chunks(&g);
+    if (blocks == 0) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
+    size_t s_floats = (size_t)ATT_QBLOCK * ATT_KTILE, o_floats = (size_t)ATT_QBLOCK * (size_t)g.d;
+    size_t per_thread = (s_floats + o_floats) * sizeof(float) + ATT_QBLOCK * sizeof(row_stats);
+    per_thread = (per_thread + 63) / 64 * 64;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    float *s;
-    GNR_TRY(gnr_arena_alloc(ctx->arena, (size_t)g.chunk * (size_t)g.lk * sizeof(float), (void **)&s));
+    char *scratch;
+    GNR_TRY(gnr_arena_alloc(ctx->arena, per_thread * (size_t)nt, (void **)&scratch));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v);
     float *po = gnr_f32(out), *pp = probs ? gnr_f32(probs) : NULL;
-    for (int64_t i = 0; i < att_chunks(&g); i++) {
+#pragma omp parallel for num_threads(nt) if (blocks > 1 && g.lq * g.lk * g.heads > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t i = 0; i < blocks; i++) {
+        char *mine = scratch + (size_t)gnr_cpu_thread_num() * per_thread;
+        float *s = (float *)mine, *o = s + s_floats;
         att_chunk c = att_chunk_at(&g, i);
-        probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, c.rows, c.i0, causal, scale, s);
-        if (pp) memcpy(pp + c.poff, s, (size_t)(c.rows * g.lk) * sizeof(float));
-        cpu_gemm(nt, 0, 0, c.rows, g.d, g.lk, 1.0f, s, g.lk, pv + c.koff, g.hd, 0.0f, po + c.qoff, g.hd);
+        flash_block(&g, pq + c.qoff, pk + c.koff, pv + c.koff, po + c.qoff, pp ? pp + c.poff : NULL, c.rows, c.i0,
+                    causal, scale, s, o, (row_stats *)(o + o_floats));
     }
     gnr_arena_release(ctx->arena, m);
     return GNR_OK;
@@ -159,18 +220,20 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                                   gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
 {
     att_geom g;
-    att_setup(q, k, heads, &g);
+    att_setup(q, k, heads, ATT_CHUNK, &g);
     if (!dout) dv = NULL; /* no output gradient: V gets none */
     if (!dq && !dk && !dv) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
     int need_ds = dq || dk;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    float *ds = NULL, *pbuf = NULL, *rbuf = NULL;
+    float *ds = NULL, *pbuf = NULL, *rbuf = NULL, *tiles = NULL;
     gnr_status st = GNR_OK;
     size_t chunk_bytes = (size_t)g.chunk * (size_t)g.lk * sizeof(float);
     if (need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&ds));
     if (!probs) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&pbuf));
     if (seed && need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&rbuf));
+    if (!probs || (seed && need_ds))
+        GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)nt * ATT_KTILE * sizeof(float), (void **)&tiles));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pdo = dout ? gnr_f32(dout) : NULL;
     const float *pp = probs ? gnr_f32(probs) : NULL;
     const float *pdp = dprobs ? gnr_f32(dprobs) : NULL;
@@ -179,7 +242,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
         att_chunk c = att_chunk_at(&g, i);
         int64_t rows = c.rows;
         const float *pc = pp ? pp + c.poff : pbuf;
-        if (!pp) probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, causal, scale, pbuf);
+        if (!pp) probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, causal, scale, pbuf, tiles);
         if (dv)
             cpu_gemm(nt, 1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + c.qoff, g.hd, 1.0f, gnr_f32(dv) + c.koff, g.hd);
         if (!need_ds) continue;
@@ -187,7 +250,9 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
             cpu_gemm(nt, 0, 1, rows, g.lk, g.d, 1.0f, pdo + c.qoff, g.hd, pv + c.koff, g.hd, 0.0f, ds, g.lk);
         else
             memset(ds, 0, (size_t)(rows * g.lk) * sizeof(float));
-        if (rbuf) probs_chunk(nt, &g, gnr_f32(seed->q) + c.qoff, gnr_f32(seed->k) + c.koff, rows, c.i0, 0, scale, rbuf);
+        if (rbuf)
+            probs_chunk(nt, &g, gnr_f32(seed->q) + c.qoff, gnr_f32(seed->k) + c.koff, rows, c.i0, 0, scale, rbuf,
+                        tiles);
         const float *dpc = pdp ? pdp + c.poff : NULL;
 #pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
@@ -221,25 +286,26 @@ gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr
                                     const gnr_tensor *k_ref, int heads, float scale, double *out)
 {
     att_geom g;
-    att_setup(q, k, heads, &g);
+    att_setup(q, k, heads, ATT_CHUNK, &g);
     *out = 0.0; /* the mean of nothing */
     if (g.n == 0 || g.lq == 0 || g.lk == 0) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    float *s, *sr;
+    float *s, *sr, *tiles;
     double *row_sum;
     gnr_status st = GNR_OK;
     size_t chunk_bytes = (size_t)g.chunk * (size_t)g.lk * sizeof(float);
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&s));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&sr));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)nt * ATT_KTILE * sizeof(float), (void **)&tiles));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)g.chunk * sizeof(double), (void **)&row_sum));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *prq = gnr_f32(q_ref), *prk = gnr_f32(k_ref);
     double total = 0.0;
     for (int64_t i = 0; i < att_chunks(&g); i++) {
         att_chunk c = att_chunk_at(&g, i);
         int64_t rows = c.rows;
-        probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, 0, scale, s);
-        probs_chunk(nt, &g, prq + c.qoff, prk + c.koff, rows, c.i0, 0, scale, sr);
+        probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, 0, scale, s, tiles);
+        probs_chunk(nt, &g, prq + c.qoff, prk + c.koff, rows, c.i0, 0, scale, sr, tiles);
 #pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const float *a = s + r * g.lk, *b = sr + r * g.lk;

@@ -1,10 +1,10 @@
 /* The CPU backend: every op of ops.def as cpu_*, plus the helpers its files share.
  *
- * float32, contiguous, row-major. Elementwise work and reductions run on OpenMP
- * threads (gnr_cpu_threads); matrix products go to OpenBLAS sgemm, always from
- * outside any parallel region. Reductions are split into fixed chunks whose
- * partial results are combined in a fixed order, so a result never depends on
- * scheduling (DECISIONS.md section 5). Scratch comes from ctx->arena and is
+ * float32, contiguous, row-major. Elementwise work and reductions run on
+ * OpenMP threads (gnr_cpu_threads); matrix products go to OpenBLAS sgemm
+ * (cpu_gemm). Reductions are split into fixed chunks whose partial results
+ * are combined in a fixed order, so a result never depends on scheduling
+ * (DECISIONS.md section 5). Scratch comes from ctx->arena and is
  * released before an op returns. */
 #ifndef GNR_CPU_OPS_H
 #define GNR_CPU_OPS_H
@@ -18,9 +18,14 @@
 /* OpenMP threads for a parallel region of this context. */
 int gnr_cpu_threads(const gnr_ctx *ctx);
 
+/* This thread's number inside an OpenMP parallel region (0 outside one):
+ * the index of its slice of per-thread scratch. */
+int gnr_cpu_thread_num(void);
+
 /* Row-major C = alpha op(A) op(B) + beta C through OpenBLAS, split over nt
- * threads (the context's gnr_cpu_threads; never call from inside an OpenMP
- * parallel region). */
+ * threads (the context's gnr_cpu_threads). Inside an OpenMP parallel region
+ * only with nt = 1: each thread then runs its own single-threaded product
+ * (OpenBLAS is reentrant on one thread). */
 void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
               int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 

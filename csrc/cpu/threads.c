@@ -59,3 +59,12 @@ int gnr_cpu_threads(const gnr_ctx *ctx)
      * and runs on the process default. */
     return ctx->nthreads > 0 ? ctx->nthreads : gnr_get_num_threads();
 }
+
+int gnr_cpu_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}

@@ -12,9 +12,25 @@ static PyObject *build_info(PyObject *self, PyObject *noargs)
 {
     (void)self;
     (void)noargs;
-    return Py_BuildValue("{s:O,s:s,s:O,s:s,s:i,s:s,s:s}", "cuda", gnr_has_cuda() ? Py_True : Py_False, "blas",
-                         gnr_blas_name(), "openmp", gnr_has_openmp() ? Py_True : Py_False, "version", GNR_VERSION,
-                         "threads", gnr_get_num_threads(), "cuda_build", GNR_CUDA_BUILD, "cuda_note", GNR_CUDA_NOTE);
+    return Py_BuildValue("{s:O,s:s,s:s,s:O,s:s,s:i,s:s,s:s}", "cuda", gnr_has_cuda() ? Py_True : Py_False, "blas",
+                         gnr_blas_name(), "cpu_vector", gnr_cpu_vector_level(), "openmp",
+                         gnr_has_openmp() ? Py_True : Py_False, "version", GNR_VERSION, "threads",
+                         gnr_get_num_threads(), "cuda_build", GNR_CUDA_BUILD, "cuda_note", GNR_CUDA_NOTE);
+}
+
+/* _cpu_vector_level(name=None): the CPU vector kernels in use; with a name,
+ * switch to them first (a testing hook: every version is checked against
+ * the reference on a CPU that has them all). */
+static PyObject *cpu_vector_level(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|z:_cpu_vector_level", &name)) return NULL;
+    if (name) {
+        gnr_status st = gnr_cpu_set_vector_level(name);
+        if (st != GNR_OK) return gnr_py_raise(st);
+    }
+    return PyUnicode_FromString(gnr_cpu_vector_level());
 }
 
 static PyObject *set_num_threads(PyObject *self, PyObject *arg)
@@ -38,6 +54,28 @@ static PyObject *register_cuda_backend(PyObject *self, PyObject *capsule)
     Py_RETURN_NONE;
 }
 
+/* _cpu_vector_exp(x, shift) -> (exp(x - shift) as float32, their sum as the
+ * kernels add them): the current level's exponential, for tests. */
+static PyObject *cpu_vector_exp(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *xo;
+    float shift;
+    if (!PyArg_ParseTuple(args, "Of:_cpu_vector_exp", &xo, &shift)) return NULL;
+    PyArrayObject *x = gnr_py_float_array(xo, "x", 1, NULL, 0);
+    if (!x) return NULL;
+    npy_intp n = PyArray_DIM(x, 0);
+    PyArrayObject *y = gnr_py_new_float(1, &n);
+    PyObject *result = NULL;
+    if (y) {
+        float sum = gnr_cpu_vector_exp_sum((const float *)PyArray_DATA(x), (float *)PyArray_DATA(y), (int64_t)n, shift);
+        result = Py_BuildValue("(Od)", (PyObject *)y, (double)sum);
+    }
+    Py_DECREF(x);
+    Py_XDECREF(y);
+    return result;
+}
+
 static PyObject *ddim_alphas_cumprod(PyObject *self, PyObject *noargs)
 {
     (void)self;
@@ -52,7 +90,12 @@ static PyMethodDef module_methods[] = {
     {"ddim_alphas_cumprod", ddim_alphas_cumprod, METH_NOARGS,
      "The fixed DDIM schedule of GNR_SPEC.md section 2: float32 abar[1000]."},
     {"_register_cuda_backend", register_cuda_backend, METH_O, "Install the CUDA backend from gnr._C_cuda."},
-    {"build_info", build_info, METH_NOARGS, "What this build contains: cuda, blas, openmp, version, threads, cuda_build, cuda_note."},
+    {"build_info", build_info, METH_NOARGS,
+     "What this build contains: cuda, blas, cpu_vector, openmp, version, threads, cuda_build, cuda_note."},
+    {"_cpu_vector_exp", cpu_vector_exp, METH_VARARGS,
+     "(exp(x - shift), its sum) by the CPU backend's current vector kernels (for tests)."},
+    {"_cpu_vector_level", cpu_vector_level, METH_VARARGS,
+     "The CPU vector kernels in use (avx512, avx2, baseline); with a name, switch to them (for tests)."},
     {"set_num_threads", set_num_threads, METH_O, "CPU threads of models made from now on (a model keeps the count it was made with)."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,0 +1,253 @@
+/* Vector kernels with run-time dispatch (simd.h).
+ *
+ * Why intrinsics and not the compiler's function multiversioning: GCC 12
+ * does not vectorise these loops inside target_clones (or target attribute)
+ * functions when they use `omp simd` or the optimize attribute the
+ * exponential needs, so the clones came out scalar. The AVX-512 and AVX2
+ * versions below are written out; the baseline is the portable loop the
+ * compiler vectorises for its default target. All three compute the same
+ * polynomial (exp_poly). */
+#include <math.h>
+#include <string.h>
+
+#include "cpu/simd.h"
+#include "gnr.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GNR_VEC_X86 1
+#include <immintrin.h>
+#else
+#define GNR_VEC_X86 0
+#endif
+
+enum { VEC_BASELINE, VEC_AVX2, VEC_AVX512 };
+static const char *const level_names[] = {"baseline", "avx2", "avx512"};
+
+static int best_level(void)
+{
+#if GNR_VEC_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return VEC_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return VEC_AVX2;
+#endif
+    return VEC_BASELINE;
+}
+
+static int chosen = -1; /* read and written atomically: any thread may be first */
+
+static int level(void)
+{
+    int l = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
+    if (l < 0) {
+        l = best_level();
+        __atomic_store_n(&chosen, l, __ATOMIC_RELAXED);
+    }
+    return l;
+}
+
+const char *cpu_vec_level_name(void) { return level_names[level()]; }
+
+const char *gnr_cpu_vector_level(void) { return cpu_vec_level_name(); }
+
+gnr_status gnr_cpu_set_vector_level(const char *name)
+{
+    int best = best_level();
+    for (int l = 0; l <= VEC_AVX512; l++) {
+        if (strcmp(name, level_names[l]) != 0) continue;
+        if (l > best)
+            return gnr_error(GNR_ERR_VALUE, "vector level %s: this CPU has at most %s", name, level_names[best]);
+        __atomic_store_n(&chosen, l, __ATOMIC_RELAXED);
+        return GNR_OK;
+    }
+    return gnr_error(GNR_ERR_VALUE, "vector level %s: expected baseline, avx2 or avx512", name);
+}
+
+/* ------------------------------------------------------------ baseline --- */
+
+/* exp(x): x = n ln2 + r, exp(r) by Cephes' polynomial on |r| <= ln2 / 2,
+ * times 2^n from the exponent bits; clamped to [-87.3, 88]. Written so the
+ * compiler vectorises it (a libm expf call would not be); within 1 ulp of
+ * glibc's expf on [-87, 10] without FMA. */
+__attribute__((optimize("no-trapping-math"))) static inline float exp_poly(float x)
+{
+    x = x > -87.3f ? x : -87.3f;
+    x = x < 88.0f ? x : 88.0f;
+    float fx = x * 1.44269504088896341f + 0.5f;
+    float fn = (float)(int32_t)fx;
+    fn = fn > fx ? fn - 1.0f : fn; /* floor */
+    int32_t n = (int32_t)fn;
+    float r = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = (n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* Compiled without -ftrapping-math (the default), which otherwise stops GCC
+ * vectorising the float-to-int conversion; no FP exception flags are read
+ * anywhere, so the results are the same. */
+__attribute__((noinline, optimize("no-trapping-math"))) static float exp_sum_baseline(const float *x, float *y,
+                                                                                     int64_t n, float shift)
+{
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; j++) {
+        float e = exp_poly(x[j] - shift);
+        y[j] = e;
+        sum += e;
+    }
+    return sum;
+}
+
+static float max_baseline(const float *x, int64_t n)
+{
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+#if GNR_VEC_X86
+/* --------------------------------------------------------------- AVX2 --- */
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 exp8(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.0f));
+    __m256 fn = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(fn, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fmadd_ps(fn, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fn), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* the 8 lanes summed in a fixed order */
+AVX2 static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2 static float exp_sum_avx2(const float *x, float *y, int64_t n, float shift)
+{
+    __m256 sh = _mm256_set1_ps(shift), acc = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), sh));
+        _mm256_storeu_ps(y + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    if (j < n) { /* the tail through one padded vector, its extra lanes dropped */
+        float t[8];
+        int64_t rest = n - j;
+        for (int i = 0; i < 8; i++) t[i] = i < rest ? x[j + i] - shift : -INFINITY;
+        __m256 e = exp8(_mm256_loadu_ps(t));
+        _mm256_storeu_ps(t, e);
+        for (int64_t i = 0; i < rest; i++) y[j + i] = t[i];
+        for (int i = (int)rest; i < 8; i++) t[i] = 0.0f;
+        acc = _mm256_add_ps(acc, _mm256_loadu_ps(t));
+    }
+    return hsum8(acc);
+}
+
+AVX2 static float max_avx2(const float *x, int64_t n)
+{
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+    float t[8], mx = -INFINITY;
+    _mm256_storeu_ps(t, m);
+    for (int i = 0; i < 8; i++) mx = t[i] > mx ? t[i] : mx;
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+/* ------------------------------------------------------------ AVX-512 --- */
+
+#define AVX512 __attribute__((target("avx512f")))
+
+AVX512 static inline __m512 exp16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.0f));
+    __m512 fn = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fn, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(fn, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fn), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+static inline __mmask16 tail_mask(int64_t rest) { return rest >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rest) - 1u); }
+
+AVX512 static float exp_sum_avx512(const float *x, float *y, int64_t n, float shift)
+{
+    __m512 sh = _mm512_set1_ps(shift), acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), sh));
+        _mm512_mask_storeu_ps(y + j, m, e);
+        acc = _mm512_mask_add_ps(acc, m, acc, e);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+AVX512 static float max_avx512(const float *x, int64_t n)
+{
+    __m512 ninf = _mm512_set1_ps(-INFINITY), m = ninf;
+    for (int64_t j = 0; j < n; j += 16) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(ninf, tail_mask(n - j), x + j));
+    return _mm512_reduce_max_ps(m);
+}
+#endif /* GNR_VEC_X86 */
+
+/* --------------------------------------------------------------- doors --- */
+
+float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift)
+{
+    switch (level()) {
+#if GNR_VEC_X86
+    case VEC_AVX512: return exp_sum_avx512(x, y, n, shift);
+    case VEC_AVX2: return exp_sum_avx2(x, y, n, shift);
+#endif
+    default: return exp_sum_baseline(x, y, n, shift);
+    }
+}
+
+float gnr_cpu_vector_exp_sum(const float *x, float *y, int64_t n, float shift)
+{
+    return cpu_vec_exp_sum(x, y, n, shift);
+}
+
+float cpu_vec_max(const float *x, int64_t n)
+{
+    switch (level()) {
+#if GNR_VEC_X86
+    case VEC_AVX512: return max_avx512(x, n);
+    case VEC_AVX2: return max_avx2(x, n);
+#endif
+    default: return max_baseline(x, n);
+    }
+}
