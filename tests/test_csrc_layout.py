@@ -11,7 +11,8 @@ CSRC = Path(__file__).resolve().parent.parent / "csrc"
 # Files only one backend has, each for a reason a reader can see in the name.
 CPU_ONLY = {"cpu_backend": "the CPU table of ops (generated from ops.def)",
             "threads": "the CPU thread count and build information",
-            "simd": "the CPU's vector kernels, dispatched by what the CPU has (a GPU needs none)"}
+            "simd": "the CPU's vector kernels, dispatched by what the CPU has (a GPU needs none)",
+            "winograd": "Winograd's method for the CPU's 3x3 convolutions (cuDNN-free CUDA uses im2col)"}
 CUDA_ONLY = {"cuda_backend": "the CUDA table of ops and the device context"}
 
 

@@ -147,14 +147,42 @@ def test_conv2d(device, rng, cfg):
 @pytest.mark.parametrize("device", DEVICES)
 def test_conv2d_several_tiles(device, rng):
     # 32 x 3 x 3 columns of a 250-wide map: 16 MB of scratch holds 58 output
-    # rows, so the 250 rows take five tiles, the last one partial.
+    # rows, so the 250 rows take five tiles, the last one partial. (Uneven
+    # pads keep it on im2col: "same" 3x3 convolutions this large go to
+    # Winograd's method, tested below.)
     x, w, b = rand(rng, 1, 32, 250, 250), rand(rng, 4, 32, 3, 3), rand(rng, 4)
-    pads = (1, 1, 1, 1)
+    pads = (1, 1, 2, 0)
     ref = conv_ref(t(x), t(w), t(b), 1, pads)
     assert rel(op("conv2d_forward", device, x, w, b, pads=pads)[0], ref) <= FWD
     g = rand(rng, *ref.shape)
     (dx,) = grads(lambda x: conv_ref(x, t(w), None, 1, pads), [x], g)
     assert rel(op("conv2d_backward", device, g, w, pads=pads, x_shape=x.shape)[0], dx) <= BWD
+
+
+# The CPU's 3x3 stride-1 pad-1 convolutions with at least 64 2x2 output
+# tiles run Winograd's F(2x2, 3x3): odd sizes (half tiles at the edges),
+# batches, and a layer wide enough that its tiles take two blocks.
+WINOGRAD = [
+    # N, C, H, W, O
+    (2, 5, 17, 19, 7),
+    (1, 1024, 18, 17, 1024),
+]
+
+
+@pytest.mark.parametrize("cfg", WINOGRAD)
+def test_conv2d_winograd(rng, cfg):
+    n, c, h, w_, o = cfg
+    x, w, b = rand(rng, n, c, h, w_), rand(rng, o, c, 3, 3), rand(rng, o)
+    pads = (1, 1, 1, 1)
+    ref = conv_ref(t(x), t(w), t(b), 1, pads)
+    (y,) = op("conv2d_forward", "cpu", x, w, b, pads=pads)
+    assert rel(y, ref) <= FWD
+    (y0,) = op("conv2d_forward", "cpu", x, w, None, pads=pads)
+    assert rel(y0, conv_ref(t(x), t(w), None, 1, pads)) <= FWD
+    g = rand(rng, *ref.shape)
+    (dx,) = grads(lambda x: conv_ref(x, t(w), None, 1, pads), [x], g)
+    (ours,) = op("conv2d_backward", "cpu", g, w, pads=pads, x_shape=x.shape)
+    assert rel(ours, dx) <= BWD
 
 
 # ------------------------------------------------------------------- norms

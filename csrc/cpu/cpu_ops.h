@@ -29,6 +29,13 @@ int gnr_cpu_thread_num(void);
 void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
               int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* y[n] += conv3x3(x[n], weight), stride 1, pad 1, by Winograd's F(2x2, 3x3)
+ * (winograd.c). x: N x C x H x W, y: N x O x H x W; weight: O x C x 3 x 3,
+ * or with flip, C x O x 3 x 3 used transposed and rotated by 180 degrees
+ * (the input gradient of a convolution with that weight). */
+gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t c, int64_t h, int64_t w,
+                                const float *weight, int64_t o, int flip, float *y);
+
 /* Elements below which a loop stays on one thread. */
 #define GNR_CPU_PAR_MIN 32768
 
