@@ -46,6 +46,7 @@ from ._backends import build_info, cuda_available
 from ._batch_output import JOURNAL, OUTPUT_FIELDS, PARQUET, BatchOutput, parquet_available, read_journal
 from ._batch_runner import make_editor, run_group
 from ._manifest import read_manifest
+from .model import compute_dtype
 from .sizes import check_size, model_sizes
 
 __all__ = ["run", "BatchResult", "ENGINES"]
@@ -196,7 +197,8 @@ def _plan(manifest: str, out_dir: str, default_config, model_key: str, size: Opt
         before = previous.get(name)
         if (before is not None and before.get("error") is None and before.get("fingerprint") == record["fingerprint"]
                 and os.path.isfile(record["output"])):
-            kept.append({**before, **record})
+            # this row's fields as the manifest has them now, the earlier run's results
+            kept.append({**record, **{k: before.get(k) for k in OUTPUT_FIELDS if k not in record}})
             continue
         key = json.dumps([r.image, r.fields["source_prompt"], _inversion_settings(norm)], sort_keys=True)
         group = groups.setdefault(key, {"image": r.image, "source_prompt": r.fields["source_prompt"], "size": size,
@@ -278,9 +280,10 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
       (default 1; a fraction packs several actors on one GPU).
     engine: "local" (this process; Ray need not be installed) or "ray" (Ray
       Data: an actor pool of `workers` Editors; `pip install 'gnr[ray]'`).
-    address: engine="ray": a Ray cluster to connect to ("auto", "ray://host:
-      10001", ...); None starts a local Ray instance for this job and stops
-      it after, unless this process already called `ray.init`.
+    address: engine="ray": a Ray cluster to connect to ("auto",
+      "ray://host:10001", ...); None starts a local Ray instance for this
+      job and stops it after, unless this process already called
+      `ray.init`.
     size: the size images are prepared at (centre square crop, bicubic
       resize, as `gnr.load_image`); None: the model's native size.
     progress: None or True shows a progress bar (tqdm when installed, else
@@ -304,6 +307,7 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
             if value is not None:
                 raise ValueError(f"{name} is for engine='ray'; the local engine takes None, got {value!r}")
         device = _local_device(device)
+        compute_dtype(dtype, device)  # a dtype the device cannot run, refused before any work
     else:
         from ._batch_ray import check_ray_options, import_ray
 
@@ -311,9 +315,8 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
         workers = 1 if workers is None else workers
         _positive_int(workers, "workers")
         check_ray_options(device, gpus_per_worker, address)
+        compute_dtype(dtype, "cpu" if device == "cpu" else "cuda")  # None: GPU actors when the cluster has GPUs
     _positive_int(threads, "threads", none_ok=True)
-    if dtype is not None:
-        _check_choice(dtype, ("float32", "float16", "bfloat16"), "dtype")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be None, True or False, got {progress!r}")
     if callback is not None and not callable(callback):

@@ -311,7 +311,7 @@ def test_csv_and_parquet_manifests_read_as_jsonl(tmp_path):
 @pytest.mark.parametrize("case", ["missing manifest", "manifest format", "no image column", "no rows",
                                   "engine", "local workers", "local gpus", "threads", "out_dir parent",
                                   "out_dir is a file", "manifest is the output", "default config", "size",
-                                  "column clash", "ray gpus", "ray workers"])
+                                  "column clash", "dtype", "ray gpus", "ray workers"])
 def test_a_bad_job_is_refused_before_any_work(case, dataset, tmp_path, monkeypatch):
     d, manifest, _ = dataset
 
@@ -341,6 +341,7 @@ def test_a_bad_job_is_refused_before_any_work(case, dataset, tmp_path, monkeypat
         "column clash": ({"manifest": write_jsonl(tmp_path / "c.jsonl", [{"image": "a", "source_prompt": "a",
                                                                          "target_prompt": "b", "error": 1}])},
                          ValueError, "column(s) error would clash"),
+        "dtype": ({"dtype": "float16", "device": "cpu"}, ValueError, "dtype 'float16' needs device='cuda'"),
         "ray gpus": ({"engine": "ray", "gpus_per_worker": 0}, ValueError, "gpus_per_worker must be a positive"),
         "ray workers": ({"engine": "ray", "workers": 0}, ValueError, "workers must be a positive integer"),
     }[case]
