@@ -245,6 +245,8 @@ class _Progress:
 # -------------------------------------------------------------------- run --
 
 def _local_results(job: _Job, model, device, dtype, threads):
+    if not job.groups:
+        return
     editor = make_editor(model, device, dtype, threads)
     for group in job.groups:
         yield from run_group(editor, group)

@@ -282,6 +282,15 @@ def test_bad_rows_record_their_error_and_the_job_goes_on(dataset, tmp_path):
     assert png(result.records[7]["output"]).shape == (64, 64, 3)
 
 
+def test_progress_without_tqdm_is_a_line_with_rows_failures_and_rate(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as where tqdm is not installed
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"image": "a.png", "source_prompt": "a", "target_prompt": 1}] * 3)
+    gnr.batch.run(manifest, tmp_path / "out", progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("batch: 3/3 rows, 3 failed, ") and lines[0].endswith(" rows/s")
+
+
 def test_csv_and_parquet_manifests_read_as_jsonl(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
