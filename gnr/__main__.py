@@ -224,7 +224,8 @@ def main(argv=None) -> int:
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
-        except (ImportError, ValueError, TypeError, OSError, MemoryError, gnr.DeviceError, gnr.EditCancelled) as err:
+        except (ImportError, ValueError, TypeError, OSError, MemoryError, gnr.DeviceError, gnr.EditCancelled,
+                gnr.batch.RayJobError) as err:
             # Reported by gnr during the work (a weights file that does not
             # load, memory, the device): one line too.
             print(f"error: {err}", file=sys.stderr)

@@ -26,9 +26,26 @@ import numpy as np
 
 from ._batch_runner import make_editor, run_group
 
-__all__ = ["import_ray", "check_ray_options", "EditorActor", "ray_results"]
+__all__ = ["import_ray", "check_ray_options", "EditorActor", "ray_results", "RayJobError"]
 
 INSTALL = "pip install 'gnr[ray]'"
+
+
+class RayJobError(RuntimeError):
+    """A Ray job that could not go on: its actors could not start (gnr not
+    installed on a node, a model folder missing there) or died. The rows
+    finished before it are kept, as after Ctrl-C."""
+
+
+def _job_error(err: Exception) -> RayJobError:
+    """Ray's error, whose message is a remote traceback, as one line that
+    says what to do."""
+    text = str(err)
+    if "No module named 'gnr'" in text:
+        return RayJobError("the Ray workers cannot import gnr: install gnr (this version, with pip install "
+                           "'gnr[ray]') on every node of the cluster")
+    last = [line.strip() for line in text.splitlines() if line.strip()]
+    return RayJobError(f"the Ray job failed: {type(err).__name__}: {last[-1] if last else text}")
 
 
 def import_ray():
@@ -104,6 +121,8 @@ def ray_results(groups: list, model, device: Optional[str], dtype: Optional[str]
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         if device is None:
+            if gpus <= 0 and gpus_per_worker is not None:
+                raise ValueError(f"gpus_per_worker={gpus_per_worker!r}, but the Ray cluster has no GPUs")
             device = "cuda" if gpus > 0 else "cpu"
         if device == "cuda":
             if gpus <= 0:
@@ -124,7 +143,14 @@ def ray_results(groups: list, model, device: Optional[str], dtype: Optional[str]
         ds = ds.map_batches(EditorActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
                             fn_constructor_kwargs={"model": model, "device": device, "dtype": dtype,
                                                    "threads": threads}, **resources)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except ray.exceptions.RayError as e:
+                raise _job_error(e) from None
             for text, png in zip(batch["record"], batch["png"]):
                 record = json.loads(text)
                 yield record, (bytes(png) if record["error"] is None else None)

@@ -44,12 +44,13 @@ from typing import Callable, Optional
 from . import configs
 from ._backends import build_info, cuda_available
 from ._batch_output import JOURNAL, OUTPUT_FIELDS, PARQUET, BatchOutput, parquet_available, read_journal
+from ._batch_ray import RayJobError
 from ._batch_runner import make_editor, run_group
 from ._manifest import read_manifest
 from .model import compute_dtype
 from .sizes import check_size, model_sizes
 
-__all__ = ["run", "BatchResult", "ENGINES"]
+__all__ = ["run", "BatchResult", "RayJobError", "ENGINES"]
 
 ENGINES = ("local", "ray")
 
@@ -297,7 +298,9 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
 
     Returns a `BatchResult`. Ctrl-C (KeyboardInterrupt) stops the job: the
     output manifests are written for the rows finished so far and the
-    KeyboardInterrupt goes on to the caller.
+    KeyboardInterrupt goes on to the caller. So does a Ray job whose actors
+    cannot start or die (`RayJobError`, saying why), and a failure to write
+    an output (OSError).
     """
     t0 = time.perf_counter()
     _check_choice(engine, ENGINES, "engine")

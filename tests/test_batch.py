@@ -92,11 +92,19 @@ def local_run(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_instance():
     """A small local Ray instance for this module: two CPUs, no dashboard,
-    a modest object store; its workers import this gnr."""
+    a modest object store. Its workers, for every job that joins it, import
+    this gnr: the instance's processes inherit PYTHONPATH."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2 ** 20, logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": ROOT}})
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, saved) if p)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2 ** 20, logging_level="WARNING")
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
     yield ray
     ray.shutdown()
 
@@ -194,6 +202,32 @@ def test_a_stopped_job_resumes_without_redoing_rows(dataset, local_run, ray_inst
         if clean["output"] is not None:
             assert Path(mine["output"]).read_bytes() == Path(clean["output"]).read_bytes()
     assert len(Path(tmp_path, "results.jsonl").read_text().splitlines()) == 14
+
+
+def test_the_command_joins_a_running_ray_cluster_by_its_address(dataset, local_run, ray_instance, tmp_path):
+    """`python -m gnr batch --ray ADDRESS`: another process joins this
+    module's Ray instance (as a job joins a cluster) and leaves it running."""
+    _, manifest, _ = dataset
+    address = ray_instance.get_runtime_context().gcs_address
+    args = [sys.executable, "-m", "gnr", "batch", str(manifest), "--out", str(tmp_path), "--steps", str(STEPS),
+            "--threads", str(THREADS), "--quiet", "--ray", address, "--workers", "2"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 1, r.stderr  # the two bad rows
+    assert "14 rows: 14 edited now, 0 kept from an earlier run, 2 failed, 4 inversions" in r.stdout
+    for clean in local_run.records:
+        if clean["output"] is not None:
+            assert (tmp_path / Path(clean["output"]).name).read_bytes() == Path(clean["output"]).read_bytes()
+    assert ray_instance.is_initialized() and ray_instance.cluster_resources().get("CPU") == 2
+
+
+def test_a_ray_job_whose_workers_lack_gnr_says_to_install_it():
+    from gnr._batch_ray import _job_error
+
+    remote = ("The actor died because of an error raised in its creation task\n  File \"x.py\", line 1\n"
+              "ModuleNotFoundError: No module named 'gnr'")
+    assert str(_job_error(RuntimeError(remote))).startswith("the Ray workers cannot import gnr: install gnr")
+    assert str(_job_error(RuntimeError("Traceback ...\nValueError: bad"))) == \
+        "the Ray job failed: RuntimeError: ValueError: bad"
 
 
 def test_a_changed_row_is_redone(dataset, local_run, tmp_path):
