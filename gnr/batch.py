@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -44,7 +45,7 @@ from typing import Callable, Optional
 from . import configs
 from ._backends import build_info, cuda_available
 from ._batch_output import JOURNAL, OUTPUT_FIELDS, PARQUET, BatchOutput, parquet_available, read_journal
-from ._batch_ray import RayJobError
+from ._batch_ray import RayJobError, check_ray_options, import_ray, ray_results
 from ._batch_runner import make_editor, run_group
 from ._manifest import read_manifest
 from .model import compute_dtype
@@ -314,8 +315,6 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
         device = _local_device(device)
         compute_dtype(dtype, device)  # a dtype the device cannot run, refused before any work
     else:
-        from ._batch_ray import check_ray_options, import_ray
-
         import_ray()
         workers = 1 if workers is None else workers
         _positive_int(workers, "workers")
@@ -349,21 +348,16 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
     stopped = False
     results = None
     try:
-        for record in job.failed_early:
-            output.add(record, None)
-            bar.update(record)
-            done += 1
         if engine == "local":
             results = _local_results(job, model, device, dtype, threads)
         else:
-            from ._batch_ray import ray_results
-
             results = ray_results(job.groups, model, device, dtype, threads, workers, gpus_per_worker, address)
-        for record, png in results:
+        # the rows refused while planning first: they need no editor
+        for record, png in itertools.chain(((r, None) for r in job.failed_early), results):
             output.add(record, png)
             bar.update(record)
             done += 1
-            inversions += bool(record["inverted"])
+            inversions += bool(record.get("inverted"))
             if callback is not None and callback(record) is False:
                 stopped = True
                 break
