@@ -140,7 +140,11 @@ def ray_results(groups: list, model, device: Optional[str], dtype: Optional[str]
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         items = [{"group": json.dumps(g, default=str)} for g in groups]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(EditorActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
+        # One group at a time per actor: a group is seconds to minutes of
+        # work, and an actor that starts first must not queue up groups that
+        # a later one could take.
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
+        ds = ds.map_batches(EditorActor, batch_size=1, compute=pool,
                             fn_constructor_kwargs={"model": model, "device": device, "dtype": dtype,
                                                    "threads": threads}, **resources)
         batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
