@@ -29,6 +29,7 @@ from ._batch_runner import make_editor, run_group
 __all__ = ["import_ray", "check_ray_options", "EditorActor", "ray_results", "RayJobError"]
 
 INSTALL = "pip install 'gnr[ray]'"
+ACTOR_START_TIMEOUT_S = 900  # an autoscaling cluster may take minutes to add GPU nodes
 
 
 class RayJobError(RuntimeError):
@@ -138,6 +139,10 @@ def ray_results(groups: list, model, device: Optional[str], dtype: Optional[str]
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # gnr.batch draws its own, which Ray Data's log lines would break
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Every actor up before the first group is handed out (the work is
+        # then spread over all of them), and a cluster that cannot host the
+        # pool is an error after a while rather than a job that waits forever.
+        context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         items = [{"group": json.dumps(g, default=str)} for g in groups]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         # One group at a time per actor: a group is seconds to minutes of

@@ -279,7 +279,9 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
       CPUs each. Results are bit-identical between engines, and to
       `gnr.Editor(threads=...).edit`, at equal thread counts.
     workers: engine="ray": the number of actors (default 1), each with one
-      Editor. The local engine runs one worker in this process: None or 1.
+      Editor; all of them start before work is handed out, and a cluster
+      that cannot host them within 15 minutes is a `RayJobError`. The
+      local engine runs one worker in this process: None or 1.
     gpus_per_worker: engine="ray" on GPUs: the GPUs each actor reserves
       (default 1; a fraction packs several actors on one GPU).
     engine: "local" (this process; Ray need not be installed) or "ray" (Ray
