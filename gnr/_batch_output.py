@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-__all__ = ["JOURNAL", "PARQUET", "OUTPUT_FIELDS", "png_bytes", "BatchOutput"]
+__all__ = ["JOURNAL", "PARQUET", "OUTPUT_FIELDS", "png_bytes", "BatchOutput", "read_journal", "parquet_available"]
 
 JOURNAL = "results.jsonl"
 PARQUET = "results.parquet"
