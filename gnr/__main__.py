@@ -188,18 +188,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("manifest", metavar="MANIFEST", help=".jsonl, .csv or .parquet file; relative image paths are "
                                                         "taken from its folder")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    b.add_argument("--model", default="default",
+    b.add_argument("--model", default="default", metavar="PATH",
                    help="Stable Diffusion 1.x folder (diffusers layout); default: the bundled model")
-    b.add_argument("--config", default="nonstyle",
+    b.add_argument("--config", default="nonstyle", metavar="NAME",
                    help="preset of rows that name none: nonstyle (default), nonstyle_lowmem, style, style_lowmem")
     b.add_argument("--steps", type=int, help="num_steps of that preset (default: its 50)")
     b.add_argument("--size", type=int, help="image size in pixels (square); default: the model's native size")
     b.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="run on Ray Data (pip install 'gnr[ray]'): alone, a local Ray instance; with an "
                         "address (auto, ray://host:10001), that cluster")
-    b.add_argument("--workers", type=int, help="with --ray: the number of actors, each with one editor "
+    b.add_argument("--workers", type=int, metavar="N", help="with --ray: the number of actors, each with one editor "
                                                "(default 1)")
-    b.add_argument("--gpus-per-worker", type=float, help="with --ray: GPUs each actor reserves (default 1 when "
+    b.add_argument("--gpus-per-worker", type=float, metavar="G", help="with --ray: GPUs each actor reserves (default 1 when "
                                                          "the cluster has GPUs)")
     b.add_argument("--device", help="cpu or cuda (default: a GPU when there is one, else the CPU)")
     b.add_argument("--threads", type=int, help="CPU threads per editor (default: every core here, 1 per Ray "
