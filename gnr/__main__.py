@@ -1,6 +1,7 @@
-"""Command line: `python -m gnr {demo, edit, info}`.
+"""Command line: `python -m gnr {demo, edit, batch, info}`.
 
     python -m gnr edit --image in.png --source "..." --target "..." -o out.png [--model DIR]
+    python -m gnr batch manifest.jsonl --out DIR [--model DIR] [--ray [ADDRESS]] [--workers N]
 
 Everything a command is given is checked before any work (the model folder
 and its configs, the config with --steps, the size, the device, the input
@@ -19,6 +20,10 @@ EXIT_USAGE = 2
 
 class UserError(Exception):
     """A bad command line: reported as `error: ...`, exit status 2."""
+
+
+class UserInterrupt(Exception):
+    """Ctrl-C during a command: its message, exit status 130."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +94,38 @@ def _edit(args) -> int:
     return 0
 
 
+def _batch(args) -> int:
+    """Exit status 0 when every row succeeded, 1 when some rows failed (the
+    job ran; their errors are in the output manifest)."""
+    import gnr.batch
+
+    cfg = _check("--config/--steps", gnr.configs.get, args.config, num_steps=args.steps)
+    if args.ray is None:
+        for option, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker)):
+            if value is not None:
+                raise UserError(f"{option} needs --ray: the local engine runs one worker in this process")
+    if args.device is not None and args.ray is None:  # on Ray, the cluster's devices count, not this machine's
+        _check_device(args.device)
+    engine = "local" if args.ray is None else "ray"
+    try:
+        result = gnr.batch.run(args.manifest, args.out, model=args.model, config=cfg, device=args.device,
+                               threads=args.threads, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                               engine=engine, address=args.ray or None, size=args.size, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise UserInterrupt(f"interrupted: the finished rows are kept in {args.out} (results.jsonl); run the same "
+                            f"command again to do the rest") from None
+    print(f"{result.rows} rows: {result.done} edited now, {result.kept} kept from an earlier run, "
+          f"{result.failed} failed, {result.inversions} inversions, {result.seconds:.1f} s")
+    print(f"wrote {', '.join(result.manifests)}")
+    if result.failed:
+        failed = [r for r in result.records if r["error"] is not None]
+        for r in failed[:5]:
+            print(f"row {r['row']}: {r['error']}", file=sys.stderr)
+        if len(failed) > 5:
+            print(f"... and {len(failed) - 5} more: see the error column of results.jsonl", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def _demo(args) -> int:
     from gnr.demo import run_demo
     from gnr.images import check_output_path
@@ -120,7 +157,7 @@ def _info(args) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="python -m gnr", description="Guide-and-Rescale image editing.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{demo,edit,info}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{demo,edit,batch,info}")
     d = sub.add_parser("demo", help="edit the bundled sample scene with the bundled default model")
     d.add_argument("-o", "--output", default="gnr_demo.png",
                    help="before/after picture, any format Pillow writes (default: gnr_demo.png)")
@@ -143,6 +180,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="seed (start_latent random only)")
     e.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    b = sub.add_parser("batch", help="edit every row of a manifest (JSONL, CSV or Parquet), here or on Ray",
+                       description="Edits every row of MANIFEST (columns image, source_prompt, target_prompt; "
+                                   "optional config, seed, id) into DIR: one PNG per row and results.jsonl / "
+                                   "results.parquet. Run again over the same DIR to finish an interrupted job. "
+                                   "Exit status 1 when some rows failed.")
+    b.add_argument("manifest", metavar="MANIFEST", help=".jsonl, .csv or .parquet file; relative image paths are "
+                                                        "taken from its folder")
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    b.add_argument("--model", default="default", metavar="PATH",
+                   help="Stable Diffusion 1.x folder (diffusers layout); default: the bundled model")
+    b.add_argument("--config", default="nonstyle", metavar="NAME",
+                   help="preset of rows that name none: nonstyle (default), nonstyle_lowmem, style, style_lowmem")
+    b.add_argument("--steps", type=int, help="num_steps of that preset (default: its 50)")
+    b.add_argument("--size", type=int, help="image size in pixels (square); default: the model's native size")
+    b.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray Data (pip install 'gnr[ray]'): alone, a local Ray instance; with an "
+                        "address (auto, ray://host:10001), that cluster")
+    b.add_argument("--workers", type=int, metavar="N", help="with --ray: the number of actors, each with one editor "
+                                               "(default 1)")
+    b.add_argument("--gpus-per-worker", type=float, metavar="G", help="with --ray: GPUs each actor reserves (default 1 when "
+                                                         "the cluster has GPUs)")
+    b.add_argument("--device", help="cpu or cuda (default: a GPU when there is one, else the CPU)")
+    b.add_argument("--threads", type=int, help="CPU threads per editor (default: every core here, 1 per Ray "
+                                               "CPU actor)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("info", help="what this build contains and whether a GPU is usable")
     return ap
 
@@ -158,15 +220,19 @@ def main(argv=None) -> int:
             import gnr
 
             args = _parser().parse_args(argv)
-            return {"demo": _demo, "edit": _edit, "info": _info}[args.command](args)
+            return {"demo": _demo, "edit": _edit, "batch": _batch, "info": _info}[args.command](args)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
-        except (ImportError, ValueError, TypeError, OSError, MemoryError, gnr.DeviceError, gnr.EditCancelled) as err:
+        except (ImportError, ValueError, TypeError, OSError, MemoryError, gnr.DeviceError, gnr.EditCancelled,
+                gnr.batch.RayJobError) as err:
             # Reported by gnr during the work (a weights file that does not
             # load, memory, the device): one line too.
             print(f"error: {err}", file=sys.stderr)
             return EXIT_USAGE
+        except UserInterrupt as err:
+            print(str(err), file=sys.stderr)
+            return 130
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -1,4 +1,4 @@
-"""The command line: python -m gnr {demo, edit, info}."""
+"""The command line: python -m gnr {demo, edit, batch, info}."""
 import json
 import re
 import os
@@ -34,6 +34,8 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(d / "in.png")
     (d / "broken.png").write_text("not an image")
+    (d / "batch.jsonl").write_text(json.dumps({"image": "in.png", "source_prompt": "a cat", "target_prompt": "a dog"})
+                                   + "\n")
     model = d / "unsupported_model"
     shutil.copytree(gnr.demo.default_model_dir(), model,
                     ignore=shutil.ignore_patterns("*.safetensors"))  # configs are read first
@@ -122,6 +124,17 @@ USER_ERRORS = {
     "unsupported model": (EDIT + ["--model", "{model}"], "use_linear_projection = True is not supported"),
     "missing argument": (EDIT[:5] + EDIT[7:], "the following arguments are required: --target"),
     "unknown command": (["fix"], "invalid choice: 'fix'"),
+    "batch missing manifest": (["batch", "{dir}/nope.jsonl", "--out", "{dir}/out"], "no such manifest file"),
+    "batch manifest format": (["batch", "{in}", "--out", "{dir}/out"], ".png is not a manifest format; use .jsonl"),
+    "batch unknown config": (["batch", "{manifest}", "--out", "{dir}/out", "--config", "fancy"],
+                             "--config/--steps: unknown config 'fancy'"),
+    "batch output folder missing": (["batch", "{manifest}", "--out", "{dir}/no/out"], "its parent .*no does not exist"),
+    "batch workers without ray": (["batch", "{manifest}", "--out", "{dir}/out", "--workers", "2"],
+                                  "--workers needs --ray"),
+    "batch no workers": (["batch", "{manifest}", "--out", "{dir}/out", "--ray", "--workers", "0"],
+                         "workers must be a positive integer, got 0"),
+    "batch missing model": (["batch", "{manifest}", "--out", "{dir}/out", "--model", "{dir}/nope"],
+                            "nope: no such model folder"),
     "demo output": (["demo", "-o", "{dir}/demo.gif2"], ".gif2 is not an image format Pillow writes"),
 }
 
@@ -129,7 +142,7 @@ USER_ERRORS = {
 def _fill(args, files, tmp_path):
     (tmp_path / "folder.png").mkdir(exist_ok=True)
     subs = {"{in}": str(files / "in.png"), "{broken}": str(files / "broken.png"), "{dir}": str(tmp_path),
-            "{model}": str(files / "unsupported_model")}
+            "{model}": str(files / "unsupported_model"), "{manifest}": str(files / "batch.jsonl")}
     out = []
     for a in args:
         for k, v in subs.items():
@@ -149,7 +162,7 @@ def test_every_user_error_is_one_line_exit_2(case, files, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert re.search(re.escape(message).replace(r"\.\*", ".*"), lines[0]), lines[0]
     assert "Traceback" not in r.stderr and r.stdout == ""
-    assert not (tmp_path / "out.png").exists()
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case", list(USER_ERRORS))
@@ -165,6 +178,43 @@ def test_every_user_error_is_found_before_any_work(case, files, tmp_path, monkey
     monkeypatch.setattr(gnr, "cuda_available", lambda: False)
     assert cli.main(_fill(USER_ERRORS[case][0], files, tmp_path)) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def _batch_manifest(folder: Path, files) -> Path:
+    rows = [{"image": str(files / "in.png"), "source_prompt": "a cat", "target_prompt": t, "id": t.replace(" ", "_")}
+            for t in ("a dog", "a fox")]
+    rows.append({"image": "missing.png", "source_prompt": "a cat", "target_prompt": "a dog"})
+    path = folder / "jobs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_batch_runs_a_manifest_and_resumes(files, tmp_path):
+    """Exit status 1 when a row failed, its error on stderr; run again, the
+    finished rows are kept and only the failed one is tried again."""
+    manifest = _batch_manifest(tmp_path, files)
+    args = ["batch", str(manifest), "--out", str(tmp_path / "out"), "--steps", "3", "--threads", "1", "--quiet"]
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "3 rows: 3 edited now, 0 kept from an earlier run, 1 failed, 1 inversions" in r.stdout
+    assert f"wrote {tmp_path / 'out' / 'results.jsonl'}, {tmp_path / 'out' / 'results.parquet'}" in r.stdout
+    assert r.stderr.strip() == f"row 2: image: FileNotFoundError: no such image file: {tmp_path / 'missing.png'}"
+    assert np.asarray(Image.open(tmp_path / "out" / "a_fox.png")).shape == (64, 64, 3)
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 1 and "3 rows: 1 edited now, 2 kept from an earlier run, 1 failed" in r.stdout
+
+
+def test_cli_batch_on_a_local_ray_instance_writes_the_same_files(files, tmp_path):
+    """--ray with no address starts a Ray instance for the job (and stops
+    it); its PNGs are the local engine's, byte for byte."""
+    manifest = _batch_manifest(tmp_path, files)
+    common = [str(manifest), "--steps", "3", "--threads", "1", "--quiet"]
+    assert run_cli(["batch", *common, "--out", str(tmp_path / "local")], tmp_path).returncode == 1
+    r = run_cli(["batch", *common, "--out", str(tmp_path / "ray"), "--ray", "--workers", "1"], tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "3 rows: 3 edited now, 0 kept from an earlier run, 1 failed, 1 inversions" in r.stdout
+    for name in ("a_dog.png", "a_fox.png"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
 
 def test_info_prints_the_build_and_the_gpu(tmp_path):

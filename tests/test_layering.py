@@ -21,7 +21,8 @@ NAME = "gnr"
 # line) is the top and is the one module that uses the package as a user
 # does, through `import gnr` (its tests replace gnr.cuda_available there).
 ORDER = ["_C", "_C_cuda", "files", "captures", "tokenizer", "configs", "_backends", "_model_config", "sizes",
-         "images", "model", "editor", "demo", "__init__", "__main__"]
+         "images", "model", "editor", "demo", "_manifest", "_batch_output", "_batch_runner", "_batch_ray", "batch",
+         "__init__", "__main__"]
 EXTENSIONS = {"_C", "_C_cuda"}
 
 
