@@ -50,6 +50,21 @@ def inputs(size: int, latent_channels: int = 4, factor: int = 8, ctx_dim: int = 
     return image, latent, context
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def kernels_line(info: dict) -> str:
+    """What gnr's CPU backend runs on: the BLAS (OpenBLAS names the kernels it picked; OPENBLAS_CORETYPE, when
+    set, overrides its choice) and the vector level of gnr's own kernels."""
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    return f"{info['blas']}{f' (OPENBLAS_CORETYPE={pinned})' if pinned else ''}, gnr vector kernels {info['cpu_vector']}"
+
+
 def run_gnr(args) -> dict:
     import gnr
 
@@ -69,6 +84,7 @@ def run_gnr(args) -> dict:
         med, best = timed(calls[part], args.runs)
         results[part] = {"median_s": med, "min_s": best, "arena_peak_mib": m.peak_bytes / 2**20}
     results["rss_mib"] = peak_rss_mib()
+    results["kernels"] = kernels_line(gnr.build_info())
     return results
 
 
@@ -146,9 +162,9 @@ def main() -> None:
 
     g = side("gnr")
     t = None if args.skip_torch else side("torch")
-    cpu = platform.processor() or platform.machine()
     print(f"model {args.model}  size {args.size}x{args.size}  runs {args.runs}  threads {args.threads or os.cpu_count()}  "
-          f"cpu {cpu} x{os.cpu_count()}")
+          f"cpu {cpu_name()} x{os.cpu_count()}")
+    print(f"gnr: {g['kernels']}")
     if t:
         print(f"measured sgemm peak: {t['sgemm_gflops']:.1f} GFLOP/s")
     print(f"{'part':<11} {'gnr med s':>10} {'torch med s':>11} {'torch/gnr':>9} {'GFLOP':>8} {'floor s':>8} "

@@ -4,7 +4,7 @@ explicit attention maps, torch.autograd, as the reference computes) on the
 same GPU, on the SD 1.4-shaped random model at 512 x 512.
 
     python benchmarks/bench_gpu.py --out DIR [--model DIR] [--size 512]
-                                   [--configs nonstyle,style] [--gnr-dtypes float32,float16]
+                                   [--configs nonstyle,style] [--gnr-dtypes float32,float32-flash,float16]
                                    [--torch-dtypes float32,float16]
                                    [--time-limit 300]
 
@@ -33,7 +33,9 @@ def run_gnr(args) -> dict:
     import gnr
 
     cfg = gnr.configs.get(args.config)
-    editor = gnr.Editor(args.model, device="cuda", dtype=args.dtype)
+    dtype, _, kernel = args.dtype.partition("-")  # "float32-flash": the flash attention kernel
+    editor = gnr.Editor(args.model, device="cuda", dtype=dtype)
+    gnr._C_cuda.attention_kernel(kernel or "cublas")
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     editor.edit(image, SRC, TRG, config=cfg, progress=False)  # warm-up: arena growth, cuBLAS plans
     editor.model.reset_peak()
@@ -73,8 +75,9 @@ def main():
     ap.add_argument("--model")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--configs", default="nonstyle,style")
-    ap.add_argument("--gnr-dtypes", default="float32,float16",
-                    help="gnr modes: float32 (parity), float16 / bfloat16 (tensor-core products)")
+    ap.add_argument("--gnr-dtypes", default="float32,float32-flash,float16",
+                    help="gnr modes: float32 (parity), float16 / bfloat16 (tensor-core products); "
+                         "float32-flash: float32 with the flash attention kernel")
     ap.add_argument("--torch-dtypes", default="float32,float16")
     ap.add_argument("--time-limit", type=float, default=300)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)

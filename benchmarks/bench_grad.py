@@ -29,6 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_forward import cpu_name, kernels_line  # noqa: E402
+
 LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
 SCALE = 3e5
 APP_SCALE = 500.0  # NONSTYLE's app_gs
@@ -98,6 +101,7 @@ def run_gnr(args) -> dict:
         out["checkpointing" if cp else "plain"] = {"median_s": med, "min_s": best,
                                                    "arena_peak_mib": m.peak_bytes / 2**20}
     out["rss_mib"] = peak_rss_mib()
+    out["kernels"] = kernels_line(gnr.build_info())
     return out
 
 
@@ -150,7 +154,8 @@ def main():
     g = side("gnr")
     t = None if args.skip_torch else side("torch")
     print(f"model {args.model}  size {args.size}  layers {args.layers}  runs {args.runs}  "
-          f"threads {args.threads or os.cpu_count()}")
+          f"threads {args.threads or os.cpu_count()}  cpu {cpu_name()} x{os.cpu_count()}")
+    print(f"gnr: {g['kernels']}")
     print(f"{'variant':<22} {'median s':>9} {'arena MiB':>10}")
     for k in ("plain", "checkpointing"):
         print(f"{'gnr ' + k:<22} {g[k]['median_s']:>9.2f} {g[k]['arena_peak_mib']:>10.0f}")

@@ -432,6 +432,44 @@ def test_cpu_vector_level_is_reported_and_checked():
     assert gnr._C._cpu_vector_level() == LEVELS[-1]
 
 
+# The CUDA forward without probs has two kernels until a GPU measurement
+# picks one: products per chunk of rows (the default) and one fused flash
+# kernel (float32, heads up to 256 wide). Both against torch, on the
+# shapes above, head sizes of SD's levels, and keys spanning many tiles.
+FLASH = ATTNS + [
+    (1, 70, 77, 8, 40, 0),     # SD 1.x cross attention, level 1
+    (1, 64, 64, 8, 160, 0),    # the widest SD 1.x heads (tiles of 16 keys)
+    (2, 100, 300, 5, 64, 0),   # SD 2.x heads
+    (1, 45, 130, 2, 256, 1),   # the widest the kernel takes, causal
+]
+
+
+@pytest.fixture
+def cuda_attention_kernel():
+    from gnr import _C_cuda
+
+    before = _C_cuda.attention_kernel()
+    yield _C_cuda.attention_kernel
+    _C_cuda.attention_kernel(before)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no GPU")
+@pytest.mark.parametrize("cfg", FLASH)
+def test_cuda_flash_attention_forward(rng, cfg, cuda_attention_kernel):
+    n, lq, lk, h, d, causal = cfg
+    q, k, v = rand(rng, n, lq, h * d), rand(rng, n, lk, h * d), rand(rng, n, lk, h * d)
+    scale = 1.5 * d**-0.5  # peakier than the model's: the running max moves between tiles
+    ref_out, _ = attention_ref(t(q), t(k), t(v), h, causal, scale)
+    assert cuda_attention_kernel() == "cublas"
+    (chunked, _) = op("attention_forward", "cuda", q, k, v, heads=h, causal=causal, scale=scale)
+    assert cuda_attention_kernel("flash") == "flash"
+    (flash, _) = op("attention_forward", "cuda", q, k, v, heads=h, causal=causal, scale=scale)
+    assert rel(flash, ref_out) <= FWD and rel(chunked, ref_out) <= FWD
+    assert not np.array_equal(flash, chunked)  # really the other kernel
+    with pytest.raises(ValueError, match="expected cublas or flash"):
+        cuda_attention_kernel("fast")
+
+
 # -------------------------------------------------- attention-map energy
 
 # N, L (queries = keys: self-attention), heads, D

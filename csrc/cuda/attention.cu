@@ -10,7 +10,9 @@
  * Row-major / column-major: head h of q is the row-major Lq x D matrix at
  * q + h*D with ld = H*D, i.e. the column-major D x Lq matrix Q_h^T. */
 #include <math.h>
+#include <string.h>
 
+#include "cuda_backend.h"
 #include "cuda_ops.h"
 
 /* Row softmax in place over S (rows of Lk), with the causal mask j > i
@@ -126,6 +128,103 @@ static int64_t chunk_rows(const attn_dims *a)
     return cq < a->Lq ? cq : a->Lq;
 }
 
+/* ---------------------------------------------------- flash forward --- */
+
+/* The forward without probs as one kernel (flash attention, fp32): a block
+ * takes FLASH_ROWS queries of one head, FLASH_LANES threads per query, and
+ * walks the keys in tiles of bk held in shared memory with an online
+ * softmax (running max m and sum l; the output sums shrink by exp(m_old -
+ * m_new) when m grows), so no score leaves the block. Each lane of a row
+ * scores keys lane, lane + FLASH_LANES, ... of the tile, then every lane
+ * reads the row's scores in the same order, so all lanes of a row keep the
+ * same m and l, and each accumulates its own output dimensions (c = lane,
+ * lane + FLASH_LANES, ...). Deterministic: no atomics, fixed orders.
+ *
+ * It stands beside the cuBLAS path (products per chunk of rows, a softmax
+ * kernel) until a GPU measurement decides between them; the tests run both
+ * (cuda_attention_kernel). Heads wider than FLASH_MAX_D (the VAE's single
+ * 512-wide head) always take the cuBLAS path. */
+#define FLASH_ROWS 16
+#define FLASH_LANES 8
+#define FLASH_MAX_D 256
+#define FLASH_SHARED_FLOATS (40 * 1024 / 4) /* within the 48 KB every GPU gives a block without asking */
+
+__global__ void flash_forward_kernel(const float *q, const float *k, const float *v, float *out, int64_t Lq,
+                                     int64_t Lk, int64_t HD, int D, int bk, int causal, float scale)
+{
+    CUDA_DYNAMIC_SHARED(float, sm);
+    float *qs = sm, *ks = qs + FLASH_ROWS * D, *vs = ks + bk * D, *ss = vs + bk * D;
+    int64_t n = blockIdx.z, h = blockIdx.y, i0 = (int64_t)blockIdx.x * FLASH_ROWS;
+    int row = threadIdx.x / FLASH_LANES, lane = threadIdx.x % FLASH_LANES;
+    int64_t i = i0 + row;
+    const float *qn = q + n * Lq * HD + h * D, *kn = k + n * Lk * HD + h * D, *vn = v + n * Lk * HD + h * D;
+    for (int idx = threadIdx.x; idx < FLASH_ROWS * D; idx += blockDim.x) {
+        int64_t r = i0 + idx / D;
+        qs[idx] = r < Lq ? qn[r * HD + idx % D] : 0.0f;
+    }
+    float acc[FLASH_MAX_D / FLASH_LANES];
+    for (int a = 0; a < FLASH_MAX_D / FLASH_LANES; a++) acc[a] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    int64_t limit = causal && i0 + FLASH_ROWS < Lk ? i0 + FLASH_ROWS : Lk;
+    const float *qr = qs + row * D;
+    float *sr = ss + row * bk;
+    for (int64_t j0 = 0; j0 < limit; j0 += bk) {
+        int kt = limit - j0 < bk ? (int)(limit - j0) : bk;
+        __syncthreads(); /* the previous tile is read by every row */
+        for (int idx = threadIdx.x; idx < kt * D; idx += blockDim.x) {
+            int64_t j = j0 + idx / D;
+            ks[idx] = kn[j * HD + idx % D];
+            vs[idx] = vn[j * HD + idx % D];
+        }
+        __syncthreads();
+        for (int jj = lane; jj < kt; jj += FLASH_LANES) {
+            const float *kr = ks + jj * D;
+            float dot = 0.0f;
+            for (int c = 0; c < D; c++) dot += qr[c] * kr[c];
+            sr[jj] = causal && j0 + jj > i ? -INFINITY : scale * dot;
+        }
+        __syncwarp(0xffffffffu); /* a row's lanes are one warp's: each reads the scores the others wrote */
+        float mt = -INFINITY;
+        for (int jj = 0; jj < kt; jj++) mt = fmaxf(mt, sr[jj]);
+        float mn = fmaxf(m, mt);
+        if (mn != -INFINITY) {
+            float shrink = m == -INFINITY ? 0.0f : expf(m - mn);
+            l *= shrink;
+            for (int a = 0; a * FLASH_LANES + lane < D; a++) acc[a] *= shrink;
+            for (int jj = 0; jj < kt; jj++) {
+                float p = expf(sr[jj] - mn);
+                l += p;
+                const float *vr = vs + jj * D;
+                for (int a = 0; a * FLASH_LANES + lane < D; a++) acc[a] += p * vr[a * FLASH_LANES + lane];
+            }
+            m = mn;
+        }
+        __syncwarp(0xffffffffu); /* scores read before the next tile's overwrite them */
+    }
+    if (i >= Lq) return;
+    float *o = out + (n * Lq + i) * HD + h * D;
+    for (int a = 0; a * FLASH_LANES + lane < D; a++) o[a * FLASH_LANES + lane] = l > 0.0f ? acc[a] / l : 0.0f;
+}
+
+/* Keys per shared tile for head size D, or 0 when the flash kernel cannot take it. */
+static int flash_key_tile(int64_t D)
+{
+    if (D > FLASH_MAX_D) return 0;
+    for (int bk = 64; bk >= 8; bk /= 2)
+        if (FLASH_ROWS * D + 2 * bk * D + FLASH_ROWS * bk <= FLASH_SHARED_FLOATS) return bk;
+    return 0;
+}
+
+static int attention_kernel_choice = 0; /* 0: cuBLAS path, 1: flash (cuda_attention_kernel) */
+
+const char *cuda_attention_kernel(const char *name)
+{
+    if (name && !strcmp(name, "flash")) attention_kernel_choice = 1;
+    else if (name && !strcmp(name, "cublas")) attention_kernel_choice = 0;
+    else if (name) return NULL;
+    return attention_kernel_choice ? "flash" : "cublas";
+}
+
 gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, const gnr_tensor *v,
                                   int heads, int causal, float scale, gnr_tensor *probs, gnr_tensor *out)
 {
@@ -136,6 +235,14 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
     if (a.N == 0 || a.Lq == 0 || a.HD == 0) return GNR_OK;
     if (a.Lk == 0) {
         CUDA_CHECK(cudaMemsetAsync(out->data, 0, gnr_nbytes(out), s->stream));
+        return GNR_OK;
+    }
+    int bk = flash_key_tile(a.D);
+    if (!probs && attention_kernel_choice == 1 && bk && s->matmul == GNR_F32) {
+        dim3 grid((unsigned)((a.Lq + FLASH_ROWS - 1) / FLASH_ROWS), (unsigned)a.H, (unsigned)a.N);
+        size_t shared = (size_t)(FLASH_ROWS * a.D + 2 * bk * a.D + FLASH_ROWS * bk) * sizeof(float);
+        CUDA_LAUNCH(flash_forward_kernel, grid, FLASH_ROWS * FLASH_LANES, shared, s->stream, gnr_f32(q), gnr_f32(k),
+                    gnr_f32(v), gnr_f32(out), a.Lq, a.Lk, a.HD, (int)a.D, bk, causal, scale);
         return GNR_OK;
     }
     int64_t cq_max = chunk_rows(&a);

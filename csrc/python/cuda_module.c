@@ -40,9 +40,24 @@ static PyObject *device_name(PyObject *self, PyObject *args)
     return PyUnicode_FromString(prop.name);
 }
 
+/* attention_kernel(name=None): the CUDA attention forward's kernel
+ * ("cublas" or "flash"); with a name, switch first. */
+static PyObject *attention_kernel(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|z:attention_kernel", &name)) return NULL;
+    const char *now = cuda_attention_kernel(name);
+    if (!now) return PyErr_Format(PyExc_ValueError, "attention kernel %s: expected cublas or flash", name);
+    return PyUnicode_FromString(now);
+}
+
 static PyMethodDef methods[] = {
     {"device_count", device_count, METH_NOARGS, "Number of CUDA devices (0 without a driver or device)."},
     {"device_name", device_name, METH_VARARGS, "device_name(index=0) -> the device's name."},
+    {"attention_kernel", attention_kernel, METH_VARARGS,
+     "attention_kernel(name=None): the attention forward's kernel without probs, cublas or flash (for tests and "
+     "benchmarks)."},
     {NULL, NULL, 0, NULL},
 };
 
