@@ -64,7 +64,8 @@ typedef struct {
     int flip_sin_to_cos;
     float freq_shift;
     int linear_projection;                       /* Transformer2D proj_in/proj_out: Linear (SD 2.x), else 1x1 conv */
-    int upcast_attention;                        /* scores and softmax in fp32: always so in gnr (nn.h, nn_attention) */
+    int upcast_attention;                        /* scores and softmax in fp32: so in every mode of gnr (the
+                                                    speed mode rounds only QK^T's inputs, csrc/cuda/gemm.cu) */
     gnr_prediction prediction;                   /* from scheduler/scheduler_config.json */
 } gnr_unet_config;
 

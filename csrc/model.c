@@ -49,7 +49,7 @@ static gnr_status check_config(const gnr_model_config *c)
         RULE(ch >= 1 && ch % groups == 0, "unet: block_out_channels[%d] = %d is not a positive multiple of "
              "norm_num_groups %d", i, ch, groups);
         RULE(u->up_has_attn[i] == u->down_has_attn[mirror], "unet: up block %d %s cross-attention but its mirrored "
-             "down block %d %s (only the symmetric SD 1.x layouts)", i, u->up_has_attn[i] ? "has" : "has no", mirror,
+             "down block %d %s (only the symmetric SD 1.x and 2.x layouts)", i, u->up_has_attn[i] ? "has" : "has no", mirror,
              u->down_has_attn[mirror] ? "does" : "does not");
         /* Up block nb-1-i mirrors down block i, so checking the down blocks'
          * transformers checks the up blocks' too. */

@@ -175,8 +175,8 @@ def _unet_config(cfg: dict, where: str) -> dict:
         # The up path runs the down path backwards through its skip connections.
         if up_attn[i] != down_attn[n - 1 - i]:
             raise ValueError(f"{where}: up_block_types[{i}] = {up[i]!r} does not mirror down_block_types"
-                             f"[{n - 1 - i}] = {down[n - 1 - i]!r} (supported: symmetric SD 1.x layouts, where an up "
-                             f"block has cross-attention exactly when its mirrored down block has)")
+                             f"[{n - 1 - i}] = {down[n - 1 - i]!r} (supported: symmetric SD 1.x and 2.x layouts, "
+                             f"where an up block has cross-attention exactly when its mirrored down block has)")
     lpb = cfg.get("layers_per_block", 2)
     if isinstance(lpb, (list, tuple)) and len(lpb) == n and all(x == lpb[0] and _is_int(x) for x in lpb):
         lpb = lpb[0]  # one count per level, all equal: the only per-level form the engine runs

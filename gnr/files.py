@@ -1,4 +1,4 @@
-"""Reading a Stable Diffusion 1.x model folder (diffusers layout).
+"""Reading a Stable Diffusion 1.x or 2.x model folder (diffusers layout).
 
 Everything here treats the files as untrusted input: a folder from the internet
 may be incomplete, truncated or crafted. Every error names the file (and the
@@ -11,6 +11,8 @@ Layout read::
     vae/config.json           vae/diffusion_pytorch_model[.fp16].safetensors
     text_encoder/config.json  text_encoder/model[.fp16].safetensors
     tokenizer/                vocab.json + merges.txt, or tokenizer.json
+    scheduler/                scheduler_config.json (optional; its prediction_type only,
+                              read by gnr._model_config)
 
 Weights are read from safetensors only. Pickle checkpoints (`.bin`, `.ckpt`,
 `.pt`, `.pth`) can run code when loaded and are never opened. Sharded
