@@ -1,4 +1,4 @@
-"""Reading a Stable Diffusion 1.x model folder (diffusers layout).
+"""Reading a Stable Diffusion 1.x or 2.x model folder (diffusers layout).
 
 Everything here treats the files as untrusted input: a folder from the internet
 may be incomplete, truncated or crafted. Every error names the file (and the
@@ -11,6 +11,8 @@ Layout read::
     vae/config.json           vae/diffusion_pytorch_model[.fp16].safetensors
     text_encoder/config.json  text_encoder/model[.fp16].safetensors
     tokenizer/                vocab.json + merges.txt, or tokenizer.json
+    scheduler/                scheduler_config.json (optional; its prediction_type only,
+                              read by gnr._model_config)
 
 Weights are read from safetensors only. Pickle checkpoints (`.bin`, `.ckpt`,
 `.pt`, `.pth`) can run code when loaded and are never opened. Sharded
@@ -36,6 +38,8 @@ __all__ = [
     "find_weights_file",
     "load_safetensors",
     "load_component",
+    "component_dtypes",
+    "safetensors_dtypes",
     "check_model_dir",
     "default_model_dir",
 ]
@@ -56,6 +60,7 @@ _DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default_model"
 # safetensors dtype -> (little-endian NumPy dtype of the stored bits, bytes per element)
 _DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
 _ALLOWED_DTYPES = ", ".join(_DTYPES)
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 # The safetensors format caps the header at 100 MB; so do we (a header length is untrusted).
 MAX_HEADER_BYTES = 100 * 1000 * 1000
@@ -308,11 +313,9 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
     return dict(iter_safetensors(path))
 
 
-def iter_safetensors(path):
-    """(name, float32 array) for each tensor of a .safetensors file, in file
-    order, holding one converted tensor at a time. The whole header is
-    validated (see load_safetensors) before the first tensor is yielded."""
-    path = Path(path)
+def _read_header(path: Path) -> tuple[int, int, list[tuple[str, str, tuple, int, int]]]:
+    """(file size, offset of the data area, validated header entries) of a
+    .safetensors file (see load_safetensors for the checks)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
@@ -325,6 +328,22 @@ def iter_safetensors(path):
             if n <= min(size - 8, MAX_HEADER_BYTES):
                 head += f.read(n)
     data_start, entries = _parse_header(path, size, head)
+    return size, data_start, entries
+
+
+def safetensors_dtypes(path) -> list[str]:
+    """The distinct dtypes of the tensors of the .safetensors file at `path`
+    as stored ("float32", "float16", "bfloat16"), sorted; the header alone
+    is read (and validated as load_safetensors validates it)."""
+    return sorted({_DTYPE_NAMES[dtype] for _, dtype, *_ in _read_header(Path(path))[2]})
+
+
+def iter_safetensors(path):
+    """(name, float32 array) for each tensor of a .safetensors file, in file
+    order, holding one converted tensor at a time. The whole header is
+    validated (see load_safetensors) before the first tensor is yielded."""
+    path = Path(path)
+    size, data_start, entries = _read_header(path)
 
     if not entries:
         return
@@ -385,6 +404,16 @@ def iter_component(model_dir, component: str, variant: str | None = None):
         for name, shard in read_json(index)["weight_map"].items():
             if origin.get(name) is None or origin[name].name != shard:
                 raise ValueError(f"{index}: tensor {name!r} is mapped to shard {shard!r}, which does not contain it")
+
+
+def component_dtypes(model_dir, component: str, variant: str | None = None) -> list[str]:
+    """The distinct stored dtypes ("float32", "float16", "bfloat16") of the
+    weight files of one `component` of the folder `model_dir`, as
+    load_component would read them (same files and `variant` rule), sorted.
+    Headers only."""
+    folder = _component_dir(model_dir, component)
+    files, _ = _find_weights(folder, variant, WEIGHT_NAMES[component])
+    return sorted({d for file in files for d in safetensors_dtypes(file)})
 
 
 def check_model_dir(path) -> dict:

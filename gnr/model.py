@@ -1,10 +1,12 @@
-"""Loading a Stable Diffusion 1.x model folder into the engine, and the
-low-level passes: text encoder, UNet, VAE encoder and decoder.
+"""Loading a Stable Diffusion 1.x or 2.x model folder into the engine, and
+the low-level passes: text encoder, UNet, VAE encoder and decoder.
 
 The folder is in diffusers layout (model_index.json; unet/, vae/,
 text_encoder/ with config.json and safetensors weights; tokenizer/ with
-vocab.json and merges.txt). Every size comes from the config files, so tiny
-random models and full SD 1.4/1.5 load through the same code.
+vocab.json and merges.txt; optionally scheduler/scheduler_config.json, whose
+prediction_type says whether the UNet predicts the noise or, as SD 2.x 768-v
+does, the velocity). Every size comes from the config files, so tiny random
+models, SD 1.4/1.5 and SD 2.0/2.1 load through the same code.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import numpy as np
 
 from . import _C
 from ._backends import check_device_name, require_device
-from ._model_config import read_model_configs
+from ._model_config import PREDICTION_TYPES, model_family, read_model_configs
 from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
-from .files import default_model_dir, iter_component
+from .files import COMPONENTS, component_dtypes, default_model_dir, iter_component
 from .sizes import check_size, native_size
 from .tokenizer import ClipTokenizer
 
@@ -30,7 +32,7 @@ _IGNORED_SUFFIXES = ("position_ids",)
 
 
 class Model:
-    """A Stable Diffusion 1.x model loaded into the gnr engine.
+    """A Stable Diffusion 1.x or 2.x model loaded into the gnr engine.
 
     Use :func:`load_model`: its arguments (path, device, variant, threads,
     max_memory, dtype) are this constructor's. Arrays in and out are NumPy;
@@ -40,13 +42,25 @@ class Model:
       path: the model folder (pathlib.Path).
       device: "cpu" or "cuda".
       dtype: the compute dtype, "float32", "float16" or "bfloat16".
-      config: the parsed config.json of each component, {"text_encoder",
-        "unet", "vae"}.
+      config: the parsed configs, {"text_encoder", "unet", "vae"} (each
+        component's config.json) and "scheduler" (scheduler_config.json, {}
+        when the folder has none).
       tokenizer: the `gnr.tokenizer.ClipTokenizer` of the folder.
       latent_channels, scaling_factor: the VAE's latent channels and
-        latent scale (0.18215 for SD 1.x).
+        latent scale (0.18215 for SD 1.x and 2.x).
+      prediction_type: "epsilon" (the UNet predicts the noise) or
+        "v_prediction" (the velocity; SD 2.x 768-v). `unet()` returns the raw
+        prediction; inversion and editing turn v into noise after every pass.
+      family: "SD 1.x" or "SD 2.x" (see gnr._model_config.model_family).
+      file_dtypes: the stored dtypes of each component's weight files,
+        {"text_encoder": ["float16"], ...}; the weights are held in float32
+        whatever these are.
+      source_format: where the weights came from: "diffusers" (a folder in
+        diffusers layout).
       native_size, size_multiple, vae_factor: image sizes (properties; see
         gnr.sizes).
+
+    `info()` gathers the model's identity in one dict; `repr(model)` shows it.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
@@ -62,9 +76,13 @@ class Model:
         self.config = configs
         self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory), self.dtype)
         expected = {name for name, _ in self._c.weight_specs()}
+        # The identity's source fields (info()); another source of weights
+        # sets these two for its files.
+        self.file_dtypes = {comp: component_dtypes(root, comp, variant=variant) for comp in COMPONENTS}
+        self.source_format = "diffusers"
         # Weights stream in one tensor at a time: host memory holds the
         # engine's weight block plus one tensor, never a second model copy.
-        for comp in configs:
+        for comp in COMPONENTS:
             for name, array in iter_component(root, comp, variant=variant):
                 if comp == "text_encoder" and not name.startswith("text_model."):
                     # transformers 5 saves the bare text transformer without
@@ -84,6 +102,8 @@ class Model:
         self.tokenizer = ClipTokenizer(root / "tokenizer", length=resolved["text"]["max_positions"])
         self.latent_channels = resolved["vae"]["latent_channels"]
         self.scaling_factor = resolved["vae"]["scaling_factor"]
+        self.prediction_type = PREDICTION_TYPES[resolved["unet"]["prediction"]]
+        self.family = model_family(configs)
 
     # ------------------------------------------------------------ passes --
 
@@ -95,8 +115,9 @@ class Model:
         return self._c.encode_text(ids)
 
     def unet(self, latent, t: int, context) -> np.ndarray:
-        """Noise prediction: latent (1, 4, h, w), integer timestep t in [0, 1000), context (77, D) or
-        (1, 77, D) -> float32 (1, 4, h, w)."""
+        """The UNet's raw prediction, as diffusers' UNet2DConditionModel returns it: latent (1, 4, h, w),
+        integer timestep t in [0, 1000), context (77, D) or (1, 77, D) -> float32 (1, 4, h, w). It is the
+        noise when :attr:`prediction_type` is "epsilon" and the velocity when it is "v_prediction"."""
         return self._c.unet(latent, t, context)
 
     def encode_image(self, image) -> np.ndarray:
@@ -173,19 +194,19 @@ class Model:
 
     @property
     def size_multiple(self) -> int:
-        """Image sizes must be multiples of this (VAE factor x 2^(UNet downsamplings); 64 for SD 1.x)."""
+        """Image sizes must be multiples of this (VAE factor x 2^(UNet downsamplings); 64 for SD 1.x and 2.x)."""
         return self._c.size_multiple
 
     @property
     def vae_factor(self) -> int:
-        """Image size / latent size (8 for SD 1.x, 4 for the bundled default model)."""
+        """Image size / latent size (8 for SD 1.x and 2.x, 4 for the bundled default model)."""
         return self._c.vae_factor
 
     @property
     def native_size(self) -> int:
         """The image size (square, pixels) the model was made for: the UNet's sample_size times
-        :attr:`vae_factor` (64 for the bundled default model, 512 for SD 1.x). Every default image
-        size in gnr is this; see gnr.sizes."""
+        :attr:`vae_factor` (64 for the bundled default model, 512 for SD 1.x, 768 for SD 2.1-v).
+        Every default image size in gnr is this; see gnr.sizes."""
         return native_size(self.config["unet"], self.config["vae"])
 
     @property
@@ -197,8 +218,38 @@ class Model:
         """Starts a new count for :attr:`peak_bytes`."""
         self._c.reset_peak()
 
+    # ---------------------------------------------------------- identity --
+
+    def info(self) -> dict:
+        """The model's identity (`repr(model)` shows the main fields), from its attributes only, so
+        every way of loading a model fills it the same way:
+        {"family": "SD 1.x" | "SD 2.x", "prediction_type": "epsilon" | "v_prediction",
+        "native_size": int (pixels), "size_multiple": int, "vae_factor": int,
+        "latent_channels": int, "context_length": int (tokens), "context_dim": int,
+        "device": str, "dtype": the compute dtype, "file_dtypes": {component: [stored dtypes]},
+        "source": str (where it was loaded from), "format": :attr:`source_format`}."""
+        text = self.config["text_encoder"]
+        return {
+            "family": self.family,
+            "prediction_type": self.prediction_type,
+            "native_size": self.native_size,
+            "size_multiple": self.size_multiple,
+            "vae_factor": self.vae_factor,
+            "latent_channels": self.latent_channels,
+            "context_length": self.tokenizer.length,
+            "context_dim": int(text.get("hidden_size", 512)),
+            "device": self.device,
+            "dtype": self.dtype,
+            "file_dtypes": {comp: list(d) for comp, d in self.file_dtypes.items()},
+            "source": str(self.path),
+            "format": self.source_format,
+        }
+
     def __repr__(self) -> str:
-        return f"gnr.Model({str(self.path)!r}, device={self.device!r}, dtype={self.dtype!r})"
+        stored = sorted({d for ds in self.file_dtypes.values() for d in ds})
+        return (f"gnr.Model({str(self.path)!r}, {self.family}, {self.prediction_type}, "
+                f"native_size={self.native_size}, device={self.device!r}, dtype={self.dtype!r}, "
+                f"files={'+'.join(stored)})")
 
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
@@ -239,7 +290,7 @@ def _count(value, name: str, allowed: str, none_ok: bool = False) -> None:
 
 def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
                threads: int | None = None, max_memory: int = 0, dtype=None) -> Model:
-    """Load a Stable Diffusion 1.x folder in diffusers layout (safetensors weights);
+    """Load a Stable Diffusion 1.x or 2.x folder in diffusers layout (safetensors weights);
     "default" is the bundled default model.
 
     path: the folder, or "default".
