@@ -7,7 +7,9 @@ what is allowed. The engine checks the same rules again only as internal
 consistency checks (a failure there is a bug in gnr, not a bad file).
 
 This sits below gnr.sizes and gnr.model: both read a folder's configs
-through `read_model_configs`, the first without loading any weights.
+through `read_model_configs`, the first without loading any weights. A
+single-file checkpoint's configs, inferred by gnr.single_file, pass the
+same checks (`resolve_model_configs`).
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import math
 from pathlib import Path
 
 from .files import check_model_dir, read_json
+from .single_file import is_single_file, open_single_file
 
-__all__ = ["read_model_configs", "MAX_BLOCKS"]
+__all__ = ["read_model_configs", "resolve_model_configs", "MAX_BLOCKS"]
 
 # The engine's limits. The extension does not export them, so each is the
 # value of the C constant named beside it; tests/test_bad_inputs.py reads
@@ -259,17 +262,33 @@ def _text_config(cfg: dict, where: str) -> dict:
     }
 
 
-def read_model_configs(path) -> tuple[dict, dict]:
+def read_model_configs(path, **single_file_options) -> tuple[dict, dict]:
     """(parsed config.json of each component, the engine's resolved configs)
     of the model folder `path`, without reading any weights: every check of the
-    folder's layout and config values that loading makes first."""
+    folder's layout and config values that loading makes first. A file `path`
+    is a single-file checkpoint: its configs are inferred from its header by
+    gnr.single_file (`single_file_options` are open_single_file's) and checked
+    by the same rules."""
+    if is_single_file(path):
+        single = open_single_file(path, **single_file_options)
+        return single.configs, resolve_model_configs(single.configs, single.config_files)
+    if single_file_options:
+        raise ValueError(f"{path}: {', '.join(sorted(single_file_options))} apply to single-file checkpoints only; "
+                         f"a model folder brings its own components and configs")
     root = Path(path)
     check_model_dir(root)
-    files = {comp: root / comp / "config.json" for comp in ("text_encoder", "unet", "vae")}
+    files = {comp: str(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
     configs = {comp: read_json(f) for comp, f in files.items()}
-    resolved = {"text": _text_config(configs["text_encoder"], str(files["text_encoder"])),
-                "unet": _unet_config(configs["unet"], str(files["unet"])),
-                "vae": _vae_config(configs["vae"], str(files["vae"]))}
+    return configs, resolve_model_configs(configs, files)
+
+
+def resolve_model_configs(configs: dict, files: dict) -> dict:
+    """The engine's resolved configs {"text", "unet", "vae"} from the diffusers
+    configs {"text_encoder", "unet", "vae"}; `files` names where each came
+    from, for the messages."""
+    resolved = {"text": _text_config(configs["text_encoder"], files["text_encoder"]),
+                "unet": _unet_config(configs["unet"], files["unet"]),
+                "vae": _vae_config(configs["vae"], files["vae"])}
     # The components meet at the latent (VAE -> UNet) and at the context
     # (text encoder -> the UNet's cross-attention).
     u, v, t = resolved["unet"], resolved["vae"], resolved["text"]
@@ -281,4 +300,4 @@ def read_model_configs(path) -> tuple[dict, dict]:
         raise ValueError(f"{files['text_encoder']}: hidden_size = {t['hidden_size']} differs from "
                          f"cross_attention_dim = {u['cross_attention_dim']} in {files['unet']} (supported: equal: "
                          f"the UNet attends to the text encoder's output)")
-    return configs, resolved
+    return resolved

@@ -14,7 +14,7 @@ what transformers itself does for CLIP). The pipeline:
   4. byte-level BPE with the end-of-word suffix `</w>`.
 
 `encode` wraps the first `length - 2` tokens in start/end and pads with the
-end token to `length` (77 for SD: the text encoder's max_position_embeddings,
+end token (SD 2.x: "!", given as `pad_token`) to `length` (77 for SD: the text encoder's max_position_embeddings,
 never the config's model_max_length). No attention mask: SD 1.x uses none.
 A longer prompt is cut there, as transformers and diffusers cut it, with a
 `PromptTruncatedWarning` (once per prompt and tokenizer) that quotes the part
@@ -116,9 +116,10 @@ class ClipTokenizer:
     """CLIP BPE tokenizer reading a diffusers `tokenizer/` folder.
 
     `ClipTokenizer(folder, length=77).encode(text)` -> int32 array of shape (length,):
-    start id, the first length-2 token ids, end id, then end ids as padding."""
+    start id, the first length-2 token ids, end id, then `pad_token` ids as
+    padding: the end token by default (SD 1.x), "!" for SD 2.x's OpenCLIP."""
 
-    def __init__(self, folder, length: int = 77):
+    def __init__(self, folder, length: int = 77, pad_token: str | None = None):
         if not isinstance(length, int) or isinstance(length, bool):
             raise TypeError(f"length must be an int, got {type(length).__name__}")
         if length < 2:
@@ -134,6 +135,13 @@ class ClipTokenizer:
         self.length = length
         self.start_id = int(vocab[START_TOKEN])
         self.end_id = int(vocab[END_TOKEN])
+        if pad_token is None:
+            pad_token = END_TOKEN
+        if not isinstance(pad_token, str) or pad_token not in vocab:
+            raise ValueError(f"{source}: pad_token {pad_token!r} is not in the vocabulary (allowed: None for "
+                             f"{END_TOKEN!r}, or a token of the vocabulary, e.g. '!' for SD 2.x)")
+        self.pad_token = pad_token
+        self.pad_id = int(vocab[pad_token])
         self.vocab_size = len(vocab)
         self._tok = self._build(vocab, merges, source)
         self._warned: set[str] = set()
@@ -179,7 +187,7 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """`text` -> int32 array (length,): [start] + first length-2 tokens + [end], padded with
-        end. Tokens past those are dropped with a PromptTruncatedWarning naming them."""
+        the pad token. Tokens past those are dropped with a PromptTruncatedWarning naming them."""
         enc = self._encoding(text)
         keep = self.length - 2
         ids = enc.ids[:keep]
@@ -189,10 +197,12 @@ class ClipTokenizer:
             warnings.warn(f"this prompt has {len(enc.ids)} tokens and the text encoder reads {keep} (plus start and "
                           f"end: {self.length}); the part cut off has no effect: {dropped!r}",
                           PromptTruncatedWarning, stacklevel=_caller_stacklevel())
-        out = np.full(self.length, self.end_id, dtype=np.int32)
+        out = np.full(self.length, self.pad_id, dtype=np.int32)
         out[0] = self.start_id
         out[1 : 1 + len(ids)] = ids
+        out[1 + len(ids)] = self.end_id
         return out
 
     def __repr__(self) -> str:
-        return f"ClipTokenizer({str(self.folder)!r}, length={self.length})"
+        pad = "" if self.pad_token == END_TOKEN else f", pad_token={self.pad_token!r}"
+        return f"ClipTokenizer({str(self.folder)!r}, length={self.length}{pad})"
