@@ -126,8 +126,8 @@ class Editor:
       max_memory: cap on the activation arena in bytes; 0 (the default) sets
         no cap. A pass that would need more raises `gnr.OutOfMemoryError`
         (with the bytes asked and available) before it allocates.
-      vae, text_encoder, tokenizer, image_size, prediction_type, ema: a
-        single file's options, as `gnr.load_model` takes them.
+      single_file_options: a single file's vae, text_encoder, tokenizer,
+        image_size, prediction_type and ema, as `gnr.load_model` takes them.
     `device`, `threads`, `max_memory` and the single-file options apply
     when the Editor loads the model; a given `gnr.Model` keeps its own.
 

@@ -35,8 +35,9 @@ class Model:
     """A Stable Diffusion 1.x model loaded into the gnr engine.
 
     Use :func:`load_model`: its arguments (path, device, variant, threads,
-    max_memory, dtype, and a single file's vae, text_encoder, tokenizer,
-    image_size, prediction_type, ema) are this constructor's. Arrays in and out are NumPy;
+    max_memory, dtype) are this constructor's, and a single file's options
+    (vae, text_encoder, tokenizer, image_size, prediction_type, ema) are its
+    `single_file_options`. Arrays in and out are NumPy;
     outputs are new C-contiguous arrays.
 
     Attributes:

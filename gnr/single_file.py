@@ -280,7 +280,7 @@ def _unet_config(h: _Header, p: str, image_size: int, vae_factor: int) -> tuple[
     conv_in = h.shape(f"{p}input_blocks.0.0.weight", (4,))
     conv_out = h.shape(f"{p}out.2.weight", (4,))
     if image_size % vae_factor:
-        raise ValueError(f"image_size = {image_size} is not a multiple of the VAE factor {vae_factor} "
+        raise h.error(f"image_size = {image_size} is not a multiple of the VAE factor {vae_factor} "
                          f"(allowed: a positive multiple of {vae_factor}, e.g. 512 or 768)")
     return {
         "_class_name": "UNet2DConditionModel",
@@ -367,7 +367,10 @@ class SingleFile:
       configs: {"text_encoder", "unet", "vae", "scheduler"}, diffusers form.
       config_files: {component: where its config came from}, for messages.
       tokenizer_dir, pad_token: the tokenizer folder and its padding token
-        (None: the folder's own, else e.g. "!" for SD 2.x).
+        (None: the end token, else e.g. "!" for SD 2.x).
+    The constructor's `plan` ({file key: (component, [diffusers names])},
+    the tensors to read) and `folders` ({component: folder given by
+    argument}) are what `weights` streams.
     """
 
     def __init__(self, path: Path, family: str, configs: dict, config_files: dict, plan: dict,
@@ -448,15 +451,15 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
     if image_size is None:
         image_size = DEFAULT_IMAGE_SIZE
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size = {image_size!r} is not allowed (allowed: None for {DEFAULT_IMAGE_SIZE}, or a "
+        raise ValueError(f"{path}: image_size = {image_size!r} is not allowed (allowed: None for {DEFAULT_IMAGE_SIZE}, or a "
                          f"positive integer number of pixels)")
     if prediction_type is None:
         prediction_type = "epsilon"
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type = {prediction_type!r} is not allowed (allowed: None for 'epsilon', "
+        raise ValueError(f"{path}: prediction_type = {prediction_type!r} is not allowed (allowed: None for 'epsilon', "
                          f"{', '.join(map(repr, PREDICTION_TYPES))})")
     if not isinstance(ema, bool):
-        raise TypeError(f"ema must be True or False, got {ema!r}")
+        raise TypeError(f"{path}: ema must be True or False, got {ema!r}")
     h = _Header(path, {k: shape for k, (_, shape) in read_safetensors_header(path).items()})
 
     has = {pre: any(k.startswith(pre) for k in h.shapes)

@@ -1,21 +1,23 @@
-"""CLIP tokenizer for Stable Diffusion 1.x prompts.
+"""CLIP tokenizer for Stable Diffusion 1.x and 2.x prompts.
 
 Gives exactly the ids of transformers' `CLIPTokenizer` (the test oracle), built
 with the `tokenizers` library from the model folder's `tokenizer/vocab.json` +
 `merges.txt` (or the vocabulary and merges inside `tokenizer.json`, which is
 what transformers itself does for CLIP). The pipeline:
 
-  1. the special tokens `<|startoftext|>` and `<|endoftext|>` are matched in
-     the raw text first (as transformers does: special, not normalised);
+  1. the special tokens `<|startoftext|>`, `<|endoftext|>` and the pad token
+     are matched in the raw text first (as transformers does: special, not
+     normalised);
   2. normalise: Unicode NFC, every whitespace run -> one space, lower case;
   3. split with CLIP's regex (special tokens, contractions, letter runs,
      single digits, runs of other non-space characters; whitespace dropped),
      then map bytes to GPT-2's printable byte characters;
   4. byte-level BPE with the end-of-word suffix `</w>`.
 
-`encode` wraps the first `length - 2` tokens in start/end and pads with the
-end token (SD 2.x: "!", given as `pad_token`) to `length` (77 for SD: the text encoder's max_position_embeddings,
-never the config's model_max_length). No attention mask: SD 1.x uses none.
+`encode` wraps the first `length - 2` tokens in start/end and pads to
+`length` (77 for SD: the text encoder's max_position_embeddings, never the
+config's model_max_length) with the pad token: the end token for SD 1.x,
+"!" for SD 2.x's OpenCLIP (`pad_token`). No attention mask: SD uses none.
 A longer prompt is cut there, as transformers and diffusers cut it, with a
 `PromptTruncatedWarning` (once per prompt and tokenizer) that quotes the part
 of the prompt that was dropped.
@@ -143,11 +145,11 @@ class ClipTokenizer:
         self.pad_token = pad_token
         self.pad_id = int(vocab[pad_token])
         self.vocab_size = len(vocab)
-        self._tok = self._build(vocab, merges, source)
+        self._tok = self._build(vocab, merges, source, pad_token)
         self._warned: set[str] = set()
 
     @staticmethod
-    def _build(vocab, merges, source) -> Tokenizer:
+    def _build(vocab, merges, source, pad_token: str) -> Tokenizer:
         # The same pipeline transformers' CLIPTokenizer builds (tokenization_clip.py).
         try:
             tok = Tokenizer(
@@ -172,8 +174,11 @@ class ClipTokenizer:
                 pre_tokenizers.ByteLevel(add_prefix_space=False),
             ]
         )
-        # Special tokens are matched in the raw text before normalisation.
-        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (START_TOKEN, END_TOKEN)])
+        # Special tokens are matched in the raw text before normalisation. The
+        # pad token is one too, as in transformers: with SD 2.x's "!", each "!"
+        # of a prompt is that token rather than part of a BPE word.
+        specials = dict.fromkeys((START_TOKEN, END_TOKEN, pad_token))
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
         return tok
 
     def _encoding(self, text: str):
