@@ -78,7 +78,7 @@ _FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x"}
 # projection and temperature (SD reads the hidden states).
 _IGNORED = re.compile(r"^(betas|alphas_cumprod(_prev)?|sqrt_\w+|log_one_minus_alphas_cumprod|posterior_\w+|logvar"
                       r"|model_ema\.(decay|num_updates)|lvlb_weights"
-                      r"|cond_stage_model\.(transformer\.text_model\.embeddings\.position_ids"
+                      r"|cond_stage_model\.(transformer\.(text_model\.)?embeddings\.position_ids"
                       r"|model\.(text_projection|logit_scale|attn_mask)))$")
 
 _CONVERT_HINT = ("convert it to safetensors first, e.g. with diffusers' scripts/convert_original_stable_diffusion_"
@@ -324,7 +324,8 @@ def _vae_config(h: _Header, p: str, image_size: int) -> dict:
 def _text_config(h: _Header, family: str) -> dict:
     """The diffusers CLIPTextModel config of the file's text encoder."""
     if family == "sd1":
-        p = CLIP_PREFIX + "text_model."
+        # transformers' CLIPTextModel, with or without its "text_model." level (older files)
+        p = CLIP_PREFIX + ("text_model." if any(k.startswith(CLIP_PREFIX + "text_model.") for k in h.shapes) else "")
         vocab, width = h.shape(p + "embeddings.token_embedding.weight", (2,))
         positions = h.shape(p + "embeddings.position_embedding.weight", (2,))[0]
         in_file = len(h.indices(re.escape(p) + r"encoder\.layers\.(\d+)\."))
@@ -451,8 +452,8 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
     if image_size is None:
         image_size = DEFAULT_IMAGE_SIZE
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"{path}: image_size = {image_size!r} is not allowed (allowed: None for {DEFAULT_IMAGE_SIZE}, or a "
-                         f"positive integer number of pixels)")
+        raise ValueError(f"{path}: image_size = {image_size!r} is not allowed (allowed: None for "
+                         f"{DEFAULT_IMAGE_SIZE}, or a positive integer number of pixels)")
     if prediction_type is None:
         prediction_type = "epsilon"
     if prediction_type not in PREDICTION_TYPES:
@@ -469,6 +470,9 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
         raise h.error(f"no tensor has the key names of a Stable Diffusion 1.x/2.x checkpoint (found e.g. {some}; "
                       f"expected {UNET_PREFIX}*, {VAE_PREFIX}* and cond_stage_model.*); a model in diffusers "
                       f"layout is a folder: pass the folder")
+    if any(k.startswith("conditioner.embedders.") or k.startswith(UNET_PREFIX + "label_emb.") for k in h.shapes):
+        raise h.error("this is a Stable Diffusion XL checkpoint (conditioner.embedders.*, label_emb.*); gnr runs "
+                      "Stable Diffusion 1.x and 2.x models")
     if not has[UNET_PREFIX]:
         raise h.error(f"the UNet is missing (no {UNET_PREFIX}* tensors); gnr needs the UNet in the file")
     if ema and not has[EMA_PREFIX]:
@@ -540,7 +544,7 @@ def _plan(h: _Header, configs: dict, family: str, replaced: set, ema: bool) -> d
             comp, names = "vae", _vae_name(key[len(VAE_PREFIX):], levels)
         elif key.startswith(CLIP_PREFIX) and family == "sd1":
             rest = key[len(CLIP_PREFIX):]
-            comp, names = "text_encoder", (rest if rest.startswith("text_model.") else None)
+            comp, names = "text_encoder", (rest if rest.startswith("text_model.") else "text_model." + rest)
         elif key.startswith(OPENCLIP_PREFIX) and family == "sd2":
             comp = "text_encoder"
             names = _openclip_names(key[len(OPENCLIP_PREFIX):], configs["text_encoder"]["num_hidden_layers"])

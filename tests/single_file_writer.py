@@ -87,7 +87,8 @@ def unet_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
             _move_resnet(src, out, f"up_blocks.{b}.resnets.{j}", f"output_blocks.{k}.0", UNET_RESNET)
             _move(src, out, f"up_blocks.{b}.attentions.{j}", f"output_blocks.{k}.1")
             if j == layers:
-                _move(src, out, f"up_blocks.{b}.upsamplers.0.conv", f"output_blocks.{k}.{2 if has_attention else 1}.conv")
+                after = 2 if has_attention else 1  # the upsampler follows the resnet and attention of its layer
+                _move(src, out, f"up_blocks.{b}.upsamplers.0.conv", f"output_blocks.{k}.{after}.conv")
             k += 1
     assert not src, f"unet tensors left unnamed: {sorted(src)}"
     return {"model.diffusion_model." + k: v for k, v in out.items()}
@@ -110,7 +111,7 @@ def vae_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
             for param in ("weight", "bias"):
                 t = src.pop(f"{side}.mid_block.attentions.0.{old}.{param}")
                 # ldm's AttnBlock uses 1x1 convolutions where diffusers has linear layers.
-                out[f"{side}.mid.attn_1.{new}.{param}"] = t[:, :, None, None] if t.ndim == 2 and old != "group_norm" else t
+                out[f"{side}.mid.attn_1.{new}.{param}"] = t[:, :, None, None] if t.ndim == 2 else t
     for b in range(levels):
         for j in range(layers):
             _move_resnet(src, out, f"encoder.down_blocks.{b}.resnets.{j}", f"encoder.down.{b}.block.{j}", resnet)

@@ -240,6 +240,21 @@ def test_vae_and_text_encoder_given_as_folders(folders, tmp_path):
     np.testing.assert_array_equal(model.encode_image(image), full.encode_image(image))
 
 
+def test_clip_text_encoder_without_the_text_model_level(folders, files, tmp_path):
+    """Older SD 1.x files keep CLIPTextTransformer's keys directly under
+    cond_stage_model.transformer. (no "text_model.")."""
+    from safetensors.torch import load_file, save_file
+
+    prefix = "cond_stage_model.transformer."
+    tensors = {(prefix + k[len(prefix + "text_model."):] if k.startswith(prefix + "text_model.") else k): v
+               for k, v in load_file(str(files["sd1"])).items()}
+    assert not any(k.startswith(prefix + "text_model.") for k in tensors)
+    path = tmp_path / "old_clip.safetensors"
+    save_file(tensors, str(path))
+    got = streamed(open_single_file(path))
+    assert_same_weights(got, folders["sd1"], "text_encoder")
+
+
 # -------------------------------------------------------------------------------------- tokenizer --
 
 
@@ -302,6 +317,13 @@ def test_keys_of_no_known_family(tmp_path, files):
     path = _write(tmp_path, "other.safetensors", {"transformer_blocks.0.attn.weight": torch.ones(4, 4),
                                                   "pos_embed.proj.weight": torch.ones(4)})
     _expect(path, "no tensor has the key names of a Stable Diffusion", "model.diffusion_model.")
+    _still_usable(files)
+
+
+def test_a_stable_diffusion_xl_file_is_named_as_such(tmp_path, files):
+    path = _write(tmp_path, "xl.safetensors", {"model.diffusion_model.label_emb.0.0.weight": torch.ones(4, 4),
+                                               "conditioner.embedders.0.transformer.text_model.x": torch.ones(4)})
+    _expect(path, "Stable Diffusion XL")
     _still_usable(files)
 
 
