@@ -230,6 +230,34 @@ def test_whole_edit_on_the_file_is_the_edit_on_the_folder(folders, files):
     np.testing.assert_array_equal(a, b)
 
 
+def test_weights_stream_one_tensor_at_a_time(folders, tmp_path):
+    """Host memory while streaming the file is bounded by a few of its largest
+    tensors (and the parsed header), not by the file. The text encoder comes
+    from a folder so that no single tensor dominates the file."""
+    import math
+    import tracemalloc
+
+    from gnr.files import read_safetensors_header
+
+    path = write_single_file(folders["sd1"], tmp_path / "unet_vae.safetensors", parts=("unet", "vae"))
+    single = open_single_file(path, text_encoder=folders["sd1"] / "text_encoder")
+    sizes = [math.prod(shape) * 4 for _, shape in read_safetensors_header(path).values()]
+    header = path.stat().st_size - sum(sizes)
+    assert sum(sizes) > 4 * (3 * max(sizes) + 8 * header)  # the bound below means something
+    tracemalloc.start()
+    try:
+        count = 0
+        for comp, _, _, _ in single.weights():
+            if comp == "text_encoder":  # the file's tensors come first
+                break
+            count += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count > 100
+    assert peak < 3 * max(sizes) + 8 * header, (peak, max(sizes), header)
+
+
 def test_vae_and_text_encoder_given_as_folders(folders, tmp_path):
     path = write_single_file(folders["sd1"], tmp_path / "unet_only.safetensors", parts=("unet",))
     model = gnr.load_model(path, image_size=IMAGE_SIZE, vae=folders["sd1"] / "vae",
