@@ -410,6 +410,18 @@ class SingleFile:
                 yield comp, name, array, str(folder)
 
 
+def _configured_pad_token(folder: Path) -> str | None:
+    """The pad token a tokenizer folder's special_tokens_map.json or
+    tokenizer_config.json names (a string or {"content": ...}), else None."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            pad = read_json(folder / name).get("pad_token")
+            pad = pad.get("content") if isinstance(pad, dict) else pad
+            if isinstance(pad, str):
+                return pad
+    return None
+
+
 def _check_suffix(path: Path) -> None:
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
@@ -426,7 +438,8 @@ def _component_folder(value, comp: str, path: Path) -> Path:
     folder = Path(value)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{comp}={str(value)!r}: expected a diffusers {comp} folder with config.json and "
-                                f"safetensors weights (given because {path} has no {comp})")
+                                f"safetensors weights (the {comp} to use with {path}), e.g. the {comp}/ folder of "
+                                f"a model in diffusers layout")
     find_weights_file(folder, base_name=WEIGHT_NAMES[comp])  # a missing or pickle-only folder fails now
     return folder
 
@@ -439,8 +452,10 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
       component folder (config.json + safetensors) for a file without one (or
       to replace the file's). A component neither in the file nor given is a
       ValueError naming the argument.
-    tokenizer: None (gnr's bundled CLIP vocabulary for the family) or a
-      tokenizer folder (vocab.json + merges.txt, or tokenizer.json).
+    tokenizer: None (gnr's bundled CLIP vocabulary, padded as the family
+      pads) or a tokenizer folder (vocab.json + merges.txt, or
+      tokenizer.json), padded with the pad_token its special_tokens_map.json
+      or tokenizer_config.json names (else as the family pads).
     image_size: the model's native image size in pixels (default 512).
     prediction_type: "epsilon" (default) or "v_prediction".
     ema: False (default, as diffusers): the UNet's non-EMA weights; True: the
@@ -517,45 +532,46 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
     if tokenizer is None:
         tokenizer_dir, pad = BUNDLED_TOKENIZER, _PAD[family]
     else:
-        tokenizer_dir, pad = Path(tokenizer), None
+        tokenizer_dir = Path(tokenizer)
+        pad = _configured_pad_token(tokenizer_dir) or _PAD[family]
     return SingleFile(path, family, configs, config_files, plan, folders, tokenizer_dir, pad)
 
 
 def _plan(h: _Header, configs: dict, family: str, replaced: set, ema: bool) -> dict:
     """{file key: (component, [diffusers names])} for every tensor to read. A key
     under a component's prefix that fits no part of the inferred layout is an
-    error naming it; other keys (schedule buffers and the like) are skipped."""
-    layers = configs["unet"]["layers_per_block"]
-    levels = len(configs["vae"]["block_out_channels"])
-    # EMA keys are the UNet's keys with the dots after "model." removed.
+    error naming it; other keys (schedule buffers and the like) are skipped,
+    and so are the components `replaced` by a folder."""
+    text_prefix = CLIP_PREFIX if family == "sd1" else OPENCLIP_PREFIX
+    name_of = {
+        "unet": lambda rest: _unet_name(rest, configs["unet"]["layers_per_block"]),
+        "vae": lambda rest: _vae_name(rest, len(configs["vae"]["block_out_channels"])),
+        "text_encoder": (lambda rest: rest if rest.startswith("text_model.") else "text_model." + rest)
+        if family == "sd1" else (lambda rest: _openclip_names(rest, configs["text_encoder"]["num_hidden_layers"])),
+    }
+    # LitEma's keys are the UNet's keys with the dots after "model." removed.
     ema_of = {EMA_PREFIX + k[len("model."):].replace(".", ""): k for k in h.shapes if k.startswith(UNET_PREFIX)}
+    unet_source = EMA_PREFIX if ema else UNET_PREFIX
     plan = {}
     for key in h.shapes:
-        comp = None
-        if key.startswith(UNET_PREFIX):
-            if ema:
-                continue
-            comp, names = "unet", _unet_name(key[len(UNET_PREFIX):], layers)
-        elif key.startswith(EMA_PREFIX) and key in ema_of:
-            if not ema:
-                continue
-            comp, names = "unet", _unet_name(ema_of[key][len(UNET_PREFIX):], layers)
-        elif key.startswith(VAE_PREFIX):
-            comp, names = "vae", _vae_name(key[len(VAE_PREFIX):], levels)
-        elif key.startswith(CLIP_PREFIX) and family == "sd1":
-            rest = key[len(CLIP_PREFIX):]
-            comp, names = "text_encoder", (rest if rest.startswith("text_model.") else "text_model." + rest)
-        elif key.startswith(OPENCLIP_PREFIX) and family == "sd2":
-            comp = "text_encoder"
-            names = _openclip_names(key[len(OPENCLIP_PREFIX):], configs["text_encoder"]["num_hidden_layers"])
-        if comp is None or _IGNORED.match(key) or comp in replaced:
+        if _IGNORED.match(key):
             continue
+        if key.startswith(unet_source) and (not ema or key in ema_of):
+            comp, rest = "unet", (ema_of[key] if ema else key)[len(UNET_PREFIX):]
+        elif key.startswith(VAE_PREFIX):
+            comp, rest = "vae", key[len(VAE_PREFIX):]
+        elif key.startswith(text_prefix):
+            comp, rest = "text_encoder", key[len(text_prefix):]
+        else:
+            continue
+        if comp in replaced:
+            continue
+        names = name_of[comp](rest)
         if names is None:
             raise h.error(f"tensor {key!r} fits no part of a {_FAMILY_NAMES[family]} {comp} with the layout inferred "
                           f"from the file; the checkpoint is of an architecture gnr does not know")
-        if names == []:
-            continue
-        plan[key] = (comp, [names] if isinstance(names, str) else names)
+        if names:  # [] : a tensor the model does not use (OpenCLIP's last layer)
+            plan[key] = (comp, [names] if isinstance(names, str) else names)
     if ema and not any(c == "unet" for c, _ in plan.values()):
         raise h.error("ema=True, but no model_ema.* tensor matches a UNet tensor of the file")
     return plan

@@ -14,6 +14,7 @@ process stays usable.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,6 +284,22 @@ def test_clip_text_encoder_without_the_text_model_level(folders, files, tmp_path
     assert_same_weights(got, folders["sd1"], "text_encoder")
 
 
+def test_folders_given_replace_the_files_components(folders, files):
+    """SD 2.x at the weight level: the folder's tensors stream in place of the file's."""
+    single = open_single_file(files["sd2"], vae=folders["sd2"] / "vae", text_encoder=folders["sd2"] / "text_encoder")
+    got, origins = {}, {}
+    for comp, name, array, origin in single.weights():
+        if comp == "text_encoder" and not name.startswith("text_model."):
+            name = "text_model." + name  # as gnr.Model names a transformers 5 folder's tensors
+        got[(comp, name)] = array
+        origins.setdefault(comp, set()).add(origin)
+    for comp in ("unet", "vae", "text_encoder"):
+        assert_same_weights(got, folders["sd2"], comp)
+    assert origins["vae"] == {str(folders["sd2"] / "vae")}
+    assert origins["text_encoder"] == {str(folders["sd2"] / "text_encoder")}
+    assert single.configs["vae"] == json.loads((folders["sd2"] / "vae" / "config.json").read_text())
+
+
 # -------------------------------------------------------------------------------------- tokenizer --
 
 
@@ -311,9 +328,16 @@ def test_bundled_vocabulary_is_the_clip_vocabulary():
     assert [tuple(x.split()) for x in lines[1:] if x] == merges
 
 
-def test_a_tokenizer_folder_given_replaces_the_bundled_one(files, folders):
+def test_a_tokenizer_folder_given_replaces_the_bundled_one(files, folders, tmp_path):
+    """Its own pad token when it names one (the test folders: the end token), else the family's."""
     single = open_single_file(files["sd2"], tokenizer=folders["sd2"] / "tokenizer")
-    assert single.tokenizer_dir == folders["sd2"] / "tokenizer" and single.pad_token is None
+    assert single.tokenizer_dir == folders["sd2"] / "tokenizer" and single.pad_token == "<|endoftext|>"
+    bare = tmp_path / "tokenizer"
+    bare.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(folders["sd2"] / "tokenizer" / name, bare / name)
+    assert open_single_file(files["sd2"], tokenizer=bare).pad_token == "!"
+    assert open_single_file(files["sd1"], tokenizer=bare).pad_token is None  # the end token
 
 
 # ------------------------------------------------------------------------------------- bad input --
