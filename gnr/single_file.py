@@ -73,17 +73,17 @@ BUNDLED_TOKENIZER = Path(__file__).resolve().parent / "data" / "clip_tokenizer"
 _PAD = {"sd1": None, "sd2": "!"}
 _FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x"}
 
-# Tensors a single file may carry that the engine does not use: LDM's
-# schedule buffers, the EMA bookkeeping, CLIP's position ids, OpenCLIP's
-# projection and temperature (SD reads the hidden states).
-_IGNORED = re.compile(r"^(betas|alphas_cumprod(_prev)?|sqrt_\w+|log_one_minus_alphas_cumprod|posterior_\w+|logvar"
-                      r"|model_ema\.(decay|num_updates)|lvlb_weights"
-                      r"|cond_stage_model\.(transformer\.(text_model\.)?embeddings\.position_ids"
-                      r"|model\.(text_projection|logit_scale|attn_mask)))$")
+# Tensors under a component's prefix that the engine does not use: CLIP's
+# position ids, OpenCLIP's projection, temperature and mask (SD reads the
+# hidden states). Keys outside the components (LDM's schedule buffers,
+# LitEma's counters) are skipped without a list.
+_IGNORED = re.compile(r"^cond_stage_model\.(transformer\.(text_model\.)?embeddings\.position_ids"
+                      r"|model\.(text_projection|logit_scale|attn_mask))$")
 
-_CONVERT_HINT = ("convert it to safetensors first, e.g. with diffusers' scripts/convert_original_stable_diffusion_"
-                 "to_diffusers.py, or in Python: sd = torch.load(path, weights_only=True)['state_dict']; "
-                 "safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')")
+_CONVERT_HINT = ("convert it to safetensors first, from a source you trust: in Python, sd = torch.load(path, "
+                 "weights_only=True)['state_dict']; safetensors.torch.save_file({k: v.contiguous() for k, v in "
+                 "sd.items()}, 'model.safetensors'); or with diffusers' scripts/convert_original_stable_diffusion_"
+                 "to_diffusers.py --checkpoint_path <file> --to_safetensors --dump_path <folder>, a folder gnr loads")
 
 
 def is_single_file(path) -> bool:
@@ -175,8 +175,8 @@ def _vae_name(key: str, levels: int) -> str | None:
     if m and m.group(1) in _VAE_ATTN:
         return f"{side}.mid_block.attentions.0.{_VAE_ATTN[m.group(1)]}.{param}"
     # The decoder's LDM levels count from the lowest resolution up; diffusers' from the top.
-    m = re.match(r"(down|up)\.(\d+)\.(block\.(\d+)\.(\w+)|downsample\.conv|upsample\.conv)$", module)
-    if m is None or (side == "encoder") != (m.group(1) == "down"):
+    m = re.match(r"(down|up)\.(\d+)\.(block\.(\d+)\.(\w+)|(down|up)sample\.conv)$", module)
+    if m is None or (side == "encoder") != (m.group(1) == "down") or m.group(6) not in (None, m.group(1)):
         return None
     level = int(m.group(2)) if side == "encoder" else levels - 1 - int(m.group(2))
     block = f"{side}.{m.group(1)}_blocks.{level}"
