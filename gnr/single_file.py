@@ -49,8 +49,8 @@ from pathlib import Path
 from .files import PICKLE_SUFFIXES, WEIGHT_NAMES, find_weights_file, iter_safetensors, iter_weights_folder, \
     read_json, read_safetensors_header
 
-__all__ = ["SingleFile", "open_single_file", "is_single_file", "PREDICTION_TYPES", "DEFAULT_IMAGE_SIZE",
-           "BUNDLED_TOKENIZER", "SCHEDULER_CONFIG"]
+__all__ = ["SingleFile", "open_single_file", "plan_single_file", "is_single_file", "PREDICTION_TYPES",
+           "DEFAULT_IMAGE_SIZE", "BUNDLED_TOKENIZER", "SCHEDULER_CONFIG"]
 
 UNET_PREFIX = "model.diffusion_model."
 EMA_PREFIX = "model_ema."
@@ -281,7 +281,7 @@ def _unet_config(h: _Header, p: str, image_size: int, vae_factor: int) -> tuple[
     conv_out = h.shape(f"{p}out.2.weight", (4,))
     if image_size % vae_factor:
         raise h.error(f"image_size = {image_size} is not a multiple of the VAE factor {vae_factor} "
-                         f"(allowed: a positive multiple of {vae_factor}, e.g. 512 or 768)")
+                      f"(allowed: a positive multiple of {vae_factor}, e.g. 512 or 768)")
     return {
         "_class_name": "UNet2DConditionModel",
         "sample_size": image_size // vae_factor,
@@ -369,9 +369,10 @@ class SingleFile:
       config_files: {component: where its config came from}, for messages.
       tokenizer_dir, pad_token: the tokenizer folder and its padding token
         (None: the end token, else e.g. "!" for SD 2.x).
-    The constructor's `plan` ({file key: (component, [diffusers names])},
-    the tensors to read) and `folders` ({component: folder given by
-    argument}) are what `weights` streams.
+      plan: {file key: (component, [diffusers names])}, the tensors of the
+        file to read and the engine's names for them.
+    `weights` streams the plan's tensors, then those of the `folders`
+    ({component: folder given by argument}).
     """
 
     def __init__(self, path: Path, family: str, configs: dict, config_files: dict, plan: dict,
@@ -382,7 +383,7 @@ class SingleFile:
         self.config_files = config_files
         self.tokenizer_dir = tokenizer_dir
         self.pad_token = pad_token
-        self._plan = plan          # file key -> (component, [diffusers names])
+        self.plan = plan
         self._folders = folders    # component -> diffusers component folder given by argument
 
     def weights(self):
@@ -392,8 +393,8 @@ class SingleFile:
         any component folder given by argument. `origin` names the file and tensor
         for error messages. Peak host memory: the largest tensor of the file in
         float32 plus the bytes it was stored in, never a second copy of the model."""
-        for key, array in iter_safetensors(self.path, only=self._plan):
-            comp, names = self._plan[key]
+        for key, array in iter_safetensors(self.path, only=self.plan):
+            comp, names = self.plan[key]
             origin = f"{self.path}: tensor {key!r}"
             if comp == "vae" and _VAE_LINEAR.search(names[0]) and array.ndim == 4 and array.shape[2:] == (1, 1):
                 array = array.reshape(array.shape[:2])  # LDM's 1x1 conv is diffusers' linear layer
@@ -464,6 +465,19 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
     ValueError naming the file."""
     path = Path(path)
     _check_suffix(path)
+    shapes = {k: shape for k, (_, shape) in read_safetensors_header(path).items()}
+    return plan_single_file(path, shapes, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                            image_size=image_size, prediction_type=prediction_type, ema=ema)
+
+
+def plan_single_file(path, shapes: dict, *, vae=None, text_encoder=None, tokenizer=None, image_size=None,
+                     prediction_type=None, ema: bool = False) -> SingleFile:
+    """What `open_single_file` makes of a header: `shapes` is the file's
+    {key: shape} (tuples of ints), `path` the file named in messages and read
+    by `SingleFile.weights()`; the options (vae, text_encoder, tokenizer,
+    image_size, prediction_type, ema) are open_single_file's. Lets the
+    inference run on the shapes of a full-size model without its weights."""
+    path = Path(path)
     if image_size is None:
         image_size = DEFAULT_IMAGE_SIZE
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
@@ -472,11 +486,11 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
     if prediction_type is None:
         prediction_type = "epsilon"
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"{path}: prediction_type = {prediction_type!r} is not allowed (allowed: None for 'epsilon', "
-                         f"{', '.join(map(repr, PREDICTION_TYPES))})")
+        raise ValueError(f"{path}: prediction_type = {prediction_type!r} is not allowed (allowed: None for "
+                         f"'epsilon', {', '.join(map(repr, PREDICTION_TYPES))})")
     if not isinstance(ema, bool):
         raise TypeError(f"{path}: ema must be True or False, got {ema!r}")
-    h = _Header(path, {k: shape for k, (_, shape) in read_safetensors_header(path).items()})
+    h = _Header(path, dict(shapes))
 
     has = {pre: any(k.startswith(pre) for k in h.shapes)
            for pre in (UNET_PREFIX, EMA_PREFIX, VAE_PREFIX, CLIP_PREFIX, OPENCLIP_PREFIX)}

@@ -60,9 +60,9 @@ def _move_resnet(src: dict, dst: dict, old: str, new: str, parts: dict) -> None:
         _move(src, dst, f"{old}.{diffusers_part}", f"{new}.{ldm_part}")
 
 
-def unet_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
-    cfg = _config(folder, "unet")
-    src = _weights(folder, "unet")
+def unet_to_ldm(cfg: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers UNet's config and state dict -> LDM-named tensors."""
+    src = dict(state)
     out: dict[str, torch.Tensor] = {}
     levels, layers = len(cfg["block_out_channels"]), cfg["layers_per_block"]
     for old, new in (("conv_in", "input_blocks.0.0"), ("time_embedding.linear_1", "time_embed.0"),
@@ -94,9 +94,9 @@ def unet_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
     return {"model.diffusion_model." + k: v for k, v in out.items()}
 
 
-def vae_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
-    cfg = _config(folder, "vae")
-    src = _weights(folder, "vae")
+def vae_to_ldm(cfg: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers VAE's config and state dict -> LDM-named tensors."""
+    src = dict(state)
     out: dict[str, torch.Tensor] = {}
     levels, layers = len(cfg["block_out_channels"]), cfg["layers_per_block"]
     resnet = {p: p for p in ("norm1", "conv1", "norm2", "conv2")} | {"conv_shortcut": "nin_shortcut"}
@@ -124,34 +124,33 @@ def vae_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
     return {"first_stage_model." + k: v for k, v in out.items()}
 
 
-def clip_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
+def clip_to_ldm(cfg: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """SD 1.x: FrozenCLIPEmbedder holds transformers' CLIPTextModel as `transformer`."""
-    src = _weights(folder, "text_encoder")
     out = {}
-    for k, v in src.items():
+    for k, v in state.items():
         name = k if k.startswith("text_model.") else "text_model." + k
         out["cond_stage_model.transformer." + name] = v
-    positions = _config(folder, "text_encoder")["max_position_embeddings"]
+    positions = cfg["max_position_embeddings"]
     out["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(positions)[None]
     return out
 
 
-def openclip_to_ldm(folder: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+def openclip_to_ldm(cfg: dict, state: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
     """SD 2.x: FrozenOpenCLIPEmbedder holds open_clip's text tower as `model`; it
     has one resblock more than SD 2.x reads, which diffusers' folders leave out."""
-    cfg = _config(folder, "text_encoder")
-    src = {k.removeprefix("text_model."): v for k, v in _weights(folder, "text_encoder").items()}
+    src = {k.removeprefix("text_model."): v for k, v in state.items()}
     src.pop("embeddings.position_ids", None)
     width, n = cfg["hidden_size"], cfg["num_hidden_layers"]
     out = {"token_embedding.weight": src.pop("embeddings.token_embedding.weight"),
            "positional_embedding": src.pop("embeddings.position_embedding.weight"),
            "ln_final.weight": src.pop("final_layer_norm.weight"), "ln_final.bias": src.pop("final_layer_norm.bias")}
     gen = torch.Generator().manual_seed(seed)
-    shapes = {k[len("encoder.layers.0."):]: v.shape for k, v in src.items() if k.startswith("encoder.layers.0.")}
+    like0 = {k[len("encoder.layers.0."):]: v for k, v in src.items() if k.startswith("encoder.layers.0.")}
     for i in range(n + 1):
         layer = f"encoder.layers.{i}."
         if i == n:  # the layer SD 2.x skips: random values, which must not matter
-            like = {k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}
+            like = {k: torch.randn(v.shape, generator=gen) if v.device.type != "meta" else torch.empty_like(v)
+                    for k, v in like0.items()}
         else:
             like = {k[len(layer):]: src.pop(k) for k in [k for k in src if k.startswith(layer)]}
         block = f"transformer.resblocks.{i}."
@@ -162,8 +161,10 @@ def openclip_to_ldm(folder: Path, seed: int = 0) -> dict[str, torch.Tensor]:
                 out[block + f"{new}.{param}"] = like.pop(f"{old}.{param}")
         assert not like, sorted(like)
     assert not src, f"text encoder tensors left unnamed: {sorted(src)}"
-    out["text_projection"] = torch.randn((width, width), generator=gen)
-    out["logit_scale"] = torch.tensor(4.6)
+    device = out["token_embedding.weight"].device
+    out["text_projection"] = torch.randn((width, width), generator=gen) if device.type != "meta" else \
+        torch.empty((width, width), device=device)
+    out["logit_scale"] = torch.tensor(4.6, device=device)
     return {"cond_stage_model.model." + k: v for k, v in out.items()}
 
 
@@ -196,14 +197,14 @@ def write_single_file(folder, path, family: str = "sd1", dtype=torch.float32, em
     folder, path = Path(folder), Path(path)
     tensors: dict[str, torch.Tensor] = {}
     if "unet" in parts:
-        unet = unet_to_ldm(folder)
-        tensors.update(unet)
+        tensors.update(unet_to_ldm(_config(folder, "unet"), _weights(folder, "unet")))
         if ema is not None:
-            tensors.update(ema_copy(unet_to_ldm(Path(ema))))
+            tensors.update(ema_copy(unet_to_ldm(_config(Path(ema), "unet"), _weights(Path(ema), "unet"))))
     if "vae" in parts:
-        tensors.update(vae_to_ldm(folder))
+        tensors.update(vae_to_ldm(_config(folder, "vae"), _weights(folder, "vae")))
     if "text_encoder" in parts:
-        tensors.update(clip_to_ldm(folder) if family == "sd1" else openclip_to_ldm(folder))
+        to_ldm = clip_to_ldm if family == "sd1" else openclip_to_ldm
+        tensors.update(to_ldm(_config(folder, "text_encoder"), _weights(folder, "text_encoder")))
     tensors.update(schedule_buffers())
     tensors.update(extra or {})
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()

@@ -13,6 +13,7 @@ level. Bad files: a clear error naming the file and what is wrong, and the
 process stays usable.
 """
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -114,24 +115,85 @@ KEYS = {"unet": ["sample_size", "in_channels", "out_channels", "down_block_types
                          "num_attention_heads", "max_position_embeddings", "hidden_act", "layer_norm_eps"]}
 
 
-def test_configs_inferred_as_the_folder_has_them(family, folders, files):
-    single = open_single_file(files[family], image_size=IMAGE_SIZE)
-    assert single.family == family
+def assert_configs_match(inferred: dict, configs: dict):
+    """The inferred configs agree with diffusers' on every key that matters."""
     for comp, keys in KEYS.items():
-        folder = json.loads((folders[family] / comp / "config.json").read_text())
+        folder = configs[comp]
         for key in keys:
             expected = folder.get(key, False if key == "use_linear_projection" else None)
-            got = single.configs[comp][key]
+            got = inferred[comp][key]
+            expected = list(expected) if isinstance(expected, tuple) else expected
             if isinstance(expected, list) or isinstance(got, list):
                 # diffusers writes a per-level value as a list or as one number
                 n = len(folder["block_out_channels"])
                 expected = expected if isinstance(expected, list) else [expected] * n
                 got = got if isinstance(got, list) else [got] * n
             assert got == expected, f"{comp}: {key}"
+
+
+def test_configs_inferred_as_the_folder_has_them(family, folders, files):
+    single = open_single_file(files[family], image_size=IMAGE_SIZE)
+    assert single.family == family
+    assert_configs_match(single.configs, {comp: json.loads((folders[family] / comp / "config.json").read_text())
+                                          for comp in KEYS})
     sched = single.configs["scheduler"]
     assert (sched["num_train_timesteps"], sched["beta_start"], sched["beta_end"], sched["beta_schedule"],
             sched["prediction_type"]) == (1000, 0.00085, 0.012, "scaled_linear", "epsilon")
     assert open_single_file(files[family]).configs["unet"]["sample_size"] == 512 // 8  # the default image size
+
+
+# Full-size SD 1.5 and SD 2.1 (768-v), built on PyTorch's meta device: shapes without weights.
+FULL_SIZE = {
+    "sd15": ("sd1", 512, dict(cross_attention_dim=768, sample_size=64),
+             dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  hidden_act="quick_gelu")),
+    "sd21": ("sd2", 768, dict(cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20], use_linear_projection=True,
+                              sample_size=96),
+             dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                  hidden_act="gelu")),
+}
+
+
+@pytest.mark.parametrize("model", sorted(FULL_SIZE))
+def test_full_size_shapes(model):
+    """The inference and the key plan on the real shapes of SD 1.5 and SD 2.1:
+    configs as diffusers', every tensor planned to the name diffusers' model
+    has, and SD 1.5 resolved by gnr's config rules as its diffusers configs are."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from gnr._model_config import resolve_model_configs
+    from gnr.single_file import plan_single_file
+    from single_file_writer import clip_to_ldm, openclip_to_ldm, unet_to_ldm, vae_to_ldm
+
+    family, size, unet_cfg, text_cfg = FULL_SIZE[model]
+    with torch.device("meta"):
+        models = {"unet": UNet2DConditionModel(**unet_cfg),
+                  "vae": AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                                       down_block_types=("DownEncoderBlock2D",) * 4,
+                                       up_block_types=("UpDecoderBlock2D",) * 4, sample_size=size),
+                  "text_encoder": CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77,
+                                                               **text_cfg))}
+    configs = {comp: dict(m.config) if comp != "text_encoder" else m.config.to_dict() for comp, m in models.items()}
+    states = {comp: m.state_dict() for comp, m in models.items()}
+    text_to_ldm = clip_to_ldm if family == "sd1" else openclip_to_ldm
+    ldm = {**unet_to_ldm(configs["unet"], states["unet"]), **vae_to_ldm(configs["vae"], states["vae"]),
+           **text_to_ldm(configs["text_encoder"], states["text_encoder"])}
+    single = plan_single_file(f"{model}.safetensors", {k: tuple(v.shape) for k, v in ldm.items()}, image_size=size)
+    assert single.family == family
+    assert_configs_match(single.configs, configs)
+    for comp in ("unet", "vae", "text_encoder"):
+        planned = {}
+        for key, (c, names) in single.plan.items():
+            if c == comp:
+                for name in names:
+                    planned[name] = math.prod(ldm[key].shape) // len(names)
+        expected = {(k if comp != "text_encoder" or k.startswith("text_model.") else "text_model." + k): v.numel()
+                    for k, v in states[comp].items() if not k.endswith("position_ids")}
+        assert planned == expected, comp
+    if family == "sd1":  # SD 2.x runs in the engine elsewhere
+        assert resolve_model_configs(single.configs, single.config_files) == \
+            resolve_model_configs(configs, {c: f"{model} {c}" for c in configs})
 
 
 def test_fp16_and_bf16_files_read_as_their_values_in_float32(folders, tmp_path):
