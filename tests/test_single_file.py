@@ -381,6 +381,12 @@ def test_bundled_tokenizers_match_transformers(folders, files):
     assert ours.encode("a cat")[-1] == 0  # "!" really pads SD 2.x prompts
 
 
+def test_a_pad_token_outside_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match=r"pad_token '<pad>' is not in the vocabulary.*allowed"):
+        gnr.tokenizer.ClipTokenizer(BUNDLED_TOKENIZER, pad_token="<pad>")
+    assert gnr.tokenizer.ClipTokenizer(BUNDLED_TOKENIZER).encode("a cat")[-1] == 49407  # the end token
+
+
 def test_bundled_vocabulary_is_the_clip_vocabulary():
     from clip_vocab import clip_vocab_and_merges
 
