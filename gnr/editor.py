@@ -160,7 +160,8 @@ class Editor:
             self.model = load_model(model, device=device, threads=threads, max_memory=max_memory, dtype=dtype,
                                     **single_file_options)
         else:
-            raise TypeError(f"model must be a folder path, a gnr.Model or None (the bundled default model), "
+            raise TypeError(f"model must be a model folder or single-file path, a gnr.Model or None (the bundled "
+                            f"default model), "
                             f"got {type(model).__name__}")
         self.last_timings: dict = {}
         self._null = None

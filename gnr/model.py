@@ -302,7 +302,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
     tokenizer: a tokenizer folder; None takes the CLIP vocabulary bundled
     with gnr (SD 2.x: padded with "!").
     image_size: the native image size in pixels (None: 512).
-    prediction_type: None / "epsilon" (the default), "v_prediction".
+    prediction_type: None / "epsilon" (the default); "v_prediction" (SD 2.x
+    768-v models) is recognised and refused (a ValueError) until the engine
+    runs v-prediction.
     ema: None / False takes the UNet's non-EMA weights of a file that has
     both (as diffusers), True the EMA ones.
     The file is read one tensor at a time: host memory holds the engine's

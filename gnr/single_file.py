@@ -26,9 +26,10 @@ What they cannot say comes from the family or from arguments:
     the last one in the file is dropped, as diffusers' converted folders do);
   - `image_size` (default 512; 768 for SD 2.x 768-v models): the UNet's
     sample_size is image_size / the VAE factor;
-  - `prediction_type` (default "epsilon"; "v_prediction" for 768-v models)
-    and the rest of the scheduler: SD's 1000 training steps, scaled_linear
-    betas 0.00085 .. 0.012, as the model folders hold it;
+  - `prediction_type` (default "epsilon"; "v_prediction" for 768-v models,
+    which gnr.Model refuses until the engine runs v-prediction) and the rest
+    of the scheduler: SD's 1000 training steps, scaled_linear betas
+    0.00085 .. 0.012, as the model folders hold it;
   - the VAE's scaling factor 0.18215.
 Files with EMA weights (`model_ema.*`) give the non-EMA UNet unless
 `ema=True`, as diffusers' `from_single_file` does. F16 and BF16 files are

@@ -496,6 +496,8 @@ def test_pickle_checkpoints_are_refused_with_how_to_convert(tmp_path, files, suf
 
 def test_options_are_checked(files, folders):
     _expect(files["sd1"], "prediction_type", "'epsilon'", prediction_type="x0")
+    # recognised, refused while the engine runs noise prediction only
+    _expect(files["sd1"], "prediction_type = 'v_prediction' is not supported", prediction_type="v_prediction")
     _expect(files["sd1"], "image_size", "multiple", image_size=100)
     _expect(files["sd1"], "variant", variant="fp16")
     with pytest.raises(ValueError, match="single-file checkpoints only"):
