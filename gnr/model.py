@@ -298,7 +298,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
 
     For a single file only (gnr.single_file says what is inferred from it):
     vae, text_encoder: a diffusers component folder (config.json +
-    safetensors) for a file without that component (or to replace it).
+    safetensors) for a file without that component (or to replace it);
+    vae also takes a VAE .safetensors file with the original key names.
     tokenizer: a tokenizer folder; None takes the CLIP vocabulary bundled
     with gnr (SD 2.x: padded with "!").
     image_size: the native image size in pixels (None: 512).

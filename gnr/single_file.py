@@ -35,7 +35,7 @@ Files with EMA weights (`model_ema.*`) give the non-EMA UNet unless
 `ema=True`, as diffusers' `from_single_file` does. F16 and BF16 files are
 widened to float32 exactly. A file without a VAE or text encoder needs
 `vae=` / `text_encoder=`: a diffusers component folder (config.json and
-safetensors weights). The tokenizer is the one bundled with gnr for the
+safetensors weights), or for the VAE a VAE file with the original names. The tokenizer is the one bundled with gnr for the
 family (the CLIP BPE vocabulary; SD 2.x pads with "!"), unless `tokenizer=`
 names a folder.
 
@@ -303,7 +303,7 @@ def _unet_config(h: _Header, p: str, image_size: int, vae_factor: int) -> tuple[
 def _vae_config(h: _Header, p: str, image_size: int) -> dict:
     levels = len(h.indices(re.escape(p) + r"encoder\.down\.(\d+)\."))
     if levels < 1:
-        raise h.error(f"the VAE ({p}*) has no encoder.down.* blocks")
+        raise h.error(f"the VAE has no {p}encoder.down.* blocks")
     channels = [h.shape(f"{p}encoder.down.{b}.block.0.conv1.weight", (4,))[0] for b in range(levels)]
     layers = len(h.indices(re.escape(p) + r"encoder\.down\.0\.block\.(\d+)\."))
     quant = h.shape(f"{p}quant_conv.weight", (4,))
@@ -372,12 +372,13 @@ class SingleFile:
         (None: the end token, else e.g. "!" for SD 2.x).
       plan: {file key: (component, [diffusers names])}, the tensors of the
         file to read and the engine's names for them.
-    `weights` streams the plan's tensors, then those of the `folders`
+    `weights` streams the plan's tensors, then those of `more_files`
+    ((file, plan) pairs: a VAE file given by argument) and of `folders`
     ({component: folder given by argument}).
     """
 
     def __init__(self, path: Path, family: str, configs: dict, config_files: dict, plan: dict,
-                 folders: dict, tokenizer_dir: Path, pad_token):
+                 folders: dict, tokenizer_dir: Path, pad_token, more_files: tuple = ()):
         self.path = path
         self.family = family
         self.configs = configs
@@ -385,7 +386,8 @@ class SingleFile:
         self.tokenizer_dir = tokenizer_dir
         self.pad_token = pad_token
         self.plan = plan
-        self._folders = folders    # component -> diffusers component folder given by argument
+        self._folders = folders        # component -> diffusers component folder given by argument
+        self._more_files = more_files  # (file, plan) of single files given by argument (a VAE file)
 
     def weights(self):
         """(component, diffusers name, float32 array, origin) for every weight, one tensor
@@ -394,22 +396,56 @@ class SingleFile:
         any component folder given by argument. `origin` names the file and tensor
         for error messages. Peak host memory: the largest tensor of the file in
         float32 plus the bytes it was stored in, never a second copy of the model."""
-        for key, array in iter_safetensors(self.path, only=self.plan):
-            comp, names = self.plan[key]
-            origin = f"{self.path}: tensor {key!r}"
-            if comp == "vae" and _VAE_LINEAR.search(names[0]) and array.ndim == 4 and array.shape[2:] == (1, 1):
-                array = array.reshape(array.shape[:2])  # LDM's 1x1 conv is diffusers' linear layer
-            if len(names) == 1:
-                yield comp, names[0], array, origin
-            else:
-                if array.shape[0] % len(names):
-                    raise ValueError(f"{origin}: shape {list(array.shape)} does not split into "
-                                     f"{len(names)} equal q/k/v parts along its first dimension")
-                for name, part in zip(names, array.reshape(len(names), -1, *array.shape[1:])):
-                    yield comp, name, part, origin
+        for path, plan in ((self.path, self.plan), *self._more_files):
+            yield from _stream(path, plan)
         for comp, folder in self._folders.items():
             for name, array in iter_weights_folder(folder, WEIGHT_NAMES[comp]):
                 yield comp, name, array, str(folder)
+
+
+def _stream(path: Path, plan: dict):
+    """(component, diffusers name, float32 array, origin) for the tensors of
+    `plan` in the file `path`, one read at a time."""
+    for key, array in iter_safetensors(path, only=plan):
+        comp, names = plan[key]
+        origin = f"{path}: tensor {key!r}"
+        if comp == "vae" and _VAE_LINEAR.search(names[0]) and array.ndim == 4 and array.shape[2:] == (1, 1):
+            array = array.reshape(array.shape[:2])  # LDM's 1x1 conv is diffusers' linear layer
+        if len(names) == 1:
+            yield comp, names[0], array, origin
+            continue
+        if array.shape[0] % len(names):
+            raise ValueError(f"{origin}: shape {list(array.shape)} does not split into "
+                             f"{len(names)} equal q/k/v parts along its first dimension")
+        for name, part in zip(names, array.reshape(len(names), -1, *array.shape[1:])):
+            yield comp, name, part, origin
+
+
+def _vae_file(value, image_size: int, path: Path) -> tuple[dict, dict, Path]:
+    """(diffusers VAE config, plan, file) of a VAE given as a single file: LDM
+    names with the first_stage_model. prefix (a whole checkpoint) or without
+    it (a VAE file such as SD's fine-tuned VAEs: encoder.*, decoder.*)."""
+    file = Path(value)
+    _check_suffix(file)
+    hv = _Header(file, {k: shape for k, (_, shape) in read_safetensors_header(file).items()})
+    prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in hv.shapes) else ""
+    if not any(k.startswith(prefix + "encoder.") for k in hv.shapes):
+        raise hv.error(f"vae= names a file without VAE tensors (expected {VAE_PREFIX}encoder.* or encoder.*, "
+                       f"decoder.*, quant_conv.*, post_quant_conv.*; given as the VAE of {path})")
+    config = _vae_config(hv, prefix, image_size)
+    levels = len(config["block_out_channels"])
+    plan = {}
+    for key in hv.shapes:
+        rest = key[len(prefix):]
+        if not key.startswith(prefix) or rest.partition(".")[0] not in ("encoder", "decoder", "quant_conv",
+                                                                         "post_quant_conv"):
+            continue  # another component of a whole checkpoint, or an EMA counter
+        name = _vae_name(rest, levels)
+        if name is None:
+            raise hv.error(f"tensor {key!r} fits no part of a Stable Diffusion VAE with the layout inferred from "
+                           f"the file")
+        plan[key] = ("vae", [name])
+    return config, plan, file
 
 
 def _configured_pad_token(folder: Path) -> str | None:
@@ -452,8 +488,10 @@ def open_single_file(path, *, vae=None, text_encoder=None, tokenizer=None, image
 
     vae, text_encoder: None (take the component from the file), or a diffusers
       component folder (config.json + safetensors) for a file without one (or
-      to replace the file's). A component neither in the file nor given is a
-      ValueError naming the argument.
+      to replace the file's); `vae` may also be a VAE .safetensors file with
+      the original names (with or without the first_stage_model. prefix, as
+      SD's fine-tuned VAEs are shared). A component neither in the file nor
+      given is a ValueError naming the argument.
     tokenizer: None (gnr's bundled CLIP vocabulary, padded as the family
       pads) or a tokenizer folder (vocab.json + merges.txt, or
       tokenizer.json), padded with the pad_token its special_tokens_map.json
@@ -508,18 +546,24 @@ def plan_single_file(path, shapes: dict, *, vae=None, text_encoder=None, tokeniz
     if ema and not has[EMA_PREFIX]:
         raise h.error("ema=True, but the file has no EMA weights (model_ema.*); allowed here: ema=False")
 
-    given = {"vae": vae, "text_encoder": text_encoder}
+    vae_file = vae is not None and Path(vae).suffix.lower() in (".safetensors",) + PICKLE_SUFFIXES
+    given = {"vae": None if vae_file else vae, "text_encoder": text_encoder}
     folders = {comp: _component_folder(v, comp, path) for comp, v in given.items() if v is not None}
-    configs, config_files = {}, {}
-    if "vae" in folders:
+    configs, config_files, more_files = {}, {}, ()
+    if vae_file:
+        configs["vae"], vae_plan, file = _vae_file(vae, image_size, path)
+        config_files["vae"] = f"{file} (VAE, inferred from the shapes)"
+        more_files = ((file, vae_plan),)
+    elif "vae" in folders:
         configs["vae"] = read_json(folders["vae"] / "config.json")
         config_files["vae"] = str(folders["vae"] / "config.json")
     elif has[VAE_PREFIX]:
         configs["vae"] = _vae_config(h, VAE_PREFIX, image_size)
         config_files["vae"] = f"{path} (VAE, inferred from the shapes)"
     else:
-        raise h.error(f"the VAE is missing (no {VAE_PREFIX}* tensors); pass vae= a diffusers VAE folder "
-                      f"(config.json + safetensors weights), e.g. the vae/ folder of a model in diffusers layout")
+        raise h.error(f"the VAE is missing (no {VAE_PREFIX}* tensors); pass vae= a VAE .safetensors file "
+                      f"(original key names) or a diffusers VAE folder (config.json + safetensors weights), e.g. "
+                      f"the vae/ folder of a model in diffusers layout")
     vae_factor = 2 ** (len(configs["vae"].get("block_out_channels", (64,))) - 1)
     configs["unet"], family = _unet_config(h, UNET_PREFIX, image_size, vae_factor)
     config_files["unet"] = f"{path} (UNet, inferred from the shapes)"
@@ -543,13 +587,13 @@ def plan_single_file(path, shapes: dict, *, vae=None, text_encoder=None, tokeniz
     configs["scheduler"] = dict(SCHEDULER_CONFIG, prediction_type=prediction_type)
     config_files["scheduler"] = f"{path} (scheduler: Stable Diffusion's, prediction_type {prediction_type!r})"
 
-    plan = _plan(h, configs, family, set(folders), ema)
+    plan = _plan(h, configs, family, set(folders) | ({"vae"} if vae_file else set()), ema)
     if tokenizer is None:
         tokenizer_dir, pad = BUNDLED_TOKENIZER, _PAD[family]
     else:
         tokenizer_dir = Path(tokenizer)
         pad = _configured_pad_token(tokenizer_dir) or _PAD[family]
-    return SingleFile(path, family, configs, config_files, plan, folders, tokenizer_dir, pad)
+    return SingleFile(path, family, configs, config_files, plan, folders, tokenizer_dir, pad, more_files)
 
 
 def _plan(h: _Header, configs: dict, family: str, replaced: set, ema: bool) -> dict:

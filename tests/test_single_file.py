@@ -293,6 +293,31 @@ def test_whole_edit_on_the_file_is_the_edit_on_the_folder(folders, files):
     np.testing.assert_array_equal(a, b)
 
 
+def test_vae_given_as_a_vae_file(folders, files, tmp_path):
+    """A VAE file with the original names, without the first_stage_model.
+    prefix (as SD's fine-tuned VAEs are shared) or with it (a whole checkpoint)."""
+    from safetensors.torch import load_file, save_file
+
+    prefix = "first_stage_model."
+    bare = {k[len(prefix):]: v for k, v in load_file(str(files["sd1"])).items() if k.startswith(prefix)}
+    bare["model_ema.decay"] = torch.tensor(0.9999)  # what such files may carry beside the weights
+    save_file(bare, str(tmp_path / "vae.safetensors"))
+    unet_only = write_single_file(folders["sd1"], tmp_path / "unet_only.safetensors", parts=("unet",))
+    full = gnr.load_model(folders["sd1"])
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    z = np.random.default_rng(3).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    for vae in (tmp_path / "vae.safetensors", files["sd1"]):
+        model = gnr.load_model(unet_only, image_size=IMAGE_SIZE, vae=vae, text_encoder=folders["sd1"] / "text_encoder")
+        np.testing.assert_array_equal(model.encode_image(image), full.encode_image(image))
+        np.testing.assert_array_equal(model.decode_latent(z), full.decode_latent(z))
+    save_file({"encoder.conv_in.weight": torch.ones(3, 3)}, str(tmp_path / "not_a_vae.safetensors"))
+    with pytest.raises(ValueError, match="not_a_vae.safetensors"):
+        gnr.load_model(unet_only, vae=tmp_path / "not_a_vae.safetensors", text_encoder=folders["sd1"] / "text_encoder")
+    with pytest.raises(ValueError, match="pickle"):
+        open_single_file(unet_only, vae=tmp_path / "vae.ckpt")
+    _still_usable(files)
+
+
 def test_weights_stream_one_tensor_at_a_time(folders, tmp_path):
     """Host memory while streaming the file is bounded by a few of its largest
     tensors (and the parsed header), not by the file. The text encoder comes
