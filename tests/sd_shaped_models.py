@@ -1,5 +1,5 @@
 """Tiny random models shaped like Stable Diffusion 1.x and 2.x in everything a
-single-file checkpoint does not record (test helper).
+single-file checkpoint does not record (for the tests).
 
 A single file holds tensors, not configs: gnr.single_file takes from the
 family what shapes cannot say (32 GroupNorm groups; SD 1.x: 8 heads per UNet

@@ -1,5 +1,5 @@
 """Single-file checkpoints with the original latent-diffusion key names, made
-from a diffusers model folder (test helper).
+from a diffusers model folder (for the tests).
 
 The writer walks the diffusers modules level by level and names each tensor
 where the original code (ldm's openaimodel.UNetModel, the autoencoder's

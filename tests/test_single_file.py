@@ -224,7 +224,7 @@ def test_ema_weights_non_ema_by_default_as_diffusers(folders, tmp_path_factory, 
 # ------------------------------------------------------------------------- the engine on SD 1.x --
 
 
-@pytest.fixture(autouse=False)
+@pytest.fixture
 def no_grad(torch_threads):
     with torch_threads.no_grad():
         yield
