@@ -30,14 +30,20 @@ What they cannot say comes from the family or from arguments:
     which gnr.Model refuses until the engine runs v-prediction) and the rest
     of the scheduler: SD's 1000 training steps, scaled_linear betas
     0.00085 .. 0.012, as the model folders hold it;
+  - upcast_attention: true for SD 2.x with v-prediction, as SD 2.1 (768)
+    has it;
   - the VAE's scaling factor 0.18215.
+diffusers' `from_single_file` without a config takes SD 2.1 768-v's settings
+for every SD 2.x file; gnr takes the defaults above, so a 768-v file needs
+image_size=768, prediction_type="v_prediction".
+
 Files with EMA weights (`model_ema.*`) give the non-EMA UNet unless
 `ema=True`, as diffusers' `from_single_file` does. F16 and BF16 files are
 widened to float32 exactly. A file without a VAE or text encoder needs
 `vae=` / `text_encoder=`: a diffusers component folder (config.json and
-safetensors weights), or for the VAE a VAE file with the original names. The tokenizer is the one bundled with gnr for the
-family (the CLIP BPE vocabulary; SD 2.x pads with "!"), unless `tokenizer=`
-names a folder.
+safetensors weights), or for the VAE a VAE file with the original names.
+The tokenizer is the one bundled with gnr for the family (the CLIP BPE
+vocabulary; SD 2.x pads with "!"), unless `tokenizer=` names a folder.
 
 Pickle checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`) are refused: loading
 them can run code. The error says how to convert one to safetensors.
@@ -235,7 +241,7 @@ class _Header:
         return sorted({int(m.group(1)) for k in self.shapes if (m := rx.match(k))})
 
 
-def _unet_config(h: _Header, p: str, image_size: int, vae_factor: int) -> tuple[dict, str]:
+def _unet_config(h: _Header, p: str, image_size: int, vae_factor: int, prediction_type: str) -> tuple[dict, str]:
     """(diffusers UNet config, family) from the shapes of the keys under prefix p."""
     n_in = len(h.indices(re.escape(p) + r"input_blocks\.(\d+)\."))
     downs = h.indices(re.escape(p) + r"input_blocks\.(\d+)\.0\.op\.weight$")
@@ -296,6 +302,8 @@ def _unet_config(h: _Header, p: str, image_size: int, vae_factor: int) -> tuple[
         "transformer_layers_per_block": tl,
         "cross_attention_dim": context,
         "use_linear_projection": family == "sd2",
+        # SD 2.1 768-v computes attention scores in float32 (no change in float32 math).
+        "upcast_attention": family == "sd2" and prediction_type == "v_prediction",
         "norm_num_groups": NORM_GROUPS,
     }, family
 
@@ -565,7 +573,7 @@ def plan_single_file(path, shapes: dict, *, vae=None, text_encoder=None, tokeniz
                       f"(original key names) or a diffusers VAE folder (config.json + safetensors weights), e.g. "
                       f"the vae/ folder of a model in diffusers layout")
     vae_factor = 2 ** (len(configs["vae"].get("block_out_channels", (64,))) - 1)
-    configs["unet"], family = _unet_config(h, UNET_PREFIX, image_size, vae_factor)
+    configs["unet"], family = _unet_config(h, UNET_PREFIX, image_size, vae_factor, prediction_type)
     config_files["unet"] = f"{path} (UNet, inferred from the shapes)"
 
     text_prefix = CLIP_PREFIX if family == "sd1" else OPENCLIP_PREFIX

@@ -108,7 +108,7 @@ def test_every_streamed_tensor_is_the_folders_tensor_of_that_name(family, folder
 
 KEYS = {"unet": ["sample_size", "in_channels", "out_channels", "down_block_types", "up_block_types",
                  "block_out_channels", "layers_per_block", "attention_head_dim", "cross_attention_dim",
-                 "use_linear_projection", "norm_num_groups"],
+                 "use_linear_projection", "upcast_attention", "norm_num_groups"],
         "vae": ["in_channels", "out_channels", "latent_channels", "down_block_types", "up_block_types",
                 "block_out_channels", "layers_per_block", "norm_num_groups", "scaling_factor"],
         "text_encoder": ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -120,7 +120,7 @@ def assert_configs_match(inferred: dict, configs: dict):
     for comp, keys in KEYS.items():
         folder = configs[comp]
         for key in keys:
-            expected = folder.get(key, False if key == "use_linear_projection" else None)
+            expected = folder.get(key, False if key in ("use_linear_projection", "upcast_attention") else None)
             got = inferred[comp][key]
             expected = list(expected) if isinstance(expected, tuple) else expected
             if isinstance(expected, list) or isinstance(got, list):
@@ -144,11 +144,11 @@ def test_configs_inferred_as_the_folder_has_them(family, folders, files):
 
 # Full-size SD 1.5 and SD 2.1 (768-v), built on PyTorch's meta device: shapes without weights.
 FULL_SIZE = {
-    "sd15": ("sd1", 512, dict(cross_attention_dim=768, sample_size=64),
+    "sd15": ("sd1", 512, "epsilon", dict(cross_attention_dim=768, sample_size=64),
              dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                   hidden_act="quick_gelu")),
-    "sd21": ("sd2", 768, dict(cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20], use_linear_projection=True,
-                              sample_size=96),
+    "sd21": ("sd2", 768, "v_prediction", dict(cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
+                                              use_linear_projection=True, upcast_attention=True, sample_size=96),
              dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                   hidden_act="gelu")),
 }
@@ -166,7 +166,7 @@ def test_full_size_shapes(model):
     from gnr.single_file import plan_single_file
     from single_file_writer import clip_to_ldm, openclip_to_ldm, unet_to_ldm, vae_to_ldm
 
-    family, size, unet_cfg, text_cfg = FULL_SIZE[model]
+    family, size, prediction, unet_cfg, text_cfg = FULL_SIZE[model]
     with torch.device("meta"):
         models = {"unet": UNet2DConditionModel(**unet_cfg),
                   "vae": AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
@@ -179,7 +179,8 @@ def test_full_size_shapes(model):
     text_to_ldm = clip_to_ldm if family == "sd1" else openclip_to_ldm
     ldm = {**unet_to_ldm(configs["unet"], states["unet"]), **vae_to_ldm(configs["vae"], states["vae"]),
            **text_to_ldm(configs["text_encoder"], states["text_encoder"])}
-    single = plan_single_file(f"{model}.safetensors", {k: tuple(v.shape) for k, v in ldm.items()}, image_size=size)
+    single = plan_single_file(f"{model}.safetensors", {k: tuple(v.shape) for k, v in ldm.items()}, image_size=size,
+                              prediction_type=prediction)
     assert single.family == family
     assert_configs_match(single.configs, configs)
     for comp in ("unet", "vae", "text_encoder"):
