@@ -1,6 +1,6 @@
 /* The engine's C API: what csrc/python (and nothing else) calls.
  *
- * A gnr_model holds one Stable Diffusion 1.x model (CLIP text encoder, UNet,
+ * A gnr_model holds one Stable Diffusion 1.x or 2.x model (CLIP text encoder, UNet,
  * VAE) on one device: its configs, its weights (placed once, in one block),
  * and the context its passes run in. Files are parsed by the Python layer; the
  * engine receives configs as structs and weights as named float32 arrays, and
@@ -36,10 +36,16 @@ typedef struct {
     float layer_norm_eps;
 } gnr_text_config;
 
-/* UNet2DConditionModel (diffusers) restricted to the SD 1.x family, from
- * unet/config.json after the Python layer has resolved diffusers' defaults
- * (num_attention_heads = attention_head_dim when unset, ints broadcast to
- * one value per block). Up-block lists are in up (forward) order. */
+/* What the UNet's output is (the scheduler config's prediction_type): the
+ * noise eps, or the velocity v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
+ * (SD 2.x 768-v), which the editing jobs turn into eps after every pass. */
+typedef enum { GNR_PREDICT_EPSILON = 0, GNR_PREDICT_V = 1 } gnr_prediction;
+
+/* UNet2DConditionModel (diffusers) restricted to the SD 1.x and 2.x families,
+ * from unet/config.json after the Python layer has resolved diffusers'
+ * defaults (num_attention_heads = attention_head_dim when unset, ints
+ * broadcast to one value per block). Up-block lists are in up (forward)
+ * order. */
 typedef struct {
     int in_channels;
     int out_channels;
@@ -57,6 +63,10 @@ typedef struct {
     float norm_eps;                              /* resnets and conv_norm_out; Transformer2D uses 1e-6 */
     int flip_sin_to_cos;
     float freq_shift;
+    int linear_projection;                       /* Transformer2D proj_in/proj_out: Linear (SD 2.x), else 1x1 conv */
+    int upcast_attention;                        /* scores and softmax in fp32: so in every mode of gnr (the
+                                                    speed mode rounds only QK^T's inputs, csrc/cuda/gemm.cu) */
+    gnr_prediction prediction;                   /* from scheduler/scheduler_config.json */
 } gnr_unet_config;
 
 /* AutoencoderKL (diffusers), from vae/config.json. */

@@ -1,4 +1,4 @@
-/* gnr_model: one Stable Diffusion 1.x model on one device (gnr.h). */
+/* gnr_model: one Stable Diffusion 1.x or 2.x model on one device (gnr.h). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,7 +49,7 @@ static gnr_status check_config(const gnr_model_config *c)
         RULE(ch >= 1 && ch % groups == 0, "unet: block_out_channels[%d] = %d is not a positive multiple of "
              "norm_num_groups %d", i, ch, groups);
         RULE(u->up_has_attn[i] == u->down_has_attn[mirror], "unet: up block %d %s cross-attention but its mirrored "
-             "down block %d %s (only the symmetric SD 1.x layouts)", i, u->up_has_attn[i] ? "has" : "has no", mirror,
+             "down block %d %s (only the symmetric SD 1.x and 2.x layouts)", i, u->up_has_attn[i] ? "has" : "has no", mirror,
              u->down_has_attn[mirror] ? "does" : "does not");
         /* Up block nb-1-i mirrors down block i, so checking the down blocks'
          * transformers checks the up blocks' too. */
@@ -65,6 +65,12 @@ static gnr_status check_config(const gnr_model_config *c)
          "attention heads", top, u->mid_heads);
     RULE(u->mid_transformer_layers >= 1 && u->mid_transformer_layers <= GNR_MAX_TBLOCKS,
          "unet: mid block: %d transformer layers (1 to %d)", u->mid_transformer_layers, GNR_MAX_TBLOCKS);
+    RULE(u->linear_projection == 0 || u->linear_projection == 1, "unet: linear_projection %d (0 or 1)",
+         u->linear_projection);
+    RULE(u->upcast_attention == 0 || u->upcast_attention == 1, "unet: upcast_attention %d (0 or 1)",
+         u->upcast_attention);
+    RULE(u->prediction == GNR_PREDICT_EPSILON || u->prediction == GNR_PREDICT_V,
+         "unet: prediction type %d (epsilon %d or v %d)", (int)u->prediction, GNR_PREDICT_EPSILON, GNR_PREDICT_V);
     RULE(u->block_out_channels[0] <= GNR_UNET_MAX_BASE_CHANNELS, "unet: block_out_channels[0] = %d (at most %d)",
          u->block_out_channels[0], GNR_UNET_MAX_BASE_CHANNELS);
 

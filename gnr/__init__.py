@@ -1,4 +1,4 @@
-"""gnr: Guide-and-Rescale real-image editing with Stable Diffusion 1.x.
+"""gnr: Guide-and-Rescale real-image editing with Stable Diffusion 1.x and 2.x.
 
 A C engine (CPU backend always, CUDA when built) behind a small Python API.
 """

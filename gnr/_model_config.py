@@ -9,7 +9,7 @@ consistency checks (a failure there is a bug in gnr, not a bad file).
 This sits below gnr.sizes and gnr.model: both read a folder's configs
 through `read_model_configs`, the first without loading any weights. A
 single-file checkpoint's configs, inferred by gnr.single_file, pass the
-same checks (`resolve_model_configs`).
+same checks (`resolve_configs`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,12 @@ from pathlib import Path
 from .files import check_model_dir, read_json
 from .single_file import is_single_file, open_single_file
 
-__all__ = ["read_model_configs", "resolve_model_configs", "MAX_BLOCKS"]
+__all__ = ["read_model_configs", "resolve_configs", "read_scheduler_config", "prediction_type", "model_family",
+           "PREDICTION_TYPES", "FAMILIES", "MAX_BLOCKS"]
+
+# The scheduler config's prediction_type values the engine implements, in the
+# order of the engine's codes (gnr_prediction, csrc/gnr.h).
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # The engine's limits. The extension does not export them, so each is the
 # value of the C constant named beside it; tests/test_bad_inputs.py reads
@@ -43,8 +48,6 @@ _UNET_FIXED = {
     "downsample_padding": 1,
     "mid_block_scale_factor": 1,
     "center_input_sample": False,
-    "use_linear_projection": False,
-    "upcast_attention": False,
     "only_cross_attention": False,
     "dual_cross_attention": False,
     "class_embed_type": None,
@@ -175,15 +178,18 @@ def _unet_config(cfg: dict, where: str) -> dict:
         # The up path runs the down path backwards through its skip connections.
         if up_attn[i] != down_attn[n - 1 - i]:
             raise ValueError(f"{where}: up_block_types[{i}] = {up[i]!r} does not mirror down_block_types"
-                             f"[{n - 1 - i}] = {down[n - 1 - i]!r} (supported: symmetric SD 1.x layouts, where an up "
-                             f"block has cross-attention exactly when its mirrored down block has)")
+                             f"[{n - 1 - i}] = {down[n - 1 - i]!r} (supported: symmetric SD 1.x and 2.x layouts, "
+                             f"where an up block has cross-attention exactly when its mirrored down block has)")
     lpb = cfg.get("layers_per_block", 2)
     if isinstance(lpb, (list, tuple)) and len(lpb) == n and all(x == lpb[0] and _is_int(x) for x in lpb):
         lpb = lpb[0]  # one count per level, all equal: the only per-level form the engine runs
     if not _is_int(lpb) or not 1 <= lpb <= MAX_UNET_LAYERS_PER_BLOCK:
         raise ValueError(f"{where}: layers_per_block = {lpb!r} is not supported (supported: an integer from 1 to "
                          f"{MAX_UNET_LAYERS_PER_BLOCK}, or a list of {n} equal ones)")
-    # diffusers reads SD 1.x's attention_head_dim as the number of heads.
+    # diffusers reads attention_head_dim as the number of heads of each down
+    # block when num_attention_heads is unset (SD 1.x: 8 for every level;
+    # SD 2.x: [5, 10, 20, 20], heads of 64 channels); the mid block takes
+    # the last level's, up block i the mirrored down block's (unet.c).
     heads_key = "num_attention_heads" if cfg.get("num_attention_heads") else "attention_head_dim"
     heads = _per_block(heads_key, cfg.get(heads_key, 8), n, where)
     tl = _per_block("transformer_layers_per_block", cfg.get("transformer_layers_per_block", 1), n, where)
@@ -213,6 +219,12 @@ def _unet_config(cfg: dict, where: str) -> dict:
         "norm_eps": _real(cfg, "norm_eps", 1e-5, where, positive=True),
         "flip_sin_to_cos": _flag(cfg, "flip_sin_to_cos", True, where),
         "freq_shift": _real(cfg, "freq_shift", 0, where),
+        # SD 2.x: Linear proj_in/proj_out instead of 1x1 convolutions.
+        "linear_projection": _flag(cfg, "use_linear_projection", False, where),
+        # Attention scores and softmax in fp32 under 16-bit autocast. gnr
+        # computes both in fp32 in every mode (README, "On a GPU"), so the
+        # flag changes nothing; it is carried for the model's identity.
+        "upcast_attention": _flag(cfg, "upcast_attention", False, where),
     }
 
 
@@ -262,42 +274,91 @@ def _text_config(cfg: dict, where: str) -> dict:
     }
 
 
+def prediction_type(scheduler_config: dict, where: str) -> str:
+    """The UNet's output kind from a parsed scheduler config:
+    "epsilon" (the default when the key is absent) or "v_prediction"."""
+    v = scheduler_config.get("prediction_type", "epsilon")
+    if v not in PREDICTION_TYPES:
+        raise ValueError(f"{where}: prediction_type = {v!r} is not supported (supported: "
+                         f"{', '.join(repr(p) for p in PREDICTION_TYPES)})")
+    return v
+
+
+def read_scheduler_config(root: Path) -> dict:
+    """scheduler/scheduler_config.json of the folder `root`, parsed, or {}
+    when the folder has none (the model then predicts the noise). gnr reads
+    only its prediction_type: the noise schedule is fixed (GNR_SPEC.md
+    section 2)."""
+    f = root / "scheduler" / "scheduler_config.json"
+    if not f.exists():
+        return {}
+    cfg = read_json(f)
+    prediction_type(cfg, str(f))
+    return cfg
+
+
+def resolve_configs(configs: dict, files: dict | None = None) -> dict:
+    """The engine's resolved configs {"text", "unet", "vae"} from the parsed
+    configs {"text_encoder", "unet", "vae", "scheduler"} of one model (a
+    missing "scheduler" entry: an eps-predicting model). `files` names the
+    source of each in messages (default: the diffusers paths
+    "<component>/config.json"). Any model source (a diffusers folder, a
+    single checkpoint file whose configs were inferred) goes through this."""
+    names = {"text_encoder": "text_encoder/config.json", "unet": "unet/config.json", "vae": "vae/config.json",
+             "scheduler": "scheduler/scheduler_config.json"}
+    names.update({k: str(v) for k, v in (files or {}).items()})
+    resolved = {"text": _text_config(configs["text_encoder"], names["text_encoder"]),
+                "unet": _unet_config(configs["unet"], names["unet"]),
+                "vae": _vae_config(configs["vae"], names["vae"])}
+    kind = prediction_type(configs.get("scheduler") or {}, names["scheduler"])
+    resolved["unet"]["prediction"] = PREDICTION_TYPES.index(kind)
+    # The components meet at the latent (VAE -> UNet) and at the context
+    # (text encoder -> the UNet's cross-attention).
+    u, v, t = resolved["unet"], resolved["vae"], resolved["text"]
+    if v["latent_channels"] != u["in_channels"]:
+        raise ValueError(f"{names['vae']}: latent_channels = {v['latent_channels']} differs from in_channels = "
+                         f"{u['in_channels']} in {names['unet']} (supported: equal: the UNet denoises the VAE's "
+                         f"latents)")
+    if t["hidden_size"] != u["cross_attention_dim"]:
+        raise ValueError(f"{names['text_encoder']}: hidden_size = {t['hidden_size']} differs from "
+                         f"cross_attention_dim = {u['cross_attention_dim']} in {names['unet']} (supported: equal: "
+                         f"the UNet attends to the text encoder's output)")
+    return resolved
+
+
+FAMILIES = ("SD 1.x", "SD 2.x")
+
+
+def model_family(configs: dict) -> str:
+    """"SD 2.x" for a model with a trait of Stable Diffusion 2.x in its
+    parsed configs {"text_encoder", "unet", ...} (an OpenCLIP text encoder,
+    whose activation is the exact "gelu", or Linear transformer projections
+    in the UNet), else "SD 1.x" (CLIP ViT-L's "quick_gelu" and 1x1-conv
+    projections; the bundled default model is of this family)."""
+    text, unet = configs["text_encoder"], configs["unet"]
+    sd2 = text.get("hidden_act", "quick_gelu") == "gelu" or bool(unet.get("use_linear_projection", False))
+    return FAMILIES[1] if sd2 else FAMILIES[0]
+
+
 def read_model_configs(path, **single_file_options) -> tuple[dict, dict]:
-    """(parsed config.json of each component, the engine's resolved configs)
-    of the model folder `path`, without reading any weights: every check of the
-    folder's layout and config values that loading makes first. A file `path`
-    is a single-file checkpoint: its configs are inferred from its header by
-    gnr.single_file (`single_file_options` are open_single_file's) and checked
-    by the same rules."""
+    """(parsed configs, the engine's resolved configs) of the model folder
+    `path`, without reading any weights: every check of the folder's layout
+    and config values that loading makes first. The parsed configs are the
+    config.json of "text_encoder", "unet" and "vae", and under "scheduler"
+    scheduler/scheduler_config.json ({} when the folder has none). A file
+    `path` is a single-file checkpoint: its configs, in the same form, are
+    inferred from its header by gnr.single_file (`single_file_options` are
+    open_single_file's) and checked by the same rules."""
     if is_single_file(path):
         single = open_single_file(path, **single_file_options)
-        return single.configs, resolve_model_configs(single.configs, single.config_files)
+        return single.configs, resolve_configs(single.configs, single.config_files)
     if single_file_options:
         raise ValueError(f"{path}: {', '.join(sorted(single_file_options))} apply to single-file checkpoints only; "
                          f"a model folder brings its own components and configs")
     root = Path(path)
     check_model_dir(root)
-    files = {comp: str(root / comp / "config.json") for comp in ("text_encoder", "unet", "vae")}
+    files = {comp: root / comp / "config.json" for comp in ("text_encoder", "unet", "vae")}
     configs = {comp: read_json(f) for comp, f in files.items()}
-    return configs, resolve_model_configs(configs, files)
-
-
-def resolve_model_configs(configs: dict, files: dict) -> dict:
-    """The engine's resolved configs {"text", "unet", "vae"} from the diffusers
-    configs {"text_encoder", "unet", "vae"}; `files` names where each came
-    from, for the messages."""
-    resolved = {"text": _text_config(configs["text_encoder"], files["text_encoder"]),
-                "unet": _unet_config(configs["unet"], files["unet"]),
-                "vae": _vae_config(configs["vae"], files["vae"])}
-    # The components meet at the latent (VAE -> UNet) and at the context
-    # (text encoder -> the UNet's cross-attention).
-    u, v, t = resolved["unet"], resolved["vae"], resolved["text"]
-    if v["latent_channels"] != u["in_channels"]:
-        raise ValueError(f"{files['vae']}: latent_channels = {v['latent_channels']} differs from in_channels = "
-                         f"{u['in_channels']} in {files['unet']} (supported: equal: the UNet denoises the VAE's "
-                         f"latents)")
-    if t["hidden_size"] != u["cross_attention_dim"]:
-        raise ValueError(f"{files['text_encoder']}: hidden_size = {t['hidden_size']} differs from "
-                         f"cross_attention_dim = {u['cross_attention_dim']} in {files['unet']} (supported: equal: "
-                         f"the UNet attends to the text encoder's output)")
-    return resolved
+    configs["scheduler"] = read_scheduler_config(root)
+    files["scheduler"] = root / "scheduler" / "scheduler_config.json"
+    return configs, resolve_configs(configs, files)

@@ -109,7 +109,7 @@ class _Progress:
 
 
 class Editor:
-    """Guide-and-Rescale editor on one Stable Diffusion 1.x model.
+    """Guide-and-Rescale editor on one Stable Diffusion 1.x or 2.x model.
 
     Arguments:
       model: a model folder in diffusers layout (safetensors weights), a

@@ -1,4 +1,4 @@
-"""Reading a Stable Diffusion 1.x model folder (diffusers layout).
+"""Reading a Stable Diffusion 1.x or 2.x model folder (diffusers layout).
 
 Everything here treats the files as untrusted input: a folder from the internet
 may be incomplete, truncated or crafted. Every error names the file (and the
@@ -11,6 +11,8 @@ Layout read::
     vae/config.json           vae/diffusion_pytorch_model[.fp16].safetensors
     text_encoder/config.json  text_encoder/model[.fp16].safetensors
     tokenizer/                vocab.json + merges.txt, or tokenizer.json
+    scheduler/                scheduler_config.json (optional; its prediction_type only,
+                              read by gnr._model_config)
 
 Weights are read from safetensors only. Pickle checkpoints (`.bin`, `.ckpt`,
 `.pt`, `.pth`) can run code when loaded and are never opened. Sharded
@@ -38,6 +40,8 @@ __all__ = [
     "read_safetensors_header",
     "load_component",
     "iter_weights_folder",
+    "component_dtypes",
+    "safetensors_dtypes",
     "check_model_dir",
     "default_model_dir",
 ]
@@ -58,6 +62,7 @@ _DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default_model"
 # safetensors dtype -> (little-endian NumPy dtype of the stored bits, bytes per element)
 _DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
 _ALLOWED_DTYPES = ", ".join(_DTYPES)
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 # Bytes per element of the other safetensors dtypes: a single-file checkpoint
 # may carry integer buffers (CLIP's position_ids, EMA counters) beside its
 # float weights. Such tensors can be listed and skipped, never read.
@@ -318,7 +323,9 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
 
 
 def _read_header(path: Path, other_dtypes: bool = False) -> tuple[int, int, list[tuple[str, str, tuple, int, int]]]:
-    """(file size, offset of the data area, entries) of a .safetensors file, validated."""
+    """(file size, offset of the data area, validated header entries) of a
+    .safetensors file (see load_safetensors for the checks; `other_dtypes`:
+    see _parse_header)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
@@ -332,6 +339,13 @@ def _read_header(path: Path, other_dtypes: bool = False) -> tuple[int, int, list
                 head += f.read(n)
     data_start, entries = _parse_header(path, size, head, other_dtypes)
     return size, data_start, entries
+
+
+def safetensors_dtypes(path) -> list[str]:
+    """The distinct dtypes of the tensors of the .safetensors file at `path`
+    as stored ("float32", "float16", "bfloat16"), sorted; the header alone
+    is read (and validated as load_safetensors validates it)."""
+    return sorted({_DTYPE_NAMES[dtype] for _, dtype, *_ in _read_header(Path(path))[2]})
 
 
 def read_safetensors_header(path) -> dict[str, tuple[str, tuple]]:
@@ -426,6 +440,16 @@ def iter_weights_folder(folder, base_name: str, variant: str | None = None):
         for name, shard in read_json(index)["weight_map"].items():
             if origin.get(name) is None or origin[name].name != shard:
                 raise ValueError(f"{index}: tensor {name!r} is mapped to shard {shard!r}, which does not contain it")
+
+
+def component_dtypes(model_dir, component: str, variant: str | None = None) -> list[str]:
+    """The distinct stored dtypes ("float32", "float16", "bfloat16") of the
+    weight files of one `component` of the folder `model_dir`, as
+    load_component would read them (same files and `variant` rule), sorted.
+    Headers only."""
+    folder = _component_dir(model_dir, component)
+    files, _ = _find_weights(folder, variant, WEIGHT_NAMES[component])
+    return sorted({d for file in files for d in safetensors_dtypes(file)})
 
 
 def check_model_dir(path) -> dict:

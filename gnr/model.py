@@ -1,11 +1,13 @@
-"""Loading a Stable Diffusion 1.x model folder or single-file checkpoint
-(gnr.single_file) into the engine, and the low-level passes: text encoder,
-UNet, VAE encoder and decoder.
+"""Loading a Stable Diffusion 1.x or 2.x model folder or single-file
+checkpoint (gnr.single_file) into the engine, and the low-level passes:
+text encoder, UNet, VAE encoder and decoder.
 
 The folder is in diffusers layout (model_index.json; unet/, vae/,
 text_encoder/ with config.json and safetensors weights; tokenizer/ with
-vocab.json and merges.txt). Every size comes from the config files, so tiny
-random models and full SD 1.4/1.5 load through the same code.
+vocab.json and merges.txt; optionally scheduler/scheduler_config.json, whose
+prediction_type says whether the UNet predicts the noise or, as SD 2.x 768-v
+does, the velocity). Every size comes from the config files, so tiny random
+models, SD 1.4/1.5 and SD 2.0/2.1 load through the same code.
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import numpy as np
 
 from . import _C
 from ._backends import check_device_name, require_device
-from ._model_config import read_model_configs, resolve_model_configs
+from ._model_config import PREDICTION_TYPES, model_family, read_model_configs, resolve_configs
 from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
-from .files import default_model_dir, iter_component
+from .files import COMPONENTS, component_dtypes, default_model_dir, iter_component
 from .single_file import is_single_file, open_single_file
 from .sizes import check_size, native_size
 from .tokenizer import ClipTokenizer
@@ -32,7 +34,7 @@ _IGNORED_SUFFIXES = ("position_ids",)
 
 
 class Model:
-    """A Stable Diffusion 1.x model loaded into the gnr engine.
+    """A Stable Diffusion 1.x or 2.x model loaded into the gnr engine.
 
     Use :func:`load_model`: its arguments (path, device, variant, threads,
     max_memory, dtype) are this constructor's, and a single file's options
@@ -44,15 +46,28 @@ class Model:
       path: the model folder or single file (pathlib.Path).
       device: "cpu" or "cuda".
       dtype: the compute dtype, "float32", "float16" or "bfloat16".
-      config: the parsed config.json of each component, {"text_encoder",
-        "unet", "vae"}; for a single file the configs inferred from it, in
-        the same form, and "scheduler".
+      config: the parsed configs, {"text_encoder", "unet", "vae"} (each
+        component's config.json) and "scheduler" (scheduler_config.json, {}
+        when the folder has none); for a single file, the configs inferred
+        from it in the same form.
       tokenizer: the `gnr.tokenizer.ClipTokenizer` of the folder (a single
         file: the bundled one of its family, or the `tokenizer` folder given).
       latent_channels, scaling_factor: the VAE's latent channels and
-        latent scale (0.18215 for SD 1.x).
+        latent scale (0.18215 for SD 1.x and 2.x).
+      prediction_type: "epsilon" (the UNet predicts the noise) or
+        "v_prediction" (the velocity; SD 2.x 768-v). `unet()` returns the raw
+        prediction; inversion and editing turn v into noise after every pass.
+      family: "SD 1.x" or "SD 2.x" (see gnr._model_config.model_family).
+      file_dtypes: the stored dtypes of each component's weight files,
+        {"text_encoder": ["float16"], ...}; the weights are held in float32
+        whatever these are.
+      source_format: where the weights came from: "diffusers" (a folder in
+        diffusers layout) or "single_file" (a checkpoint with the original
+        key names).
       native_size, size_multiple, vae_factor: image sizes (properties; see
         gnr.sizes).
+
+    `info()` gathers the model's identity in one dict; `repr(model)` shows it.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
@@ -67,20 +82,24 @@ class Model:
                                  f"set of weights (allowed here: variant=None)")
             single = open_single_file(root, **single_file_options)
             configs = single.configs
-            resolved = resolve_model_configs(configs, single.config_files)
+            resolved = resolve_configs(configs, single.config_files)
             weights = single.weights()
             tokenizer_dir, pad_token = single.tokenizer_dir, single.pad_token
         else:
             configs, resolved = read_model_configs(root, **single_file_options)
             weights = _folder_weights(root, variant)
             tokenizer_dir, pad_token = root / "tokenizer", None
-        _check_prediction_type(root, configs)
         self.path = root
         self.device = device
         self.dtype = compute_dtype(dtype, device)
         self.config = configs
         self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory), self.dtype)
         expected = {name for name, _ in self._c.weight_specs()}
+        if is_single_file(root):
+            self.file_dtypes, self.source_format = single.stored_dtypes(), "single_file"
+        else:
+            self.file_dtypes = {comp: component_dtypes(root, comp, variant=variant) for comp in COMPONENTS}
+            self.source_format = "diffusers"
         # Weights stream in one tensor at a time: host memory holds the
         # engine's weight block plus one tensor, never a second model copy.
         for comp, name, array, origin in weights:
@@ -102,6 +121,8 @@ class Model:
         self.tokenizer = ClipTokenizer(tokenizer_dir, length=resolved["text"]["max_positions"], pad_token=pad_token)
         self.latent_channels = resolved["vae"]["latent_channels"]
         self.scaling_factor = resolved["vae"]["scaling_factor"]
+        self.prediction_type = PREDICTION_TYPES[resolved["unet"]["prediction"]]
+        self.family = model_family(configs)
 
     # ------------------------------------------------------------ passes --
 
@@ -113,8 +134,9 @@ class Model:
         return self._c.encode_text(ids)
 
     def unet(self, latent, t: int, context) -> np.ndarray:
-        """Noise prediction: latent (1, 4, h, w), integer timestep t in [0, 1000), context (77, D) or
-        (1, 77, D) -> float32 (1, 4, h, w)."""
+        """The UNet's raw prediction, as diffusers' UNet2DConditionModel returns it: latent (1, 4, h, w),
+        integer timestep t in [0, 1000), context (77, D) or (1, 77, D) -> float32 (1, 4, h, w). It is the
+        noise when :attr:`prediction_type` is "epsilon" and the velocity when it is "v_prediction"."""
         return self._c.unet(latent, t, context)
 
     def encode_image(self, image) -> np.ndarray:
@@ -191,19 +213,19 @@ class Model:
 
     @property
     def size_multiple(self) -> int:
-        """Image sizes must be multiples of this (VAE factor x 2^(UNet downsamplings); 64 for SD 1.x)."""
+        """Image sizes must be multiples of this (VAE factor x 2^(UNet downsamplings); 64 for SD 1.x and 2.x)."""
         return self._c.size_multiple
 
     @property
     def vae_factor(self) -> int:
-        """Image size / latent size (8 for SD 1.x, 4 for the bundled default model)."""
+        """Image size / latent size (8 for SD 1.x and 2.x, 4 for the bundled default model)."""
         return self._c.vae_factor
 
     @property
     def native_size(self) -> int:
         """The image size (square, pixels) the model was made for: the UNet's sample_size times
-        :attr:`vae_factor` (64 for the bundled default model, 512 for SD 1.x). Every default image
-        size in gnr is this; see gnr.sizes."""
+        :attr:`vae_factor` (64 for the bundled default model, 512 for SD 1.x, 768 for SD 2.1-v).
+        Every default image size in gnr is this; see gnr.sizes."""
         return native_size(self.config["unet"], self.config["vae"])
 
     @property
@@ -215,8 +237,37 @@ class Model:
         """Starts a new count for :attr:`peak_bytes`."""
         self._c.reset_peak()
 
+    # ---------------------------------------------------------- identity --
+
+    def info(self) -> dict:
+        """The model's identity, the fields of `repr(model)`:
+        {"family": "SD 1.x" | "SD 2.x", "prediction_type": "epsilon" | "v_prediction",
+        "native_size": int (pixels), "size_multiple": int, "vae_factor": int,
+        "latent_channels": int, "context_length": int (tokens), "context_dim": int,
+        "device": str, "dtype": the compute dtype, "file_dtypes": {component: [stored dtypes]},
+        "source": str (the folder), "format": "diffusers"}."""
+        text = self.config["text_encoder"]
+        return {
+            "family": self.family,
+            "prediction_type": self.prediction_type,
+            "native_size": self.native_size,
+            "size_multiple": self.size_multiple,
+            "vae_factor": self.vae_factor,
+            "latent_channels": self.latent_channels,
+            "context_length": self.tokenizer.length,
+            "context_dim": int(text.get("hidden_size", 512)),
+            "device": self.device,
+            "dtype": self.dtype,
+            "file_dtypes": {comp: list(d) for comp, d in self.file_dtypes.items()},
+            "source": str(self.path),
+            "format": self.source_format,
+        }
+
     def __repr__(self) -> str:
-        return f"gnr.Model({str(self.path)!r}, device={self.device!r}, dtype={self.dtype!r})"
+        stored = sorted({d for ds in self.file_dtypes.values() for d in ds})
+        return (f"gnr.Model({str(self.path)!r}, {self.family}, {self.prediction_type}, "
+                f"native_size={self.native_size}, device={self.device!r}, dtype={self.dtype!r}, "
+                f"files={'+'.join(stored)})")
 
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
@@ -225,17 +276,9 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
 
 def _folder_weights(root: Path, variant):
     """(component, name, array, origin) for every weight of a model folder, one tensor at a time."""
-    for comp in ("text_encoder", "unet", "vae"):
+    for comp in COMPONENTS:
         for name, array in iter_component(root, comp, variant=variant):
             yield comp, name, array, str(root / comp)
-
-
-def _check_prediction_type(root: Path, configs: dict) -> None:
-    # The engine's DDIM runs noise (epsilon) prediction; v-prediction comes with SD 2.x support.
-    kind = configs.get("scheduler", {}).get("prediction_type", "epsilon")
-    if kind != "epsilon":
-        raise ValueError(f"{root}: prediction_type = {kind!r} is not supported by this build of gnr "
-                         f"(supported: 'epsilon')")
 
 
 def compute_dtype(dtype, device: str) -> str:
@@ -274,10 +317,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
                threads: int | None = None, max_memory: int = 0, dtype=None, *, vae=None, text_encoder=None,
                tokenizer=None, image_size: int | None = None, prediction_type: str | None = None,
                ema: bool | None = None) -> Model:
-    """Load a Stable Diffusion model: a folder in diffusers layout (safetensors
-    weights), a single-file `.safetensors` checkpoint with the original key
-    names (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*),
-    or "default", the bundled default model.
+    """Load a Stable Diffusion 1.x or 2.x model: a folder in diffusers layout
+    (safetensors weights), a single-file `.safetensors` checkpoint with the
+    original key names (model.diffusion_model.*, first_stage_model.*,
+    cond_stage_model.*), or "default", the bundled default model.
 
     path: the folder, the .safetensors file, or "default". Pickle checkpoints
     (.ckpt, .pt, .bin) are refused with how to convert them.
@@ -302,10 +345,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
     vae also takes a VAE .safetensors file with the original key names.
     tokenizer: a tokenizer folder; None takes the CLIP vocabulary bundled
     with gnr (SD 2.x: padded with "!").
-    image_size: the native image size in pixels (None: 512).
-    prediction_type: None / "epsilon" (the default); "v_prediction" (SD 2.x
-    768-v models) is recognised and refused (a ValueError) until the engine
-    runs v-prediction.
+    image_size: the native image size in pixels (None: 512; 768 for SD 2.x
+    768-v models).
+    prediction_type: None / "epsilon" (the default), or "v_prediction"
+    (SD 2.x 768-v models).
     ema: None / False takes the UNet's non-EMA weights of a file that has
     both (as diffusers), True the EMA ones.
     The file is read one tensor at a time: host memory holds the engine's

@@ -26,10 +26,9 @@ What they cannot say comes from the family or from arguments:
     the last one in the file is dropped, as diffusers' converted folders do);
   - `image_size` (default 512; 768 for SD 2.x 768-v models): the UNet's
     sample_size is image_size / the VAE factor;
-  - `prediction_type` (default "epsilon"; "v_prediction" for 768-v models,
-    which gnr.Model refuses until the engine runs v-prediction) and the rest
-    of the scheduler: SD's 1000 training steps, scaled_linear betas
-    0.00085 .. 0.012, as the model folders hold it;
+  - `prediction_type` (default "epsilon"; "v_prediction" for 768-v models)
+    and the rest of the scheduler: SD's 1000 training steps, scaled_linear
+    betas 0.00085 .. 0.012, as the model folders hold it;
   - upcast_attention: true for SD 2.x with v-prediction, as SD 2.1 (768)
     has it;
   - the VAE's scaling factor 0.18215.
@@ -54,7 +53,8 @@ import re
 from pathlib import Path
 
 from .files import PICKLE_SUFFIXES, WEIGHT_NAMES, find_weights_file, iter_safetensors, iter_weights_folder, \
-    read_json, read_safetensors_header
+    read_json, read_safetensors_header, safetensors_dtypes
+from .tokenizer import read_pad_token
 
 __all__ = ["SingleFile", "open_single_file", "plan_single_file", "is_single_file", "PREDICTION_TYPES",
            "DEFAULT_IMAGE_SIZE", "BUNDLED_TOKENIZER", "SCHEDULER_CONFIG"]
@@ -79,6 +79,7 @@ SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_en
 BUNDLED_TOKENIZER = Path(__file__).resolve().parent / "data" / "clip_tokenizer"
 _PAD = {"sd1": None, "sd2": "!"}
 _FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x"}
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 # Tensors under a component's prefix that the engine does not use: CLIP's
 # position ids, OpenCLIP's projection, temperature and mask (SD reads the
@@ -376,8 +377,9 @@ class SingleFile:
       family: "sd1" or "sd2".
       configs: {"text_encoder", "unet", "vae", "scheduler"}, diffusers form.
       config_files: {component: where its config came from}, for messages.
-      tokenizer_dir, pad_token: the tokenizer folder and its padding token
-        (None: the end token, else e.g. "!" for SD 2.x).
+      tokenizer_dir, pad_token: the tokenizer folder and the token to pad
+        with (None: the one the folder names, by default the end token; "!"
+        for SD 2.x with the bundled vocabulary).
       plan: {file key: (component, [diffusers names])}, the tensors of the
         file to read and the engine's names for them.
     `weights` streams the plan's tensors, then those of `more_files`
@@ -409,6 +411,20 @@ class SingleFile:
         for comp, folder in self._folders.items():
             for name, array in iter_weights_folder(folder, WEIGHT_NAMES[comp]):
                 yield comp, name, array, str(folder)
+
+    def stored_dtypes(self) -> dict[str, list[str]]:
+        """{component: the sorted dtypes its weights are stored in ("float32",
+        "float16", "bfloat16")}, from the headers of the file, of a VAE file
+        and of the folders given (no tensor data is read)."""
+        out: dict[str, set] = {}
+        for path, plan in ((self.path, self.plan), *self._more_files):
+            header = read_safetensors_header(path)
+            for key, (comp, _) in plan.items():
+                out.setdefault(comp, set()).add(_DTYPE_NAMES.get(header[key][0], header[key][0]))
+        for comp, folder in self._folders.items():
+            for file in find_weights_file(folder, base_name=WEIGHT_NAMES[comp]):
+                out.setdefault(comp, set()).update(safetensors_dtypes(file))
+        return {comp: sorted(out.get(comp, ())) for comp in ("text_encoder", "unet", "vae")}
 
 
 def _stream(path: Path, plan: dict):
@@ -454,18 +470,6 @@ def _vae_file(value, image_size: int, path: Path) -> tuple[dict, dict, Path]:
                            f"the file")
         plan[key] = ("vae", [name])
     return config, plan, file
-
-
-def _configured_pad_token(folder: Path) -> str | None:
-    """The pad token a tokenizer folder's special_tokens_map.json or
-    tokenizer_config.json names (a string or {"content": ...}), else None."""
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        if (folder / name).is_file():
-            pad = read_json(folder / name).get("pad_token")
-            pad = pad.get("content") if isinstance(pad, dict) else pad
-            if isinstance(pad, str):
-                return pad
-    return None
 
 
 def _check_suffix(path: Path) -> None:
@@ -600,7 +604,8 @@ def plan_single_file(path, shapes: dict, *, vae=None, text_encoder=None, tokeniz
         tokenizer_dir, pad = BUNDLED_TOKENIZER, _PAD[family]
     else:
         tokenizer_dir = Path(tokenizer)
-        pad = _configured_pad_token(tokenizer_dir) or _PAD[family]
+        # the folder's own pad token if it names one, else the family's
+        pad = None if read_pad_token(tokenizer_dir)[1] is not None else _PAD[family]
     return SingleFile(path, family, configs, config_files, plan, folders, tokenizer_dir, pad, more_files)
 
 

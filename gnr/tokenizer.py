@@ -14,10 +14,14 @@ what transformers itself does for CLIP). The pipeline:
      then map bytes to GPT-2's printable byte characters;
   4. byte-level BPE with the end-of-word suffix `</w>`.
 
-`encode` wraps the first `length - 2` tokens in start/end and pads to
-`length` (77 for SD: the text encoder's max_position_embeddings, never the
-config's model_max_length) with the pad token: the end token for SD 1.x,
-"!" for SD 2.x's OpenCLIP (`pad_token`). No attention mask: SD uses none.
+`encode` wraps the first `length - 2` tokens in start/end and pads with the
+folder's pad token to `length` (77 for SD: the text encoder's
+max_position_embeddings, never the config's model_max_length). The pad token
+is the end token for SD 1.x and "!" (id 0) for SD 2.x; it is read as
+transformers reads it (`pad_token` of tokenizer_config.json, overridden by
+special_tokens_map.json unless tokenizer_config.json lists
+`added_tokens_decoder`; CLIPTokenizer's default, the end token, when neither
+names one). No attention mask: SD 1.x and 2.x use none.
 A longer prompt is cut there, as transformers and diffusers cut it, with a
 `PromptTruncatedWarning` (once per prompt and tokenizer) that quotes the part
 of the prompt that was dropped.
@@ -34,7 +38,8 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-__all__ = ["ClipTokenizer", "PromptTruncatedWarning", "START_TOKEN", "END_TOKEN", "CLIP_SPLIT_PATTERN"]
+__all__ = ["ClipTokenizer", "PromptTruncatedWarning", "read_pad_token", "START_TOKEN", "END_TOKEN",
+           "CLIP_SPLIT_PATTERN"]
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -100,6 +105,38 @@ def _from_tokenizer_json(path: Path) -> tuple[dict[str, int], list[tuple[str, st
     return vocab, merges
 
 
+def _token_content(value):
+    """A special token as tokenizer configs write it: a string, or an
+    AddedToken dict whose "content" is the string."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def read_pad_token(folder: Path) -> tuple[str, Path | None]:
+    """(pad token, the file that names it, or None for the default) of a
+    tokenizer folder, resolved as transformers' CLIPTokenizer.from_pretrained
+    resolves it."""
+    config_path, map_path = folder / "tokenizer_config.json", folder / "special_tokens_map.json"
+    config = _load_json(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: must be a JSON object")
+    pad, where = _token_content(config.get("pad_token")), config_path
+    # A config without added_tokens_decoder is a legacy save: transformers then
+    # merges special_tokens_map.json over it.
+    if "added_tokens_decoder" not in config and map_path.is_file():
+        specials = _load_json(map_path)
+        if not isinstance(specials, dict):
+            raise ValueError(f"{map_path}: must be a JSON object")
+        if specials.get("pad_token") is not None:
+            pad, where = _token_content(specials["pad_token"]), map_path
+    if pad is None:
+        return END_TOKEN, None
+    if not isinstance(pad, str):
+        raise ValueError(f"{where}: pad_token = {pad!r} must be a token (a string)")
+    return pad, where
+
+
 class PromptTruncatedWarning(UserWarning):
     """A prompt had more tokens than the text encoder reads; the rest was cut."""
 
@@ -118,8 +155,10 @@ class ClipTokenizer:
     """CLIP BPE tokenizer reading a diffusers `tokenizer/` folder.
 
     `ClipTokenizer(folder, length=77).encode(text)` -> int32 array of shape (length,):
-    start id, the first length-2 token ids, end id, then `pad_token` ids as
-    padding: the end token by default (SD 1.x), "!" for SD 2.x's OpenCLIP."""
+    start id, the first length-2 token ids, end id, then `pad_id` (the folder's pad
+    token: the end token for SD 1.x, "!" = 0 for SD 2.x) as padding. `pad_token`,
+    when given, replaces the folder's (a single-file checkpoint's family pads
+    gnr's bundled vocabulary this way)."""
 
     def __init__(self, folder, length: int = 77, pad_token: str | None = None):
         if not isinstance(length, int) or isinstance(length, bool):
@@ -137,19 +176,18 @@ class ClipTokenizer:
         self.length = length
         self.start_id = int(vocab[START_TOKEN])
         self.end_id = int(vocab[END_TOKEN])
-        if pad_token is None:
-            pad_token = END_TOKEN
-        if not isinstance(pad_token, str) or pad_token not in vocab:
-            raise ValueError(f"{source}: pad_token {pad_token!r} is not in the vocabulary (allowed: None for "
-                             f"{END_TOKEN!r}, or a token of the vocabulary, e.g. '!' for SD 2.x)")
-        self.pad_token = pad_token
-        self.pad_id = int(vocab[pad_token])
+        pad, pad_source = read_pad_token(folder) if pad_token is None else (pad_token, "pad_token argument")
+        if pad not in vocab:
+            raise ValueError(f"{pad_source}: pad_token {pad!r} is not in the vocabulary of {source} (supported: a "
+                             f"token of the vocabulary, such as {END_TOKEN!r} for SD 1.x or '!' for SD 2.x)")
+        self.pad_token = pad
+        self.pad_id = int(vocab[pad])
         self.vocab_size = len(vocab)
-        self._tok = self._build(vocab, merges, source, pad_token)
+        self._tok = self._build(vocab, merges, source, pad)
         self._warned: set[str] = set()
 
     @staticmethod
-    def _build(vocab, merges, source, pad_token: str) -> Tokenizer:
+    def _build(vocab, merges, source, pad: str = END_TOKEN) -> Tokenizer:
         # The same pipeline transformers' CLIPTokenizer builds (tokenization_clip.py).
         try:
             tok = Tokenizer(
@@ -175,9 +213,9 @@ class ClipTokenizer:
             ]
         )
         # Special tokens are matched in the raw text before normalisation. The
-        # pad token is one too, as in transformers: with SD 2.x's "!", each "!"
-        # of a prompt is that token rather than part of a BPE word.
-        specials = dict.fromkeys((START_TOKEN, END_TOKEN, pad_token))
+        # pad token is one too: SD 2.x's "!" is then always a token of its
+        # own ("4k!!" ends in two of them), as in transformers.
+        specials = dict.fromkeys((START_TOKEN, END_TOKEN, pad))
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
         return tok
 
@@ -192,7 +230,7 @@ class ClipTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """`text` -> int32 array (length,): [start] + first length-2 tokens + [end], padded with
-        the pad token. Tokens past those are dropped with a PromptTruncatedWarning naming them."""
+        `pad_id`. Tokens past those are dropped with a PromptTruncatedWarning naming them."""
         enc = self._encoding(text)
         keep = self.length - 2
         ids = enc.ids[:keep]
@@ -209,5 +247,4 @@ class ClipTokenizer:
         return out
 
     def __repr__(self) -> str:
-        pad = "" if self.pad_token == END_TOKEN else f", pad_token={self.pad_token!r}"
-        return f"ClipTokenizer({str(self.folder)!r}, length={self.length}{pad})"
+        return f"ClipTokenizer({str(self.folder)!r}, length={self.length})"

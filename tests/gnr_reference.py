@@ -7,6 +7,14 @@ explicit softmax, energies differentiated by torch.autograd. It reads the RAW
 config dicts (the reference implementation's keys) itself and does not use
 gnr at all, so a mistake in gnr's config handling cannot hide in both.
 
+Prediction type: the folder's scheduler/scheduler_config.json says whether
+the UNet predicts the noise ("epsilon", also when the file is absent) or the
+velocity ("v_prediction", SD 2.x 768-v). A velocity is turned into noise
+right after every UNet call, with abar of the timestep of that call, as
+diffusers' DDIMScheduler converts it (eps = sqrt(abar_t) v + sqrt(1 - abar_t) z),
+so DDIM steps, inversion, null-text inversion, classifier-free guidance,
+every guider and the rescaler work in noise space unchanged.
+
 State of the attention path: every attention layer uses the explicit softmax
 (the state the reference implementation is in from its second edit on; its
 first edit uses fused attention in the layers it does not record, which
@@ -22,6 +30,7 @@ asked); inputs may be NumPy arrays or tensors.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -52,6 +61,24 @@ def timesteps(n: int) -> list[int]:
     """Leading spacing: tau_k = (N - 1 - k) * (1000 // N), k = 0..N-1."""
     step = TRAIN_STEPS // n
     return [(n - 1 - k) * step for k in range(n)]
+
+
+def v_to_eps(v: torch.Tensor, t: int, z: torch.Tensor) -> torch.Tensor:
+    """The noise a velocity prediction v of the UNet call on z at t stands
+    for, written as DDIMScheduler.step writes it."""
+    alpha_prod_t = ABAR.to(device=z.device, dtype=z.dtype)[t]
+    beta_prod_t = 1 - alpha_prod_t
+    return (alpha_prod_t ** 0.5) * v + (beta_prod_t ** 0.5) * z
+
+
+def read_prediction_type(folder) -> str:
+    """prediction_type of the folder's scheduler config ("epsilon" when the
+    folder has none)."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    kind = json.loads(path.read_text()).get("prediction_type", "epsilon") if path.is_file() else "epsilon"
+    if kind not in ("epsilon", "v_prediction"):
+        raise ValueError(f"{path}: unknown prediction_type {kind!r}")
+    return kind
 
 
 def _ddim(e, z, a_t, a_s):
@@ -197,6 +224,7 @@ class Reference:
             m.to(self.device)
         if dtype == torch.float64:
             self.unet.time_proj = _Timesteps64(self.unet.time_proj)
+        self.prediction_type = read_prediction_type(folder)
         self.context_len = self.text_encoder.config.max_position_embeddings
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.size_multiple = (2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -244,13 +272,16 @@ class Reference:
         return hook
 
     def eps(self, z, t: int, c, record: bool = False):
-        """UNet noise prediction; with record, also (maps, features) of the pass."""
+        """UNet noise prediction (a velocity prediction converted at t); with
+        record, also (maps, features) of the pass."""
         self._rec = {"maps": {p: [] for p in PARTS}, "features": {}} if record else None
         try:
             out = self.unet(z, torch.tensor(t, dtype=torch.int64), encoder_hidden_states=c).sample
             rec = self._rec
         finally:
             self._rec = None
+        if self.prediction_type == "v_prediction":
+            out = v_to_eps(out, t, z)
         return (out, rec) if record else out
 
     # ---- text, image

@@ -74,10 +74,25 @@ def test_unsupported_config_value(tiny_a_dir, tmp_path):
     d = copy_model(tiny_a_dir, tmp_path / "m")
     f = d / "unet" / "config.json"
     cfg = json.loads(f.read_text())
-    cfg["use_linear_projection"] = True
+    cfg["only_cross_attention"] = True
     f.write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="use_linear_projection"):
+    with pytest.raises(ValueError, match="only_cross_attention = True is not supported"):
         gnr.load_model(d)
+
+
+@pytest.mark.parametrize("value", ["sample", None, 1])
+def test_unsupported_prediction_type(tiny_a_dir, tmp_path, value):
+    """The scheduler config's prediction_type: "epsilon" or "v_prediction"."""
+    d = copy_model(tiny_a_dir, tmp_path / "m")
+    f = d / "scheduler" / "scheduler_config.json"
+    f.parent.mkdir()
+    f.write_text(json.dumps({"_class_name": "DDIMScheduler", "prediction_type": value}))
+    with pytest.raises(ValueError) as e:
+        gnr.load_model(d)
+    message = str(e.value)
+    assert message.startswith(f"{f}: prediction_type = {value!r}") and "'v_prediction'" in message, message
+    with pytest.raises(ValueError, match=re.escape(message)):
+        gnr.sizes.model_sizes(d)
 
 
 def test_unsupported_block_type(tiny_a_dir, tmp_path):
@@ -145,6 +160,9 @@ CONFIG_RULES = {
     "unet norm_eps negative": ("unet", {"norm_eps": -1e-5}, "norm_eps", "finite number > 0"),
     "unet freq_shift not finite": ("unet", {"freq_shift": float("nan")}, "freq_shift", "finite number"),
     "unet flip_sin_to_cos a string": ("unet", {"flip_sin_to_cos": "false"}, "flip_sin_to_cos", "true or false"),
+    "unet use_linear_projection a string": ("unet", {"use_linear_projection": "yes"}, "use_linear_projection",
+                                            "true or false"),
+    "unet upcast_attention a number": ("unet", {"upcast_attention": 2}, "upcast_attention", "true or false"),
     # VAE
     "vae no levels": ("vae", {"block_out_channels": [], "down_block_types": [], "up_block_types": []},
                       "block_out_channels", "1 to 8"),

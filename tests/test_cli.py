@@ -38,7 +38,7 @@ def files(tmp_path_factory):
     shutil.copytree(gnr.demo.default_model_dir(), model,
                     ignore=shutil.ignore_patterns("*.safetensors"))  # configs are read first
     cfg = json.loads((model / "unet" / "config.json").read_text())
-    cfg["use_linear_projection"] = True
+    cfg["only_cross_attention"] = True
     (model / "unet" / "config.json").write_text(json.dumps(cfg))
     return d
 
@@ -119,7 +119,7 @@ USER_ERRORS = {
     "unknown device": (EDIT + ["--device", "tpu"], "--device: 'tpu' is not a device gnr knows; use cpu or cuda"),
     "cuda without a GPU": (EDIT + ["--device", "cuda"], "--device cuda: no usable GPU"),
     "missing model": (EDIT + ["--model", "{dir}/nope"], "--model: .*nope: no such model folder"),
-    "unsupported model": (EDIT + ["--model", "{model}"], "use_linear_projection = True is not supported"),
+    "unsupported model": (EDIT + ["--model", "{model}"], "only_cross_attention = True is not supported"),
     "missing argument": (EDIT[:5] + EDIT[7:], "the following arguments are required: --target"),
     "unknown command": (["fix"], "invalid choice: 'fix'"),
     "demo output": (["demo", "-o", "{dir}/demo.gif2"], ".gif2 is not an image format Pillow writes"),

@@ -8,8 +8,8 @@ back to the folder's weights exactly. gnr on the file is then held to the
 folder: the same tensors under the same names, configs inferred as the folder
 has them, the text encoder, UNet and VAE within DECISIONS.md's relative 1e-4
 of diffusers/transformers on the folder, and a whole edit bit-identical.
-SD 2.x runs in the engine elsewhere; here its file is checked at the weight
-level. Bad files: a clear error naming the file and what is wrong, and the
+SD 2.x files are held to the same, and a v-prediction edit on an SD 2.x
+file to the edit on a folder that says v_prediction. Bad files: a clear error naming the file and what is wrong, and the
 process stays usable.
 """
 import json
@@ -162,7 +162,7 @@ def test_full_size_shapes(model):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from gnr._model_config import resolve_model_configs
+    from gnr._model_config import resolve_configs
     from gnr.single_file import plan_single_file
     from single_file_writer import clip_to_ldm, openclip_to_ldm, unet_to_ldm, vae_to_ldm
 
@@ -192,9 +192,9 @@ def test_full_size_shapes(model):
         expected = {(k if comp != "text_encoder" or k.startswith("text_model.") else "text_model." + k): v.numel()
                     for k, v in states[comp].items() if not k.endswith("position_ids")}
         assert planned == expected, comp
-    if family == "sd1":  # SD 2.x runs in the engine elsewhere
-        assert resolve_model_configs(single.configs, single.config_files) == \
-            resolve_model_configs(configs, {c: f"{model} {c}" for c in configs})
+    configs["scheduler"] = {"prediction_type": prediction}
+    assert resolve_configs(single.configs, single.config_files) == \
+        resolve_configs(configs, {c: f"{model} {c}" for c in configs})
 
 
 def test_fp16_and_bf16_files_read_as_their_values_in_float32(folders, tmp_path):
@@ -277,13 +277,18 @@ def test_vae_matches_diffusers_on_the_folder(sd1, reference, no_grad):
     np.testing.assert_array_equal(ours.decode_latent(z), folder_model.decode_latent(z))
 
 
-def test_whole_edit_on_the_file_is_the_edit_on_the_folder(folders, files):
+def small_config(n: int = 8) -> dict:
+    """NONSTYLE at n steps (a whole edit, quickly)."""
     cfg = gnr.configs.get("nonstyle")
-    n = 8
     cfg["num_steps"] = n
     for g in cfg["guiders"]:
         if isinstance(g["g_scale"], list):
             g["g_scale"] = g["g_scale"][:n]
+    return cfg
+
+
+def test_whole_edit_on_the_file_is_the_edit_on_the_folder(folders, files):
+    cfg = small_config()
     image = np.random.default_rng(0).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     on_file = gnr.Editor(files["sd1"], image_size=IMAGE_SIZE)
     on_folder = gnr.Editor(folders["sd1"])
@@ -347,6 +352,74 @@ def test_weights_stream_one_tensor_at_a_time(folders, tmp_path):
     assert peak < 3 * max(sizes) + 8 * header, (peak, max(sizes), header)
 
 
+# ------------------------------------------------------------------------- the engine on SD 2.x --
+
+
+@pytest.fixture(scope="module")
+def sd2_reference(folders):
+    """diffusers/transformers on the SD 2.x folder, with the tokenizer gnr
+    gives an SD 2.x file: the bundled CLIP vocabulary padded with "!"."""
+    from transformers import CLIPTokenizer
+
+    from tiny_models import load_reference
+
+    ref = load_reference(folders["sd2"])
+    ref["tokenizer"] = CLIPTokenizer.from_pretrained(BUNDLED_TOKENIZER, pad_token="!")
+    return ref
+
+
+def test_sd2_file_matches_diffusers_on_the_folder(files, sd2_reference, no_grad):
+    ours = gnr.load_model(files["sd2"], image_size=IMAGE_SIZE)
+    assert (ours.family, ours.prediction_type, ours.source_format) == ("SD 2.x", "epsilon", "single_file")
+    ref = sd2_reference
+    for p in PROMPTS:
+        ids = ref["tokenizer"](p, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        assert ours.tokenizer.encode(p).tolist() == ids[0].tolist(), p
+        assert rel_err(ours.encode_prompt(p), ref["text_encoder"](ids)[0][0].numpy()) < TOL, p
+    rng = np.random.default_rng(11)
+    for t in (1, 500, 999):
+        z = rng.standard_normal((1, 4, 16, 16), dtype=np.float32)
+        c = rng.standard_normal((1, 77, 64), dtype=np.float32)
+        expected = ref["unet"](torch.from_numpy(z), t, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+        assert rel_err(ours.unet(z, t, c), expected) < TOL, t
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).float() / 127.5 - 1
+    vae = ref["vae"]
+    expected = (vae.encode(x.permute(2, 0, 1)[None]).latent_dist.mean * vae.config.scaling_factor).numpy()
+    assert rel_err(ours.encode_image(image), expected) < TOL
+    z = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
+    expected = vae.decode(torch.from_numpy(z) / vae.config.scaling_factor).sample.numpy()
+    assert rel_err(ours._c.vae_decode(z), expected) < TOL
+
+
+def test_sd2_v_prediction_edit_on_the_file_is_the_edit_on_the_folder(folders, files, tmp_path):
+    """An SD 2.x 768-v-style model: the folder says v_prediction (scheduler),
+    upcast attention (UNet) and pads with "!" (tokenizer), as SD 2.1's does;
+    the file says none of it and takes them from prediction_type."""
+    folder = tmp_path / "sd2_v"
+    shutil.copytree(folders["sd2"], folder)
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"prediction_type": "v_prediction"}))
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps(dict(unet, upcast_attention=True)))
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        cfg = json.loads((folder / "tokenizer" / name).read_text())
+        (folder / "tokenizer" / name).write_text(json.dumps(dict(cfg, pad_token="!")))
+    cfg = small_config()
+    image = np.random.default_rng(0).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    on_file = gnr.Editor(files["sd2"], image_size=IMAGE_SIZE, prediction_type="v_prediction")
+    on_folder = gnr.Editor(folder)
+    assert on_file.model.prediction_type == on_folder.model.prediction_type == "v_prediction"
+    a, za = on_file.edit(image, "a red circle", "a green circle", config=cfg, progress=False, return_latent=True)
+    b, zb = on_folder.edit(image, "a red circle", "a green circle", config=cfg, progress=False, return_latent=True)
+    np.testing.assert_array_equal(za, zb)
+    np.testing.assert_array_equal(a, b)
+    # the same file read as a noise-predicting model edits differently
+    eps = gnr.Editor(files["sd2"], image_size=IMAGE_SIZE)
+    _, ze = eps.edit(image, "a red circle", "a green circle", config=cfg, progress=False, return_latent=True)
+    assert rel_err(ze, za) > 1e-2
+
+
 def test_vae_and_text_encoder_given_as_folders(folders, tmp_path):
     path = write_single_file(folders["sd1"], tmp_path / "unet_only.safetensors", parts=("unet",))
     model = gnr.load_model(path, image_size=IMAGE_SIZE, vae=folders["sd1"] / "vae",
@@ -408,7 +481,7 @@ def test_bundled_tokenizers_match_transformers(folders, files):
 
 
 def test_a_pad_token_outside_the_vocabulary_is_refused():
-    with pytest.raises(ValueError, match=r"pad_token '<pad>' is not in the vocabulary.*allowed"):
+    with pytest.raises(ValueError, match=r"pad_token '<pad>' is not in the vocabulary"):
         gnr.tokenizer.ClipTokenizer(BUNDLED_TOKENIZER, pad_token="<pad>")
     assert gnr.tokenizer.ClipTokenizer(BUNDLED_TOKENIZER).encode("a cat")[-1] == 49407  # the end token
 
@@ -425,7 +498,8 @@ def test_bundled_vocabulary_is_the_clip_vocabulary():
 def test_a_tokenizer_folder_given_replaces_the_bundled_one(files, folders, tmp_path):
     """Its own pad token when it names one (the test folders: the end token), else the family's."""
     single = open_single_file(files["sd2"], tokenizer=folders["sd2"] / "tokenizer")
-    assert single.tokenizer_dir == folders["sd2"] / "tokenizer" and single.pad_token == "<|endoftext|>"
+    assert single.tokenizer_dir == folders["sd2"] / "tokenizer" and single.pad_token is None
+    assert gnr.tokenizer.ClipTokenizer(single.tokenizer_dir, pad_token=single.pad_token).pad_token == "<|endoftext|>"
     bare = tmp_path / "tokenizer"
     bare.mkdir()
     for name in ("vocab.json", "merges.txt"):
@@ -522,8 +596,6 @@ def test_pickle_checkpoints_are_refused_with_how_to_convert(tmp_path, files, suf
 
 def test_options_are_checked(files, folders):
     _expect(files["sd1"], "prediction_type", "'epsilon'", prediction_type="x0")
-    # recognised, refused while the engine runs noise prediction only
-    _expect(files["sd1"], "prediction_type = 'v_prediction' is not supported", prediction_type="v_prediction")
     _expect(files["sd1"], "image_size", "multiple", image_size=100)
     _expect(files["sd1"], "variant", variant="fp16")
     with pytest.raises(ValueError, match="single-file checkpoints only"):

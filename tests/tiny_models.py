@@ -1,4 +1,4 @@
-"""Tiny random Stable Diffusion 1.x-family models for the reference tests.
+"""Tiny random Stable Diffusion 1.x- and 2.x-family models for the reference tests.
 
 Each is built with diffusers/transformers and written with save_pretrained in
 the exact diffusers folder layout gnr loads. Weights are re-drawn so the tests
@@ -39,7 +39,23 @@ VAE_A = dict(in_channels=3, out_channels=3, latent_channels=4,
 VAE_B = dict(VAE_A, block_out_channels=(16, 16, 32, 32), layers_per_block=2, norm_num_groups=8,
              scaling_factor=0.2)
 
-CONFIGS = {"a": (UNET_A, VAE_A), "b": (UNET_B, VAE_B)}
+# The SD 2.x traits in miniature: an OpenCLIP-style text encoder (exact GELU),
+# Linear transformer projections, upcast attention, and a different head
+# count at every level ([2, 4, 8] heads of 8 channels, as SD 2.x has
+# [5, 10, 20, 20] of 64), so that the mid block (the last level's heads,
+# here a level without attention) and the mirrored up blocks are told apart.
+TEXT_SD2 = dict(TEXT, hidden_act="gelu", num_attention_heads=2)
+UNET_SD2 = dict(sample_size=16, in_channels=4, out_channels=4,
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                block_out_channels=(16, 32, 64), layers_per_block=1, attention_head_dim=[2, 4, 8],
+                use_linear_projection=True, upcast_attention=True, cross_attention_dim=32, norm_num_groups=8)
+
+CONFIGS = {"a": (UNET_A, VAE_A), "b": (UNET_B, VAE_B), "sd2": (UNET_SD2, VAE_A)}
+TEXTS = {"a": TEXT, "b": TEXT, "sd2": TEXT_SD2}
+# SD 2.x's tokenizer pads with "!" (id 0): its special_tokens_map.json says
+# so over tokenizer_config.json's end token.
+PAD_TOKENS = {"a": None, "b": None, "sd2": "!"}
 
 
 @torch.no_grad()
@@ -58,23 +74,30 @@ def sharpen(model: torch.nn.Module, gen: torch.Generator, qk_gain: float = 4.0) 
             p.mul_(qk_gain)
 
 
-def build(folder: Path, which: str = "a", seed: int = 0, variant: str | None = None, qk_gain: float = 4.0) -> Path:
-    """Writes model `which` ("a" or "b") into folder; returns folder.
+def build(folder: Path, which: str = "a", seed: int = 0, variant: str | None = None, qk_gain: float = 4.0,
+          prediction_type: str | None = None, sample_size: int | None = None) -> Path:
+    """Writes model `which` ("a", "b" or "sd2") into folder; returns folder.
 
     qk_gain sharpens self-attention. At 4 a whole 50-step edit is chaotic:
     float32 rounding alone (the PyTorch reference on 1 vs 2 threads) moves
     the final latent by ~10 %, so whole edits are compared on a model built
-    with qk_gain 2, where that spread is ~1e-5."""
+    with qk_gain 2, where that spread is ~1e-5.
+    prediction_type ("epsilon" or "v_prediction") writes a
+    scheduler/scheduler_config.json that says it, as SD 2.x folders do
+    (None: no scheduler folder, as the SD 1.x tiny models have).
+    sample_size overrides the UNet's (its native size is 8x that)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     unet_cfg, vae_cfg = CONFIGS[which]
+    if sample_size is not None:
+        unet_cfg = dict(unet_cfg, sample_size=sample_size)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 1)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     models = {
-        "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXT)),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**TEXTS[which])),
         "unet": UNet2DConditionModel(**unet_cfg),
         "vae": AutoencoderKL(**vae_cfg),
     }
@@ -84,14 +107,32 @@ def build(folder: Path, which: str = "a", seed: int = 0, variant: str | None = N
         if variant:
             model.to(torch.float16).save_pretrained(folder / name, safe_serialization=True, variant=variant)
     write_clip_tokenizer_files(folder / "tokenizer")
-    (folder / "model_index.json").write_text(json.dumps({
+    if PAD_TOKENS[which]:
+        specials = folder / "tokenizer" / "special_tokens_map.json"
+        specials.write_text(json.dumps(dict(json.loads(specials.read_text()), pad_token=PAD_TOKENS[which])))
+    if prediction_type is not None:
+        write_scheduler_config(folder, prediction_type)
+    index = {
         "_class_name": "StableDiffusionPipeline",
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-    }, indent=2))
+    }
+    if prediction_type is not None:
+        index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def write_scheduler_config(folder: Path, prediction_type: str) -> None:
+    """scheduler/scheduler_config.json as SD 2.x folders carry it (DDIM,
+    scaled_linear betas 0.00085 to 0.012, the given prediction type)."""
+    from diffusers import DDIMScheduler
+
+    DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1,
+                  prediction_type=prediction_type).save_pretrained(Path(folder) / "scheduler")
 
 
 def load_reference(folder: Path):

@@ -46,3 +46,11 @@ gnr_status gnr_ddim_step(gnr_ctx *ctx, float a_t, float a_s, const gnr_tensor *z
     GNR_TRY(gnr_scale(ctx, tmp, sqrt_as, out));
     return gnr_axpy(ctx, sqrt_bs, e, out);
 }
+
+gnr_status gnr_ddim_eps_from_v(gnr_ctx *ctx, float a_t, const gnr_tensor *z, const gnr_tensor *v, gnr_tensor *eps)
+{
+    /* float32 coefficients, as the scheduler computes them from its float32
+     * alphas: alpha_prod_t ** 0.5 and (1 - alpha_prod_t) ** 0.5 */
+    GNR_TRY(gnr_scale(ctx, v, sqrtf(a_t), eps));
+    return gnr_axpy(ctx, sqrtf(1.0f - a_t), z, eps);
+}

@@ -15,4 +15,9 @@ float gnr_ddim_next_alpha(const float *abar, int num_steps, int t, int inverting
 gnr_status gnr_ddim_step(gnr_ctx *ctx, float a_t, float a_s, const gnr_tensor *z, const gnr_tensor *e,
                          gnr_tensor *tmp, gnr_tensor *out);
 
+/* The noise the UNet's velocity prediction v at t stands for, as the DDIM
+ * scheduler converts it: eps = sqrt(a_t) * v + sqrt(1 - a_t) * z, with z the
+ * latent the UNet was given at t and a_t = abar[t]. eps may alias v. */
+gnr_status gnr_ddim_eps_from_v(gnr_ctx *ctx, float a_t, const gnr_tensor *z, const gnr_tensor *v, gnr_tensor *eps);
+
 #endif

@@ -69,6 +69,16 @@ gnr_status job_latents(gnr_model *m, const job *j, gnr_tensor *const *out)
     return GNR_OK;
 }
 
+gnr_status job_noise(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *y, gnr_tensor *eps)
+{
+    if (m->cfg.unet.prediction != GNR_PREDICT_V) return y->data == eps->data ? GNR_OK : gnr_copy(&m->ctx, y, eps);
+    /* The schedule is a fixed table (GNR_SPEC.md section 2); rebuilding it
+     * here costs microseconds next to the pass that preceded. */
+    float abar[GNR_TRAIN_STEPS];
+    gnr_ddim_alphas_cumprod(abar);
+    return gnr_ddim_eps_from_v(&m->ctx, abar[t], z, y, eps);
+}
+
 gnr_status job_unet(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *c, gnr_capture *cap,
                     gnr_tape *tape, int checkpointing, gnr_tensor *leaf, gnr_tensor *eps)
 {
@@ -85,7 +95,7 @@ gnr_status job_unet(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *
     gnr_status st = unet_forward(ctx, &m->unet, &zin, t, &cin, cap, &y);
     ctx->tape = NULL;
     ctx->checkpointing = 0;
-    if (st == GNR_OK && eps) st = gnr_copy(ctx, &y, eps);
+    if (st == GNR_OK && eps) st = job_noise(m, z, t, &y, eps);
     /* The tape saved what its backward reads (ctx->keep): the forward's
      * activations go, and the backward starts on an empty arena. */
     gnr_arena_reset(ctx->arena);

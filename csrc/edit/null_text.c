@@ -4,9 +4,11 @@
  *
  * The loss of step k is mean((ddim_step(e) - z*_{N-k-1})^2) with
  * e = e_u + w (e_c - e_u), e_u = eps(z, t, u). Its gradient with respect to
- * u enters the backward at the UNet output:
- *   dloss/de_u = (1 - w) * coef * 2 (z' - target) / n,
- *   coef = dz'/de = sqrt(1 - a_s) - sqrt(a_s) sqrt(1 - a_t) / sqrt(a_t).
+ * u enters the backward at the UNet output y:
+ *   dloss/dy = (1 - w) * coef * dedy * 2 (z' - target) / n,
+ *   coef = dz'/de = sqrt(1 - a_s) - sqrt(a_s) sqrt(1 - a_t) / sqrt(a_t),
+ *   dedy = 1 (y = e_u), or sqrt(a_t) for a v-predicting model
+ *   (e_u = sqrt(a_t) y + sqrt(1 - a_t) z).
  * Adam runs on the host, in float32 with double scalars as torch's does; u
  * is 77 x 768, so the copies are negligible next to the UNet passes. */
 #include <math.h>
@@ -71,6 +73,9 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
         int t = gnr_ddim_timestep(N, k);
         float a_t = j.abar[t], a_s = gnr_ddim_next_alpha(j.abar, N, t, 0);
         float coef = sqrtf(1.0f - a_s) - sqrtf(a_s) * sqrtf(1.0f - a_t) / sqrtf(a_t);
+        /* de_u/dy of the UNet output y: 1 for eps, sqrt(a_t) for v (z is
+         * no leaf of this backward) */
+        float dedy = m->cfg.unet.prediction == GNR_PREDICT_V ? sqrtf(a_t) : 1.0f;
         double lr = 0.01 * (1.0 - k / 100.0);
         double threshold = 1e-5 + k * 2e-5;
         target = job_item(&links, 4, j.latent, N - k - 1);
@@ -90,7 +95,7 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
             st = unet_forward(ctx, &m->unet, &z, t, &leaf, NULL, &y);
             ctx->tape = NULL;
             if (st != GNR_OK) goto done;
-            GNR_CHECK(st, gnr_copy(ctx, &y, &e_u));
+            GNR_CHECK(st, job_noise(m, &z, t, &y, &e_u));
             gnr_arena_reset(ctx->arena); /* the tape saved what its backward reads; y's shape is all it needs */
             GNR_CHECK(st, guided(ctx, &e_u, &e_c, guidance, &e));
             GNR_CHECK(st, gnr_ddim_step(ctx, a_t, a_s, &z, &e, &tmp, &zn_));
@@ -98,7 +103,7 @@ gnr_status gnr_null_text_invert(gnr_model *m, const float *chain, int h, int w, 
             GNR_CHECK(st, gnr_sq_diff_mean(ctx, &zn_, &target, &loss));
             /* dloss/de_u, then through the UNet to u */
             GNR_CHECK(st, gnr_fill(ctx, &d_eu, 0.0f));
-            GNR_CHECK(st, gnr_sq_diff_mean_backward(ctx, &zn_, &target, (1.0f - guidance) * coef, &d_eu));
+            GNR_CHECK(st, gnr_sq_diff_mean_backward(ctx, &zn_, &target, (1.0f - guidance) * coef * dedy, &d_eu));
             GNR_CHECK(st, gnr_tape_seed_grad(ctx, &tape, &y, &d_eu));
             GNR_CHECK(st, gnr_tape_backward(ctx, &tape));
             gnr_tensor du = gnr_tape_grad(&tape, &leaf);

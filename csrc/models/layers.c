@@ -146,18 +146,27 @@ gnr_status attn_forward(gnr_ctx *ctx, const attn_w *a, const gnr_tensor *x, cons
 
 /* --------------------------------------------------------- transformer --- */
 
-gnr_status transformer_declare(gnr_weights *ws, const char *component, const char *name, int channels, int heads,
-                               int nblocks, int context_dim, int groups, transformer_w *t)
+/* proj_in / proj_out: a Linear layer or a 1x1 convolution, both applied
+ * to the tokens by nn_linear (which reads the weight as C_out x C). */
+static gnr_status declare_projection(gnr_weights *ws, const char *prefix, int channels, int linear, linear_w *l)
+{
+    if (linear) return declare_linear(ws, prefix, channels, channels, 1, l);
+    return declare_conv(ws, prefix, channels, channels, 1, l);
+}
+
+gnr_status transformer_declare(gnr_weights *ws, const char *component, const char *name, const transformer_shape *s,
+                               transformer_w *t)
 {
     char p[2 * GNR_MODULE_NAME_MAX + 64];
+    int channels = s->channels, heads = s->heads, nblocks = s->nblocks, context_dim = s->context_dim;
     memset(t, 0, sizeof *t);
     GNR_TRY(gnr_fmt(t->name, sizeof t->name, "%s", name));
-    t->groups = groups;
+    t->groups = s->groups;
     t->nblocks = nblocks;
     GNR_TRY(gnr_fmt(p, sizeof p, "%s.%s.norm", component, name));
     GNR_TRY(declare_norm(ws, p, channels, &t->norm));
     GNR_TRY(gnr_fmt(p, sizeof p, "%s.%s.proj_in", component, name));
-    GNR_TRY(declare_conv(ws, p, channels, channels, 1, &t->proj_in));
+    GNR_TRY(declare_projection(ws, p, channels, s->linear_projection, &t->proj_in));
     for (int i = 0; i < nblocks; i++) {
         basic_block_w *b = &t->blocks[i];
         char bp[2 * GNR_MODULE_NAME_MAX + 32];
@@ -179,7 +188,7 @@ gnr_status transformer_declare(gnr_weights *ws, const char *component, const cha
         GNR_TRY(declare_linear(ws, p, 4 * (int64_t)channels, channels, 1, &b->ff_out));
     }
     GNR_TRY(gnr_fmt(p, sizeof p, "%s.%s.proj_out", component, name));
-    return declare_conv(ws, p, channels, channels, 1, &t->proj_out);
+    return declare_projection(ws, p, channels, s->linear_projection, &t->proj_out);
 }
 
 /* LayerNorm eps of BasicTransformerBlock (diffusers' norm_eps default). */

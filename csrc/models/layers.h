@@ -49,21 +49,30 @@ typedef struct {
     linear_w ff_proj, ff_out; /* GEGLU projection (to 2 x inner) and output */
 } basic_block_w;
 
-/* Transformer2DModel (use_linear_projection false):
- *   out = x + proj_out(blocks(proj_in(groupnorm(x)) as tokens)) */
+/* Transformer2DModel:
+ *   out = x + proj_out(blocks(proj_in(groupnorm(x)) as tokens))
+ * proj_in and proj_out are 1x1 convolutions (SD 1.x) or Linear layers
+ * (use_linear_projection, SD 2.x). On the tokens both are the same product;
+ * only the stored weight's shape differs (C_out x C x 1 x 1 or C_out x C). */
 typedef struct {
     char name[GNR_MODULE_NAME_MAX];
     norm_w norm;
-    linear_w proj_in, proj_out; /* 1x1 convolutions */
+    linear_w proj_in, proj_out;
     int groups;
     int nblocks;
     basic_block_w blocks[GNR_MAX_TBLOCKS];
 } transformer_w;
 
+/* The shape of one Transformer2DModel. */
+typedef struct {
+    int channels, heads, nblocks, context_dim, groups;
+    int linear_projection; /* proj_in / proj_out stored as Linear weights */
+} transformer_shape;
+
 /* 1 <= nblocks <= GNR_MAX_TBLOCKS and heads divides channels (the model's
  * config check, csrc/model.c, ensures both). */
-gnr_status transformer_declare(gnr_weights *ws, const char *component, const char *name, int channels, int heads,
-                               int nblocks, int context_dim, int groups, transformer_w *t);
+gnr_status transformer_declare(gnr_weights *ws, const char *component, const char *name, const transformer_shape *s,
+                               transformer_w *t);
 gnr_status transformer_forward(gnr_ctx *ctx, const transformer_w *t, const gnr_tensor *x,
                                const gnr_tensor *context, gnr_capture *cap, gnr_tensor *out);
 

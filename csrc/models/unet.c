@@ -20,8 +20,9 @@ static gnr_status declare_block(gnr_weights *ws, const gnr_unet_config *cfg, une
                                &b->res[j]));
         if (attn) {
             GNR_TRY(gnr_fmt(name, sizeof name, "%s.%d.attentions.%d", kind, index, j));
-            GNR_TRY(transformer_declare(ws, C, name, out, heads, tlayers, cfg->cross_attention_dim,
-                                        cfg->norm_num_groups, &b->attn[j]));
+            transformer_shape ts = {out, heads, tlayers, cfg->cross_attention_dim, cfg->norm_num_groups,
+                                    cfg->linear_projection};
+            GNR_TRY(transformer_declare(ws, C, name, &ts, &b->attn[j]));
         }
     }
     b->has_resample = resample;
@@ -55,8 +56,9 @@ gnr_status unet_declare(gnr_weights *ws, const gnr_unet_config *cfg, unet_w *u)
     int top = boc[nb - 1];
     GNR_TRY(resnet_declare(ws, C, "mid_block.resnets.0", top, top, temb_dim, cfg->norm_num_groups, cfg->norm_eps,
                            &u->mid_res[0]));
-    GNR_TRY(transformer_declare(ws, C, "mid_block.attentions.0", top, cfg->mid_heads, cfg->mid_transformer_layers,
-                                cfg->cross_attention_dim, cfg->norm_num_groups, &u->mid_attn));
+    transformer_shape mid = {top, cfg->mid_heads, cfg->mid_transformer_layers, cfg->cross_attention_dim,
+                             cfg->norm_num_groups, cfg->linear_projection};
+    GNR_TRY(transformer_declare(ws, C, "mid_block.attentions.0", &mid, &u->mid_attn));
     GNR_TRY(resnet_declare(ws, C, "mid_block.resnets.1", top, top, temb_dim, cfg->norm_num_groups, cfg->norm_eps,
                            &u->mid_res[1]));
 

@@ -1,6 +1,10 @@
-/* UNet2DConditionModel (diffusers) for the Stable Diffusion 1.x block types:
- * CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn,
- * UpBlock2D / CrossAttnUpBlock2D.
+/* UNet2DConditionModel (diffusers) for the Stable Diffusion 1.x and 2.x block
+ * types: CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn,
+ * UpBlock2D / CrossAttnUpBlock2D; heads per level (SD 2.x: 5, 10, 20, 20 of
+ * 64 channels each; the mid block takes the last level's, up block i the
+ * mirrored down block's), and Linear or 1x1-conv transformer projections.
+ * The output is the raw prediction (eps or v, gnr_unet_config.prediction):
+ * the editing jobs convert v to eps (csrc/edit/job.c).
  *
  * Capture points (gnr_capture names): "down_blocks.i.resnets.j",
  * "up_blocks.i.resnets.j", "up_blocks.i" (the block's output, after its

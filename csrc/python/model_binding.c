@@ -126,7 +126,7 @@ static int parse_config(PyObject *cfg, gnr_model_config *c)
     Py_INCREF(t.dict);
     Py_INCREF(u.dict);
     Py_INCREF(v.dict);
-    int rc = -1, act;
+    int rc = -1, act, prediction;
     gnr_text_config *tx = &c->text;
     if (config_int(&t, "vocab_size", &tx->vocab_size) || config_int(&t, "hidden_size", &tx->hidden_size) ||
         config_int(&t, "intermediate_size", &tx->intermediate_size) ||
@@ -151,8 +151,11 @@ static int parse_config(PyObject *cfg, gnr_model_config *c)
         config_int(&u, "mid_transformer_layers", &un->mid_transformer_layers) ||
         config_int(&u, "cross_attention_dim", &un->cross_attention_dim) ||
         config_int(&u, "norm_num_groups", &un->norm_num_groups) || config_float(&u, "norm_eps", &un->norm_eps) ||
-        config_int(&u, "flip_sin_to_cos", &un->flip_sin_to_cos) || config_float(&u, "freq_shift", &un->freq_shift))
+        config_int(&u, "flip_sin_to_cos", &un->flip_sin_to_cos) || config_float(&u, "freq_shift", &un->freq_shift) ||
+        config_int(&u, "linear_projection", &un->linear_projection) ||
+        config_int(&u, "upcast_attention", &un->upcast_attention) || config_int(&u, "prediction", &prediction))
         goto done;
+    un->prediction = (gnr_prediction)prediction;
 
     gnr_vae_config *va = &c->vae;
     if (config_int(&v, "in_channels", &va->in_channels) || config_int(&v, "out_channels", &va->out_channels) ||
@@ -694,7 +697,7 @@ static PyTypeObject ModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gnr._C.Model",
     .tp_basicsize = sizeof(ModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A Stable Diffusion 1.x model in the gnr engine (use gnr.load_model). Calling __init__ again "
+    .tp_doc = "A Stable Diffusion 1.x or 2.x model in the gnr engine (use gnr.load_model). Calling __init__ again "
               "replaces the model when no call is running on it, and raises RuntimeError while one is.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Model_init,
