@@ -200,7 +200,10 @@ def test_full_size_shapes(model):
 def test_fp16_and_bf16_files_read_as_their_values_in_float32(folders, tmp_path):
     for dtype, cast in ((torch.float16, np.float16), (torch.bfloat16, None)):
         path = write_single_file(folders["sd1"], tmp_path / f"{dtype}.safetensors", dtype=dtype)
-        got = streamed(open_single_file(path))
+        single = open_single_file(path)
+        stored = "float16" if cast is not None else "bfloat16"
+        assert single.stored_dtypes() == {"text_encoder": [stored], "unet": [stored], "vae": [stored]}
+        got = streamed(single)
         if cast is None:  # bfloat16: compare with torch's own rounding
             ref = {(c, k): torch.from_numpy(v).to(torch.bfloat16).float().numpy()
                    for c in ("unet", "vae", "text_encoder") for k, v in folder_tensors(folders["sd1"], c).items()}
@@ -457,6 +460,7 @@ def test_folders_given_replace_the_files_components(folders, files):
     for comp in ("unet", "vae", "text_encoder"):
         assert_same_weights(got, folders["sd2"], comp)
     assert origins["vae"] == {str(folders["sd2"] / "vae")}
+    assert single.stored_dtypes() == {"text_encoder": ["float32"], "unet": ["float32"], "vae": ["float32"]}
     assert origins["text_encoder"] == {str(folders["sd2"] / "text_encoder")}
     assert single.configs["vae"] == json.loads((folders["sd2"] / "vae" / "config.json").read_text())
 
