@@ -127,8 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("edit", help="edit one image")
     e.add_argument("--model", default="default",
-                   help="Stable Diffusion 1.x folder (diffusers layout) or single-file .safetensors checkpoint; "
-                        "default: the bundled model")
+                   help="Stable Diffusion 1.x or 2.x folder (diffusers layout) or single-file .safetensors "
+                        "checkpoint; default: the bundled model")
     e.add_argument("--image", required=True, help="input image file (any format Pillow reads)")
     e.add_argument("--source", required=True, help="prompt describing the input image")
     e.add_argument("--target", required=True, help="prompt describing the wanted result")
@@ -137,7 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="output image file (any format Pillow writes)")
     e.add_argument("--size", type=int,
                    help="image size in pixels (square); default: the model's native size (sample_size x VAE "
-                        "factor: 64 for the bundled model, 512 for SD 1.x); must be a multiple the model accepts")
+                        "factor: 64 for the bundled model, 512 for SD 1.x, 768 for SD 2.1-v); must be a multiple "
+                        "the model accepts")
     e.add_argument("--steps", type=int,
                    help="num_steps (default: the preset's 50); the preset's per-step schedules are resampled "
                         "to it by relative position (gnr.configs.get)")

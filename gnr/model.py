@@ -95,6 +95,7 @@ class Model:
         self.config = configs
         self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory), self.dtype)
         expected = {name for name, _ in self._c.weight_specs()}
+        # The identity's source fields (info()).
         if is_single_file(root):
             self.file_dtypes, self.source_format = single.stored_dtypes(), "single_file"
         else:
@@ -240,12 +241,13 @@ class Model:
     # ---------------------------------------------------------- identity --
 
     def info(self) -> dict:
-        """The model's identity, the fields of `repr(model)`:
+        """The model's identity (`repr(model)` shows the main fields), from its attributes only, so
+        every way of loading a model fills it the same way:
         {"family": "SD 1.x" | "SD 2.x", "prediction_type": "epsilon" | "v_prediction",
         "native_size": int (pixels), "size_multiple": int, "vae_factor": int,
         "latent_channels": int, "context_length": int (tokens), "context_dim": int,
         "device": str, "dtype": the compute dtype, "file_dtypes": {component: [stored dtypes]},
-        "source": str (the folder), "format": "diffusers"}."""
+        "source": str (where it was loaded from), "format": :attr:`source_format`}."""
         text = self.config["text_encoder"]
         return {
             "family": self.family,

@@ -40,6 +40,11 @@ gnr_status job_upload(gnr_model *m, int ndim, const int64_t *shape, const float 
  * NULL-terminated list `out`. */
 gnr_status job_latents(gnr_model *m, const job *j, gnr_tensor *const *out);
 
+/* eps from the raw UNet output y of the pass on latent z at t: a copy for an
+ * eps-predicting model, gnr_ddim_eps_from_v with abar[t] for a v-predicting
+ * one. eps may alias y. */
+gnr_status job_noise(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *y, gnr_tensor *eps);
+
 /* eps = unet(z, t, c) into a state tensor, always the noise: a v-predicting
  * UNet's output is converted with abar[t] of this pass's t (job_noise), so
  * every consumer (DDIM steps, inversion, null-text inversion, the guiders
@@ -47,11 +52,6 @@ gnr_status job_latents(gnr_model *m, const job *j, gnr_tensor *const *out);
  * ctx->keep. With `tape`, the pass is recorded with a copy of z as its leaf
  * (*leaf receives it) and the pass arena is kept for the backward; the
  * caller resets it. Without, the pass arena is reset here. */
-/* eps from the raw UNet output y of the pass on latent z at t: a copy for an
- * eps-predicting model, gnr_ddim_eps_from_v with abar[t] for a v-predicting
- * one. eps may alias y. */
-gnr_status job_noise(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *y, gnr_tensor *eps);
-
 gnr_status job_unet(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *c, gnr_capture *cap,
                     gnr_tape *tape, int checkpointing, gnr_tensor *leaf, gnr_tensor *eps);
 
