@@ -9,8 +9,8 @@ folder: the same tensors under the same names, configs inferred as the folder
 has them, the text encoder, UNet and VAE within DECISIONS.md's relative 1e-4
 of diffusers/transformers on the folder, and a whole edit bit-identical.
 SD 2.x files are held to the same, and a v-prediction edit on an SD 2.x
-file to the edit on a folder that says v_prediction. Bad files: a clear error naming the file and what is wrong, and the
-process stays usable.
+file to the edit on a folder that says v_prediction. Bad files: a clear
+error naming the file and what is wrong, and the process stays usable.
 """
 import json
 import math
