@@ -58,7 +58,7 @@ from .model import Model, load_model  # noqa: E402
 from . import configs  # noqa: E402
 from .editor import EditCancelled, Editor, Inversion  # noqa: E402
 from .images import load_image, save_image  # noqa: E402
-from . import batch, captures, demo, files, images, sizes, tokenizer  # noqa: E402,F401  every public submodule
+from . import batch, captures, demo, files, images, single_file, sizes, tokenizer  # noqa: E402,F401  every public submodule
 
 __version__ = _C.build_info()["version"]
 

@@ -1,9 +1,9 @@
 """Command line: `python -m gnr {demo, edit, batch, info}`.
 
-    python -m gnr edit --image in.png --source "..." --target "..." -o out.png [--model DIR]
-    python -m gnr batch manifest.jsonl --out DIR [--model DIR] [--ray [ADDRESS]] [--workers N]
+    python -m gnr edit --image in.png --source "..." --target "..." -o out.png [--model DIR_OR_FILE]
+    python -m gnr batch manifest.jsonl --out DIR [--model DIR_OR_FILE] [--ray [ADDRESS]] [--workers N]
 
-Everything a command is given is checked before any work (the model folder
+Everything a command is given is checked before any work (the model folder or file
 and its configs, the config with --steps, the size, the device, the input
 image, the output path), and every user error is one line on stderr,
 `error: ...`, with exit status 2, never a traceback.
@@ -164,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     e = sub.add_parser("edit", help="edit one image")
     e.add_argument("--model", default="default",
-                   help="Stable Diffusion 1.x or 2.x folder (diffusers layout); default: the bundled model")
+                   help="Stable Diffusion 1.x or 2.x folder (diffusers layout) or single-file .safetensors "
+                        "checkpoint; default: the bundled model")
     e.add_argument("--image", required=True, help="input image file (any format Pillow reads)")
     e.add_argument("--source", required=True, help="prompt describing the input image")
     e.add_argument("--target", required=True, help="prompt describing the wanted result")

@@ -7,7 +7,9 @@ what is allowed. The engine checks the same rules again only as internal
 consistency checks (a failure there is a bug in gnr, not a bad file).
 
 This sits below gnr.sizes and gnr.model: both read a folder's configs
-through `read_model_configs`, the first without loading any weights.
+through `read_model_configs`, the first without loading any weights. A
+single-file checkpoint's configs, inferred by gnr.single_file, pass the
+same checks (`resolve_configs`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import math
 from pathlib import Path
 
 from .files import check_model_dir, read_json
+from .single_file import is_single_file, open_single_file
 
 __all__ = ["read_model_configs", "resolve_configs", "read_scheduler_config", "prediction_type", "model_family",
            "PREDICTION_TYPES", "FAMILIES", "MAX_BLOCKS"]
@@ -337,12 +340,21 @@ def model_family(configs: dict) -> str:
     return FAMILIES[1] if sd2 else FAMILIES[0]
 
 
-def read_model_configs(path) -> tuple[dict, dict]:
+def read_model_configs(path, **single_file_options) -> tuple[dict, dict]:
     """(parsed configs, the engine's resolved configs) of the model folder
     `path`, without reading any weights: every check of the folder's layout
     and config values that loading makes first. The parsed configs are the
     config.json of "text_encoder", "unet" and "vae", and under "scheduler"
-    scheduler/scheduler_config.json ({} when the folder has none)."""
+    scheduler/scheduler_config.json ({} when the folder has none). A file
+    `path` is a single-file checkpoint: its configs, in the same form, are
+    inferred from its header by gnr.single_file (`single_file_options` are
+    open_single_file's) and checked by the same rules."""
+    if is_single_file(path):
+        single = open_single_file(path, **single_file_options)
+        return single.configs, resolve_configs(single.configs, single.config_files)
+    if single_file_options:
+        raise ValueError(f"{path}: {', '.join(sorted(single_file_options))} apply to single-file checkpoints only; "
+                         f"a model folder brings its own components and configs")
     root = Path(path)
     check_model_dir(root)
     files = {comp: root / comp / "config.json" for comp in ("text_encoder", "unet", "vae")}

@@ -1,6 +1,6 @@
 """Guide-and-Rescale editing from Python: `Editor`, `Inversion`.
 
-    editor = gnr.Editor("path/to/sd-1.4")
+    editor = gnr.Editor("path/to/sd-1.4")          # or a single file: "path/to/model.safetensors"
     out = editor.edit(image, "a photo of a cat", "a photo of a tiger", config=gnr.configs.NONSTYLE)
 
     inv = editor.invert(image, "a photo of a cat")             # once
@@ -113,6 +113,7 @@ class Editor:
 
     Arguments:
       model: a model folder in diffusers layout (safetensors weights), a
+        single-file `.safetensors` checkpoint (original key names), a
         `gnr.Model` from `gnr.load_model`, or None / "default" for the
         bundled default model.
       device: "cpu", or "cuda" where the CUDA backend is built and a GPU is
@@ -125,8 +126,10 @@ class Editor:
       max_memory: cap on the activation arena in bytes; 0 (the default) sets
         no cap. A pass that would need more raises `gnr.OutOfMemoryError`
         (with the bytes asked and available) before it allocates.
-    `device`, `threads` and `max_memory` apply when the Editor loads the
-    model; a given `gnr.Model` keeps its own.
+      single_file_options: a single file's vae, text_encoder, tokenizer,
+        image_size, prediction_type and ema, as `gnr.load_model` takes them.
+    `device`, `threads`, `max_memory` and the single-file options apply
+    when the Editor loads the model; a given `gnr.Model` keeps its own.
 
     Attributes:
       model: the `gnr.Model` the editor runs.
@@ -142,18 +145,23 @@ class Editor:
     """
 
     def __init__(self, model=None, device: str = "cpu", dtype: Optional[str] = None, threads: Optional[int] = None,
-                 max_memory: int = 0):
+                 max_memory: int = 0, **single_file_options):
         if model is None:
             model = "default"
         if isinstance(model, Model):
             if dtype is not None and compute_dtype(dtype, model.device) != model.dtype:
                 raise ValueError(f"dtype {dtype!r} differs from the given model's dtype {model.dtype!r}; "
                                  f"pass dtype to load_model instead")
+            if single_file_options:
+                raise ValueError(f"{', '.join(sorted(single_file_options))} apply when the Editor loads a single "
+                                 f"file; a given gnr.Model is already loaded (pass them to load_model instead)")
             self.model = model
         elif isinstance(model, (str, os.PathLike)):
-            self.model = load_model(model, device=device, threads=threads, max_memory=max_memory, dtype=dtype)
+            self.model = load_model(model, device=device, threads=threads, max_memory=max_memory, dtype=dtype,
+                                    **single_file_options)
         else:
-            raise TypeError(f"model must be a folder path, a gnr.Model or None (the bundled default model), "
+            raise TypeError(f"model must be a model folder or single-file path, a gnr.Model or None (the bundled "
+                            f"default model), "
                             f"got {type(model).__name__}")
         self.last_timings: dict = {}
         self._null = None

@@ -37,7 +37,9 @@ __all__ = [
     "read_json",
     "find_weights_file",
     "load_safetensors",
+    "read_safetensors_header",
     "load_component",
+    "iter_weights_folder",
     "component_dtypes",
     "safetensors_dtypes",
     "check_model_dir",
@@ -61,6 +63,11 @@ _DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default_model"
 _DTYPES = {"F32": ("<f4", 4), "F16": ("<f2", 2), "BF16": ("<u2", 2)}
 _ALLOWED_DTYPES = ", ".join(_DTYPES)
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# Bytes per element of the other safetensors dtypes: a single-file checkpoint
+# may carry integer buffers (CLIP's position_ids, EMA counters) beside its
+# float weights. Such tensors can be listed and skipped, never read.
+_OTHER_DTYPES = {"F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+                 "F8_E4M3": 1, "F8_E5M2": 1}
 
 # The safetensors format caps the header at 100 MB; so do we (a header length is untrusted).
 MAX_HEADER_BYTES = 100 * 1000 * 1000
@@ -216,8 +223,10 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _parse_header(path: Path, size: int, raw: bytes) -> tuple[int, list[tuple[str, str, tuple, int, int]]]:
-    """Validate the header bytes; return (offset of the data area, [(name, dtype, shape, begin, end)])."""
+def _parse_header(path: Path, size: int, raw: bytes,
+                  other_dtypes: bool = False) -> tuple[int, list[tuple[str, str, tuple, int, int]]]:
+    """Validate the header bytes; return (offset of the data area, [(name, dtype, shape, begin, end)]).
+    `other_dtypes`: also accept the non-float dtypes of _OTHER_DTYPES (for tensors to be skipped)."""
     if size < 8:
         raise ValueError(f"{path}: file is {size} bytes, too short for the 8-byte header length (truncated?)")
     (n,) = struct.unpack("<Q", raw[:8])
@@ -251,7 +260,7 @@ def _parse_header(path: Path, size: int, raw: bytes) -> tuple[int, list[tuple[st
             if key not in info:
                 raise ValueError(f"{where}: entry has no {key!r} (expected dtype, shape, data_offsets)")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _DTYPES:
+        if dtype not in _DTYPES and not (other_dtypes and dtype in _OTHER_DTYPES):
             raise ValueError(f"{where}: dtype {dtype!r} is not supported; allowed dtypes: {_ALLOWED_DTYPES}")
         if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
             raise ValueError(f"{where}: shape must be a list of integers, found {shape!r}")
@@ -267,7 +276,7 @@ def _parse_header(path: Path, size: int, raw: bytes) -> tuple[int, list[tuple[st
                 f"{where}: data_offsets [{begin}, {end}] end past the data area ({data_size} bytes): "
                 "the file is truncated or its header is wrong"
             )
-        itemsize = _DTYPES[dtype][1]
+        itemsize = _DTYPES[dtype][1] if dtype in _DTYPES else _OTHER_DTYPES[dtype]
         expected = math.prod(shape) * itemsize
         if end - begin != expected:
             raise ValueError(
@@ -313,9 +322,10 @@ def load_safetensors(path) -> dict[str, np.ndarray]:
     return dict(iter_safetensors(path))
 
 
-def _read_header(path: Path) -> tuple[int, int, list[tuple[str, str, tuple, int, int]]]:
+def _read_header(path: Path, other_dtypes: bool = False) -> tuple[int, int, list[tuple[str, str, tuple, int, int]]]:
     """(file size, offset of the data area, validated header entries) of a
-    .safetensors file (see load_safetensors for the checks)."""
+    .safetensors file (see load_safetensors for the checks; `other_dtypes`:
+    see _parse_header)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
@@ -327,7 +337,7 @@ def _read_header(path: Path) -> tuple[int, int, list[tuple[str, str, tuple, int,
             (n,) = struct.unpack("<Q", head)
             if n <= min(size - 8, MAX_HEADER_BYTES):
                 head += f.read(n)
-    data_start, entries = _parse_header(path, size, head)
+    data_start, entries = _parse_header(path, size, head, other_dtypes)
     return size, data_start, entries
 
 
@@ -338,13 +348,31 @@ def safetensors_dtypes(path) -> list[str]:
     return sorted({_DTYPE_NAMES[dtype] for _, dtype, *_ in _read_header(Path(path))[2]})
 
 
-def iter_safetensors(path):
+def read_safetensors_header(path) -> dict[str, tuple[str, tuple]]:
+    """{name: (dtype, shape)} of every tensor of a .safetensors file, in file
+    order, without reading any tensor data. The header is validated as
+    load_safetensors validates it (a truncated file fails here), except that
+    non-float dtypes (I64, I32, U8, BOOL, F64 ...) are listed too: they can
+    be skipped by iter_safetensors(path, only=...), never read."""
+    _, _, entries = _read_header(Path(path), other_dtypes=True)
+    return {name: (dtype, shape) for name, dtype, shape, _, _ in entries}
+
+
+def iter_safetensors(path, only=None):
     """(name, float32 array) for each tensor of a .safetensors file, in file
     order, holding one converted tensor at a time. The whole header is
-    validated (see load_safetensors) before the first tensor is yielded."""
+    validated (see load_safetensors) before the first tensor is yielded.
+    `only`: None (every tensor) or a container of names; the other tensors
+    are skipped without being read, whatever their dtype (see
+    read_safetensors_header); a named tensor must be F32, F16 or BF16."""
     path = Path(path)
-    size, data_start, entries = _read_header(path)
-
+    size, data_start, entries = _read_header(path, other_dtypes=only is not None)
+    if only is not None:
+        entries = [e for e in entries if e[0] in only]
+        for name, dtype, *_ in entries:
+            if dtype not in _DTYPES:
+                raise ValueError(f"{path}: tensor {name!r}: dtype {dtype!r} is not supported for a weight; "
+                                 f"allowed dtypes: {_ALLOWED_DTYPES}")
     if not entries:
         return
     # Read tensor by tensor (no mapping of the whole file): the process holds
@@ -392,7 +420,15 @@ def iter_component(model_dir, component: str, variant: str | None = None):
     in memory at a time (shards in turn; the shard index checked at the end).
     Same files and checks as load_component."""
     folder = _component_dir(model_dir, component)
-    files, index = _find_weights(folder, variant, WEIGHT_NAMES[component])
+    yield from iter_weights_folder(folder, WEIGHT_NAMES[component], variant)
+
+
+def iter_weights_folder(folder, base_name: str, variant: str | None = None):
+    """(name, float32 array) for every weight of the component folder `folder`
+    whose weights file is `<base_name>[.variant].safetensors` (or its shards),
+    one tensor in memory at a time. The folder may have any name (a VAE folder
+    given beside a single-file checkpoint, for example)."""
+    files, index = _find_weights(Path(folder), variant, base_name)
     origin: dict[str, Path] = {}
     for file in files:
         for name, arr in iter_safetensors(file):

@@ -29,8 +29,8 @@ def load_image(path_or_array, size=None, model=None) -> np.ndarray:
     for SD 1.x). A size the model does not accept (not a positive multiple
     of its `size_multiple`) is a ValueError naming the nearest valid sizes.
     model: the model the image is for: a `gnr.Model`, a `gnr.Editor`, a
-    model folder, or None for the bundled default model (`Editor.load_image`
-    passes its own).
+    model folder or single-file checkpoint, or None for the bundled default
+    model (`Editor.load_image` passes its own).
     """
     from .sizes import check_size, model_sizes
 

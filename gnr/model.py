@@ -1,5 +1,6 @@
-"""Loading a Stable Diffusion 1.x or 2.x model folder into the engine, and
-the low-level passes: text encoder, UNet, VAE encoder and decoder.
+"""Loading a Stable Diffusion 1.x or 2.x model folder or single-file
+checkpoint (gnr.single_file) into the engine, and the low-level passes:
+text encoder, UNet, VAE encoder and decoder.
 
 The folder is in diffusers layout (model_index.json; unet/, vae/,
 text_encoder/ with config.json and safetensors weights; tokenizer/ with
@@ -19,9 +20,10 @@ import numpy as np
 
 from . import _C
 from ._backends import check_device_name, require_device
-from ._model_config import PREDICTION_TYPES, model_family, read_model_configs
+from ._model_config import PREDICTION_TYPES, model_family, read_model_configs, resolve_configs
 from .captures import DEFAULT_LAYERS, resolve_feature, select_attention_maps
 from .files import COMPONENTS, component_dtypes, default_model_dir, iter_component
+from .single_file import is_single_file, open_single_file
 from .sizes import check_size, native_size
 from .tokenizer import ClipTokenizer
 
@@ -35,17 +37,21 @@ class Model:
     """A Stable Diffusion 1.x or 2.x model loaded into the gnr engine.
 
     Use :func:`load_model`: its arguments (path, device, variant, threads,
-    max_memory, dtype) are this constructor's. Arrays in and out are NumPy;
+    max_memory, dtype) are this constructor's, and a single file's options
+    (vae, text_encoder, tokenizer, image_size, prediction_type, ema) are its
+    `single_file_options`. Arrays in and out are NumPy;
     outputs are new C-contiguous arrays.
 
     Attributes:
-      path: the model folder (pathlib.Path).
+      path: the model folder or single file (pathlib.Path).
       device: "cpu" or "cuda".
       dtype: the compute dtype, "float32", "float16" or "bfloat16".
       config: the parsed configs, {"text_encoder", "unet", "vae"} (each
         component's config.json) and "scheduler" (scheduler_config.json, {}
-        when the folder has none).
-      tokenizer: the `gnr.tokenizer.ClipTokenizer` of the folder.
+        when the folder has none); for a single file, the configs inferred
+        from it in the same form.
+      tokenizer: the `gnr.tokenizer.ClipTokenizer` of the folder (a single
+        file: the bundled one of its family, or the `tokenizer` folder given).
       latent_channels, scaling_factor: the VAE's latent channels and
         latent scale (0.18215 for SD 1.x and 2.x).
       prediction_type: "epsilon" (the UNet predicts the noise) or
@@ -56,7 +62,8 @@ class Model:
         {"text_encoder": ["float16"], ...}; the weights are held in float32
         whatever these are.
       source_format: where the weights came from: "diffusers" (a folder in
-        diffusers layout).
+        diffusers layout) or "single_file" (a checkpoint with the original
+        key names).
       native_size, size_multiple, vae_factor: image sizes (properties; see
         gnr.sizes).
 
@@ -64,42 +71,55 @@ class Model:
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
-                 threads: int | None = None, max_memory: int = 0, dtype=None):
+                 threads: int | None = None, max_memory: int = 0, dtype=None, **single_file_options):
         # Registers the CUDA backend when device="cuda": a Model made
         # directly must not depend on an earlier cuda_available() call.
         require_device(device)
         root = Path(path)
-        configs, resolved = read_model_configs(root)
+        if is_single_file(root):
+            if variant is not None:
+                raise ValueError(f"{root}: variant={variant!r} applies to model folders; a single file holds one "
+                                 f"set of weights (allowed here: variant=None)")
+            single = open_single_file(root, **single_file_options)
+            configs = single.configs
+            resolved = resolve_configs(configs, single.config_files)
+            weights = single.weights()
+            tokenizer_dir, pad_token = single.tokenizer_dir, single.pad_token
+        else:
+            configs, resolved = read_model_configs(root, **single_file_options)
+            weights = _folder_weights(root, variant)
+            tokenizer_dir, pad_token = root / "tokenizer", None
         self.path = root
         self.device = device
         self.dtype = compute_dtype(dtype, device)
         self.config = configs
         self._c = _C.Model(resolved, device, int(threads or 0), int(max_memory), self.dtype)
         expected = {name for name, _ in self._c.weight_specs()}
-        # The identity's source fields (info()); another source of weights
-        # sets these two for its files.
-        self.file_dtypes = {comp: component_dtypes(root, comp, variant=variant) for comp in COMPONENTS}
-        self.source_format = "diffusers"
+        # The identity's source fields (info()).
+        if is_single_file(root):
+            self.file_dtypes, self.source_format = single.stored_dtypes(), "single_file"
+        else:
+            self.file_dtypes = {comp: component_dtypes(root, comp, variant=variant) for comp in COMPONENTS}
+            self.source_format = "diffusers"
         # Weights stream in one tensor at a time: host memory holds the
         # engine's weight block plus one tensor, never a second model copy.
-        for comp in COMPONENTS:
-            for name, array in iter_component(root, comp, variant=variant):
-                if comp == "text_encoder" and not name.startswith("text_model."):
-                    # transformers 5 saves the bare text transformer without
-                    # the "text_model." prefix that SD 1.x checkpoints carry.
-                    name = "text_model." + name
-                full = f"{comp}.{name}"
-                if full not in expected and name.endswith(_IGNORED_SUFFIXES):
-                    continue
-                try:
-                    self._c.set_weight(full, array)
-                except ValueError as e:
-                    raise ValueError(f"{root / comp}: {e}") from None
+        for comp, name, array, origin in weights:
+            if comp == "text_encoder" and not name.startswith("text_model."):
+                # transformers 5 saves the bare text transformer without
+                # the "text_model." prefix that SD 1.x checkpoints carry.
+                name = "text_model." + name
+            full = f"{comp}.{name}"
+            if full not in expected and name.endswith(_IGNORED_SUFFIXES):
+                continue
+            try:
+                self._c.set_weight(full, array)
+            except ValueError as e:
+                raise ValueError(f"{origin}: {e}") from None
         try:
             self._c.finalize()
         except ValueError as e:
             raise ValueError(f"{root}: {e}") from None
-        self.tokenizer = ClipTokenizer(root / "tokenizer", length=resolved["text"]["max_positions"])
+        self.tokenizer = ClipTokenizer(tokenizer_dir, length=resolved["text"]["max_positions"], pad_token=pad_token)
         self.latent_channels = resolved["vae"]["latent_channels"]
         self.scaling_factor = resolved["vae"]["scaling_factor"]
         self.prediction_type = PREDICTION_TYPES[resolved["unet"]["prediction"]]
@@ -256,6 +276,13 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
+def _folder_weights(root: Path, variant):
+    """(component, name, array, origin) for every weight of a model folder, one tensor at a time."""
+    for comp in COMPONENTS:
+        for name, array in iter_component(root, comp, variant=variant):
+            yield comp, name, array, str(root / comp)
+
+
 def compute_dtype(dtype, device: str) -> str:
     """The engine's compute dtype from a user's `dtype` (None, a name, or a
     NumPy float32/float16 dtype): "float32" (parity mode, every device) or,
@@ -289,11 +316,16 @@ def _count(value, name: str, allowed: str, none_ok: bool = False) -> None:
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None = None,
-               threads: int | None = None, max_memory: int = 0, dtype=None) -> Model:
-    """Load a Stable Diffusion 1.x or 2.x folder in diffusers layout (safetensors weights);
-    "default" is the bundled default model.
+               threads: int | None = None, max_memory: int = 0, dtype=None, *, vae=None, text_encoder=None,
+               tokenizer=None, image_size: int | None = None, prediction_type: str | None = None,
+               ema: bool | None = None) -> Model:
+    """Load a Stable Diffusion 1.x or 2.x model: a folder in diffusers layout
+    (safetensors weights), a single-file `.safetensors` checkpoint with the
+    original key names (model.diffusion_model.*, first_stage_model.*,
+    cond_stage_model.*), or "default", the bundled default model.
 
-    path: the folder, or "default".
+    path: the folder, the .safetensors file, or "default". Pickle checkpoints
+    (.ckpt, .pt, .bin) are refused with how to convert them.
     device: "cpu", or "cuda" where the CUDA backend is built and a GPU is
     usable (`gnr.cuda_available()`; otherwise a RuntimeError saying why).
     variant: None, or "fp16" to prefer the `*.fp16.safetensors` files;
@@ -308,6 +340,21 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
     reference); on device="cuda", "float16" or "bfloat16" is the speed mode
     (matrix products on tensor cores with 16-bit inputs and fp32
     accumulation; everything else float32).
+
+    For a single file only (gnr.single_file says what is inferred from it):
+    vae, text_encoder: a diffusers component folder (config.json +
+    safetensors) for a file without that component (or to replace it);
+    vae also takes a VAE .safetensors file with the original key names.
+    tokenizer: a tokenizer folder; None takes the CLIP vocabulary bundled
+    with gnr (SD 2.x: padded with "!").
+    image_size: the native image size in pixels (None: 512; 768 for SD 2.x
+    768-v models).
+    prediction_type: None / "epsilon" (the default), or "v_prediction"
+    (SD 2.x 768-v models).
+    ema: None / False takes the UNet's non-EMA weights of a file that has
+    both (as diffusers), True the EMA ones.
+    The file is read one tensor at a time: host memory holds the engine's
+    weights plus the largest tensor of the file, never a second copy.
     """
     check_device_name(device)
     _count(threads, "threads", "None or an integer >= 0 (None or 0: every core)", none_ok=True)
@@ -315,7 +362,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu", variant: str | None
     compute_dtype(dtype, device)
     if isinstance(path, str) and path == "default":
         path = default_model_dir()
-    return Model(path, device=device, variant=variant, threads=threads, max_memory=max_memory, dtype=dtype)
+    options = {k: v for k, v in dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_size=image_size,
+                                     prediction_type=prediction_type, ema=ema).items() if v is not None}
+    return Model(path, device=device, variant=variant, threads=threads, max_memory=max_memory, dtype=dtype,
+                 **options)
 
 
 _ENERGY_KINDS = {"attn_map_l2": 0, "feature_l2": 1, "feature_l1": 2}

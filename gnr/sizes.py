@@ -63,9 +63,10 @@ def native_size(unet_config: dict, vae_config: dict) -> int:
 
 def model_sizes(model=None) -> tuple[int, int]:
     """(native size, size multiple) of a model: a `gnr.Model`, a `gnr.Editor`,
-    a model folder, or None / "default" for the bundled default model. A
-    folder is read for its config files only (no weights), which are
-    checked as loading checks them."""
+    a model folder or single-file checkpoint, or None / "default" for the
+    bundled default model. A folder is read for its config files only (no
+    weights), a single file for its header (at the default image size, 512),
+    and both are checked as loading checks them."""
     # A loaded model knows its sizes; an Editor holds one as `.model`. Asked
     # by attribute, so that this module stays below model.py and editor.py.
     inner = getattr(model, "model", model)

@@ -156,9 +156,11 @@ class ClipTokenizer:
 
     `ClipTokenizer(folder, length=77).encode(text)` -> int32 array of shape (length,):
     start id, the first length-2 token ids, end id, then `pad_id` (the folder's pad
-    token: the end token for SD 1.x, "!" = 0 for SD 2.x) as padding."""
+    token: the end token for SD 1.x, "!" = 0 for SD 2.x) as padding. `pad_token`,
+    when given, replaces the folder's (a single-file checkpoint's family pads
+    gnr's bundled vocabulary this way)."""
 
-    def __init__(self, folder, length: int = 77):
+    def __init__(self, folder, length: int = 77, pad_token: str | None = None):
         if not isinstance(length, int) or isinstance(length, bool):
             raise TypeError(f"length must be an int, got {type(length).__name__}")
         if length < 2:
@@ -174,7 +176,7 @@ class ClipTokenizer:
         self.length = length
         self.start_id = int(vocab[START_TOKEN])
         self.end_id = int(vocab[END_TOKEN])
-        pad, pad_source = read_pad_token(folder)
+        pad, pad_source = read_pad_token(folder) if pad_token is None else (pad_token, "pad_token argument")
         if pad not in vocab:
             raise ValueError(f"{pad_source}: pad_token {pad!r} is not in the vocabulary of {source} (supported: a "
                              f"token of the vocabulary, such as {END_TOKEN!r} for SD 1.x or '!' for SD 2.x)")

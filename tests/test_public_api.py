@@ -11,7 +11,8 @@ import pytest
 
 import gnr
 
-PUBLIC_MODULES = ["batch", "captures", "configs", "demo", "editor", "files", "images", "model", "sizes", "tokenizer"]
+PUBLIC_MODULES = ["batch", "captures", "configs", "demo", "editor", "files", "images", "model", "single_file",
+                  "sizes", "tokenizer"]
 
 
 def test_every_public_submodule_is_an_attribute_after_import_gnr():
