@@ -17,14 +17,10 @@ import math
 from pathlib import Path
 
 from .files import check_model_dir, read_json
-from .single_file import is_single_file, open_single_file
+from .single_file import PREDICTION_TYPES, is_single_file, open_single_file
 
 __all__ = ["read_model_configs", "resolve_configs", "read_scheduler_config", "prediction_type", "model_family",
            "PREDICTION_TYPES", "FAMILIES", "MAX_BLOCKS"]
-
-# The scheduler config's prediction_type values the engine implements, in the
-# order of the engine's codes (gnr_prediction, csrc/gnr.h).
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # The engine's limits. The extension does not export them, so each is the
 # value of the C constant named beside it; tests/test_bad_inputs.py reads

@@ -266,7 +266,7 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
     manifest: a .jsonl, .csv or .parquet file (Parquet needs pyarrow).
     out_dir: the output folder; created if missing (its parent must exist).
       Outputs of an earlier run there are kept when complete and unchanged.
-    model: a model folder (diffusers layout), or None / "default" for the
+    model: a model folder (diffusers layout) or single-file .safetensors checkpoint, or None / "default" for the
       bundled default model. With engine="ray" the folder must be readable
       at the same path on every Ray node, as must the images.
     config: the config of rows that name none: a preset name ("nonstyle",
@@ -329,7 +329,7 @@ def run(manifest, out_dir, model=None, config="nonstyle", device: Optional[str] 
         raise TypeError(f"callback must be None or a callable(record), got {type(callback).__name__}")
     model = "default" if model is None else model
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a model folder path or None (the bundled default model), got "
+        raise TypeError(f"model must be a model folder or single-file checkpoint path, or None (the bundled default model), got "
                         f"{type(model).__name__}")
     model = model if model == "default" else os.path.abspath(os.fspath(model))
     _, multiple = model_sizes(model)  # the model's configs, checked before any work

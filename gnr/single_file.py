@@ -65,6 +65,9 @@ VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 OPENCLIP_PREFIX = "cond_stage_model.model."
 
+# The scheduler's prediction_type values the engine implements, in the order
+# of the engine's codes (gnr_prediction, csrc/gnr.h); model folders are
+# checked against the same list (_model_config.py).
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 DEFAULT_IMAGE_SIZE = 512
 SCALING_FACTOR = 0.18215
