@@ -23,6 +23,8 @@
 #define ATT_CHUNK 256  /* query rows per chunk of recomputed P (backward, energy) */
 #define ATT_QBLOCK 64  /* query rows per block of the flash forward */
 #define ATT_KTILE 512  /* keys per tile of the online softmax */
+/* a recomputed chunk is whole forward blocks, so its products have the forward's shapes */
+_Static_assert(ATT_CHUNK % ATT_QBLOCK == 0, "ATT_CHUNK must be a multiple of ATT_QBLOCK");
 
 typedef struct {
     int64_t n, lq, lk, hd, d;
