@@ -53,10 +53,10 @@ def step_configs():
 STEP_CASES = [(name, k) for name in step_configs() for k in (0, 7, 49)]
 
 
-@pytest.mark.parametrize("name, k", STEP_CASES, ids=[f"{n}-k{k}" for n, k in STEP_CASES])
-def test_one_step_in_isolation(setup, name, k):
+def one_step_both_ways(setup, cfg, k):
+    """Step k of `cfg` by gnr and by the reference from the same z, z_inv and
+    contexts: (gnr's z', eps_hat), (the reference's eps_hat, z', info)."""
     editor, ref, image = setup
-    cfg = step_configs()[name]
     inv = editor.invert(image, SRC, config=cfg, progress=False)
     n = cfg["num_steps"]
     z_inv = inv.latents[n - k][None]
@@ -68,7 +68,12 @@ def test_one_step_in_isolation(setup, name, k):
     c_src, c_trg, c_null = m.encode_prompt(SRC), m.encode_prompt(TRG), m.encode_prompt("")
     uncond = c_src if cfg.get("inversion_type") == "npinv" else c_null
     z_next, eps_hat = editor._steps(inv, TRG, cfg, k, k + 1, z_start=z)
-    e_ref, z_ref, info = ref.guided_step(k, z, z_inv, uncond, c_src, c_trg, cfg)
+    return (z_next, eps_hat), ref.guided_step(k, z, z_inv, uncond, c_src, c_trg, cfg)
+
+
+@pytest.mark.parametrize("name, k", STEP_CASES, ids=[f"{n}-k{k}" for n, k in STEP_CASES])
+def test_one_step_in_isolation(setup, name, k):
+    (z_next, eps_hat), (e_ref, z_ref, info) = one_step_both_ways(setup, step_configs()[name], k)
     assert rel_err(eps_hat, e_ref) < 1e-4
     assert rel_err(z_next, z_ref) < 1e-4
     if k == 0 and name != "every_guider":

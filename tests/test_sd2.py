@@ -21,7 +21,7 @@ import pytest
 
 import gnr
 from conftest import rel_err
-from test_edit_reference import SRC, TRG, e2e, step_configs
+from test_edit_reference import SRC, TRG, e2e, one_step_both_ways, step_configs
 
 PREDICTIONS = ["epsilon", "v_prediction"]
 TOL = 1e-4
@@ -103,17 +103,7 @@ STEP_CASES = [(name, k) for name in step_configs() for k in (0, 7, 49)]
 
 @pytest.mark.parametrize("name, k", STEP_CASES, ids=[f"{n}-k{k}" for n, k in STEP_CASES])
 def test_one_step_in_isolation(setup, name, k):
-    editor, ref, image = setup
-    cfg = step_configs()[name]
-    inv = editor.invert(image, SRC, config=cfg, progress=False)
-    n = cfg["num_steps"]
-    z_inv = inv.latents[n - k][None]
-    z = z_inv.copy() if k == 0 else (z_inv + 0.2 * np.random.default_rng(k).standard_normal(z_inv.shape)
-                                     ).astype(np.float32)
-    m = editor.model
-    c_src, c_trg, c_null = m.encode_prompt(SRC), m.encode_prompt(TRG), m.encode_prompt("")
-    z_next, eps_hat = editor._steps(inv, TRG, cfg, k, k + 1, z_start=z)
-    e_ref, z_ref, info = ref.guided_step(k, z, z_inv, c_null, c_src, c_trg, cfg)
+    (z_next, eps_hat), (e_ref, z_ref, info) = one_step_both_ways(setup, step_configs()[name], k)
     assert rel_err(eps_hat, e_ref) < TOL
     assert rel_err(z_next, z_ref) < TOL
     if k == 7 and name in ("nonstyle", "style", "every_guider"):
