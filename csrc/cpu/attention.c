@@ -90,18 +90,25 @@ static float row_stats_add(row_stats *st, const float *s, float *e, int64_t kn)
     return shrink;
 }
 
-/* A row of P from its scores s[0 .. lk), in place: the statistics tile by
- * tile as the forward gathers them (tile: ATT_KTILE floats of scratch),
- * then P = exp(s - m) / l on the valid keys and 0 past them. */
+/* A row of P from its scores s[0 .. lk) and the row's statistics, in
+ * place: exp(s - m) / l on the valid keys, 0 past them. */
+static void probs_from_stats(float *s, int64_t lk, int64_t valid, row_stats st)
+{
+    cpu_vec_exp_sum(s, s, valid, st.m);
+#pragma omp simd
+    for (int64_t j = 0; j < valid; j++) s[j] /= st.l;
+    for (int64_t j = valid; j < lk; j++) s[j] = 0.0f;
+}
+
+/* A row of P from its scores, in place: the statistics tile by tile as the
+ * forward gathers them (tile: ATT_KTILE floats of scratch), then
+ * probs_from_stats. */
 static void probs_row(float *s, int64_t lk, int64_t valid, float *tile)
 {
     row_stats st = {-INFINITY, 0.0f};
     for (int64_t j0 = 0; j0 < valid; j0 += ATT_KTILE)
         row_stats_add(&st, s + j0, tile, valid - j0 < ATT_KTILE ? valid - j0 : ATT_KTILE);
-    cpu_vec_exp_sum(s, s, valid, st.m);
-#pragma omp simd
-    for (int64_t j = 0; j < valid; j++) s[j] /= st.l;
-    for (int64_t j = valid; j < lk; j++) s[j] = 0.0f;
+    probs_from_stats(s, lk, valid, st);
 }
 
 /* The scores of one block of queries (rows of them, from i0) against one
@@ -171,12 +178,7 @@ static void flash_block(const att_geom *g, const float *qb, const float *kh, con
     for (int64_t r = 0; r < rows; r++) {
         float l = st[r].l;
         for (int64_t c = 0; c < d; c++) ob[r * g->hd + c] = l > 0.0f ? o[r * d + c] / l : 0.0f;
-        if (!pp) continue;
-        float *pr = pp + r * g->lk;
-        int64_t valid = att_valid(g->lk, i0 + r, causal);
-        cpu_vec_exp_sum(pr, pr, valid, st[r].m);
-        for (int64_t j = 0; j < valid; j++) pr[j] /= l;
-        for (int64_t j = valid; j < g->lk; j++) pr[j] = 0.0f;
+        if (pp) probs_from_stats(pp + r * g->lk, g->lk, att_valid(g->lk, i0 + r, causal), st[r]);
     }
 }
 
