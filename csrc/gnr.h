@@ -133,6 +133,8 @@ volatile int *gnr_model_cancel_flag(gnr_model *m);
 /* Activation memory: peak bytes of the arenas since the last reset_peak, and the cap. */
 size_t gnr_model_peak_bytes(const gnr_model *m);
 void gnr_model_reset_peak(gnr_model *m);
+/* Host bytes of weights kept in a kernel-ready form (core/derived.h). */
+size_t gnr_model_weight_cache_bytes(const gnr_model *m);
 void gnr_model_set_max_memory(gnr_model *m, size_t max_memory);
 
 /* ------------------------------------------------------------------ passes */

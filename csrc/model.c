@@ -6,6 +6,7 @@
 
 #include "grad/energy.h"
 #include "grad/tape.h"
+#include "core/derived.h"
 #include "model_internal.h"
 
 
@@ -133,6 +134,8 @@ gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_
     GNR_CHECK(st, unet_declare(&m->weights, &cfg->unet, &m->unet));
     GNR_CHECK(st, vae_declare(&m->weights, &cfg->vae, &m->vae));
     GNR_CHECK(st, gnr_weights_place(&m->weights));
+    m->ctx.frozen_lo = m->weights.block;
+    m->ctx.frozen_hi = (const char *)m->weights.block + m->weights.bytes;
     *out = m;
     return GNR_OK;
 done:
@@ -144,6 +147,7 @@ void gnr_model_destroy(gnr_model *m)
 {
     if (!m) return;
     if (m->backend && m->backend->context_free && m->ctx.backend) m->backend->context_free(&m->ctx);
+    gnr_derived_clear(&m->ctx);
     gnr_weights_free(&m->weights);
     gnr_arena_destroy(m->ctx.arena);
     gnr_arena_destroy(m->ctx.keep);
@@ -168,6 +172,7 @@ gnr_status gnr_model_weight_info(const gnr_model *m, int index, const char **nam
 
 gnr_status gnr_model_set_weight(gnr_model *m, const char *name, const float *data, int ndim, const int64_t *shape)
 {
+    gnr_derived_clear(&m->ctx); /* what was derived from the old values is stale */
     return gnr_weights_set(&m->weights, &m->ctx, name, data, ndim, shape);
 }
 
@@ -190,6 +195,8 @@ size_t gnr_model_peak_bytes(const gnr_model *m)
 {
     return gnr_arena_peak(m->ctx.arena) + gnr_arena_peak(m->ctx.keep) + gnr_arena_peak(m->state);
 }
+
+size_t gnr_model_weight_cache_bytes(const gnr_model *m) { return gnr_derived_bytes(&m->ctx); }
 
 void gnr_model_reset_peak(gnr_model *m)
 {

@@ -15,34 +15,41 @@
  *   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
  *   A^T = [1 1 1 0; 0 1 -1 -1]
  *
- * Tiles go in blocks sized so V and M of a block fit in WINO_BLOCK_BYTES;
- * the 16 products of a block run in parallel, one thread each, so the
- * result does not depend on the thread count. */
+ * The input gradient is the same method with U of the forward weight read
+ * transposed and its 16 planes permuted: rotating g by 180 degrees reverses
+ * G's columns, which swaps G's rows 0 and 3 (G R = P G), so
+ * G rot(g) G^T = P U P^T: plane (xi, nu) of the rotated kernel is plane
+ * (p(xi), p(nu)) of U, p swapping 0 and 3. One U per weight serves both.
+ *
+ * U is kept with the context after a weight's first use (core/derived.h),
+ * within the cache's budget: deriving it costs a third of the convolution
+ * at 256 tiles. Below WINO_MIN_TILES tiles (conv2d.c) the method pays only
+ * with U kept; cpu_winograd_weights_kept says whether it is.
+ *
+ * Tiles go in blocks of whole tile rows sized so V and M of a block fit in
+ * WINO_BLOCK_BYTES; the 16 products of a block run in parallel, one thread
+ * each, so the result does not depend on the thread count. */
 #include <string.h>
 
+#include "core/derived.h"
 #include "cpu/cpu_ops.h"
 
 #define WINO_BLOCK_BYTES ((size_t)8 << 20)
 
-/* U[e][o][c] for e = 4 xi + nu: G g G^T of the kernel that maps input
- * channel c to output o. flip: the kernel is w[c][o] rotated by 180 degrees
- * (the input gradient's convolution: dx = conv(dy, w^T flipped)). */
-static void transform_weights(int nt, const float *w, int64_t o_n, int64_t c_n, int flip, float *u)
+/* U[e][o][c] for e = 4 xi + nu: G g G^T of the kernel w[o][c] that maps
+ * input channel c to output o. */
+static void transform_weights(int nt, const float *w, int64_t o_n, int64_t c_n, float *u)
 {
     int64_t plane = o_n * c_n;
 #pragma omp parallel for num_threads(nt) if (plane > 4096) schedule(static)
     for (int64_t oc = 0; oc < plane; oc++) {
-        int64_t o = oc / c_n, c = oc % c_n;
-        float g[3][3];
-        const float *src = flip ? w + (c * o_n + o) * 9 : w + (o * c_n + c) * 9;
-        for (int i = 0; i < 3; i++)
-            for (int j = 0; j < 3; j++) g[i][j] = flip ? src[(2 - i) * 3 + (2 - j)] : src[i * 3 + j];
+        const float *g = w + oc * 9;
         float t[4][3]; /* G g */
         for (int j = 0; j < 3; j++) {
-            t[0][j] = g[0][j];
-            t[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
-            t[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
-            t[3][j] = g[2][j];
+            t[0][j] = g[j];
+            t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+            t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+            t[3][j] = g[6 + j];
         }
         for (int i = 0; i < 4; i++) { /* (G g) G^T */
             float *dst = u + (int64_t)(4 * i) * plane + oc;
@@ -59,35 +66,69 @@ typedef struct {
     int64_t ty, tx;      /* tiles down and across */
 } wino_geom;
 
-/* V[e][c][t - t0] = B^T d B for tiles t0 .. t0 + tb - 1, d the 4 x 4 patch
- * of channel c at rows 2 ty - 1 .., columns 2 tx - 1 .. (0 outside). */
-static void transform_input(int nt, const wino_geom *g, const float *x, int64_t t0, int64_t tb, float *v)
+/* The 16 values B^T d B of one 4 x 4 patch d, to dst[e * plane]. */
+static inline void input_tile(const float d[4][4], float *dst, int64_t plane)
 {
-    int64_t plane = g->c * tb;
+    float r[4][4]; /* B^T d */
+    for (int j = 0; j < 4; j++) {
+        r[0][j] = d[0][j] - d[2][j];
+        r[1][j] = d[1][j] + d[2][j];
+        r[2][j] = d[2][j] - d[1][j];
+        r[3][j] = d[1][j] - d[3][j];
+    }
+    for (int i = 0; i < 4; i++) { /* (B^T d) B */
+        float *o = dst + (int64_t)(4 * i) * plane;
+        o[0] = r[i][0] - r[i][2];
+        o[plane] = r[i][1] + r[i][2];
+        o[2 * plane] = r[i][2] - r[i][1];
+        o[3 * plane] = r[i][1] - r[i][3];
+    }
+}
+
+/* V[e][c][t - t0] = B^T d B for the tiles of rows ty0 .. ty0 + rows - 1
+ * (t0 = ty0 * tx), d the 4 x 4 patch of channel c at rows 2 ty - 1 ..,
+ * columns 2 tx - 1 .. (0 outside). One (channel, tile row) per task: the
+ * patch rows are four input rows (a zero row above and below the map), and
+ * the tiles whose columns all exist run in a loop without bounds checks,
+ * which the compiler vectorises across tiles. */
+static void transform_input(int nt, const wino_geom *g, const float *x, const float *zero_row, int64_t ty0,
+                            int64_t rows, float *v)
+{
+    int64_t tb = rows * g->tx, plane = g->c * tb;
+    /* interior tiles: columns 2 tx - 1 .. 2 tx + 2 inside 0 .. w - 1 */
+    int64_t in0 = 1, in1 = (g->w - 3) / 2 + 1;
+    if (in1 < in0) in1 = in0;
+    if (in1 > g->tx) in1 = g->tx;
 #pragma omp parallel for num_threads(nt) if (plane > 256) schedule(static)
-    for (int64_t ct = 0; ct < plane; ct++) {
-        int64_t c = ct / tb, t = t0 + ct % tb;
-        int64_t y0 = 2 * (t / g->tx) - 1, x0 = 2 * (t % g->tx) - 1;
-        const float *xc = x + c * g->h * g->w;
-        float d[4][4];
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++) {
-                int64_t yy = y0 + i, xx = x0 + j;
-                d[i][j] = yy >= 0 && yy < g->h && xx >= 0 && xx < g->w ? xc[yy * g->w + xx] : 0.0f;
-            }
-        float r[4][4]; /* B^T d */
-        for (int j = 0; j < 4; j++) {
-            r[0][j] = d[0][j] - d[2][j];
-            r[1][j] = d[1][j] + d[2][j];
-            r[2][j] = d[2][j] - d[1][j];
-            r[3][j] = d[1][j] - d[3][j];
+    for (int64_t cr = 0; cr < g->c * rows; cr++) {
+        int64_t c = cr / rows, ty = ty0 + cr % rows;
+        const float *xc = x + c * g->h * g->w, *row[4];
+        for (int i = 0; i < 4; i++) {
+            int64_t yy = 2 * ty - 1 + i;
+            row[i] = yy >= 0 && yy < g->h ? xc + yy * g->w : zero_row;
         }
-        for (int i = 0; i < 4; i++) { /* (B^T d) B */
-            float *dst = v + (int64_t)(4 * i) * plane + ct;
-            dst[0] = r[i][0] - r[i][2];
-            dst[plane] = r[i][1] + r[i][2];
-            dst[2 * plane] = r[i][2] - r[i][1];
-            dst[3 * plane] = r[i][1] - r[i][3];
+        float *dst = v + c * tb + (ty - ty0) * g->tx;
+        const float *r0 = row[0], *r1 = row[1], *r2 = row[2], *r3 = row[3];
+        for (int64_t tx = in0; tx < in1; tx++) {
+            int64_t x0 = 2 * tx - 1;
+            float d[4][4];
+            for (int j = 0; j < 4; j++) {
+                d[0][j] = r0[x0 + j];
+                d[1][j] = r1[x0 + j];
+                d[2][j] = r2[x0 + j];
+                d[3][j] = r3[x0 + j];
+            }
+            input_tile(d, dst + tx, plane);
+        }
+        for (int64_t tx = 0; tx < g->tx; tx++) { /* the edge tiles */
+            if (tx >= in0 && tx < in1) continue;
+            float d[4][4];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) {
+                    int64_t xx = 2 * tx - 1 + j;
+                    d[i][j] = xx >= 0 && xx < g->w ? row[i][xx] : 0.0f;
+                }
+            input_tile(d, dst + tx, plane);
         }
     }
 }
@@ -116,32 +157,62 @@ static void transform_output(int nt, const wino_geom *g, const float *mm, int64_
     }
 }
 
+/* U of the weight w (o_n x c_n x 3 x 3, as stored): the kept copy, a new
+ * kept copy, or (keep_only = 0) one derived into scratch from ctx->arena. */
+static gnr_status weights_in_domain(gnr_ctx *ctx, const float *w, int64_t o_n, int64_t c_n, int keep_only,
+                                    const float **u)
+{
+    size_t bytes = 16 * (size_t)(o_n * c_n) * sizeof(float);
+    float *kept = gnr_derived_find(ctx, w, GNR_DERIVED_WINOGRAD, bytes);
+    if (!kept && (kept = gnr_derived_add(ctx, w, GNR_DERIVED_WINOGRAD, bytes)))
+        transform_weights(gnr_cpu_threads(ctx), w, o_n, c_n, kept);
+    *u = kept;
+    if (kept || keep_only) return GNR_OK;
+    float *scratch;
+    GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, (void **)&scratch));
+    transform_weights(gnr_cpu_threads(ctx), w, o_n, c_n, scratch);
+    *u = scratch;
+    return GNR_OK;
+}
+
+int cpu_winograd_weights_kept(gnr_ctx *ctx, const float *weight, int64_t o_n, int64_t c_n)
+{
+    const float *u;
+    return weights_in_domain(ctx, weight, o_n, c_n, 1, &u) == GNR_OK && u;
+}
+
 gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t c, int64_t h, int64_t w,
                                 const float *weight, int64_t o, int flip, float *y)
 {
+    static const int swap03[4] = {3, 1, 2, 0};
     int nt = gnr_cpu_threads(ctx);
     wino_geom g = {c, h, w, o, (h + 1) / 2, (w + 1) / 2};
-    int64_t tiles = g.ty * g.tx;
+    /* blocks of whole tile rows, V and M of a block within WINO_BLOCK_BYTES */
     int64_t tb = (int64_t)(WINO_BLOCK_BYTES / (16 * (size_t)(c + o) * sizeof(float)));
-    tb = tb < 16 ? 16 : tb > tiles ? tiles : tb;
+    int64_t rb = tb / g.tx < 1 ? 1 : tb / g.tx > g.ty ? g.ty : tb / g.tx;
     gnr_arena_mark mark = gnr_arena_get_mark(ctx->arena);
-    float *u, *v, *mm;
+    const float *u;
+    float *v, *mm, *zero_row;
     gnr_status st = GNR_OK;
-    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(o * c) * sizeof(float), (void **)&u));
-    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(c * tb) * sizeof(float), (void **)&v));
-    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(o * tb) * sizeof(float), (void **)&mm));
-    transform_weights(nt, weight, o, c, flip, u);
+    /* the stored weight is o x c, or for flip c x o */
+    GNR_CHECK(st, weights_in_domain(ctx, weight, flip ? c : o, flip ? o : c, 0, &u));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(c * rb * g.tx) * sizeof(float), (void **)&v));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(o * rb * g.tx) * sizeof(float), (void **)&mm));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)w * sizeof(float), (void **)&zero_row));
+    memset(zero_row, 0, (size_t)w * sizeof(float));
     for (int64_t img = 0; img < n; img++) {
         const float *xn = x + img * c * h * w;
         float *yn = y + img * o * h * w;
-        for (int64_t t0 = 0; t0 < tiles; t0 += tb) {
-            int64_t cnt = tiles - t0 < tb ? tiles - t0 : tb;
-            transform_input(nt, &g, xn, t0, cnt, v);
+        for (int64_t ty0 = 0; ty0 < g.ty; ty0 += rb) {
+            int64_t rows = g.ty - ty0 < rb ? g.ty - ty0 : rb, cnt = rows * g.tx;
+            transform_input(nt, &g, xn, zero_row, ty0, rows, v);
 #pragma omp parallel for num_threads(nt) schedule(static)
-            for (int e = 0; e < 16; e++)
-                cpu_gemm(1, 0, 0, o, cnt, c, 1.0f, u + (int64_t)e * o * c, c, v + (int64_t)e * c * cnt, cnt, 0.0f,
-                         mm + (int64_t)e * o * cnt, cnt);
-            transform_output(nt, &g, mm, t0, cnt, yn);
+            for (int e = 0; e < 16; e++) {
+                int ue = flip ? 4 * swap03[e / 4] + swap03[e % 4] : e;
+                cpu_gemm(1, flip, 0, o, cnt, c, 1.0f, u + (int64_t)ue * o * c, flip ? o : c,
+                         v + (int64_t)e * c * cnt, cnt, 0.0f, mm + (int64_t)e * o * cnt, cnt);
+            }
+            transform_output(nt, &g, mm, ty0 * g.tx, cnt, yn);
         }
     }
 done:

@@ -636,6 +636,13 @@ static PyObject *Model_get_peak(ModelObject *self, void *closure)
     return m ? PyLong_FromSize_t(gnr_model_peak_bytes(m)) : NULL;
 }
 
+static PyObject *Model_get_weight_cache(ModelObject *self, void *closure)
+{
+    (void)closure;
+    gnr_model *m = initialised(self);
+    return m ? PyLong_FromSize_t(gnr_model_weight_cache_bytes(m)) : NULL;
+}
+
 static PyObject *Model_get_size_multiple(ModelObject *self, void *closure)
 {
     (void)closure;
@@ -687,6 +694,8 @@ static PyMethodDef Model_methods[] = {
 
 static PyGetSetDef Model_getset[] = {
     {"peak_bytes", (getter)Model_get_peak, NULL, "Peak activation bytes since the last reset_peak.", NULL},
+    {"weight_cache_bytes", (getter)Model_get_weight_cache, NULL,
+     "Host bytes of weights kept in a kernel-ready form (GNR_WEIGHT_CACHE_MIB bounds them).", NULL},
     {"size_multiple", (getter)Model_get_size_multiple, NULL, "Image sizes must be multiples of this.", NULL},
     {"vae_factor", (getter)Model_get_vae_factor, NULL, "Image size / latent size.", NULL},
     {"threads", (getter)Model_get_threads, NULL, "CPU threads of this model's passes (fixed when it was made).", NULL},
