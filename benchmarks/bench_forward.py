@@ -58,6 +58,28 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+# PyTorch's own vector code (ATen), its convolutions (oneDNN) and its GEMM
+# (MKL) each pick the widest instruction set the CPU has. On a CPU with
+# AVX-512 whose environment pins OpenBLAS, and so gnr's products, to AVX2
+# kernels (OPENBLAS_CORETYPE=Haswell), --torch-isa avx2 holds PyTorch to AVX2
+# as well, as on a CPU without AVX-512.
+TORCH_ISA_ENV = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+
+
+def torch_side_env(isa: str) -> dict:
+    """The environment of the PyTorch side's process for --torch-isa."""
+    return dict(os.environ, **TORCH_ISA_ENV[isa])
+
+
+def torch_isa_line(isa: str) -> str:
+    pins = " ".join(f"{k}={v}" for k, v in TORCH_ISA_ENV[isa].items())
+    return f"PyTorch: instruction set {isa}{f' ({pins})' if pins else ' (its own choice)'}"
+
+
 def kernels_line(info: dict) -> str:
     """What gnr's CPU backend runs on: the BLAS (OpenBLAS names the kernels it picked; OPENBLAS_CORETYPE, when
     set, overrides its choice) and the vector level of gnr's own kernels."""
@@ -139,6 +161,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--torch-isa", choices=sorted(TORCH_ISA_ENV), default="native",
+                    help="native: PyTorch picks its kernels; avx2: held to AVX2 (as gnr's BLAS when pinned)")
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.parts = [p for p in args.parts.split(",") if p]
@@ -154,7 +178,8 @@ def main() -> None:
     def side(name):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
                "--threads", str(args.threads), "--parts", ",".join(args.parts), "--side", name]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        env = torch_side_env(args.torch_isa) if name == "torch" else None
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{name} side failed:\n{out.stderr[-3000:]}")
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
@@ -166,6 +191,7 @@ def main() -> None:
           f"cpu {cpu_name()} x{os.cpu_count()}")
     print(f"gnr: {g['kernels']}")
     if t:
+        print(torch_isa_line(args.torch_isa))
         print(f"measured sgemm peak: {t['sgemm_gflops']:.1f} GFLOP/s")
     print(f"{'part':<11} {'gnr med s':>10} {'torch med s':>11} {'torch/gnr':>9} {'GFLOP':>8} {'floor s':>8} "
           f"{'gnr/floor':>9} {'arena MiB':>9}")

@@ -16,6 +16,9 @@ over what the process held before it: gnr's first pass (its weights are
 resident once loaded; its arena keeps what a pass reserved, so later passes
 add nothing), PyTorch's pass after the warm-up (its weights are paged in from
 the mapped file by the first pass, and it frees activations after each).
+gnr's first pass also derives the Winograd form of its 3 x 3 convolution
+weights, which it keeps like weights (Model.weight_cache_bytes): reported
+beside the figure, and subtracted in the "activations" figure.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import cpu_name, kernels_line  # noqa: E402
+from bench_forward import TORCH_ISA_ENV, cpu_name, kernels_line, torch_isa_line, torch_side_env  # noqa: E402
 
 LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
 SCALE = 3e5
@@ -94,7 +97,8 @@ def run_gnr(args) -> dict:
     m = gnr.load_model(args.model)
     z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
     terms = energy_terms(args.layers, "up_blocks.-1")
-    out = {"extra_rss_mib": extra_rss_mib(lambda: m.energy_grad(z, 501, c, z_ref, c, terms))}
+    out = {"extra_rss_mib": extra_rss_mib(lambda: m.energy_grad(z, 501, c, z_ref, c, terms)),
+           "weight_cache_mib": m.weight_cache_bytes / 2**20}
     for cp in (False, True):
         m.reset_peak()
         med, best = timed(lambda: m.energy_grad(z, 501, c, z_ref, c, terms, checkpointing=cp), args.runs)
@@ -137,6 +141,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--layers", choices=sorted(LAYERS), default="all")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--torch-isa", choices=sorted(TORCH_ISA_ENV), default="native",
+                    help="native: PyTorch picks its kernels; avx2: held to AVX2 (as gnr's BLAS when pinned)")
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
@@ -146,7 +152,8 @@ def main():
     def side(name):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
                "--threads", str(args.threads), "--layers", args.layers, "--side", name]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        env = torch_side_env(args.torch_isa) if name == "torch" else None
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{name} side failed:\n{out.stderr[-3000:]}")
         return json.loads([l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
@@ -156,14 +163,18 @@ def main():
     print(f"model {args.model}  size {args.size}  layers {args.layers}  runs {args.runs}  "
           f"threads {args.threads or os.cpu_count()}  cpu {cpu_name()} x{os.cpu_count()}")
     print(f"gnr: {g['kernels']}")
+    if t:
+        print(torch_isa_line(args.torch_isa))
     print(f"{'variant':<22} {'median s':>9} {'arena MiB':>10}")
     for k in ("plain", "checkpointing"):
         print(f"{'gnr ' + k:<22} {g[k]['median_s']:>9.2f} {g[k]['arena_peak_mib']:>10.0f}")
     if t:
         print(f"{'torch autograd':<22} {t['plain']['median_s']:>9.2f} {'':>10}")
     print(f"peak RSS MiB: gnr {g['rss_mib']:.0f}" + (f", torch {t['rss_mib']:.0f}" if t else ""))
-    print(f"resident memory a pass adds, MiB: gnr {g['extra_rss_mib']:.0f}"
-          + (f", torch {t['extra_rss_mib']:.0f} (gnr / torch {g['extra_rss_mib'] / t['extra_rss_mib']:.2f})"
+    act = g["extra_rss_mib"] - g["weight_cache_mib"]
+    print(f"resident memory a pass adds, MiB: gnr {g['extra_rss_mib']:.0f} of which {g['weight_cache_mib']:.0f} "
+          f"weights kept in Winograd's form, {act:.0f} activations"
+          + (f"; torch {t['extra_rss_mib']:.0f} (gnr activations / torch {act / t['extra_rss_mib']:.2f})"
              if t else ""))
 
 

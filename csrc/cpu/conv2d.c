@@ -7,11 +7,13 @@
  * convolutions with at least WINO_MIN_TILES 2x2 output tiles go to
  * Winograd's method (winograd.c: 2.25 times fewer FLOPs), and those with
  * at least WINO_MIN_TILES_KEPT when the weight's Winograd form is kept with
- * the context: below 256 tiles deriving that form (16 floats per weight)
- * costs more than the method saves, below 64 the 16 thin products lose to
- * one im2col product even without it (measured on the SD 1.4 UNet at 256 x
- * 256: 8 x 8 maps with Winograd made the pass 15 % slower, 16 x 16 maps
- * with kept weights 8 % faster). */
+ * the context and is at most WINO_KEPT_MAX_BYTES: below 256 tiles deriving
+ * that form (16 floats per weight) costs more than the method saves, and
+ * the 16 thin products read the whole form from memory for few tiles (SD
+ * 1.4's UNet, 16 x 16 maps: 640 channels, a 25 MiB form, 8 % off the 256 x
+ * 256 pass; 1280 channels, 100 MiB, half the im2col rate). Below 64 tiles
+ * the thin products lose even with the form kept (8 x 8 maps: the pass 15 %
+ * slower). */
 #include <string.h>
 
 #include "cpu/cpu_ops.h"
@@ -44,6 +46,7 @@ static int is_pointwise(const conv_geom *g)
 
 #define WINO_MIN_TILES 256
 #define WINO_MIN_TILES_KEPT 64
+#define WINO_KEPT_MAX_BYTES ((int64_t)32 << 20)
 
 /* w is the stored weight, O x C x 3 x 3 */
 static int use_winograd(gnr_ctx *ctx, const conv_geom *g, const float *w)
@@ -51,7 +54,9 @@ static int use_winograd(gnr_ctx *ctx, const conv_geom *g, const float *w)
     if (!(g->kh == 3 && g->kw == 3 && g->s == 1 && g->pt == 1 && g->pb == 1 && g->pl == 1 && g->pr == 1))
         return 0;
     int64_t tiles = ((g->ho + 1) / 2) * ((g->wo + 1) / 2);
-    return tiles >= WINO_MIN_TILES || (tiles >= WINO_MIN_TILES_KEPT && cpu_winograd_weights_kept(ctx, w, g->o, g->c));
+    if (tiles >= WINO_MIN_TILES) return 1;
+    return tiles >= WINO_MIN_TILES_KEPT && 16 * g->o * g->c * (int64_t)sizeof(float) <= WINO_KEPT_MAX_BYTES &&
+           cpu_winograd_weights_kept(ctx, w, g->o, g->c);
 }
 
 static int64_t tile_rows(const conv_geom *g)
