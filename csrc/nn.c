@@ -139,8 +139,8 @@ gnr_status nn_group_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *ga
 {
     GNR_TRY(gnr_alloc_like(ctx, x, y));
     GNR_TRY(gnr_group_norm_forward(ctx, x, gamma, beta, groups, eps, y));
-    tape_entry e = {.op = TAPE_GROUP_NORM, .in = {*x}, .nin = 1, .w = gamma, .groups = groups, .eps = eps,
-                    .capture = -1};
+    tape_entry e = {.op = TAPE_GROUP_NORM, .in = {*x}, .nin = 1, .w = gamma, .w2 = beta, .groups = groups,
+                    .eps = eps, .capture = -1};
     return gnr_tape_record(ctx, &e, y);
 }
 

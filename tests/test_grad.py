@@ -98,10 +98,12 @@ def test_checkpointing_same_result_less_memory(setup):
 def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
     """The weights are frozen, so the recorded pass keeps the inputs of norms,
     activations, GEGLU and attention and nothing of convolutions and linear
-    layers, and it releases its scopes as inference does: with all maps, its
-    whole footprint (reference pass, recorded pass, backward) stays within 7x
-    an inference pass's (measured 4.3x on model a, 6.0x on b; 9.8x and 14.4x
-    when the tape kept every intermediate)."""
+    layers (a SiLU of a group norm's output keeps nothing: the norm runs
+    again), and it releases its scopes as inference does: with all maps, its
+    whole footprint (reference pass, recorded pass, backward) stays within 5.2x
+    an inference pass's (measured 3.9x on model a, 5.0x on b; 4.3x and 5.4x
+    when the SiLU kept its input, 9.8x and 14.4x when the tape kept every
+    intermediate)."""
     ours, *_ = setup
     z, c, z_ref, c_ref = inputs(11, (32, 32))
     ours.reset_peak()
@@ -109,7 +111,7 @@ def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
     inference = ours.peak_bytes
     ours.reset_peak()
     ours.energy_grad(z, 500, c, z_ref, c_ref, [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL}])
-    assert ours.peak_bytes <= 7 * inference, (ours.peak_bytes, inference)
+    assert ours.peak_bytes <= 5.2 * inference, (ours.peak_bytes, inference)
 
 
 def test_identical_inputs_give_exactly_zero(setup):

@@ -129,13 +129,20 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
         GNR_TRY(resize((void **)&t->entries, cap, sizeof *t->entries));
         t->cap = cap;
     }
+    /* an activation right after the group norm that made its input */
+    int from_norm = 0;
+    if (e->op == TAPE_ACT && t->n > 0) {
+        const tape_entry *prev = &t->entries[t->n - 1];
+        if (prev->op == TAPE_GROUP_NORM && prev->out.gid >= 0 && prev->out.gid == e->in[0].gid) from_norm = t->n;
+    }
     if (out) GNR_TRY(new_gid(t, out));
     tape_entry *dst = &t->entries[t->n++];
     *dst = *e;
+    dst->input_from_norm = from_norm;
     if (out) dst->out = *out;
     else dst->out.gid = -1;
     for (int i = 0; i < dst->nin; i++)
-        if (backward_reads(dst->op, i)) GNR_TRY(save(ctx, t, &dst->in[i]));
+        if (backward_reads(dst->op, i) && !from_norm) GNR_TRY(save(ctx, t, &dst->in[i]));
     return GNR_OK;
 }
 
@@ -301,6 +308,23 @@ done:
     return st;
 }
 
+/* An activation whose input, a group norm's output, was not kept: the norm
+ * runs again on its own kept input (the same kernel on the same values, so
+ * the same input as the forward's) into scratch. */
+static gnr_status backward_act_of_norm(gnr_ctx *ctx, const tape_entry *norm, const tape_entry *e,
+                                       const gnr_tensor *dy, gnr_tensor *dx)
+{
+    gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
+    gnr_tensor x;
+    gnr_status st = GNR_OK;
+    GNR_CHECK(st, gnr_alloc_like(ctx, &norm->in[0], &x));
+    GNR_CHECK(st, gnr_group_norm_forward(ctx, &norm->in[0], norm->w, norm->w2, norm->groups, norm->eps, &x));
+    st = gnr_act_backward(ctx, (gnr_act)e->iparam, dy, &x, dx);
+done:
+    gnr_arena_release(ctx->arena, m);
+    return st;
+}
+
 static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
 {
     const gnr_tensor *dy = NULL;
@@ -343,6 +367,7 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
         return gnr_layer_norm_backward(ctx, dy, x, e->w, e->eps, dx);
     case TAPE_ACT:
         GNR_TRY(grad_of(ctx, t, x, &dx));
+        if (e->input_from_norm) return backward_act_of_norm(ctx, &t->entries[e->input_from_norm - 1], e, dy, dx);
         return gnr_act_backward(ctx, (gnr_act)e->iparam, dy, x, dx);
     case TAPE_GEGLU:
         GNR_TRY(grad_of(ctx, t, x, &dx));

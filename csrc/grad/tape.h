@@ -18,7 +18,10 @@
  * Memory: the weights are frozen, so an entry keeps only what its backward
  * reads: nothing for linear layers, convolutions, additions and layout ops;
  * the input of norms, activations and GEGLU; q, k and v of attention (P is
- * recomputed); a capture's value; a checkpointed segment's inputs. Those are
+ * recomputed); a capture's value; a checkpointed segment's inputs. An
+ * activation of a group norm's output (the resnets' SiLU) keeps nothing: its
+ * backward recomputes the norm from the norm's kept input, one elementwise
+ * pass, where GEGLU's input would take a matrix product to recompute. Those are
  * copied into ctx->keep when recorded (once per tensor), so the forward
  * releases its scopes as in inference. In the backward, the gradient of an
  * entry's output is dead once the entry is replayed (each tensor has one
@@ -58,6 +61,9 @@ typedef struct {
     int nin;
     gnr_tensor out;
     const gnr_tensor *w;   /* linear/conv weight, norm gamma */
+    const gnr_tensor *w2;  /* group norm: beta (NULL: none) */
+    int input_from_norm;   /* activation: 1 + the index of the group-norm entry whose output is its
+                              input, recomputed in the backward instead of kept (0: kept) */
     gnr_tensor probs;      /* attention: the saved probabilities */
     int capture;           /* attention/capture: index in the capture request, or -1 */
     gnr_conv_params conv;
