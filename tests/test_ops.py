@@ -160,13 +160,14 @@ def test_conv2d_several_tiles(device, rng):
 
 
 # The CPU's 3x3 stride-1 pad-1 convolutions with at least 256 2x2 output
-# tiles run Winograd's F(2x2, 3x3) (between 64 and 256 only with the weights
-# kept by a model: tests/test_models.py): odd sizes (half tiles at the edges),
-# batches, and a layer wide enough that its tiles take two blocks.
+# tiles, or 64 when the weight's Winograd form is small, run Winograd's
+# F(2x2, 3x3): odd sizes (half tiles at the edges), batches, a layer wide
+# enough that its tiles take two blocks, and 64 tiles.
 WINOGRAD = [
     # N, C, H, W, O
     (2, 5, 33, 35, 7),
     (1, 256, 34, 33, 320),
+    (1, 16, 16, 15, 8),
 ]
 
 

@@ -5,15 +5,16 @@
  * fit in CONV_TILE_BYTES of scratch. 1x1 stride-1 unpadded convolutions skip
  * im2col: the input already is the column matrix. 3x3 stride-1 pad-1
  * convolutions with at least WINO_MIN_TILES 2x2 output tiles go to
- * Winograd's method (winograd.c: 2.25 times fewer FLOPs), and those with
- * at least WINO_MIN_TILES_KEPT when the weight's Winograd form is kept with
- * the context and is at most WINO_KEPT_MAX_BYTES: below 256 tiles deriving
- * that form (16 floats per weight) costs more than the method saves, and
- * the 16 thin products read the whole form from memory for few tiles (SD
- * 1.4's UNet, 16 x 16 maps: 640 channels, a 25 MiB form, 8 % off the 256 x
- * 256 pass; 1280 channels, 100 MiB, half the im2col rate). Below 64 tiles
- * the thin products lose even with the form kept (8 x 8 maps: the pass 15 %
- * slower). */
+ * Winograd's method (winograd.c: 2.25 times fewer FLOPs), and those with at
+ * least WINO_MIN_TILES_SMALL when the weight's Winograd form takes at most
+ * WINO_SMALL_FORM_BYTES. Measured on SD 1.4's UNet at 256 x 256 and 512 x
+ * 512, with the form kept (as a model keeps it): on 16 x 16 maps (64
+ * tiles), Winograd for the 640-output convolutions took 11 % off the 256
+ * pass (3 % of it from the up blocks' 960..1920-input ones, forms of 37 to
+ * 75 MiB), while 1280 -> 1280, a 100 MiB form whose 16 thin products read
+ * it all from memory for few tiles, ran at half the im2col rate; 8 x 8 maps
+ * made the pass 15 % slower. The choice depends on shapes only, never on what
+ * the cache holds, so a result does not depend on a model's history. */
 #include <string.h>
 
 #include "cpu/cpu_ops.h"
@@ -45,18 +46,16 @@ static int is_pointwise(const conv_geom *g)
 }
 
 #define WINO_MIN_TILES 256
-#define WINO_MIN_TILES_KEPT 64
-#define WINO_KEPT_MAX_BYTES ((int64_t)32 << 20)
+#define WINO_MIN_TILES_SMALL 64
+#define WINO_SMALL_FORM_BYTES ((int64_t)96 << 20)
 
-/* w is the stored weight, O x C x 3 x 3 */
-static int use_winograd(gnr_ctx *ctx, const conv_geom *g, const float *w)
+static int use_winograd(const conv_geom *g)
 {
     if (!(g->kh == 3 && g->kw == 3 && g->s == 1 && g->pt == 1 && g->pb == 1 && g->pl == 1 && g->pr == 1))
         return 0;
     int64_t tiles = ((g->ho + 1) / 2) * ((g->wo + 1) / 2);
-    if (tiles >= WINO_MIN_TILES) return 1;
-    return tiles >= WINO_MIN_TILES_KEPT && 16 * g->o * g->c * (int64_t)sizeof(float) <= WINO_KEPT_MAX_BYTES &&
-           cpu_winograd_weights_kept(ctx, w, g->o, g->c);
+    return tiles >= WINO_MIN_TILES ||
+           (tiles >= WINO_MIN_TILES_SMALL && 16 * g->o * g->c * (int64_t)sizeof(float) <= WINO_SMALL_FORM_BYTES);
 }
 
 static int64_t tile_rows(const conv_geom *g)
@@ -143,7 +142,7 @@ gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
     int64_t hw = g.ho * g.wo, nout = g.n * g.o;
     float *py = gnr_f32(y);
     float beta = 0.0f;
-    int wino = use_winograd(ctx, &g, gnr_f32(w));
+    int wino = use_winograd(&g);
     if (b || wino) { /* Winograd adds its result into y */
         const float *pb = b ? gnr_f32(b) : NULL;
 #pragma omp parallel for num_threads(nt) if (nout * hw > GNR_CPU_PAR_MIN) schedule(static)
@@ -187,7 +186,7 @@ gnr_status cpu_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
     int64_t hw = g.ho * g.wo;
     const float *pd = gnr_f32(dy), *pw = gnr_f32(w);
     float *px = gnr_f32(dx);
-    if (use_winograd(ctx, &g, pw)) /* dx += conv(dy, w transposed and flipped), itself 3x3 stride 1 pad 1 */
+    if (use_winograd(&g)) /* dx += conv(dy, w transposed and flipped), itself 3x3 stride 1 pad 1 */
         return cpu_conv3x3_winograd(ctx, pd, g.n, g.o, g.h, g.w, pw, g.c, 1, px);
     if (is_pointwise(&g)) {
         for (int64_t n = 0; n < g.n; n++)

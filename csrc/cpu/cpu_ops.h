@@ -35,9 +35,6 @@ void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
  * (the input gradient of a convolution with that weight). */
 gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t c, int64_t h, int64_t w,
                                 const float *weight, int64_t o, int flip, float *y);
-/* Whether the Winograd form of this weight (o_n x c_n x 3 x 3 as stored) is
- * kept with the context, deriving and keeping it now if the cache has room. */
-int cpu_winograd_weights_kept(gnr_ctx *ctx, const float *weight, int64_t o_n, int64_t c_n);
 
 /* Elements below which a loop stays on one thread. */
 #define GNR_CPU_PAR_MIN 32768

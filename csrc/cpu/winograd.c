@@ -21,10 +21,9 @@
  * G rot(g) G^T = P U P^T: plane (xi, nu) of the rotated kernel is plane
  * (p(xi), p(nu)) of U, p swapping 0 and 3. One U per weight serves both.
  *
- * U is kept with the context after a weight's first use (core/derived.h),
+ * U is kept with the context from a weight's second use on (core/derived.h),
  * within the cache's budget: deriving it costs a third of the convolution
- * at 256 tiles. Below WINO_MIN_TILES tiles (conv2d.c) the method pays only
- * with U kept; cpu_winograd_weights_kept says whether it is.
+ * at 256 tiles. A kept U and one derived into scratch are the same numbers.
  *
  * Tiles go in blocks of whole tile rows sized so V and M of a block fit in
  * WINO_BLOCK_BYTES; the 16 products of a block run in parallel, one thread
@@ -157,28 +156,21 @@ static void transform_output(int nt, const wino_geom *g, const float *mm, int64_
     }
 }
 
-/* U of the weight w (o_n x c_n x 3 x 3, as stored): the kept copy, a new
- * kept copy, or (keep_only = 0) one derived into scratch from ctx->arena. */
-static gnr_status weights_in_domain(gnr_ctx *ctx, const float *w, int64_t o_n, int64_t c_n, int keep_only,
-                                    const float **u)
+/* U of the weight w (o_n x c_n x 3 x 3, as stored): the kept copy, or one
+ * derived into scratch from ctx->arena. */
+static gnr_status weights_in_domain(gnr_ctx *ctx, const float *w, int64_t o_n, int64_t c_n, const float **u)
 {
     size_t bytes = 16 * (size_t)(o_n * c_n) * sizeof(float);
-    float *kept = gnr_derived_find(ctx, w, GNR_DERIVED_WINOGRAD, bytes);
-    if (!kept && (kept = gnr_derived_add(ctx, w, GNR_DERIVED_WINOGRAD, bytes)))
-        transform_weights(gnr_cpu_threads(ctx), w, o_n, c_n, kept);
-    *u = kept;
-    if (kept || keep_only) return GNR_OK;
-    float *scratch;
-    GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, (void **)&scratch));
-    transform_weights(gnr_cpu_threads(ctx), w, o_n, c_n, scratch);
-    *u = scratch;
+    int fill;
+    float *dst = gnr_derived_get(ctx, w, GNR_DERIVED_WINOGRAD, bytes, &fill);
+    if (dst && !fill) {
+        *u = dst;
+        return GNR_OK;
+    }
+    if (!dst) GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, (void **)&dst));
+    transform_weights(gnr_cpu_threads(ctx), w, o_n, c_n, dst);
+    *u = dst;
     return GNR_OK;
-}
-
-int cpu_winograd_weights_kept(gnr_ctx *ctx, const float *weight, int64_t o_n, int64_t c_n)
-{
-    const float *u;
-    return weights_in_domain(ctx, weight, o_n, c_n, 1, &u) == GNR_OK && u;
 }
 
 gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t c, int64_t h, int64_t w,
@@ -195,7 +187,7 @@ gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t
     float *v, *mm, *zero_row;
     gnr_status st = GNR_OK;
     /* the stored weight is o x c, or for flip c x o */
-    GNR_CHECK(st, weights_in_domain(ctx, weight, flip ? c : o, flip ? o : c, 0, &u));
+    GNR_CHECK(st, weights_in_domain(ctx, weight, flip ? c : o, flip ? o : c, &u));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(c * rb * g.tx) * sizeof(float), (void **)&v));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(o * rb * g.tx) * sizeof(float), (void **)&mm));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)w * sizeof(float), (void **)&zero_row));
