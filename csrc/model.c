@@ -131,11 +131,16 @@ gnr_status gnr_model_create(const gnr_model_config *cfg, gnr_device device, gnr_
     GNR_CHECK(st, gnr_arena_create(&be->allocator, 0, &m->state));
     if (be->context_init) GNR_CHECK(st, be->context_init(&m->ctx));
     GNR_CHECK(st, clip_text_declare(&m->weights, &cfg->text, &m->text));
+    int unet_first = m->weights.n;
     GNR_CHECK(st, unet_declare(&m->weights, &cfg->unet, &m->unet));
+    int unet_end = m->weights.n;
     GNR_CHECK(st, vae_declare(&m->weights, &cfg->vae, &m->vae));
     GNR_CHECK(st, gnr_weights_place(&m->weights));
-    m->ctx.frozen_lo = m->weights.block;
-    m->ctx.frozen_hi = (const char *)m->weights.block + m->weights.bytes;
+    if (unet_end > unet_first) { /* placed in declaration order: one range */
+        const gnr_tensor *last = &m->weights.items[unet_end - 1]->t;
+        m->ctx.hot_lo = m->weights.items[unet_first]->t.data;
+        m->ctx.hot_hi = (const char *)last->data + gnr_nbytes(last);
+    }
     *out = m;
     return GNR_OK;
 done:

@@ -237,8 +237,8 @@ class Model:
     @property
     def weight_cache_bytes(self) -> int:
         """Host memory of weights kept in a kernel-ready form beside the weights themselves: on
-        the CPU, the 3 x 3 convolutions' weights in Winograd's domain (16 floats for 9), kept
-        from a weight's second use on while the model lives. The environment variable
+        the CPU, the UNet's 3 x 3 convolution weights in Winograd's domain (16 floats for 9),
+        derived on a weight's first use and kept while the model lives. The environment variable
         ``GNR_WEIGHT_CACHE_MIB`` (read once per process; default 1024, 0 turns it off) bounds
         it; a form not kept is derived again per call, with the same results."""
         return self._c.weight_cache_bytes

@@ -26,7 +26,7 @@ typedef struct gnr_ctx {
     struct gnr_tape *tape;   /* non-NULL while a pass records for reverse mode */
     int checkpointing;       /* while recording: re-run blocks in the backward instead of keeping them */
     volatile int *cancel;    /* non-zero: stop at the next check (between passes) */
-    const void *frozen_lo, *frozen_hi; /* the model's weight block: derived forms of it may be kept */
+    const void *hot_lo, *hot_hi;       /* weights run every pass (the UNet's): derived forms may be kept */
     struct gnr_derived *derived;       /* those kept forms (derived.h), host memory */
 } gnr_ctx;
 

@@ -7,7 +7,7 @@ typedef struct gnr_derived {
     const void *key;
     int kind;
     size_t bytes;
-    float *data; /* NULL: seen once, or refused (no room) */
+    float *data;
     struct gnr_derived *next;
 } gnr_derived;
 
@@ -23,28 +23,30 @@ static size_t budget_bytes(void)
     return (size_t)mib << 20;
 }
 
-static int is_frozen(const gnr_ctx *ctx, const void *p)
+static int is_hot(const gnr_ctx *ctx, const void *p)
 {
-    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)ctx->frozen_lo, hi = (uintptr_t)ctx->frozen_hi;
+    uintptr_t a = (uintptr_t)p, lo = (uintptr_t)ctx->hot_lo, hi = (uintptr_t)ctx->hot_hi;
     return lo && a >= lo && a < hi;
 }
 
 float *gnr_derived_get(gnr_ctx *ctx, const void *key, int kind, size_t bytes, int *fill)
 {
     *fill = 0;
-    if (!is_frozen(ctx, key)) return NULL;
-    gnr_derived *d = ctx->derived;
-    while (d && !(d->key == key && d->kind == kind && d->bytes == bytes)) d = d->next;
-    if (!d) { /* first use: mark it */
-        if ((d = malloc(sizeof *d))) {
-            *d = (gnr_derived){key, kind, bytes, NULL, ctx->derived};
-            ctx->derived = d;
-        }
+    if (!is_hot(ctx, key)) return NULL;
+    for (gnr_derived *d = ctx->derived; d; d = d->next)
+        if (d->key == key && d->kind == kind && d->bytes == bytes) return d->data;
+    if (gnr_derived_bytes(ctx) + bytes > budget_bytes()) return NULL;
+    gnr_derived *d = malloc(sizeof *d);
+    float *data = malloc(bytes);
+    if (!d || !data) {
+        free(d);
+        free(data);
         return NULL;
     }
-    if (d->data || gnr_derived_bytes(ctx) + bytes > budget_bytes()) return d->data;
-    if ((d->data = malloc(bytes))) *fill = 1;
-    return d->data;
+    *d = (gnr_derived){key, kind, bytes, data, ctx->derived};
+    ctx->derived = d;
+    *fill = 1;
+    return data;
 }
 
 void gnr_derived_clear(gnr_ctx *ctx)
@@ -62,7 +64,6 @@ void gnr_derived_clear(gnr_ctx *ctx)
 size_t gnr_derived_bytes(const gnr_ctx *ctx)
 {
     size_t n = 0;
-    for (const gnr_derived *d = ctx->derived; d; d = d->next)
-        if (d->data) n += d->bytes;
+    for (const gnr_derived *d = ctx->derived; d; d = d->next) n += d->bytes;
     return n;
 }

@@ -1,15 +1,16 @@
 /* Derived weights: a frozen weight in the form a kernel wants (a 3 x 3
- * convolution's weights in Winograd's domain), kept with the context from
- * the weight's second use on.
+ * convolution's weights in Winograd's domain), computed on first use and
+ * kept with the context.
  *
  * Weights are frozen, so a transform of them is too: a UNet pass runs the
  * same convolution thousands of times over an edit, and re-deriving its
  * weights each time costs as much as a third of the convolution (measured
- * on the Winograd path). A weight used once (a VAE decoder's, once per
- * edit) is never kept: its first use only marks it. Only memory inside the
- * context's frozen range (the model's weight block) is ever a key, so an
- * activation that happens to reuse an address is never mistaken for a
- * cached weight, and changing a weight (gnr_weights_set) drops the cache.
+ * on the Winograd path). Only weights in the context's hot range are kept:
+ * the UNet's, which run in every pass (the VAE's and the text encoder's run
+ * once or twice an edit and derive into scratch). The range is the model's
+ * weight block, so an activation that happens to reuse an address is never
+ * mistaken for a cached weight; changing a weight (gnr_weights_set) drops
+ * the cache.
  *
  * Host memory, bounded: GNR_WEIGHT_CACHE_MIB (default 1024; 0 turns the
  * cache off). A kernel that gets no buffer derives into scratch: whether a
@@ -24,13 +25,12 @@
 /* What a buffer holds, so one weight can have several derived forms. */
 enum { GNR_DERIVED_WINOGRAD = 1 };
 
-/* The buffer of `bytes` kept for (key, kind), or NULL: the key's first use
- * (now marked), not a frozen weight, over the budget or out of memory.
- * *fill is set when the buffer is new: the caller fills it before the next
- * lookup. */
+/* The buffer of `bytes` kept for (key, kind), or NULL: not in the hot
+ * range, over the budget or out of memory. *fill is set when the buffer is
+ * new: the caller fills it before the next lookup. */
 float *gnr_derived_get(gnr_ctx *ctx, const void *key, int kind, size_t bytes, int *fill);
 
-/* Frees every kept buffer and mark (the context goes, or its weights changed). */
+/* Frees every kept buffer (the context goes, or its weights changed). */
 void gnr_derived_clear(gnr_ctx *ctx);
 
 /* Bytes held now. */

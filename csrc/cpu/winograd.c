@@ -21,9 +21,10 @@
  * G rot(g) G^T = P U P^T: plane (xi, nu) of the rotated kernel is plane
  * (p(xi), p(nu)) of U, p swapping 0 and 3. One U per weight serves both.
  *
- * U is kept with the context from a weight's second use on (core/derived.h),
- * within the cache's budget: deriving it costs a third of the convolution
- * at 256 tiles. A kept U and one derived into scratch are the same numbers.
+ * A UNet weight's U is kept with the context from its first use on
+ * (core/derived.h), within the cache's budget: deriving it costs a third of
+ * the convolution at 256 tiles. A kept U and one derived into scratch are
+ * the same numbers.
  *
  * Tiles go in blocks of whole tile rows sized so V and M of a block fit in
  * WINO_BLOCK_BYTES; the 16 products of a block run in parallel, one thread

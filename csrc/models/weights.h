@@ -38,7 +38,7 @@ void gnr_weights_free(gnr_weights *ws);
 gnr_status gnr_weights_declare(gnr_weights *ws, const char *prefix, const char *suffix, int ndim,
                                const int64_t *shape, gnr_tensor **out);
 
-/* Allocates the block and points every weight into it. */
+/* Allocates the block and points every weight into it, in declaration order. */
 gnr_status gnr_weights_place(gnr_weights *ws);
 
 /* Copies host float32 data into weight `name`: GNR_ERR_NOTFOUND for an
