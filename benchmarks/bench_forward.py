@@ -70,6 +70,11 @@ TORCH_ISA_ENV = {
 }
 
 
+def add_torch_isa_arg(ap) -> None:
+    ap.add_argument("--torch-isa", choices=sorted(TORCH_ISA_ENV), default="native",
+                    help="native: PyTorch picks its kernels; avx2: held to AVX2 (as gnr's BLAS when pinned)")
+
+
 def torch_side_env(isa: str) -> dict:
     """The environment of the PyTorch side's process for --torch-isa."""
     return dict(os.environ, **TORCH_ISA_ENV[isa])
@@ -161,8 +166,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--skip-torch", action="store_true")
-    ap.add_argument("--torch-isa", choices=sorted(TORCH_ISA_ENV), default="native",
-                    help="native: PyTorch picks its kernels; avx2: held to AVX2 (as gnr's BLAS when pinned)")
+    add_torch_isa_arg(ap)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.parts = [p for p in args.parts.split(",") if p]

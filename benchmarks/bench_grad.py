@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import TORCH_ISA_ENV, cpu_name, kernels_line, torch_isa_line, torch_side_env  # noqa: E402
+from bench_forward import add_torch_isa_arg, cpu_name, kernels_line, torch_isa_line, torch_side_env  # noqa: E402
 
 LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
 SCALE = 3e5
@@ -141,8 +141,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--layers", choices=sorted(LAYERS), default="all")
     ap.add_argument("--skip-torch", action="store_true")
-    ap.add_argument("--torch-isa", choices=sorted(TORCH_ISA_ENV), default="native",
-                    help="native: PyTorch picks its kernels; avx2: held to AVX2 (as gnr's BLAS when pinned)")
+    add_torch_isa_arg(ap)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:

@@ -23,7 +23,6 @@
 #include <string.h>
 
 #include "backend.h"
-#include "core/derived.h"
 #include "bindings.h"
 #include "convert.h"
 #include "errors.h"
@@ -667,7 +666,6 @@ done:
     for (int k = 0; k < MAX_OUT; k++)
         if (c->out[k].data) b->allocator.release(c->out[k].data, b->allocator.user);
     if (ctx_ready && b->context_free) b->context_free(&ctx);
-    gnr_derived_clear(&ctx);
     gnr_arena_destroy(ctx.keep);
     gnr_arena_destroy(ctx.arena);
     return st;
