@@ -309,7 +309,7 @@ class Reference:
         z = _as_tensor(z, self.dtype, self.device)
         y = self.vae.decode(z / self.scaling_factor).sample
         y = (y / 2 + 0.5).clamp(0, 1)
-        return (y[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        return (_np(y[0].permute(1, 2, 0)) * 255).astype(np.uint8)
 
     # ---- inversion
     def _invert(self, image, source: str, config):

@@ -8,6 +8,8 @@
 #   results.md    a table: test, outcome, seconds, the outcome of the same test
 #                 on the emulated device (+ the device and the totals)
 # Everything must finish within 10 minutes; each step has its own time limit.
+# GNR_GPU_TIME_S (default 570) is the whole run's budget in seconds: the
+# benchmarks get what the build and the tests leave of it.
 # Nothing is downloaded: wheels the machine lacks (diffusers, scipy-openblas32,
 # ...) are installed from $GNR_WHEELS (default: .whl/ in the tree) with --no-index.
 # The emulated device's outcomes come from a junit report of the same tests
@@ -99,7 +101,7 @@ log "pytest exit code $TEST_RC"
 # ---- GPU benchmarks, if the tree has them and time is left
 for b in benchmarks/bench_gpu*.py; do
     [ -f "$b" ] || continue
-    LEFT=$(( 570 - ($(date +%s) - START) ))
+    LEFT=$(( ${GNR_GPU_TIME_S:-570} - ($(date +%s) - START) ))
     if [ "$LEFT" -lt 30 ]; then log "skipping $b: out of time"; continue; fi
     log "benchmark $b (limit ${LEFT}s)"
     timeout "$LEFT" $PY "$b" --out "$OUT" --time-limit $(( LEFT - 10 )) >>"$LOG" 2>&1 || log "$b failed or timed out"
