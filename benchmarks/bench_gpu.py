@@ -60,6 +60,11 @@ def run_torch(args) -> dict:
     ref = Reference(args.model, dtype=args.dtype, device="cuda")
     cfg = gnr.configs.get(args.config)
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    # warm-up: cuBLAS handles and plans, a decode (a whole edit would double the run)
+    with torch.no_grad():
+        z = ref.encode_image(image)
+        ref.eps(z, 999, ref.encode_prompt(SRC))
+        ref.decode_latent(z)
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
