@@ -85,14 +85,26 @@ done:
     return st;
 }
 
-/* The passes step k's plan asks for, in the order of GNR_SPEC.md section 5:
- * eps_u, the inv_inv captures into `ref`, eps_src and eps_trg, and dE/dz
- * into s->g (*have_g: whether any energy was kept). */
+/* The passes step k's plan asks for (GNR_SPEC.md section 5): eps_u, the
+ * inv_inv captures into `ref`, eps_src and eps_trg, and dE/dz into s->g
+ * (*have_g: whether any energy was kept). eps_u and the current passes that
+ * record nothing run first as one batch (job_unet_batch). inv_inv runs on
+ * its own, as the recorded passes do: its maps must equal a recorded pass's
+ * bit for bit on the same input (at step 0 z = z_inv, and the energies are
+ * exactly 0, as the reference has them), which a product of another shape
+ * does not promise. */
 static gnr_status run_passes(gnr_model *m, const gnr_edit_config *cfg, const step_plan *plan, int k, int t,
                              edit_state *s, gnr_capture *ref, const gnr_hooks *hooks, int *have_g)
 {
+    const gnr_tensor *zs[JOB_MAX_BATCH] = {&s->z}, *cs[JOB_MAX_BATCH] = {&s->c_unc};
+    gnr_tensor *eps[JOB_MAX_BATCH] = {&s->eps_u};
+    int n = 1;
+    int rec_inv = plan->cur_inv && guiders_pass_recorded(cfg, k, PASS_CUR_INV);
+    int rec_trg = plan->cur_trg && guiders_pass_recorded(cfg, k, PASS_CUR_TRG);
+    if (plan->cur_inv && !rec_inv) zs[n] = &s->z, cs[n] = &s->src, eps[n++] = &s->eps_src;
+    if (plan->cur_trg && !rec_trg) zs[n] = &s->z, cs[n] = &s->trg, eps[n++] = &s->eps_trg;
     GNR_TRY(job_poll(m, hooks));
-    GNR_TRY(job_unet(m, &s->z, t, &s->c_unc, NULL, NULL, 0, NULL, &s->eps_u));
+    GNR_TRY(job_unet_batch(m, n, zs, t, cs, eps));
     if (plan->inv_inv) {
         GNR_TRY(job_poll(m, hooks));
         GNR_TRY(guiders_capture_request(cfg, k, PASS_INV_INV, ref));
@@ -101,11 +113,11 @@ static gnr_status run_passes(gnr_model *m, const gnr_edit_config *cfg, const ste
     }
     *have_g = 0;
     GNR_TRY(gnr_fill(&m->ctx, &s->g, 0.0f));
-    if (plan->cur_inv) {
+    if (rec_inv) {
         GNR_TRY(job_poll(m, hooks));
         GNR_TRY(current_pass(m, cfg, k, PASS_CUR_INV, t, &s->z, &s->src, ref, &s->eps_src, &s->g, have_g));
     }
-    if (plan->cur_trg) {
+    if (rec_trg) {
         GNR_TRY(job_poll(m, hooks));
         GNR_TRY(current_pass(m, cfg, k, PASS_CUR_TRG, t, &s->z, &s->trg, ref, &s->eps_trg, &s->g, have_g));
     }

@@ -72,6 +72,17 @@ gnr_status guiders_capture_request(const gnr_edit_config *cfg, int k, int pass, 
     return GNR_OK;
 }
 
+int guiders_pass_recorded(const gnr_edit_config *cfg, int k, int pass)
+{
+    for (int i = 0; i < cfg->nguiders; i++) {
+        const gnr_guider *g = &cfg->guiders[i];
+        if (energy_active(g, k) && energy_pass(g) == pass &&
+            ((uses_maps(g, k) && cfg->nmaps > 0) || uses_feature(g, k)))
+            return 1;
+    }
+    return 0;
+}
+
 gnr_status guiders_seed_energies(gnr_ctx *ctx, const gnr_edit_config *cfg, int k, int pass, const gnr_capture *cur,
                                  const gnr_capture *ref, gnr_tape *tape, int *kept)
 {

@@ -29,6 +29,9 @@ step_plan guiders_plan_step(const gnr_edit_config *cfg, int k);
 /* The captures pass `pass` (PASS_*) must keep at step k: those of the
  * guiders active on it (PASS_INV_INV: of every active energy guider). */
 gnr_status guiders_capture_request(const gnr_edit_config *cfg, int k, int pass, gnr_capture *cap);
+/* Whether that request is not empty for a current pass (PASS_CUR_*): the
+ * pass is then recorded for a backward, else it is a plain pass. */
+int guiders_pass_recorded(const gnr_edit_config *cfg, int k, int pass);
 
 /* The energies of `pass`'s guiders at step k from its captures `cur` and the
  * inv_inv captures `ref`: each term s * E_g is computed, dropped when

@@ -1,6 +1,7 @@
 #include "job.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 gnr_status job_begin(gnr_model *m, int h, int w, int ctx_len, int num_steps, job *j)
 {
@@ -100,4 +101,54 @@ gnr_status job_unet(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *
      * activations go, and the backward starts on an empty arena. */
     gnr_arena_reset(ctx->arena);
     return st;
+}
+
+int job_batching(void)
+{
+    const char *v = getenv("GNR_BATCH_PASSES");
+    return !(v && strcmp(v, "0") == 0);
+}
+
+/* The n items of a batch, each a copy of one pass's input. */
+static gnr_status stack_items(gnr_ctx *ctx, int n, const gnr_tensor *const *items, gnr_tensor *out)
+{
+    int64_t shape[GNR_MAX_DIMS];
+    memcpy(shape, items[0]->shape, sizeof shape);
+    shape[0] = n;
+    GNR_TRY(gnr_alloc(ctx, GNR_F32, items[0]->ndim, shape, out));
+    for (int i = 0; i < n; i++) {
+        gnr_tensor slot = job_item(out, items[0]->ndim, items[0]->shape, i);
+        GNR_TRY(gnr_copy(ctx, items[i], &slot));
+    }
+    return GNR_OK;
+}
+
+static gnr_status unet_batch(gnr_model *m, int n, const gnr_tensor *const *z, int t, const gnr_tensor *const *c,
+                             gnr_tensor *const *eps)
+{
+    gnr_ctx *ctx = &m->ctx;
+    gnr_tensor zb, cb, y;
+    GNR_TRY(stack_items(ctx, n, z, &zb));
+    GNR_TRY(stack_items(ctx, n, c, &cb));
+    GNR_TRY(unet_forward(ctx, &m->unet, &zb, t, &cb, NULL, &y));
+    for (int i = 0; i < n; i++) {
+        gnr_tensor yi = job_item(&y, z[i]->ndim, z[i]->shape, i);
+        GNR_TRY(job_noise(m, z[i], t, &yi, eps[i]));
+    }
+    return GNR_OK;
+}
+
+gnr_status job_unet_batch(gnr_model *m, int n, const gnr_tensor *const *z, int t, const gnr_tensor *const *c,
+                          gnr_tensor *const *eps)
+{
+    if (n < 1 || n > JOB_MAX_BATCH)
+        return gnr_error(GNR_ERR_INTERNAL, "a bug in gnr: a batch of %d passes (at most %d)", n, JOB_MAX_BATCH);
+    if (n > 1 && job_batching()) {
+        gnr_status st = unet_batch(m, n, z, t, c, eps);
+        gnr_arena_reset(m->ctx.arena);
+        if (st != GNR_ERR_NOMEM) return st;
+        gnr_clear_error(); /* too large as one batch: one pass at a time */
+    }
+    for (int i = 0; i < n; i++) GNR_TRY(job_unet(m, z[i], t, c[i], NULL, NULL, 0, NULL, eps[i]));
+    return GNR_OK;
 }

@@ -55,4 +55,17 @@ gnr_status job_noise(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor 
 gnr_status job_unet(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *c, gnr_capture *cap,
                     gnr_tape *tape, int checkpointing, gnr_tensor *leaf, gnr_tensor *eps);
 
+/* Up to JOB_MAX_BATCH plain passes at one timestep, no captures: eps[i] =
+ * unet(z[i], t, c[i]) as job_unet makes it. With batching on
+ * (job_batching), they run as one batch, which reads the weights once for
+ * all of them: that pays where a pass is bound by its weights or its
+ * launches (the low-resolution blocks, small images, a GPU). Each item
+ * matches its own pass up to the rounding of products of another shape. A
+ * batch that does not fit in memory falls back to one pass at a time. */
+#define JOB_MAX_BATCH 3
+gnr_status job_unet_batch(gnr_model *m, int n, const gnr_tensor *const *z, int t, const gnr_tensor *const *c,
+                          gnr_tensor *const *eps);
+/* Whether job_unet_batch batches: on, unless GNR_BATCH_PASSES=0. */
+int job_batching(void);
+
 #endif

@@ -83,6 +83,19 @@ def test_whole_edit(tiny_e2e_dir, name):
     assert np.abs(img_g.astype(int) - img_c.astype(int)).max() <= 4
 
 
+@needs_gpu
+def test_batched_passes_match_one_at_a_time(tiny_e2e_dir, monkeypatch):
+    """On the CUDA backend too: a step's plain passes as one batch against
+    one at a time (GNR_BATCH_PASSES=0)."""
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cfg = gnr.configs.get("nonstyle", num_steps=10)
+    ed = gnr.Editor(tiny_e2e_dir, device="cuda")
+    _, batched = ed.edit(image, "a red circle", "a green circle", config=cfg, progress=False, return_latent=True)
+    monkeypatch.setenv("GNR_BATCH_PASSES", "0")
+    _, single = ed.edit(image, "a red circle", "a green circle", config=cfg, progress=False, return_latent=True)
+    assert rel_err(batched, single) < 1e-4
+
+
 # ------------------------------------------------------------ speed mode --
 # dtype float16 / bfloat16: matrix-product inputs rounded to 16 bits on tensor
 # cores, fp32 accumulation and everything else fp32 (DECISIONS.md: 1e-2).
