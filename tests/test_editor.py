@@ -77,6 +77,31 @@ def test_batched_passes_match_one_at_a_time(editor, image, monkeypatch, name):
     assert np.linalg.norm(batched - single) / np.linalg.norm(single) < 2e-3
 
 
+def test_a_batch_over_max_memory_runs_one_pass_at_a_time(editor, image, monkeypatch):
+    """max_memory at what one pass at a time needs: every step's batch is
+    refused by the cap and its passes run one by one, bit-identical to
+    GNR_BATCH_PASSES=0, and nothing is raised."""
+    cfg = small()
+    cfg["guiders"] = cfg["guiders"][:1]  # cfg only: batches of eps_u and eps_trg, nothing recorded
+    inv = editor.invert(image, "a red circle", config=cfg, progress=False)
+    m = editor.model
+
+    def steps(batching, cap):
+        monkeypatch.setenv("GNR_BATCH_PASSES", batching)
+        m._c.set_max_memory(cap)
+        m.reset_peak()
+        try:
+            return editor._steps(inv, "a green circle", cfg, 0, N)[0], m.peak_bytes
+        finally:
+            m._c.set_max_memory(0)
+
+    single, single_peak = steps("0", 0)
+    _, batched_peak = steps("1", 0)
+    assert batched_peak > single_peak  # the batch is larger than one pass: it really batched
+    capped, _ = steps("1", single_peak)
+    np.testing.assert_array_equal(capped, single)
+
+
 def test_inversion_reuse_is_bit_identical(editor, image):
     inv = editor.invert(image, "a cat", config=small(), progress=False)
     assert inv.latents.shape == (N + 1, 4, 8, 8) and not inv.latents.flags.writeable
