@@ -84,7 +84,7 @@ def test_whole_edit(tiny_e2e_dir, name):
 
 
 @needs_gpu
-def test_batched_passes_match_one_at_a_time(tiny_e2e_dir, monkeypatch):
+def test_whole_edit_batched_passes_match_one_at_a_time(tiny_e2e_dir, monkeypatch):
     """On the CUDA backend too: a step's plain passes as one batch against
     one at a time (GNR_BATCH_PASSES=0)."""
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
