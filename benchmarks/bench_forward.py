@@ -2,13 +2,16 @@
 
     python benchmarks/bench_forward.py MODEL_DIR [--size 512] [--runs 5] [--threads N]
                                        [--parts text,unet,vae_encode,vae_decode] [--skip-torch]
+                                       [--batch N]
 
 Each side runs in its own process (so neither's memory or thread pools affect
 the other), on the same inputs, with the same thread count. Prints a table:
 part, median and min seconds of --runs runs (after one warm-up), process peak
 RSS, gnr's activation-arena peak, the part's FLOPs (counted by torch's
 FlopCounterMode on the reference modules) and the floor FLOPs / peak rate, the
-peak rate being a measured single-precision GEMM on this machine.
+peak rate being a measured single-precision GEMM on this machine. --batch N
+runs the UNet on N latents (each with its own context) as one batched pass
+on both sides; the other parts stay single.
 """
 from __future__ import annotations
 
@@ -39,14 +42,16 @@ def timed(fn, runs: int):
     return statistics.median(times), min(times)
 
 
-def inputs(size: int, latent_channels: int = 4, factor: int = 8, ctx_dim: int = 768, seed: int = 0):
+def inputs(size: int, latent_channels: int = 4, factor: int = 8, ctx_dim: int = 768, seed: int = 0,
+           batch: int = 1):
+    """image (size, size, 3); latents (batch, C, h, h); contexts (batch, 77, D)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     h = size // factor
-    latent = rng.standard_normal((1, latent_channels, h, h)).astype(np.float32)
-    context = rng.standard_normal((77, ctx_dim)).astype(np.float32)
+    latent = rng.standard_normal((batch, latent_channels, h, h)).astype(np.float32)
+    context = rng.standard_normal((batch, 77, ctx_dim)).astype(np.float32)
     return image, latent, context
 
 
@@ -98,13 +103,14 @@ def run_gnr(args) -> dict:
     if args.threads:
         gnr.set_num_threads(args.threads)
     m = gnr.load_model(args.model)
-    image, latent, context = inputs(args.size, factor=m.vae_factor, ctx_dim=m.config["unet"]["cross_attention_dim"])
+    image, latent, context = inputs(args.size, factor=m.vae_factor, ctx_dim=m.config["unet"]["cross_attention_dim"],
+                                    batch=args.batch)
     results = {}
     calls = {
         "text": lambda: m.encode_prompt("a photograph of an astronaut riding a horse"),
         "unet": lambda: m.unet(latent, 500, context),
         "vae_encode": lambda: m.encode_image(image),
-        "vae_decode": lambda: m.decode_latent(latent),
+        "vae_decode": lambda: m.decode_latent(latent[:1]),
     }
     for part in args.parts:
         m.reset_peak()
@@ -130,17 +136,18 @@ def run_torch(args) -> dict:
     text = CLIPTextModel.from_pretrained(os.path.join(args.model, "text_encoder")).eval()
     tok = CLIPTokenizer.from_pretrained(os.path.join(args.model, "tokenizer"))
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    image, latent, context = inputs(args.size, factor=factor, ctx_dim=unet.config.cross_attention_dim)
+    image, latent, context = inputs(args.size, factor=factor, ctx_dim=unet.config.cross_attention_dim,
+                                    batch=args.batch)
     x = torch.from_numpy(image).float().div(127.5).sub(1).permute(2, 0, 1)[None]
     z = torch.from_numpy(latent)
-    c = torch.from_numpy(context)[None]
+    c = torch.from_numpy(context)
     ids = tok("a photograph of an astronaut riding a horse", padding="max_length", max_length=77,
               truncation=True, return_tensors="pt").input_ids
     calls = {
         "text": lambda: text(ids)[0],
         "unet": lambda: unet(z, 500, encoder_hidden_states=c).sample,
         "vae_encode": lambda: vae.encode(x).latent_dist.mean,
-        "vae_decode": lambda: vae.decode(z / vae.config.scaling_factor).sample,
+        "vae_decode": lambda: vae.decode(z[:1] / vae.config.scaling_factor).sample,
     }
     results = {}
     for part in args.parts:
@@ -166,6 +173,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--batch", type=int, default=1, help="latents in the UNet's batched pass")
     add_torch_isa_arg(ap)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -181,7 +189,8 @@ def main() -> None:
 
     def side(name):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
-               "--threads", str(args.threads), "--parts", ",".join(args.parts), "--side", name]
+               "--threads", str(args.threads), "--parts", ",".join(args.parts), "--batch", str(args.batch),
+               "--side", name]
         env = torch_side_env(args.torch_isa) if name == "torch" else None
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
@@ -192,7 +201,7 @@ def main() -> None:
     g = side("gnr")
     t = None if args.skip_torch else side("torch")
     print(f"model {args.model}  size {args.size}x{args.size}  runs {args.runs}  threads {args.threads or os.cpu_count()}  "
-          f"cpu {cpu_name()} x{os.cpu_count()}")
+          f"unet batch {args.batch}  cpu {cpu_name()} x{os.cpu_count()}")
     print(f"gnr: {g['kernels']}")
     if t:
         print(torch_isa_line(args.torch_isa))

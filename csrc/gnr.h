@@ -143,11 +143,12 @@ void gnr_model_set_max_memory(gnr_model *m, size_t max_memory);
  * hidden_size float32): the last hidden state after the final LayerNorm. */
 gnr_status gnr_encode_text(gnr_model *m, const int32_t *ids, float *out);
 
-/* UNet noise prediction for one latent:
- *   latent: 1 x in_channels x h x w, context: ctx_len x cross_attention_dim,
- *   out: 1 x out_channels x h x w. h and w multiples of 2^(num_blocks-1). */
-gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int h, int w, int timestep, const float *context,
-                            int ctx_len, float *out);
+/* UNet prediction for a batch of n latents at one timestep, as one pass:
+ *   latent: n x in_channels x h x w; context: ctx_items (1: shared by every
+ *   latent, or n) x ctx_len x cross_attention_dim; out: n x out_channels x
+ *   h x w. h and w multiples of 2^(num_blocks-1). */
+gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int n, int h, int w, int timestep,
+                            const float *context, int ctx_items, int ctx_len, float *out);
 
 /* VAE encoder: image 1 x in_channels x H x W in [-1, 1] ->
  * latent 1 x latent_channels x H/f x W/f = mean of the posterior x scaling_factor. */

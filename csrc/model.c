@@ -266,20 +266,31 @@ gnr_status gnr_check_latent_size(const gnr_model *m, int h, int w)
     return GNR_OK;
 }
 
-gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int h, int w, int timestep, const float *context,
-                            int ctx_len, float *out)
+gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int n, int h, int w, int timestep,
+                            const float *context, int ctx_items, int ctx_len, float *out)
 {
     GNR_TRY(gnr_check_latent_size(m, h, w));
+    if (n < 1) return gnr_error(GNR_ERR_VALUE, "a batch needs at least one latent, got %d", n);
+    if (ctx_items != 1 && ctx_items != n)
+        return gnr_error(GNR_ERR_VALUE, "%d contexts for %d latents: give one (shared) or one per latent", ctx_items,
+                         n);
     if (ctx_len < 1) return gnr_error(GNR_ERR_VALUE, "context must have at least one token, got %d", ctx_len);
     if (timestep < 0 || timestep > 100000)
         return gnr_error(GNR_ERR_VALUE, "timestep %d is outside [0, 100000]", timestep);
     GNR_TRY(gnr_pass_begin(m));
     const gnr_unet_config *u = &m->cfg.unet;
-    int64_t zs[4] = {1, u->in_channels, h, w}, cs[3] = {1, ctx_len, u->cross_attention_dim};
+    int64_t zs[4] = {n, u->in_channels, h, w}, cs[3] = {n, ctx_len, u->cross_attention_dim};
+    int64_t one_context[3] = {1, ctx_len, u->cross_attention_dim};
     gnr_tensor z, c, y;
     gnr_status st;
     GNR_CHECK(st, gnr_upload_new(&m->ctx, latent, 4, zs, &z));
-    GNR_CHECK(st, gnr_upload_new(&m->ctx, context, 3, cs, &c));
+    GNR_CHECK(st, gnr_alloc(&m->ctx, GNR_F32, 3, cs, &c));
+    for (int i = 0; i < n; i++) { /* a shared context goes to every item */
+        gnr_tensor item = gnr_tensor_view((char *)c.data + (size_t)i * (size_t)ctx_len * u->cross_attention_dim *
+                                              sizeof(float), GNR_F32, m->ctx.device, 3, one_context);
+        GNR_CHECK(st, gnr_upload(&m->ctx, context + (ctx_items == 1 ? 0 : (size_t)i * ctx_len *
+                                                           u->cross_attention_dim), &item));
+    }
     GNR_CHECK(st, unet_forward(&m->ctx, &m->unet, &z, timestep, &c, NULL, &y));
     GNR_CHECK(st, gnr_download(&m->ctx, &y, out));
 done:

@@ -135,9 +135,10 @@ class Model:
         return self._c.encode_text(ids)
 
     def unet(self, latent, t: int, context) -> np.ndarray:
-        """The UNet's raw prediction, as diffusers' UNet2DConditionModel returns it: latent (1, 4, h, w),
-        integer timestep t in [0, 1000), context (77, D) or (1, 77, D) -> float32 (1, 4, h, w). It is the
-        noise when :attr:`prediction_type` is "epsilon" and the velocity when it is "v_prediction"."""
+        """The UNet's raw prediction, as diffusers' UNet2DConditionModel returns it: latent (N, 4, h, w),
+        integer timestep t in [0, 1000), context (77, D) or (1, 77, D) shared by the N latents, or (N, 77, D)
+        one each -> float32 (N, 4, h, w). The N latents run as one batched pass (the weights are read once).
+        It is the noise when :attr:`prediction_type` is "epsilon" and the velocity when it is "v_prediction"."""
         return self._c.unet(latent, t, context)
 
     def encode_image(self, image) -> np.ndarray:

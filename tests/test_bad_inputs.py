@@ -294,7 +294,8 @@ def test_bad_image(model, image, exc, msg):
 
 
 @pytest.mark.parametrize("latent, exc, msg", [
-    (np.zeros((1, 3, 8, 8), np.float32), ValueError, r"latent must have shape \(1, 4, \*, \*\)"),
+    (np.zeros((1, 3, 8, 8), np.float32), ValueError, r"latent must have shape \(\*, 4, \*, \*\)"),
+    (np.zeros((0, 4, 8, 8), np.float32), ValueError, "at least one latent"),
     (np.zeros((4, 8, 8), np.float32), ValueError, "4 dimensions"),
     (np.zeros((1, 4, 7, 8), np.float32), ValueError, "multiples of 2"),
     (np.full((1, 4, 8, 8), np.nan, np.float32), ValueError, "NaN"),
@@ -316,6 +317,12 @@ def test_bad_latent(model, latent, exc, msg):
 def test_bad_context(model, context, exc, msg):
     with pytest.raises(exc, match=msg):
         model.unet(np.zeros((1, 4, 8, 8), np.float32), 10, context)
+    still_works(model)
+
+
+def test_contexts_of_another_batch(model):
+    with pytest.raises(ValueError, match=r"one per latent, \(3, L, 32\); got \(2, 77, 32\)"):
+        model.unet(np.zeros((3, 4, 8, 8), np.float32), 10, np.zeros((2, 77, 32), np.float32))
     still_works(model)
 
 

@@ -52,6 +52,27 @@ def test_unet(pair, torch_threads, t):
     np.testing.assert_array_equal(again, got)
 
 
+def test_unet_batch(pair, torch_threads):
+    """Three latents as one pass, each with its own context, or all with one
+    shared context: diffusers' batch at the single-pass tolerance."""
+    torch = torch_threads
+    ours, ref = pair
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((3, 4, 16, 16), dtype=np.float32)
+    c = rng.standard_normal((3, 77, 32), dtype=np.float32)
+    expected = ref["unet"](torch.from_numpy(z), 261, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+    got = ours.unet(z, 261, c)
+    assert got.shape == z.shape
+    for i in range(3):
+        assert rel_err(got[i], expected[i]) < TOL, i
+    shared = ref["unet"](torch.from_numpy(z), 261,
+                         encoder_hidden_states=torch.from_numpy(np.repeat(c[:1], 3, 0))).sample.numpy()
+    for context in (c[0], c[:1]):
+        got = ours.unet(z, 261, context)
+        for i in range(3):
+            assert rel_err(got[i], shared[i]) < TOL, i
+
+
 def test_unet_non_square(pair, torch_threads):
     torch = torch_threads
     ours, ref = pair

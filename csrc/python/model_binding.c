@@ -369,6 +369,28 @@ static PyArrayObject *context_array(PyObject *obj, int dim)
     return a;
 }
 
+/* The UNet's contexts for n latents: (L, D) or (1, L, D), shared by all of
+ * them, or (n, L, D), one each. *items: 1 or n. */
+static PyArrayObject *batch_context_array(PyObject *obj, int dim, npy_intp n, int *items)
+{
+    PyArrayObject *a = gnr_py_float_array(obj, "context", -1, NULL, 1);
+    if (!a) return NULL;
+    int nd = PyArray_NDIM(a);
+    int ok = (nd == 2 && PyArray_DIM(a, 1) == dim && PyArray_DIM(a, 0) >= 1) ||
+             (nd == 3 && (PyArray_DIM(a, 0) == 1 || PyArray_DIM(a, 0) == n) && PyArray_DIM(a, 2) == dim &&
+              PyArray_DIM(a, 1) >= 1);
+    if (!ok) {
+        char buf[96];
+        PyErr_Format(PyExc_ValueError,
+                     "context must have shape (L, %d), (1, L, %d) or, one per latent, (%lld, L, %d); got %s", dim,
+                     dim, (long long)n, dim, gnr_py_shape_str(a, buf, sizeof buf));
+        Py_DECREF(a);
+        return NULL;
+    }
+    *items = nd == 3 ? (int)PyArray_DIM(a, 0) : 1;
+    return a;
+}
+
 static PyObject *unet(gnr_model *m, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"latent", "timestep", "context", NULL};
@@ -376,21 +398,22 @@ static PyObject *unet(gnr_model *m, PyObject *args, PyObject *kw)
     int t;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO&O", kwlist, &zobj, gnr_py_conv_timestep, &t, &cobj)) return NULL;
     const gnr_model_config *c = gnr_model_get_config(m);
-    npy_intp zs[4] = {1, c->unet.in_channels, -1, -1};
+    npy_intp zs[4] = {-1, c->unet.in_channels, -1, -1};
     PyArrayObject *z = NULL, *ctx = NULL, *out = NULL;
     PyObject *ret = NULL;
     z = gnr_py_float_array(zobj, "latent", 4, zs, 1);
     if (!z) goto done;
-    ctx = context_array(cobj, c->unet.cross_attention_dim);
+    int n = (int)PyArray_DIM(z, 0), items;
+    ctx = batch_context_array(cobj, c->unet.cross_attention_dim, n, &items);
     if (!ctx) goto done;
     int h = (int)PyArray_DIM(z, 2), w = (int)PyArray_DIM(z, 3);
     int L = (int)PyArray_DIM(ctx, PyArray_NDIM(ctx) - 2);
-    npy_intp os[4] = {1, c->unet.out_channels, h, w};
+    npy_intp os[4] = {n, c->unet.out_channels, h, w};
     out = gnr_py_new_float(4, os);
     if (!out) goto done;
     gnr_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = gnr_unet_forward(m, PyArray_DATA(z), h, w, t, PyArray_DATA(ctx), L, PyArray_DATA(out));
+    st = gnr_unet_forward(m, PyArray_DATA(z), n, h, w, t, PyArray_DATA(ctx), items, L, PyArray_DATA(out));
     Py_END_ALLOW_THREADS
     if (st != GNR_OK) {
         gnr_py_raise(st);
@@ -670,7 +693,7 @@ static PyMethodDef Model_methods[] = {
     {"finalize", (PyCFunction)Model_finalize, METH_NOARGS, "Check that every weight was set."},
     {"encode_text", (PyCFunction)Model_encode_text, METH_O, "encode_text(ids int32 (L,)) -> float32 (L, D)."},
     {"unet", (PyCFunction)(void (*)(void))Model_unet, METH_VARARGS | METH_KEYWORDS,
-     "unet(latent (1,C,h,w), timestep, context (L,D) or (1,L,D)) -> float32 (1,C,h,w)."},
+     "unet(latent (N,C,h,w), timestep, context (L,D), (1,L,D) or (N,L,D)) -> float32 (N,C,h,w)."},
     {"vae_encode", (PyCFunction)Model_vae_encode, METH_O,
      "vae_encode(image float (1,3,H,W) in [-1,1]) -> latent mean x scaling_factor (1,4,H/f,W/f)."},
     {"vae_decode", (PyCFunction)Model_vae_decode, METH_O,

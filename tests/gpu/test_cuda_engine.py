@@ -32,6 +32,19 @@ def test_unet(pair, t):
 
 
 @needs_gpu
+def test_unet_batch(pair):
+    """Three latents with their own contexts as one pass, each item against
+    the CPU backend's pass of that latent alone."""
+    cpu, gpu = pair
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((3, 4, 16, 16), dtype=np.float32)
+    c = rng.standard_normal((3, 77, 32), dtype=np.float32)
+    got = gpu.unet(z, 500, c)
+    for i in range(3):
+        assert rel_err(got[i:i + 1], cpu.unet(z[i:i + 1], 500, c[i])) < 1e-4, i
+
+
+@needs_gpu
 def test_text_and_vae(pair):
     cpu, gpu = pair
     assert rel_err(gpu.encode_prompt("a red circle"), cpu.encode_prompt("a red circle")) < 1e-4
