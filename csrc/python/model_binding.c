@@ -351,27 +351,10 @@ done:
     return ret;
 }
 
-/* A context (L, D) or (1, L, D) -> float32 (L, D) array. */
-static PyArrayObject *context_array(PyObject *obj, int dim)
-{
-    PyArrayObject *a = gnr_py_float_array(obj, "context", -1, NULL, 1);
-    if (!a) return NULL;
-    int nd = PyArray_NDIM(a);
-    int ok = (nd == 2 && PyArray_DIM(a, 1) == dim && PyArray_DIM(a, 0) >= 1) ||
-             (nd == 3 && PyArray_DIM(a, 0) == 1 && PyArray_DIM(a, 2) == dim && PyArray_DIM(a, 1) >= 1);
-    if (!ok) {
-        char buf[96];
-        PyErr_Format(PyExc_ValueError, "context must have shape (L, %d) or (1, L, %d), got %s", dim, dim,
-                     gnr_py_shape_str(a, buf, sizeof buf));
-        Py_DECREF(a);
-        return NULL;
-    }
-    return a;
-}
-
-/* The UNet's contexts for n latents: (L, D) or (1, L, D), shared by all of
- * them, or (n, L, D), one each. *items: 1 or n. */
-static PyArrayObject *batch_context_array(PyObject *obj, int dim, npy_intp n, int *items)
+/* A UNet's context for n latents -> float32 array: (L, D) or (1, L, D),
+ * shared by all of them, or, for a batch, (n, L, D), one each. *items (may be
+ * NULL): 1 or n. */
+static PyArrayObject *context_array(PyObject *obj, int dim, npy_intp n, int *items)
 {
     PyArrayObject *a = gnr_py_float_array(obj, "context", -1, NULL, 1);
     if (!a) return NULL;
@@ -381,13 +364,17 @@ static PyArrayObject *batch_context_array(PyObject *obj, int dim, npy_intp n, in
               PyArray_DIM(a, 1) >= 1);
     if (!ok) {
         char buf[96];
-        PyErr_Format(PyExc_ValueError,
-                     "context must have shape (L, %d), (1, L, %d) or, one per latent, (%lld, L, %d); got %s", dim,
-                     dim, (long long)n, dim, gnr_py_shape_str(a, buf, sizeof buf));
+        if (n == 1)
+            PyErr_Format(PyExc_ValueError, "context must have shape (L, %d) or (1, L, %d), got %s", dim, dim,
+                         gnr_py_shape_str(a, buf, sizeof buf));
+        else
+            PyErr_Format(PyExc_ValueError,
+                         "context must have shape (L, %d), (1, L, %d) or, one per latent, (%lld, L, %d); got %s",
+                         dim, dim, (long long)n, dim, gnr_py_shape_str(a, buf, sizeof buf));
         Py_DECREF(a);
         return NULL;
     }
-    *items = nd == 3 ? (int)PyArray_DIM(a, 0) : 1;
+    if (items) *items = nd == 3 ? (int)PyArray_DIM(a, 0) : 1;
     return a;
 }
 
@@ -404,7 +391,7 @@ static PyObject *unet(gnr_model *m, PyObject *args, PyObject *kw)
     z = gnr_py_float_array(zobj, "latent", 4, zs, 1);
     if (!z) goto done;
     int n = (int)PyArray_DIM(z, 0), items;
-    ctx = batch_context_array(cobj, c->unet.cross_attention_dim, n, &items);
+    ctx = context_array(cobj, c->unet.cross_attention_dim, n, &items);
     if (!ctx) goto done;
     int h = (int)PyArray_DIM(z, 2), w = (int)PyArray_DIM(z, 3);
     int L = (int)PyArray_DIM(ctx, PyArray_NDIM(ctx) - 2);
@@ -547,8 +534,8 @@ static PyObject *energy_grad(gnr_model *m, PyObject *args, PyObject *kw)
                      gnr_py_shape_str(rz, buf, sizeof buf), gnr_py_shape_str(z, buf2, sizeof buf2));
         goto done;
     }
-    if (!(ctx = context_array(cobj, c->unet.cross_attention_dim))) goto done;
-    if (!(rc = context_array(rcobj, c->unet.cross_attention_dim))) goto done;
+    if (!(ctx = context_array(cobj, c->unet.cross_attention_dim, 1, NULL))) goto done;
+    if (!(rc = context_array(rcobj, c->unet.cross_attention_dim, 1, NULL))) goto done;
     int L = (int)PyArray_DIM(ctx, PyArray_NDIM(ctx) - 2);
     if (PyArray_DIM(rc, PyArray_NDIM(rc) - 2) != L) {
         PyErr_Format(PyExc_ValueError, "ref_context has %d tokens but context has %d",
