@@ -4,7 +4,8 @@ explicit attention maps, torch.autograd, as the reference computes) on the
 same GPU, on the SD 1.4-shaped random model at 512 x 512.
 
     python benchmarks/bench_gpu.py --out DIR [--model DIR] [--size 512]
-                                   [--configs nonstyle,style] [--gnr-dtypes float32,float32-flash,float16]
+                                   [--configs nonstyle,style]
+                                   [--gnr-dtypes float32,float32-flash,float16,float16-unbatched]
                                    [--torch-dtypes float32,float16]
                                    [--time-limit 300]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,9 +35,12 @@ def run_gnr(args) -> dict:
     import gnr
 
     cfg = gnr.configs.get(args.config)
-    dtype, _, kernel = args.dtype.partition("-")  # "float32-flash": the flash attention kernel
+    dtype, _, mode = args.dtype.partition("-")  # "-flash": the flash attention kernel; "-unbatched": one pass at a time
+    if mode == "unbatched":
+        os.environ["GNR_BATCH_PASSES"] = "0"
+    kernel = "flash" if mode == "flash" else "cublas"
     editor = gnr.Editor(args.model, device="cuda", dtype=dtype)
-    gnr._C_cuda.attention_kernel(kernel or "cublas")
+    gnr._C_cuda.attention_kernel(kernel)
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     editor.edit(image, SRC, TRG, config=cfg, progress=False)  # warm-up: arena growth, cuBLAS plans
     editor.model.reset_peak()
@@ -80,9 +85,10 @@ def main():
     ap.add_argument("--model")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--configs", default="nonstyle,style")
-    ap.add_argument("--gnr-dtypes", default="float32,float32-flash,float16",
+    ap.add_argument("--gnr-dtypes", default="float32,float32-flash,float16,float16-unbatched",
                     help="gnr modes: float32 (parity), float16 / bfloat16 (tensor-core products); "
-                         "float32-flash: float32 with the flash attention kernel")
+                         "float32-flash: float32 with the flash attention kernel; float16-unbatched: "
+                         "each step's plain passes one at a time (GNR_BATCH_PASSES=0), against the batch")
     ap.add_argument("--torch-dtypes", default="float32,float16")
     ap.add_argument("--time-limit", type=float, default=300)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
