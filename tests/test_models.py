@@ -36,6 +36,11 @@ def test_text_encoder(pair, torch_threads):
         assert rel_err(got, expected) < TOL, p
 
 
+def diffusers_unet(torch, ref, z, t, c):
+    """diffusers' UNet on NumPy latents and contexts -> NumPy."""
+    return ref["unet"](torch.from_numpy(z), t, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+
+
 @pytest.mark.parametrize("t", [0, 1, 261, 999])
 def test_unet(pair, torch_threads, t):
     torch = torch_threads
@@ -43,7 +48,7 @@ def test_unet(pair, torch_threads, t):
     rng = np.random.default_rng(t)
     z = rng.standard_normal((1, 4, 16, 16), dtype=np.float32)
     c = rng.standard_normal((1, 77, 32), dtype=np.float32)
-    expected = ref["unet"](torch.from_numpy(z), t, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+    expected = diffusers_unet(torch, ref, z, t, c)
     got = ours.unet(z, t, c)
     assert got.shape == z.shape
     assert rel_err(got, expected) < TOL
@@ -60,13 +65,12 @@ def test_unet_batch(pair, torch_threads):
     rng = np.random.default_rng(3)
     z = rng.standard_normal((3, 4, 16, 16), dtype=np.float32)
     c = rng.standard_normal((3, 77, 32), dtype=np.float32)
-    expected = ref["unet"](torch.from_numpy(z), 261, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+    expected = diffusers_unet(torch, ref, z, 261, c)
     got = ours.unet(z, 261, c)
     assert got.shape == z.shape
     for i in range(3):
         assert rel_err(got[i], expected[i]) < TOL, i
-    shared = ref["unet"](torch.from_numpy(z), 261,
-                         encoder_hidden_states=torch.from_numpy(np.repeat(c[:1], 3, 0))).sample.numpy()
+    shared = diffusers_unet(torch, ref, z, 261, np.repeat(c[:1], 3, 0))
     for context in (c[0], c[:1]):
         got = ours.unet(z, 261, context)
         for i in range(3):
@@ -79,7 +83,7 @@ def test_unet_non_square(pair, torch_threads):
     rng = np.random.default_rng(7)
     z = rng.standard_normal((1, 4, 8, 24), dtype=np.float32)
     c = rng.standard_normal((1, 77, 32), dtype=np.float32)
-    expected = ref["unet"](torch.from_numpy(z), 500, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
+    expected = diffusers_unet(torch, ref, z, 500, c)
     assert rel_err(ours.unet(z, 500, c), expected) < TOL
 
 

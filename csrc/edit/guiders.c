@@ -59,12 +59,19 @@ step_plan guiders_plan_step(const gnr_edit_config *cfg, int k)
     return p;
 }
 
+/* Whether guider g's energy reads pass `pass` at step k (PASS_INV_INV: the
+ * reference pass of every active energy). */
+static int reads_pass(const gnr_guider *g, int k, int pass)
+{
+    return energy_active(g, k) && (pass == PASS_INV_INV || energy_pass(g) == pass);
+}
+
 gnr_status guiders_capture_request(const gnr_edit_config *cfg, int k, int pass, gnr_capture *cap)
 {
     memset(cap, 0, sizeof *cap);
     for (int i = 0; i < cfg->nguiders; i++) {
         const gnr_guider *g = &cfg->guiders[i];
-        if (!energy_active(g, k) || (pass != PASS_INV_INV && energy_pass(g) != pass)) continue;
+        if (!reads_pass(g, k, pass)) continue;
         if (uses_maps(g, k))
             for (int j = 0; j < cfg->nmaps; j++) GNR_TRY(gnr_capture_want(cap, cfg->maps[j], 1));
         if (uses_feature(g, k)) GNR_TRY(gnr_capture_want(cap, g->feature, 0));
@@ -76,8 +83,7 @@ int guiders_pass_recorded(const gnr_edit_config *cfg, int k, int pass)
 {
     for (int i = 0; i < cfg->nguiders; i++) {
         const gnr_guider *g = &cfg->guiders[i];
-        if (energy_active(g, k) && energy_pass(g) == pass &&
-            ((uses_maps(g, k) && cfg->nmaps > 0) || uses_feature(g, k)))
+        if (reads_pass(g, k, pass) && ((uses_maps(g, k) && cfg->nmaps > 0) || uses_feature(g, k)))
             return 1;
     }
     return 0;
