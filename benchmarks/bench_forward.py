@@ -2,7 +2,7 @@
 
     python benchmarks/bench_forward.py MODEL_DIR [--size 512] [--runs 5] [--threads N]
                                        [--parts text,unet,vae_encode,vae_decode] [--skip-torch]
-                                       [--batch N]
+                                       [--batch N] [--profile N]
 
 Each side runs in its own process (so neither's memory or thread pools affect
 the other), on the same inputs, with the same thread count. Prints a table:
@@ -116,6 +116,10 @@ def run_gnr(args) -> dict:
         m.reset_peak()
         med, best = timed(calls[part], args.runs)
         results[part] = {"median_s": med, "min_s": best, "arena_peak_mib": m.peak_bytes / 2**20}
+        if args.profile:  # one more run, op by op (after the timed ones, so it changes none)
+            with gnr.profile() as prof:
+                calls[part]()
+            results[part]["profile"] = prof.table(top=args.profile)
     results["rss_mib"] = peak_rss_mib()
     results["kernels"] = kernels_line(gnr.build_info())
     return results
@@ -174,6 +178,8 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--batch", type=int, default=1, help="latents in the UNet's batched pass")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed runs, one more gnr run of each part op by op (gnr.profile): its N slowest ops")
     add_torch_isa_arg(ap)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -190,7 +196,7 @@ def main() -> None:
     def side(name):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
                "--threads", str(args.threads), "--parts", ",".join(args.parts), "--batch", str(args.batch),
-               "--side", name]
+               "--profile", str(args.profile), "--side", name]
         env = torch_side_env(args.torch_isa) if name == "torch" else None
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
@@ -221,6 +227,9 @@ def main() -> None:
         row += f"{g[p]['arena_peak_mib']:>9.1f}"
         print(row)
     print(f"peak RSS MiB: gnr {g['rss_mib']:.0f}" + (f", torch {t['rss_mib']:.0f}" if t else ""))
+    for p in args.parts:
+        if "profile" in g[p]:
+            print(f"\ngnr {p}, op by op (one more run):\n{g[p]['profile']}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ same GPU, on the SD 1.4-shaped random model at 512 x 512.
                                    [--configs nonstyle,style]
                                    [--gnr-dtypes float32,float32-flash,float16,float16-unbatched]
                                    [--torch-dtypes float32,float16]
+                                   [--profile-dtypes float32,float16]
                                    [--time-limit 300]
 
 Without --model, the random model is written first (benchmarks/make_random_sd.py;
@@ -14,6 +15,10 @@ needs diffusers and the clip-anytorch wheel). Each run is its own process.
 Writes DIR/bench_gpu.json and DIR/bench_gpu.md (per-phase seconds for gnr,
 total seconds for PyTorch, peak GPU memory for both); runs that would pass the
 time limit are skipped and listed as such.
+
+First, for each of --profile-dtypes: one UNet pass and one gradient pass
+(bench_grad.py's: all 16 maps and the appearance term) timed, then run again
+op by op under gnr.profile(); written to DIR/bench_gpu_profile.md.
 """
 from __future__ import annotations
 
@@ -50,6 +55,33 @@ def run_gnr(args) -> dict:
     weights = sum(4 * int(np.prod(s)) for _, s in editor.model._c.weight_specs())
     return dict(editor.last_timings, total=total, peak_gib=(weights + editor.model.peak_bytes) / 2**30,
                 device=gnr._C_cuda.device_name())
+
+
+def run_profile(args) -> dict:
+    """One UNet pass and one gradient pass: the median of three timed runs,
+    then each once more op by op."""
+    import statistics
+
+    import gnr
+    from bench_grad import energy_terms, inputs
+
+    m = gnr.load_model(args.model, device="cuda", dtype=args.dtype)
+    z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
+    terms = energy_terms("all", "up_blocks.-1")
+    calls = {"unet": lambda: m.unet(z, 500, c), "grad": lambda: m.energy_grad(z, 501, c, z_ref, c, terms)}
+    out = {"device": gnr._C_cuda.device_name()}
+    for name, fn in calls.items():
+        fn()  # warm-up: arena growth, cuBLAS plans
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()  # returns host arrays: the device work is done
+            times.append(time.perf_counter() - t0)
+        with gnr.profile() as prof:
+            fn()
+        out[name] = {"median_s": statistics.median(times), "profile": prof.as_dicts(), "table": prof.table(top=15),
+                     "profiled_wall_s": prof.wall}
+    return out
 
 
 def run_torch(args) -> dict:
@@ -90,13 +122,16 @@ def main():
                          "float32-flash: float32 with the flash attention kernel; float16-unbatched: "
                          "each step's plain passes one at a time (GNR_BATCH_PASSES=0), against the batch")
     ap.add_argument("--torch-dtypes", default="float32,float16")
+    ap.add_argument("--profile-dtypes", default="float32,float16",
+                    help="gnr modes whose UNet and gradient passes are profiled op by op first")
     ap.add_argument("--time-limit", type=float, default=300)
-    ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--side", choices=("gnr", "torch", "profile"), help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        print("RESULT " + json.dumps(run_gnr(args) if args.side == "gnr" else run_torch(args)))
+        run = {"gnr": run_gnr, "torch": run_torch, "profile": run_profile}[args.side]
+        print("RESULT " + json.dumps(run(args)))
         return
 
     start = time.perf_counter()
@@ -105,7 +140,7 @@ def main():
     if not args.model:
         args.model = str(out / "sd14-random")
         subprocess.run([sys.executable, str(HERE / "make_random_sd.py"), args.model], check=True)
-    jobs = []
+    jobs = [("profile", "-", d) for d in args.profile_dtypes.split(",") if d]
     for c in args.configs.split(","):
         jobs += [("gnr", c, d) for d in args.gnr_dtypes.split(",") if d]
         jobs += [("torch", c, d) for d in args.torch_dtypes.split(",") if d]
@@ -126,6 +161,9 @@ def main():
         rows.append({"side": side, "config": config, "dtype": dtype, **res})
         print(rows[-1], flush=True)
     (out / "bench_gpu.json").write_text(json.dumps(rows, indent=2))
+    profiles = [r for r in rows if r["side"] == "profile"]
+    rows = [r for r in rows if r["side"] != "profile"]
+    write_profiles(out / "bench_gpu_profile.md", profiles, args.size)
     keys = ["encode", "inversion", "guided_steps", "unguided_steps", "decode", "total"]
     lines = [f"# Whole edits, {args.size} x {args.size}, SD 1.4 shapes (random weights)", "",
              "| side | config | dtype | " + " | ".join(keys) + " | peak GiB | device / error |",
@@ -136,6 +174,20 @@ def main():
         note = r.get("device", "") or r.get("error", "").replace("\n", " ")[:200]
         lines.append(f"| {r['side']} | {r['config']} | {r['dtype']} | " + " | ".join(vals) + f" | {peak} | {note} |")
     (out / "bench_gpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def write_profiles(path: Path, profiles: list, size: int) -> None:
+    lines = [f"# One UNet pass and one gradient pass, {size} x {size}, op by op (gnr.profile)", ""]
+    for r in profiles:
+        if "error" in r:
+            lines += [f"## {r['dtype']}: {r['error'][-300:]}", ""]
+            continue
+        for name in ("unet", "grad"):
+            p = r[name]
+            lines += [f"## {r['dtype']}, {name}: {p['median_s'] * 1e3:.1f} ms median of 3 "
+                      f"({p['profiled_wall_s'] * 1e3:.1f} ms profiled), {r['device']}", "", "```", p["table"], "```", ""]
+    path.write_text("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -6,7 +6,7 @@ attention maps, as the reference implementation computes it), with and
 without gradient checkpointing.
 
     python benchmarks/bench_grad.py MODEL_DIR [--size 512] [--runs 3] [--threads N]
-                                    [--layers all|lowmem] [--skip-torch]
+                                    [--layers all|lowmem] [--skip-torch] [--profile N]
 
 Each side runs in its own process. Reports the median of --runs runs (after a
 warm-up), gnr's activation-arena peak (what the engine allocated for the
@@ -104,6 +104,10 @@ def run_gnr(args) -> dict:
         med, best = timed(lambda: m.energy_grad(z, 501, c, z_ref, c, terms, checkpointing=cp), args.runs)
         out["checkpointing" if cp else "plain"] = {"median_s": med, "min_s": best,
                                                    "arena_peak_mib": m.peak_bytes / 2**20}
+    if args.profile:  # one more plain pass, op by op (after the timed ones, so it changes none)
+        with gnr.profile() as prof:
+            m.energy_grad(z, 501, c, z_ref, c, terms)
+        out["profile"] = prof.table(top=args.profile)
     out["rss_mib"] = peak_rss_mib()
     out["kernels"] = kernels_line(gnr.build_info())
     return out
@@ -141,6 +145,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--layers", choices=sorted(LAYERS), default="all")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the timed runs, one more gnr pass op by op (gnr.profile): its N slowest ops")
     add_torch_isa_arg(ap)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -150,7 +156,7 @@ def main():
 
     def side(name):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
-               "--threads", str(args.threads), "--layers", args.layers, "--side", name]
+               "--threads", str(args.threads), "--layers", args.layers, "--profile", str(args.profile), "--side", name]
         env = torch_side_env(args.torch_isa) if name == "torch" else None
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
@@ -175,6 +181,8 @@ def main():
           f"weights kept in Winograd's form, {act:.0f} activations"
           + (f"; torch {t['extra_rss_mib']:.0f} (gnr activations / torch {act / t['extra_rss_mib']:.2f})"
              if t else ""))
+    if "profile" in g:
+        print(f"\ngnr plain pass, op by op (one more pass):\n{g['profile']}")
 
 
 if __name__ == "__main__":

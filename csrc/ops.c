@@ -6,6 +6,7 @@
 
 #include "backend.h"
 #include "op_checks.h"
+#include "op_profile.h"
 
 static const gnr_backend *cuda_table = NULL;
 
@@ -69,16 +70,35 @@ static gnr_status op_done(const gnr_backend *b, gnr_ctx *ctx, const char *op, gn
     return st;
 }
 
+/* While a profile runs (op_profile.h): a device's queue is drained before
+ * the op and after it, so the time counted is the op's own. */
+static gnr_status profile_begin(const gnr_backend *b, gnr_ctx *ctx, int64_t *t0)
+{
+    if (ctx->device != GNR_CPU && b->synchronize) GNR_TRY(backend_status(b, b->synchronize(ctx)));
+    *t0 = gnr_op_profile_now_ns();
+    return GNR_OK;
+}
+
+static gnr_status profile_end(const gnr_backend *b, gnr_ctx *ctx, int op, int64_t t0, gnr_status st)
+{
+    if (st == GNR_OK && ctx->device != GNR_CPU && b->synchronize) st = backend_status(b, b->synchronize(ctx));
+    if (st == GNR_OK) gnr_op_profile_add(op, ctx->device, gnr_op_profile_now_ns() - t0);
+    return st;
+}
+
 /* gnr_<name> for every op of ops.def: the table of the context's device,
  * the op's arguments checked (op_checks.c), then the op's entry in the
- * table. */
-#define GNR_OP(name, params, args)                                \
-    gnr_status gnr_##name params                                  \
-    {                                                             \
-        const gnr_backend *b_ = gnr_backend_for(ctx->device);     \
-        if (!b_ || !b_->name) return no_backend(ctx, #name);      \
-        GNR_TRY(gnr_check_##name args);                           \
-        return op_done(b_, ctx, #name, b_->name args);            \
+ * table, timed when a profile runs. */
+#define GNR_OP(name, params, args)                                                                  \
+    gnr_status gnr_##name params                                                                    \
+    {                                                                                               \
+        const gnr_backend *b_ = gnr_backend_for(ctx->device);                                       \
+        if (!b_ || !b_->name) return no_backend(ctx, #name);                                        \
+        GNR_TRY(gnr_check_##name args);                                                             \
+        if (!gnr_op_profile_running()) return op_done(b_, ctx, #name, b_->name args);               \
+        int64_t t0_ = 0;                                                                            \
+        GNR_TRY(profile_begin(b_, ctx, &t0_));                                                      \
+        return profile_end(b_, ctx, GNR_OP_INDEX_##name, t0_, op_done(b_, ctx, #name, b_->name args)); \
     }
 #include "ops.def"
 #undef GNR_OP

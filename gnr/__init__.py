@@ -58,7 +58,8 @@ from .model import Model, load_model  # noqa: E402
 from . import configs  # noqa: E402
 from .editor import EditCancelled, Editor, Inversion  # noqa: E402
 from .images import load_image, save_image  # noqa: E402
-from . import batch, captures, demo, files, images, single_file, sizes, tokenizer  # noqa: E402,F401  every public submodule
+from .profiling import profile  # noqa: E402
+from . import batch, captures, demo, files, images, profiling, single_file, sizes, tokenizer  # noqa: E402,F401  every public submodule
 
 __version__ = _C.build_info()["version"]
 
@@ -71,4 +72,4 @@ def set_num_threads(n: int) -> None:
 
 
 __all__ = ["build_info", "set_num_threads", "cuda_available", "load_model", "Model", "Editor", "Inversion",
-           "EditCancelled", "configs", "load_image", "save_image", "OutOfMemoryError", "DeviceError"]
+           "EditCancelled", "configs", "load_image", "save_image", "profile", "OutOfMemoryError", "DeviceError"]

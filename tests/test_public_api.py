@@ -11,7 +11,7 @@ import pytest
 
 import gnr
 
-PUBLIC_MODULES = ["batch", "captures", "configs", "demo", "editor", "files", "images", "model", "single_file",
+PUBLIC_MODULES = ["batch", "captures", "configs", "demo", "editor", "files", "images", "model", "profiling", "single_file",
                   "sizes", "tokenizer"]
 
 

@@ -7,6 +7,7 @@
 #include "errors.h"
 #include "backend.h"
 #include "gnr.h"
+#include "op_profile.h"
 
 static PyObject *build_info(PyObject *self, PyObject *noargs)
 {
@@ -86,6 +87,39 @@ static PyObject *ddim_alphas_cumprod(PyObject *self, PyObject *noargs)
     return (PyObject *)a;
 }
 
+/* _op_profile_start(): clears the op counters and starts counting
+ * (gnr.profile). */
+static PyObject *op_profile_start(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    gnr_status st = gnr_op_profile_start();
+    if (st != GNR_OK) return gnr_py_raise(st);
+    Py_RETURN_NONE;
+}
+
+/* _op_profile_stop() -> [(op, device, calls, seconds), ...]: stops counting
+ * and returns the ops that ran, in ops.def order. */
+static PyObject *op_profile_stop(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    gnr_op_profile_stop();
+    gnr_op_profile_row rows[2 * GNR_OP_COUNT];
+    int n = gnr_op_profile_rows(rows, 2 * GNR_OP_COUNT);
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *row = Py_BuildValue("(ssLd)", rows[i].op, gnr_device_name(rows[i].device), (long long)rows[i].calls,
+                                      rows[i].seconds);
+        if (!row) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, row);
+    }
+    return list;
+}
+
 static PyMethodDef module_methods[] = {
     {"ddim_alphas_cumprod", ddim_alphas_cumprod, METH_NOARGS,
      "The fixed DDIM schedule of GNR_SPEC.md section 2: float32 abar[1000]."},
@@ -96,6 +130,9 @@ static PyMethodDef module_methods[] = {
      "(exp(x - shift), its sum) by the CPU backend's current vector kernels (for tests)."},
     {"_cpu_vector_level", cpu_vector_level, METH_VARARGS,
      "The CPU vector kernels in use (avx512, avx2, baseline); with a name, switch to them (for tests)."},
+    {"_op_profile_start", op_profile_start, METH_NOARGS, "Clear the op counters and start counting (gnr.profile)."},
+    {"_op_profile_stop", op_profile_stop, METH_NOARGS,
+     "Stop counting; [(op, device, calls, seconds)] of the ops that ran (gnr.profile)."},
     {"set_num_threads", set_num_threads, METH_O, "CPU threads of models made from now on (a model keeps the count it was made with)."},
     {NULL, NULL, 0, NULL},
 };

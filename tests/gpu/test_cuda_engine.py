@@ -80,6 +80,29 @@ def test_energy_grads(pair, checkpointing):
 
 
 @needs_gpu
+def test_profile_counts_the_same_ops_on_both_backends(pair):
+    """gnr.profile() on a CUDA model: one row per op on "cuda", the same
+    ops called as often as on the CPU backend for a pass and a gradient
+    pass (both backends run one model code), and results bit-identical
+    with and without the synchronisation a profile adds around each op."""
+    z, c = inputs(4)
+    counts = {}
+    for model in pair:
+        plain = energy_case(model)
+        with gnr.profile() as prof:
+            profiled = energy_case(model)
+            model.unet(z, 500, c)
+        assert profiled[0] == plain[0]
+        for k in plain[1]:
+            np.testing.assert_array_equal(profiled[1][k], plain[1][k])
+        assert {r.device for r in prof.rows} == {model.device}
+        assert all(r.seconds > 0 for r in prof.rows)
+        counts[model.device] = {r.op: r.calls for r in prof.rows}
+    assert counts["cuda"] == counts["cpu"]
+    assert counts["cuda"]["attention_backward"] > 0
+
+
+@needs_gpu
 @pytest.mark.parametrize("name", ["nonstyle", "style"])
 def test_whole_edit(tiny_e2e_dir, name):
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
