@@ -12,19 +12,21 @@
  * l_i summed tile by tile exactly as the forward does (row_stats). The
  * forward writes it when probs is asked (the output is the same kernels'
  * either way, so it does not depend on probs), and the backward and the
- * map energy recompute rows of it by chunks of ATT_CHUNK queries with the
- * same kernels, bit-identical to what the forward stores. */
+ * map energy recompute rows of it by chunks of query rows (whole forward
+ * blocks, up to ATT_CHUNK_FLOATS of P) with the same kernels, bit-identical
+ * to what the forward stores. Within a chunk, each thread makes whole
+ * blocks of rows (their scores, then their probabilities, and what the op
+ * does with those rows) in one parallel region: with few cores a region
+ * costs a wake-up of the others, and there are many chunks. */
 #include <math.h>
 #include <string.h>
 
 #include "cpu/cpu_ops.h"
 #include "cpu/simd.h"
 
-#define ATT_CHUNK 256  /* query rows per chunk of recomputed P (backward, energy) */
+#define ATT_CHUNK_FLOATS ((int64_t)1 << 20) /* most floats of one chunk of recomputed P (backward, energy) */
 #define ATT_QBLOCK 64  /* query rows per block of the flash forward */
 #define ATT_KTILE 512  /* keys per tile of the online softmax */
-/* a recomputed chunk is whole forward blocks, so its products have the forward's shapes */
-_Static_assert(ATT_CHUNK % ATT_QBLOCK == 0, "ATT_CHUNK must be a multiple of ATT_QBLOCK");
 
 typedef struct {
     int64_t n, lq, lk, hd, d;
@@ -32,11 +34,23 @@ typedef struct {
     int64_t chunk; /* query rows per chunk */
 } att_geom;
 
-/* Shapes checked in op_checks.c. */
+/* Shapes checked in op_checks.c. chunk: query rows per chunk, or 0 for
+ * recomputed P's chunks: whole ATT_QBLOCK blocks (so a recomputed block's
+ * products have the forward's shapes), as many as fit in ATT_CHUNK_FLOATS
+ * of P and in ATT_CHUNK_PER_INPUT times the queries' own size (so that the
+ * scratch of a narrow model's long attention never outweighs its
+ * activations). */
+#define ATT_CHUNK_PER_INPUT 4
 static void att_setup(const gnr_tensor *q, const gnr_tensor *k, int heads, int64_t chunk, att_geom *g)
 {
     g->n = q->shape[0], g->lq = q->shape[1], g->lk = k->shape[1], g->hd = q->shape[2], g->d = q->shape[2] / heads;
     g->heads = heads;
+    if (chunk == 0) {
+        int64_t floats = ATT_CHUNK_PER_INPUT * g->lq * g->hd;
+        if (floats > ATT_CHUNK_FLOATS) floats = ATT_CHUNK_FLOATS;
+        chunk = g->lk > 0 ? floats / g->lk / ATT_QBLOCK * ATT_QBLOCK : ATT_QBLOCK;
+        if (chunk < ATT_QBLOCK) chunk = ATT_QBLOCK;
+    }
     g->chunk = g->lq < chunk ? g->lq : chunk;
 }
 
@@ -128,24 +142,71 @@ static int64_t block_keys(const att_geom *g, int64_t i0, int64_t rows, int causa
     return causal && i0 + rows < g->lk ? i0 + rows : g->lk;
 }
 
+/* Rows r0 .. r0 + rows - 1 (at most ATT_QBLOCK; i0 + r0 a multiple of it)
+ * of a chunk of one head's P, the chunk's first query being i0, into s (ld
+ * lk): the scores tile by tile as the forward makes them, then each row by
+ * probs_row. qc: the chunk's first query; tile: ATT_KTILE floats. */
+static void probs_block(const att_geom *g, const float *qc, const float *kh, int64_t r0, int64_t rows, int64_t i0,
+                        int causal, float scale, float *s, float *tile)
+{
+    int64_t limit = block_keys(g, i0 + r0, rows, causal);
+    for (int64_t j0 = 0; j0 < limit; j0 += ATT_KTILE)
+        scores_tile(g, qc + r0 * g->hd, kh, rows, j0, limit - j0 < ATT_KTILE ? limit - j0 : ATT_KTILE, scale,
+                    s + r0 * g->lk + j0, g->lk);
+    for (int64_t r = r0; r < r0 + rows; r++) probs_row(s + r * g->lk, g->lk, att_valid(g->lk, i0 + r, causal), tile);
+}
+
+/* The blocks of a chunk of `rows` query rows, and the rows of block b. */
+static int64_t chunk_blocks(int64_t rows) { return (rows + ATT_QBLOCK - 1) / ATT_QBLOCK; }
+static int64_t block_rows(int64_t rows, int64_t b) { return rows - b * ATT_QBLOCK < ATT_QBLOCK ? rows - b * ATT_QBLOCK : ATT_QBLOCK; }
+
+/* Is a chunk worth more than one thread? */
+static int chunk_parallel(const att_geom *g, int64_t rows) { return chunk_blocks(rows) > 1 && rows * g->lk > GNR_CPU_PAR_MIN; }
+
 /* Rows i0 .. i0 + rows - 1 of one head's P into s (rows x lk; i0 a multiple
- * of ATT_QBLOCK): the scores block by block and tile by tile as the forward
- * makes them, then each row by probs_row. tiles: nt x ATT_KTILE floats. */
+ * of ATT_QBLOCK), block by block in parallel. tiles: nt x ATT_KTILE floats. */
 static void probs_chunk(int nt, const att_geom *g, const float *qc, const float *kh, int64_t rows, int64_t i0,
                         int causal, float scale, float *s, float *tiles)
 {
-    int64_t blocks = (rows + ATT_QBLOCK - 1) / ATT_QBLOCK, tiles_per_row = (g->lk + ATT_KTILE - 1) / ATT_KTILE;
-#pragma omp parallel for num_threads(nt) if (rows * g->lk > GNR_CPU_PAR_MIN) schedule(static)
-    for (int64_t bt = 0; bt < blocks * tiles_per_row; bt++) {
-        int64_t r0 = bt / tiles_per_row * ATT_QBLOCK, j0 = bt % tiles_per_row * ATT_KTILE;
-        int64_t br = rows - r0 < ATT_QBLOCK ? rows - r0 : ATT_QBLOCK, limit = block_keys(g, i0 + r0, br, causal);
-        if (j0 < limit)
-            scores_tile(g, qc + r0 * g->hd, kh, br, j0, limit - j0 < ATT_KTILE ? limit - j0 : ATT_KTILE, scale,
-                        s + r0 * g->lk + j0, g->lk);
+#pragma omp parallel for num_threads(nt) if (chunk_parallel(g, rows)) schedule(static)
+    for (int64_t b = 0; b < chunk_blocks(rows); b++)
+        probs_block(g, qc, kh, b * ATT_QBLOCK, block_rows(rows, b), i0, causal, scale, s,
+                    tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE);
+}
+
+/* sum_j a[j] b[j] and sum_j (a[j] - b[j])^2 in double, over independent
+ * partial sums combined in a fixed order: the same result on every run and
+ * thread count, without one long chain of dependent additions. */
+#define SUM_LANES 8
+static double combine_lanes(const double *acc)
+{
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+static double dot_double(const float *a, const float *b, int64_t n)
+{
+    double acc[SUM_LANES] = {0};
+    int64_t j = 0;
+    for (; j + SUM_LANES <= n; j += SUM_LANES)
+        for (int u = 0; u < SUM_LANES; u++) acc[u] += (double)a[j + u] * b[j + u];
+    for (; j < n; j++) acc[j % SUM_LANES] += (double)a[j] * b[j];
+    return combine_lanes(acc);
+}
+
+static double sq_diff_double(const float *a, const float *b, int64_t n)
+{
+    double acc[SUM_LANES] = {0};
+    int64_t j = 0;
+    for (; j + SUM_LANES <= n; j += SUM_LANES)
+        for (int u = 0; u < SUM_LANES; u++) {
+            double d = (double)a[j + u] - (double)b[j + u];
+            acc[u] += d * d;
+        }
+    for (; j < n; j++) {
+        double d = (double)a[j] - (double)b[j];
+        acc[j % SUM_LANES] += d * d;
     }
-#pragma omp parallel for num_threads(nt) if (rows * g->lk > GNR_CPU_PAR_MIN) schedule(static)
-    for (int64_t r = 0; r < rows; r++)
-        probs_row(s + r * g->lk, g->lk, att_valid(g->lk, i0 + r, causal), tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE);
+    return combine_lanes(acc);
 }
 
 /* One block of the flash forward: queries i0 .. i0 + rows - 1 of one head.
@@ -224,7 +285,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                                   gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
 {
     att_geom g;
-    att_setup(q, k, heads, ATT_CHUNK, &g);
+    att_setup(q, k, heads, 0, &g);
     if (!dout) dv = NULL; /* no output gradient: V gets none */
     if (!dq && !dk && !dv) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
@@ -254,24 +315,26 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
             cpu_gemm(nt, 0, 1, rows, g.lk, g.d, 1.0f, pdo + c.qoff, g.hd, pv + c.koff, g.hd, 0.0f, ds, g.lk);
         else
             memset(ds, 0, (size_t)(rows * g.lk) * sizeof(float));
-        if (rbuf)
-            probs_chunk(nt, &g, gnr_f32(seed->q) + c.qoff, gnr_f32(seed->k) + c.koff, rows, c.i0, 0, scale, rbuf,
-                        tiles);
         const float *dpc = pdp ? pdp + c.poff : NULL;
-#pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            float *dsr = ds + r * g.lk;
-            const float *pr = pc + r * g.lk;
-            if (dpc)
-                for (int64_t j = 0; j < g.lk; j++) dsr[j] += dpc[r * g.lk + j];
-            if (rbuf) {
-                const float *rr = rbuf + r * g.lk;
-                for (int64_t j = 0; j < g.lk; j++) dsr[j] += coef * (pr[j] - rr[j]);
+        const float *sq = seed ? gnr_f32(seed->q) + c.qoff : NULL, *sk = seed ? gnr_f32(seed->k) + c.koff : NULL;
+#pragma omp parallel for num_threads(nt) if (chunk_parallel(&g, rows)) schedule(static)
+        for (int64_t b = 0; b < chunk_blocks(rows); b++) {
+            int64_t r0 = b * ATT_QBLOCK, r1 = r0 + block_rows(rows, b);
+            if (rbuf)
+                probs_block(&g, sq, sk, r0, r1 - r0, c.i0, 0, scale, rbuf,
+                            tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE);
+            for (int64_t r = r0; r < r1; r++) {
+                float *dsr = ds + r * g.lk;
+                const float *pr = pc + r * g.lk;
+                if (dpc)
+                    for (int64_t j = 0; j < g.lk; j++) dsr[j] += dpc[r * g.lk + j];
+                if (rbuf) {
+                    const float *rr = rbuf + r * g.lk;
+                    for (int64_t j = 0; j < g.lk; j++) dsr[j] += coef * (pr[j] - rr[j]);
+                }
+                float dot = (float)dot_double(dsr, pr, g.lk);
+                for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - dot);
             }
-            double dot = 0.0;
-            for (int64_t j = 0; j < g.lk; j++) dot += (double)dsr[j] * pr[j];
-            float fdot = (float)dot;
-            for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - fdot);
         }
         if (dq)
             cpu_gemm(nt, 0, 0, rows, g.d, g.lk, scale, ds, g.lk, pk + c.koff, g.hd, 1.0f, gnr_f32(dq) + c.qoff, g.hd);
@@ -290,7 +353,7 @@ gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr
                                     const gnr_tensor *k_ref, int heads, float scale, double *out)
 {
     att_geom g;
-    att_setup(q, k, heads, ATT_CHUNK, &g);
+    att_setup(q, k, heads, 0, &g);
     *out = 0.0; /* the mean of nothing */
     if (g.n == 0 || g.lq == 0 || g.lk == 0) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
@@ -308,17 +371,13 @@ gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr
     for (int64_t i = 0; i < att_chunks(&g); i++) {
         att_chunk c = att_chunk_at(&g, i);
         int64_t rows = c.rows;
-        probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, 0, scale, s, tiles);
-        probs_chunk(nt, &g, prq + c.qoff, prk + c.koff, rows, c.i0, 0, scale, sr, tiles);
-#pragma omp parallel for num_threads(nt) if (rows * g.lk > GNR_CPU_PAR_MIN) schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            const float *a = s + r * g.lk, *b = sr + r * g.lk;
-            double acc = 0.0;
-            for (int64_t j = 0; j < g.lk; j++) {
-                double d = (double)a[j] - (double)b[j];
-                acc += d * d;
-            }
-            row_sum[r] = acc;
+#pragma omp parallel for num_threads(nt) if (chunk_parallel(&g, rows)) schedule(static)
+        for (int64_t b = 0; b < chunk_blocks(rows); b++) {
+            int64_t r0 = b * ATT_QBLOCK, r1 = r0 + block_rows(rows, b);
+            float *tile = tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE;
+            probs_block(&g, pq + c.qoff, pk + c.koff, r0, r1 - r0, c.i0, 0, scale, s, tile);
+            probs_block(&g, prq + c.qoff, prk + c.koff, r0, r1 - r0, c.i0, 0, scale, sr, tile);
+            for (int64_t r = r0; r < r1; r++) row_sum[r] = sq_diff_double(s + r * g.lk, sr + r * g.lk, g.lk);
         }
         for (int64_t r = 0; r < rows; r++) total += row_sum[r];
     }
