@@ -105,21 +105,32 @@ static float row_stats_add(row_stats *st, const float *s, float *e, int64_t kn)
 }
 
 /* A row of P from its scores s[0 .. lk) and the row's statistics, in
- * place: exp(s - m) / l on the valid keys, 0 past them. */
+ * place: exp(s - m) / l on the valid keys, 0 past them (probs_from_exps:
+ * the same when s already holds exp(s - m)). */
+static void probs_from_exps(float *s, int64_t lk, int64_t valid, float l)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < valid; j++) s[j] /= l;
+    for (int64_t j = valid; j < lk; j++) s[j] = 0.0f;
+}
+
 static void probs_from_stats(float *s, int64_t lk, int64_t valid, row_stats st)
 {
     cpu_vec_exp_sum(s, s, valid, st.m);
-#pragma omp simd
-    for (int64_t j = 0; j < valid; j++) s[j] /= st.l;
-    for (int64_t j = valid; j < lk; j++) s[j] = 0.0f;
+    probs_from_exps(s, lk, valid, st.l);
 }
 
 /* A row of P from its scores, in place: the statistics tile by tile as the
  * forward gathers them (tile: ATT_KTILE floats of scratch), then
- * probs_from_stats. */
+ * probs_from_stats; a row of one tile needs its exponentials only once. */
 static void probs_row(float *s, int64_t lk, int64_t valid, float *tile)
 {
     row_stats st = {-INFINITY, 0.0f};
+    if (valid <= ATT_KTILE) { /* one tile: its shift is the row's, so its exponentials are P's numerators */
+        row_stats_add(&st, s, s, valid);
+        probs_from_exps(s, lk, valid, st.l);
+        return;
+    }
     for (int64_t j0 = 0; j0 < valid; j0 += ATT_KTILE)
         row_stats_add(&st, s + j0, tile, valid - j0 < ATT_KTILE ? valid - j0 : ATT_KTILE);
     probs_from_stats(s, lk, valid, st);
