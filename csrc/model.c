@@ -280,16 +280,14 @@ gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int n, int h, int
     GNR_TRY(gnr_pass_begin(m));
     const gnr_unet_config *u = &m->cfg.unet;
     int64_t zs[4] = {n, u->in_channels, h, w}, cs[3] = {n, ctx_len, u->cross_attention_dim};
-    int64_t one_context[3] = {1, ctx_len, u->cross_attention_dim};
     gnr_tensor z, c, y;
     gnr_status st;
     GNR_CHECK(st, gnr_upload_new(&m->ctx, latent, 4, zs, &z));
-    GNR_CHECK(st, gnr_alloc(&m->ctx, GNR_F32, 3, cs, &c));
-    for (int i = 0; i < n; i++) { /* a shared context goes to every item */
-        gnr_tensor item = gnr_tensor_view((char *)c.data + (size_t)i * (size_t)ctx_len * u->cross_attention_dim *
-                                              sizeof(float), GNR_F32, m->ctx.device, 3, one_context);
-        GNR_CHECK(st, gnr_upload(&m->ctx, context + (ctx_items == 1 ? 0 : (size_t)i * ctx_len *
-                                                           u->cross_attention_dim), &item));
+    if (ctx_items == 1 && n > 1) { /* a shared context goes to every item */
+        GNR_CHECK(st, gnr_alloc(&m->ctx, GNR_F32, 3, cs, &c));
+        GNR_CHECK(st, nn_upload_repeated(&m->ctx, context, n, &c));
+    } else {
+        GNR_CHECK(st, gnr_upload_new(&m->ctx, context, 3, cs, &c));
     }
     GNR_CHECK(st, unet_forward(&m->ctx, &m->unet, &z, timestep, &c, NULL, &y));
     GNR_CHECK(st, gnr_download(&m->ctx, &y, out));

@@ -87,6 +87,21 @@ static gnr_status alloc_keep(gnr_ctx *ctx, const gnr_tensor *like_shape_of, gnr_
     return GNR_OK;
 }
 
+gnr_status nn_upload_repeated(gnr_ctx *ctx, const float *host, int64_t items, gnr_tensor *t)
+{
+    int64_t per = items > 0 ? gnr_numel(t) / items : 0;
+    if (per == 0) return GNR_OK;
+    int64_t shape[1] = {per};
+    float *base = (float *)t->data;
+    gnr_tensor first = gnr_tensor_view(base, GNR_F32, t->device, 1, shape);
+    GNR_TRY(gnr_upload(ctx, host, &first));
+    for (int64_t i = 1; i < items; i++) {
+        gnr_tensor item = gnr_tensor_view(base + i * per, GNR_F32, t->device, 1, shape);
+        GNR_TRY(gnr_copy(ctx, &first, &item));
+    }
+    return GNR_OK;
+}
+
 gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gnr_tensor *t)
 {
     int i = gnr_capture_index(cap, name);

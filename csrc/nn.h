@@ -60,6 +60,11 @@ gnr_status nn_scope_end(gnr_ctx *ctx, nn_scope s, gnr_tensor *keep);
 /* If `name` is requested in cap, copies t into ctx->keep and stores it there. */
 gnr_status nn_capture(gnr_ctx *ctx, gnr_capture *cap, const char *name, const gnr_tensor *t);
 
+/* t (allocated, contiguous) = `items` copies of the numel(t) / items floats
+ * at host: one transfer to the device, then device copies (a batch whose
+ * items share a constant, such as a timestep's embedding or one context). */
+gnr_status nn_upload_repeated(gnr_ctx *ctx, const float *host, int64_t items, gnr_tensor *t);
+
 /* A checkpointable segment (a block): computes *out from inputs[0..n). `args`
  * points to a copy the caller no longer needs to keep. It must allocate its
  * output with nn_* calls and may capture. */

@@ -137,11 +137,7 @@ gnr_status unet_forward(gnr_ctx *ctx, const unet_w *u, const gnr_tensor *latent,
     /* one row per batch item (a batch shares its timestep) */
     int64_t batch = latent->shape[0];
     GNR_TRY(gnr_alloc2(ctx, batch, c0, &sin_emb));
-    for (int64_t b = 0; b < batch; b++) {
-        int64_t row_shape[2] = {1, c0};
-        gnr_tensor row = gnr_tensor_view((float *)sin_emb.data + b * c0, GNR_F32, ctx->device, 2, row_shape);
-        GNR_TRY(gnr_upload(ctx, host_emb, &row));
-    }
+    GNR_TRY(nn_upload_repeated(ctx, host_emb, batch, &sin_emb));
     GNR_TRY(nn_linear(ctx, &sin_emb, u->time_1.w, u->time_1.b, &t1));
     GNR_TRY(nn_act(ctx, GNR_ACT_SILU, &t1, &t1a));
     GNR_TRY(nn_linear(ctx, &t1a, u->time_2.w, u->time_2.b, &temb));
