@@ -185,39 +185,26 @@ static void probs_chunk(int nt, const att_geom *g, const float *qc, const float 
                     tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE);
 }
 
-/* sum_j a[j] b[j] and sum_j (a[j] - b[j])^2 in double, over independent
- * partial sums combined in a fixed order: the same result on every run and
- * thread count, without one long chain of dependent additions. */
+/* sum_j a[j] b[j] (sq_diff 0) or sum_j (a[j] - b[j])^2 (sq_diff 1) in
+ * double, over independent partial sums combined in a fixed order: the
+ * same result on every run and thread count, without one long chain of
+ * dependent additions. sq_diff is a constant at every call, so each
+ * inlined copy is one straight loop. */
 #define SUM_LANES 8
-static double combine_lanes(const double *acc)
+static inline double pair_term(float a, float b, int sq_diff)
 {
+    double x = a, y = b;
+    return sq_diff ? (x - y) * (x - y) : x * y;
+}
+
+static inline double lane_sum(const float *a, const float *b, int64_t n, int sq_diff)
+{
+    double acc[SUM_LANES] = {0};
+    int64_t j = 0;
+    for (; j + SUM_LANES <= n; j += SUM_LANES)
+        for (int u = 0; u < SUM_LANES; u++) acc[u] += pair_term(a[j + u], b[j + u], sq_diff);
+    for (; j < n; j++) acc[j % SUM_LANES] += pair_term(a[j], b[j], sq_diff);
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-static double dot_double(const float *a, const float *b, int64_t n)
-{
-    double acc[SUM_LANES] = {0};
-    int64_t j = 0;
-    for (; j + SUM_LANES <= n; j += SUM_LANES)
-        for (int u = 0; u < SUM_LANES; u++) acc[u] += (double)a[j + u] * b[j + u];
-    for (; j < n; j++) acc[j % SUM_LANES] += (double)a[j] * b[j];
-    return combine_lanes(acc);
-}
-
-static double sq_diff_double(const float *a, const float *b, int64_t n)
-{
-    double acc[SUM_LANES] = {0};
-    int64_t j = 0;
-    for (; j + SUM_LANES <= n; j += SUM_LANES)
-        for (int u = 0; u < SUM_LANES; u++) {
-            double d = (double)a[j + u] - (double)b[j + u];
-            acc[u] += d * d;
-        }
-    for (; j < n; j++) {
-        double d = (double)a[j] - (double)b[j];
-        acc[j % SUM_LANES] += d * d;
-    }
-    return combine_lanes(acc);
 }
 
 /* One block of the flash forward: queries i0 .. i0 + rows - 1 of one head.
@@ -343,7 +330,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                     const float *rr = rbuf + r * g.lk;
                     for (int64_t j = 0; j < g.lk; j++) dsr[j] += coef * (pr[j] - rr[j]);
                 }
-                float dot = (float)dot_double(dsr, pr, g.lk);
+                float dot = (float)lane_sum(dsr, pr, g.lk, 0);
                 for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - dot);
             }
         }
@@ -388,7 +375,7 @@ gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr
             float *tile = tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE;
             probs_block(&g, pq + c.qoff, pk + c.koff, r0, r1 - r0, c.i0, 0, scale, s, tile);
             probs_block(&g, prq + c.qoff, prk + c.koff, r0, r1 - r0, c.i0, 0, scale, sr, tile);
-            for (int64_t r = r0; r < r1; r++) row_sum[r] = sq_diff_double(s + r * g.lk, sr + r * g.lk, g.lk);
+            for (int64_t r = r0; r < r1; r++) row_sum[r] = lane_sum(s + r * g.lk, sr + r * g.lk, g.lk, 1);
         }
         for (int64_t r = 0; r < rows; r++) total += row_sum[r];
     }
