@@ -499,6 +499,7 @@ MAP_ENERGIES = [
     (2, 37, 3, 8),
     (1, 300, 2, 8),   # more queries than one chunk
     (1, 64, 8, 5),
+    (1, 700, 2, 64),  # CPU: chunks of 512 and 188 rows, several 64-row blocks each, run in parallel
 ]
 
 
