@@ -60,10 +60,8 @@ def run_gnr(args) -> dict:
 def run_profile(args) -> dict:
     """One UNet pass and one gradient pass: the median of three timed runs,
     then each once more op by op."""
-    import statistics
-
     import gnr
-    from bench_grad import energy_terms, inputs
+    from bench_grad import energy_terms, inputs, timed
 
     m = gnr.load_model(args.model, device="cuda", dtype=args.dtype)
     z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
@@ -71,15 +69,10 @@ def run_profile(args) -> dict:
     calls = {"unet": lambda: m.unet(z, 500, c), "grad": lambda: m.energy_grad(z, 501, c, z_ref, c, terms)}
     out = {"device": gnr._C_cuda.device_name()}
     for name, fn in calls.items():
-        fn()  # warm-up: arena growth, cuBLAS plans
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()  # returns host arrays: the device work is done
-            times.append(time.perf_counter() - t0)
+        med, _ = timed(fn, 3)  # after a warm-up; fn returns host arrays, so the device work is done
         with gnr.profile() as prof:
             fn()
-        out[name] = {"median_s": statistics.median(times), "profile": prof.as_dicts(), "table": prof.table(top=15),
+        out[name] = {"median_s": med, "profile": prof.as_dicts(), "table": prof.table(top=15),
                      "profiled_wall_s": prof.wall}
     return out
 

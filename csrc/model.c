@@ -283,12 +283,9 @@ gnr_status gnr_unet_forward(gnr_model *m, const float *latent, int n, int h, int
     gnr_tensor z, c, y;
     gnr_status st;
     GNR_CHECK(st, gnr_upload_new(&m->ctx, latent, 4, zs, &z));
-    if (ctx_items == 1 && n > 1) { /* a shared context goes to every item */
-        GNR_CHECK(st, gnr_alloc(&m->ctx, GNR_F32, 3, cs, &c));
-        GNR_CHECK(st, nn_upload_repeated(&m->ctx, context, n, &c));
-    } else {
-        GNR_CHECK(st, gnr_upload_new(&m->ctx, context, 3, cs, &c));
-    }
+    GNR_CHECK(st, gnr_alloc(&m->ctx, GNR_F32, 3, cs, &c));
+    /* a shared context is uploaded once and copied to every item */
+    GNR_CHECK(st, nn_upload_repeated(&m->ctx, context, ctx_items == 1 ? n : 1, &c));
     GNR_CHECK(st, unet_forward(&m->ctx, &m->unet, &z, timestep, &c, NULL, &y));
     GNR_CHECK(st, gnr_download(&m->ctx, &y, out));
 done:

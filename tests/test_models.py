@@ -36,6 +36,13 @@ def test_text_encoder(pair, torch_threads):
         assert rel_err(got, expected) < TOL, p
 
 
+def unet_inputs(seed, n=1, hw=(16, 16)):
+    """n latents (n, 4, h, w) and n contexts (n, 77, 32), float32."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 4, *hw), dtype=np.float32)
+    return z, rng.standard_normal((n, 77, 32), dtype=np.float32)
+
+
 def diffusers_unet(torch, ref, z, t, c):
     """diffusers' UNet on NumPy latents and contexts -> NumPy."""
     return ref["unet"](torch.from_numpy(z), t, encoder_hidden_states=torch.from_numpy(c)).sample.numpy()
@@ -45,9 +52,7 @@ def diffusers_unet(torch, ref, z, t, c):
 def test_unet(pair, torch_threads, t):
     torch = torch_threads
     ours, ref = pair
-    rng = np.random.default_rng(t)
-    z = rng.standard_normal((1, 4, 16, 16), dtype=np.float32)
-    c = rng.standard_normal((1, 77, 32), dtype=np.float32)
+    z, c = unet_inputs(t)
     expected = diffusers_unet(torch, ref, z, t, c)
     got = ours.unet(z, t, c)
     assert got.shape == z.shape
@@ -62,9 +67,7 @@ def test_unet_batch(pair, torch_threads):
     shared context: diffusers' batch at the single-pass tolerance."""
     torch = torch_threads
     ours, ref = pair
-    rng = np.random.default_rng(3)
-    z = rng.standard_normal((3, 4, 16, 16), dtype=np.float32)
-    c = rng.standard_normal((3, 77, 32), dtype=np.float32)
+    z, c = unet_inputs(3, n=3)
     expected = diffusers_unet(torch, ref, z, 261, c)
     got = ours.unet(z, 261, c)
     assert got.shape == z.shape
@@ -80,9 +83,7 @@ def test_unet_batch(pair, torch_threads):
 def test_unet_non_square(pair, torch_threads):
     torch = torch_threads
     ours, ref = pair
-    rng = np.random.default_rng(7)
-    z = rng.standard_normal((1, 4, 8, 24), dtype=np.float32)
-    c = rng.standard_normal((1, 77, 32), dtype=np.float32)
+    z, c = unet_inputs(7, hw=(8, 24))
     expected = diffusers_unet(torch, ref, z, 500, c)
     assert rel_err(ours.unet(z, 500, c), expected) < TOL
 
