@@ -64,10 +64,11 @@ def cpu_name() -> str:
 
 
 # PyTorch's own vector code (ATen), its convolutions (oneDNN) and its GEMM
-# (MKL) each pick the widest instruction set the CPU has. On a CPU with
-# AVX-512 whose environment pins OpenBLAS, and so gnr's products, to AVX2
-# kernels (OPENBLAS_CORETYPE=Haswell), --torch-isa avx2 holds PyTorch to AVX2
-# as well, as on a CPU without AVX-512.
+# (MKL) each pick the widest instruction set the CPU has, as do gnr's own
+# vector kernels (softmax, products against few columns). On a CPU with
+# AVX-512 whose environment pins OpenBLAS, and so gnr's other products, to
+# AVX2 kernels (OPENBLAS_CORETYPE=Haswell), --isa avx2 holds both sides to
+# AVX2, as on a CPU without AVX-512.
 TORCH_ISA_ENV = {
     "native": {},
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
@@ -76,12 +77,22 @@ TORCH_ISA_ENV = {
 
 
 def add_torch_isa_arg(ap) -> None:
-    ap.add_argument("--torch-isa", choices=sorted(TORCH_ISA_ENV), default="native",
-                    help="native: PyTorch picks its kernels; avx2: held to AVX2 (as gnr's BLAS when pinned)")
+    ap.add_argument("--isa", "--torch-isa", dest="torch_isa", choices=sorted(TORCH_ISA_ENV), default="native",
+                    help="native: each side picks its kernels; avx2: both held to AVX2 (as gnr's BLAS when pinned)")
+
+
+def side_isa_args(isa: str) -> list:
+    return ["--isa", isa]
+
+
+def hold_gnr_isa(gnr, isa: str) -> None:
+    """gnr's own vector kernels at the level --isa asks for (OpenBLAS follows OPENBLAS_CORETYPE)."""
+    if isa == "avx2" and gnr._C._cpu_vector_level() == "avx512":
+        gnr._C._cpu_vector_level("avx2")
 
 
 def torch_side_env(isa: str) -> dict:
-    """The environment of the PyTorch side's process for --torch-isa."""
+    """The environment of the PyTorch side's process for --isa."""
     return dict(os.environ, **TORCH_ISA_ENV[isa])
 
 
@@ -102,6 +113,7 @@ def run_gnr(args) -> dict:
 
     if args.threads:
         gnr.set_num_threads(args.threads)
+    hold_gnr_isa(gnr, args.torch_isa)
     m = gnr.load_model(args.model)
     image, latent, context = inputs(args.size, factor=m.vae_factor, ctx_dim=m.config["unet"]["cross_attention_dim"],
                                     batch=args.batch)
@@ -196,7 +208,7 @@ def main() -> None:
     def side(name):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
                "--threads", str(args.threads), "--parts", ",".join(args.parts), "--batch", str(args.batch),
-               "--profile", str(args.profile), "--side", name]
+               "--profile", str(args.profile), "--side", name] + side_isa_args(args.torch_isa)
         env = torch_side_env(args.torch_isa) if name == "torch" else None
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:

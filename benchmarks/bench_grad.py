@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward import add_torch_isa_arg, cpu_name, kernels_line, torch_isa_line, torch_side_env  # noqa: E402
+from bench_forward import (add_torch_isa_arg, cpu_name, hold_gnr_isa, kernels_line, side_isa_args,  # noqa: E402
+                           torch_isa_line, torch_side_env)
 
 LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
 SCALE = 3e5
@@ -94,6 +95,7 @@ def run_gnr(args) -> dict:
 
     if args.threads:
         gnr.set_num_threads(args.threads)
+    hold_gnr_isa(gnr, args.torch_isa)
     m = gnr.load_model(args.model)
     z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
     terms = energy_terms(args.layers, "up_blocks.-1")
@@ -156,7 +158,7 @@ def main():
 
     def side(name):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
-               "--threads", str(args.threads), "--layers", args.layers, "--profile", str(args.profile), "--side", name]
+               "--threads", str(args.threads), "--layers", args.layers, "--profile", str(args.profile), "--side", name] + side_isa_args(args.torch_isa)
         env = torch_side_env(args.torch_isa) if name == "torch" else None
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:

@@ -12,7 +12,8 @@ CSRC = Path(__file__).resolve().parent.parent / "csrc"
 CPU_ONLY = {"cpu_backend": "the CPU table of ops (generated from ops.def)",
             "threads": "the CPU thread count and build information",
             "simd": "the CPU's vector kernels, dispatched by what the CPU has (a GPU needs none)",
-            "winograd": "Winograd's method for the CPU's 3x3 convolutions (cuDNN-free CUDA uses im2col)"}
+            "winograd": "Winograd's method for the CPU's 3x3 convolutions (cuDNN-free CUDA uses im2col)",
+            "narrow_gemm": "the CPU's products against few columns, weights read in place (cuBLAS has no packing to save)"}
 CUDA_ONLY = {"cuda_backend": "the CUDA table of ops and the device context"}
 
 

@@ -29,6 +29,18 @@ int gnr_cpu_thread_num(void);
 void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
               int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+/* Row-major C = op(A) B (+ C with accumulate) for B of at most
+ * NARROW_MAX_N columns, A read in place (narrow_gemm.c); split over nt
+ * threads as cpu_gemm is. Where the CPU has no AVX2 it is cpu_gemm.
+ * cpu_gemm_narrow_takes(n): whether it runs its own kernels for n columns. */
+#define NARROW_MAX_N 256
+void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc);
+int cpu_gemm_narrow_takes(int64_t n);
+
+/* dst = src^T (add: dst += src^T) for a rows x cols matrix src (layout.c) */
+void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add);
+
 /* y[n] += conv3x3(x[n], weight), stride 1, pad 1, by Winograd's F(2x2, 3x3)
  * (winograd.c). x: N x C x H x W, y: N x O x H x W; weight: O x C x 3 x 3,
  * or with flip, C x O x 3 x 3 used transposed and rotated by 180 degrees

@@ -8,7 +8,7 @@
 #define TB 32 /* transpose block */
 
 /* dst[j * rows + i] (+)= src[i * cols + j] for one rows x cols matrix, by blocks */
-static void transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add)
+void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add)
 {
     int64_t bi = (rows + TB - 1) / TB, bj = (cols + TB - 1) / TB;
 #pragma omp parallel for collapse(2) num_threads(nt) if (rows * cols > GNR_CPU_PAR_MIN) schedule(static)
@@ -32,9 +32,9 @@ static void nchw_nlc(gnr_ctx *ctx, const gnr_tensor *nchw, const float *src, flo
     int nt = gnr_cpu_threads(ctx);
     for (int64_t i = 0; i < n; i++) {
         if (to_nlc)
-            transpose(nt, src + i * c * hw, dst + i * c * hw, c, hw, add);
+            cpu_transpose(nt, src + i * c * hw, dst + i * c * hw, c, hw, add);
         else
-            transpose(nt, src + i * c * hw, dst + i * c * hw, hw, c, add);
+            cpu_transpose(nt, src + i * c * hw, dst + i * c * hw, hw, c, add);
     }
 }
 

@@ -20,7 +20,7 @@
 #define GNR_VEC_X86 0
 #endif
 
-enum { VEC_BASELINE, VEC_AVX2, VEC_AVX512 };
+enum { VEC_BASELINE = CPU_VEC_BASELINE, VEC_AVX2 = CPU_VEC_AVX2, VEC_AVX512 = CPU_VEC_AVX512 };
 static const char *const level_names[] = {"baseline", "avx2", "avx512"};
 
 static int best_level(void)
@@ -35,7 +35,7 @@ static int best_level(void)
 
 static int chosen = -1; /* read and written atomically: any thread may be first */
 
-static int level(void)
+int cpu_vec_level(void)
 {
     int l = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
     if (l < 0) {
@@ -45,7 +45,7 @@ static int level(void)
     return l;
 }
 
-const char *cpu_vec_level_name(void) { return level_names[level()]; }
+const char *cpu_vec_level_name(void) { return level_names[cpu_vec_level()]; }
 
 const char *gnr_cpu_vector_level(void) { return cpu_vec_level_name(); }
 
@@ -241,7 +241,7 @@ AVX512 static float max_avx512(const float *x, int64_t n)
 
 float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift)
 {
-    switch (level()) {
+    switch (cpu_vec_level()) {
 #if GNR_VEC_X86
     case VEC_AVX512: return exp_sum_avx512(x, y, n, shift);
     case VEC_AVX2: return exp_sum_avx2(x, y, n, shift);
@@ -257,7 +257,7 @@ float gnr_cpu_vector_exp_sum(const float *x, float *y, int64_t n, float shift)
 
 float cpu_vec_max(const float *x, int64_t n)
 {
-    switch (level()) {
+    switch (cpu_vec_level()) {
 #if GNR_VEC_X86
     case VEC_AVX512: return max_avx512(x, n);
     case VEC_AVX2: return max_avx2(x, n);

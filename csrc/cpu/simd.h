@@ -18,7 +18,11 @@ float cpu_vec_max(const float *x, int64_t n);
  * least normal magnitude), not 0. */
 float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift);
 
-/* "avx512", "avx2" or "baseline": the version this CPU runs */
+/* The version this CPU runs (the best it has, unless set lower) */
+enum { CPU_VEC_BASELINE, CPU_VEC_AVX2, CPU_VEC_AVX512 };
+int cpu_vec_level(void);
+
+/* "avx512", "avx2" or "baseline": the name of cpu_vec_level() */
 const char *cpu_vec_level_name(void);
 
 #endif

@@ -1,0 +1,233 @@
+/* Matrix products with a narrow right-hand side, C (m x n) = A (m x k) B (k x n)
+ * (or A^T B) for n up to NARROW_MAX_N, reading A (a weight) where it lies.
+ *
+ * Why not sgemm: OpenBLAS packs both operands on every call. When B has few
+ * columns (a convolution on a 16 x 16 map or smaller, Winograd's products,
+ * the tokens of the low-resolution levels) the packing of A, a whole weight
+ * read and written once more, costs a quarter to a half of the product
+ * (measured single-threaded on 1280 x 11520 weights: 91 GFLOP/s at 64
+ * columns and 57 at 16, against 115-120 for wide products). With at most
+ * 256 columns, a block of KC rows of B (256 KiB) stays in L2, so A needs no
+ * packing: a block of MR rows of A is read in place (MR sequential streams),
+ * each element broadcast against one or two vectors of a row of B, and the
+ * block stays in L1 while the kernel walks across B's columns. Measured in a
+ * UNet pass at 256 x 256 (SD 1.4 shapes, 2 threads), the convolutions and
+ * linear layers against sgemm with 64, 128, 256 and 1024 columns as the
+ * limit: 256 was best on both vector levels; at 1024 B's block no longer
+ * fits.
+ *
+ * Each C element is one chain of fused multiply-adds over k in order (blocks
+ * of KC, C reloaded between blocks), so the result does not depend on the
+ * thread count or on how rows are split; it differs from sgemm's sum only in
+ * rounding. There is an AVX-512 and an AVX2 + FMA version, picked with the
+ * other vector kernels (simd.h); on other CPUs the products go to sgemm. */
+#include <omp.h>
+
+#include "cpu/cpu_ops.h"
+#include "cpu/simd.h"
+
+#define KC 256
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define NARROW_X86 1
+#define INLINE inline __attribute__((always_inline))
+#else
+#define NARROW_X86 0
+#endif
+
+#if NARROW_X86
+/* ------------------------------------------------------------ AVX-512 --- */
+/* Tiles of up to 8 rows x 32 columns: 16 accumulators, 2 loads of B and 8
+ * broadcasts of A per 16 fused multiply-adds. */
+#define AVX512 __attribute__((target("avx512f")))
+#define MR512 8
+
+/* A's element (r, p) of a tile: A in place, or A^T's (p, r) */
+#define A_AT(a, lda, trans, r, p) ((trans) ? (a)[(p) * (lda) + (r)] : (a)[(r) * (lda) + (p)])
+
+AVX512 static INLINE void tile512(int mr, int nv, int trans, const float *a, int64_t lda, const float *b, int64_t ldb, float *c,
+                                  int64_t ldc, int64_t kc, __mmask16 last, int load_c)
+{
+    __m512 acc[MR512][2];
+    __mmask16 m0 = nv > 1 ? (__mmask16)0xffff : last;
+    for (int r = 0; r < mr; r++) {
+        acc[r][0] = load_c ? _mm512_maskz_loadu_ps(m0, c + r * ldc) : _mm512_setzero_ps();
+        if (nv > 1) acc[r][1] = load_c ? _mm512_maskz_loadu_ps(last, c + r * ldc + 16) : _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        const float *bp = b + p * ldb;
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, bp);
+        __m512 b1 = nv > 1 ? _mm512_maskz_loadu_ps(last, bp + 16) : b0;
+        for (int r = 0; r < mr; r++) {
+            __m512 ar = _mm512_set1_ps(A_AT(a, lda, trans, r, p));
+            acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
+            if (nv > 1) acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
+        if (nv > 1) _mm512_mask_storeu_ps(c + r * ldc + 16, last, acc[r][1]);
+    }
+}
+
+#define TILE512_CASE(R)                                                                                              \
+    case R:                                                                                                          \
+        if (trans)                                                                                                   \
+            nv > 1 ? tile512(R, 2, 1, a, lda, b, ldb, c, ldc, kc, last, load_c)                                      \
+                   : tile512(R, 1, 1, a, lda, b, ldb, c, ldc, kc, last, load_c);                                     \
+        else                                                                                                         \
+            nv > 1 ? tile512(R, 2, 0, a, lda, b, ldb, c, ldc, kc, last, load_c)                                      \
+                   : tile512(R, 1, 0, a, lda, b, ldb, c, ldc, kc, last, load_c);                                     \
+        break;
+
+/* C rows [i0, i1): every block of k, every block of MR rows, every 32 columns */
+AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int trans, const float *pa, int64_t lda,
+                           const float *pb, int64_t ldb, int accumulate, float *pc, int64_t ldc)
+{
+    for (int64_t p0 = 0; p0 < k; p0 += KC) {
+        int64_t kc = k - p0 < KC ? k - p0 : KC;
+        int load_c = accumulate || p0 > 0;
+        for (int64_t i = i0; i < i1; i += MR512) {
+            int mr = i1 - i < MR512 ? (int)(i1 - i) : MR512;
+            const float *a = trans ? pa + p0 * lda + i : pa + i * lda + p0;
+            for (int64_t j = 0; j < n; j += 32) {
+                int64_t rest = n - j;
+                int nv = rest > 16 ? 2 : 1;
+                int64_t tail = nv > 1 ? rest - 16 : rest;
+                __mmask16 last = tail >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << tail) - 1u);
+                const float *b = pb + p0 * ldb + j;
+                float *c = pc + i * ldc + j;
+                switch (mr) {
+                    TILE512_CASE(1)
+                    TILE512_CASE(2)
+                    TILE512_CASE(3)
+                    TILE512_CASE(4)
+                    TILE512_CASE(5)
+                    TILE512_CASE(6)
+                    TILE512_CASE(7)
+                    TILE512_CASE(8)
+                }
+            }
+        }
+    }
+}
+
+/* --------------------------------------------------------------- AVX2 --- */
+/* Tiles of up to 6 rows x 16 columns: 12 accumulators, 2 loads of B and 6
+ * broadcasts of A per 12 fused multiply-adds. Column tails are copied
+ * through a zero-padded row, since AVX2's masked loads are slow. */
+#define AVX2 __attribute__((target("avx2,fma")))
+#define MR256 6
+
+AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int64_t lda, const float *b, int64_t ldb,
+                                float *c, int64_t ldc, int64_t kc, int64_t cols, float *pad, int load_c)
+{
+    __m256 acc[MR256][2];
+    for (int r = 0; r < mr; r++) {
+        if (load_c && full) {
+            acc[r][0] = _mm256_loadu_ps(c + r * ldc);
+            acc[r][1] = _mm256_loadu_ps(c + r * ldc + 8);
+        } else if (load_c) {
+            float t[16] = {0};
+            for (int64_t j = 0; j < cols; j++) t[j] = c[r * ldc + j];
+            acc[r][0] = _mm256_loadu_ps(t);
+            acc[r][1] = _mm256_loadu_ps(t + 8);
+        } else {
+            acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        }
+    }
+    for (int64_t p = 0; p < kc; p++) {
+        const float *bp = full ? b + p * ldb : pad + p * 16;
+        __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        for (int r = 0; r < mr; r++) {
+            __m256 ar = _mm256_set1_ps(A_AT(a, lda, trans, r, p));
+            acc[r][0] = _mm256_fmadd_ps(ar, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(ar, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        if (full) {
+            _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+            _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+        } else {
+            float t[16];
+            _mm256_storeu_ps(t, acc[r][0]);
+            _mm256_storeu_ps(t + 8, acc[r][1]);
+            for (int64_t j = 0; j < cols; j++) c[r * ldc + j] = t[j];
+        }
+    }
+}
+
+#define TILE256_CASE(R)                                                                                              \
+    case R:                                                                                                          \
+        if (trans)                                                                                                   \
+            full ? tile256(R, 1, 1, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c)                                     \
+                 : tile256(R, 0, 1, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c);                                  \
+        else                                                                                                         \
+            full ? tile256(R, 1, 0, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c)                                     \
+                 : tile256(R, 0, 0, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c);                                  \
+        break;
+
+AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int trans, const float *pa, int64_t lda,
+                         const float *pb, int64_t ldb, int accumulate, float *pc, int64_t ldc)
+{
+    float pad[KC * 16]; /* the last columns' block of B, zero-padded to 16 */
+    for (int64_t p0 = 0; p0 < k; p0 += KC) {
+        int64_t kc = k - p0 < KC ? k - p0 : KC;
+        int load_c = accumulate || p0 > 0;
+        int64_t jt = n / 16 * 16; /* the padded block's first column */
+        if (jt < n)
+            for (int64_t p = 0; p < kc; p++)
+                for (int64_t j = 0; j < 16; j++) pad[p * 16 + j] = jt + j < n ? pb[(p0 + p) * ldb + jt + j] : 0.0f;
+        for (int64_t i = i0; i < i1; i += MR256) {
+            int mr = i1 - i < MR256 ? (int)(i1 - i) : MR256;
+            const float *a = trans ? pa + p0 * lda + i : pa + i * lda + p0;
+            for (int64_t j = 0; j < n; j += 16) {
+                int full = j + 16 <= n;
+                int64_t cols = full ? 16 : n - j;
+                const float *b = pb + p0 * ldb + j;
+                float *c = pc + i * ldc + j;
+                switch (mr) {
+                    TILE256_CASE(1)
+                    TILE256_CASE(2)
+                    TILE256_CASE(3)
+                    TILE256_CASE(4)
+                    TILE256_CASE(5)
+                    TILE256_CASE(6)
+                }
+            }
+        }
+    }
+}
+#endif /* NARROW_X86 */
+
+int cpu_gemm_narrow_takes(int64_t n) { return n > 0 && n <= NARROW_MAX_N && cpu_vec_level() != CPU_VEC_BASELINE; }
+
+void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc)
+{
+    int level = cpu_vec_level();
+    if (m <= 0 || n <= 0) return;
+    if (level == CPU_VEC_BASELINE || n > NARROW_MAX_N || k <= 0) {
+        cpu_gemm(nt, trans_a, 0, m, n, k, 1.0f, a, lda, b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
+        return;
+    }
+#if NARROW_X86
+    int64_t mr = level == CPU_VEC_AVX512 ? MR512 : MR256;
+    /* whole blocks of rows per thread; small products on one */
+    int64_t blocks = (m + mr - 1) / mr;
+    if (m * n * k < ((int64_t)1 << 21)) nt = 1;
+    if (nt > blocks) nt = (int)blocks;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = nt > 1 ? omp_get_thread_num() : 0;
+        int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+        int64_t i0 = b0 * mr, i1 = b1 * mr < m ? b1 * mr : m;
+        if (level == CPU_VEC_AVX512)
+            rows512(i0, i1, n, k, trans_a, a, lda, b, ldb, accumulate, c, ldc);
+        else
+            rows256(i0, i1, n, k, trans_a, a, lda, b, ldb, accumulate, c, ldc);
+    }
+#endif
+}
