@@ -2,7 +2,8 @@
  *
  * float32, contiguous, row-major. Elementwise work and reductions run on
  * OpenMP threads (gnr_cpu_threads); matrix products go to OpenBLAS sgemm
- * (cpu_gemm). Reductions are split into fixed chunks whose partial results
+ * (cpu_gemm), or against few columns to the backend's own kernels
+ * (cpu_gemm_narrow). Reductions are split into fixed chunks whose partial results
  * are combined in a fixed order, so a result never depends on scheduling
  * (DECISIONS.md section 5). Scratch comes from ctx->arena and is
  * released before an op returns. */

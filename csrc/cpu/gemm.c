@@ -1,4 +1,5 @@
-/* The one door to matrix products: row-major sgemm through OpenBLAS. */
+/* Row-major sgemm through OpenBLAS: every matrix product but those against
+ * few columns that narrow_gemm.c computes itself. */
 #include <cblas.h>
 
 #include "cpu/cpu_ops.h"
