@@ -457,18 +457,18 @@ def test_cpu_vector_level_is_reported_and_checked():
 # Products against few columns (at most 256: small maps, Winograd's
 # products, the low-resolution levels' tokens) read the weight in place
 # with the CPU backend's own vector kernels (narrow_gemm.c) instead of
-# sgemm: on each vector level, with sums over several blocks of k (over
-# 256), rows that leave partial tiles (13, 17, 19, 21, 70 outputs) and
-# columns that leave partial vectors (25, 33, 35, 225 columns), forward and
-# (transposed) backward.
+# sgemm: on each vector level, with sums over several blocks of k, rows
+# that leave partial tiles (13, 17, 19, 21, 70 outputs) and columns that
+# leave partial vectors (25, 33, 35, 225 columns), forward and (transposed)
+# backward.
 NARROW_CONVS = [
     # N, C, H, W, O, K, stride, pads
     (1, 40, 8, 8, 13, 3, 1, (1, 1, 1, 1)),      # im2col, 64 columns, k = 360
     (2, 29, 5, 7, 17, 3, 1, (1, 1, 1, 1)),      # 35 columns
     (1, 33, 9, 9, 10, 3, 2, (1, 1, 1, 1)),      # downsampler: 25 columns
-    (1, 300, 4, 4, 9, 1, 1, (0, 0, 0, 0)),      # 1 x 1: 16 columns, k = 300
-    (1, 300, 16, 16, 21, 3, 1, (1, 1, 1, 1)),   # Winograd, 64 tiles, k = 300
-    (1, 30, 15, 15, 19, 3, 1, (1, 1, 2, 0)),    # im2col, 225 columns
+    (1, 1100, 4, 4, 9, 1, 1, (0, 0, 0, 0)),     # 1 x 1: 16 columns, k = 1100 (blocks of 1024)
+    (1, 1100, 16, 16, 21, 3, 1, (1, 1, 1, 1)),  # Winograd, 64 tiles, k = 1100 (blocks of 1024)
+    (1, 40, 15, 15, 19, 3, 1, (1, 1, 2, 0)),    # im2col, 225 columns, k = 360 (blocks of 291)
 ]
 
 
@@ -485,9 +485,9 @@ def test_narrow_conv_products_on_each_vector_level(rng, cfg, vector_level):
 
 
 @pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
-@pytest.mark.parametrize("xshape", [(3, 11, 300), (1, 300), (2, 100, 300)])
+@pytest.mark.parametrize("xshape", [(3, 11, 1100), (1, 300), (2, 100, 300)])
 def test_narrow_linear_products_on_each_vector_level(rng, xshape, vector_level):
-    x, w, b = rand(rng, *xshape), rand(rng, 70, 300), rand(rng, 70)
+    x, w, b = rand(rng, *xshape), rand(rng, 70, xshape[-1]), rand(rng, 70)
     ref = F.linear(t(x), t(w), t(b))
     assert rel(op("linear_forward", "cpu", x, w, b)[0], ref) <= FWD
     g = rand(rng, *ref.shape)

@@ -7,7 +7,7 @@
  * read and written once more, costs a quarter to a half of the product
  * (measured single-threaded on 1280 x 11520 weights: 91 GFLOP/s at 64
  * columns and 57 at 16, against 115-120 for wide products). With at most
- * 256 columns, a block of KC rows of B (256 KiB) stays in L2, so A needs no
+ * 256 columns, a block of rows of B (256 KiB) stays in L2, so A needs no
  * packing: a block of MR rows of A is read in place (MR sequential streams),
  * each element broadcast against one or two vectors of a row of B, and the
  * block stays in L1 while the kernel walks across B's columns. On 2 threads,
@@ -16,12 +16,13 @@
  * here with AVX2 and 7.9 ms with AVX-512; on a 4 x 4 map 4.6, 3.1 and 3.0 ms.
  * In a UNet pass at 256 x 256 (SD 1.4 shapes), with 64, 128, 256 and 1024
  * columns as the limit, 256 was best on both levels; at 1024 B's block no
- * longer fits. Tried and not kept (no faster, or slower): tiles of 12 x 32
- * and 6 x 64 on AVX-512, blocks of k from 96 to 1024, prefetching A's next
- * block, and wide products cut into 256-column pieces.
+ * longer fits. Tried and not kept (no faster, or slower): tiles of 12 x 32,
+ * 6 x 64 and 16 x 16 (A's elements as broadcast operands of the multiply-
+ * adds: 16 streams of A, half the speed) on AVX-512, shorter blocks of k,
+ * prefetching A's next block, and wide products cut into 256-column pieces.
  *
  * Each C element is one chain of fused multiply-adds over k in order (blocks
- * of KC, C reloaded between blocks), so the result does not depend on the
+ * of kc, C reloaded between blocks), so the result does not depend on the
  * thread count or on how rows are split; it differs from sgemm's sum only in
  * rounding. There is an AVX-512 and an AVX2 + FMA version, picked with the
  * other vector kernels (simd.h); on other CPUs the products go to sgemm. */
@@ -30,7 +31,19 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/simd.h"
 
-#define KC 256
+/* k in blocks whose rows of B (kc x n floats, at most B_BLOCK_FLOATS) stay
+ * in L2 while every row block of A passes; the fewer B's columns, the longer
+ * the runs in which A's rows are read (measured: a 4 x 4 map's product 12 %
+ * faster with blocks of 1024 than of 256; 256 columns want 256) */
+#define KC_MIN 256
+#define KC_MAX 1024
+#define B_BLOCK_FLOATS 65536
+
+static int64_t k_block(int64_t n)
+{
+    int64_t kc = B_BLOCK_FLOATS / n;
+    return kc < KC_MIN ? KC_MIN : kc > KC_MAX ? KC_MAX : kc;
+}
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -89,8 +102,9 @@ AVX512 static INLINE void tile512(int mr, int nv, int trans, const float *a, int
 AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int trans, const float *pa, int64_t lda,
                            const float *pb, int64_t ldb, int accumulate, float *pc, int64_t ldc)
 {
-    for (int64_t p0 = 0; p0 < k; p0 += KC) {
-        int64_t kc = k - p0 < KC ? k - p0 : KC;
+    int64_t kb = k_block(n);
+    for (int64_t p0 = 0; p0 < k; p0 += kb) {
+        int64_t kc = k - p0 < kb ? k - p0 : kb;
         int load_c = accumulate || p0 > 0;
         for (int64_t i = i0; i < i1; i += MR512) {
             int mr = i1 - i < MR512 ? (int)(i1 - i) : MR512;
@@ -176,9 +190,10 @@ AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int
 AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int trans, const float *pa, int64_t lda,
                          const float *pb, int64_t ldb, int accumulate, float *pc, int64_t ldc)
 {
-    float pad[KC * 16]; /* the last columns' block of B, zero-padded to 16 */
-    for (int64_t p0 = 0; p0 < k; p0 += KC) {
-        int64_t kc = k - p0 < KC ? k - p0 : KC;
+    float pad[KC_MAX * 16]; /* the last columns' block of B, zero-padded to 16 */
+    int64_t kb = k_block(n);
+    for (int64_t p0 = 0; p0 < k; p0 += kb) {
+        int64_t kc = k - p0 < kb ? k - p0 : kb;
         int load_c = accumulate || p0 > 0;
         int64_t jt = n / 16 * 16; /* the padded block's first column */
         if (jt < n)
