@@ -232,7 +232,7 @@ static void flash_block(const att_geom *g, const float *qb, const float *kh, con
             }
             for (int64_t j = valid; j < kn; j++) sr[j] = 0.0f;
         }
-        cpu_gemm(1, 0, 0, rows, d, kn, 1.0f, s, kn, vh + j0 * g->hd, g->hd, 1.0f, o, d);
+        cpu_gemm_narrow(1, 0, rows, d, kn, s, kn, vh + j0 * g->hd, g->hd, 1, o, d);
     }
     for (int64_t r = 0; r < rows; r++) {
         float l = st[r].l;
@@ -307,7 +307,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
         const float *pc = pp ? pp + c.poff : pbuf;
         if (!pp) probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, causal, scale, pbuf, tiles);
         if (dv)
-            cpu_gemm(nt, 1, 0, g.lk, g.d, rows, 1.0f, pc, g.lk, pdo + c.qoff, g.hd, 1.0f, gnr_f32(dv) + c.koff, g.hd);
+            cpu_gemm_narrow(nt, 1, g.lk, g.d, rows, pc, g.lk, pdo + c.qoff, g.hd, 1, gnr_f32(dv) + c.koff, g.hd);
         if (!need_ds) continue;
         if (pdo)
             cpu_gemm(nt, 0, 1, rows, g.lk, g.d, 1.0f, pdo + c.qoff, g.hd, pv + c.koff, g.hd, 0.0f, ds, g.lk);
@@ -331,13 +331,13 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                     for (int64_t j = 0; j < g.lk; j++) dsr[j] += coef * (pr[j] - rr[j]);
                 }
                 float dot = (float)lane_sum(dsr, pr, g.lk, 0);
-                for (int64_t j = 0; j < g.lk; j++) dsr[j] = pr[j] * (dsr[j] - dot);
+                for (int64_t j = 0; j < g.lk; j++) dsr[j] = scale * pr[j] * (dsr[j] - dot);
             }
         }
-        if (dq)
-            cpu_gemm(nt, 0, 0, rows, g.d, g.lk, scale, ds, g.lk, pk + c.koff, g.hd, 1.0f, gnr_f32(dq) + c.qoff, g.hd);
+        if (dq) /* ds holds scale dS */
+            cpu_gemm_narrow(nt, 0, rows, g.d, g.lk, ds, g.lk, pk + c.koff, g.hd, 1, gnr_f32(dq) + c.qoff, g.hd);
         if (dk)
-            cpu_gemm(nt, 1, 0, g.lk, g.d, rows, scale, ds, g.lk, pq + c.qoff, g.hd, 1.0f, gnr_f32(dk) + c.koff, g.hd);
+            cpu_gemm_narrow(nt, 1, g.lk, g.d, rows, ds, g.lk, pq + c.qoff, g.hd, 1, gnr_f32(dk) + c.koff, g.hd);
     }
 done:
     gnr_arena_release(ctx->arena, m);
