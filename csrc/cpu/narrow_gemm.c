@@ -54,6 +54,10 @@ static int64_t k_block(int64_t n)
 #endif
 
 #if NARROW_X86
+/* A tile of each row count a block's last rows may leave, each compiled
+ * with its count fixed (the accumulators stay in registers) */
+#define CASES_1_TO_6(CASE) CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+
 /* ------------------------------------------------------------ AVX-512 --- */
 /* Tiles of up to 8 rows x 32 columns: 16 accumulators, 2 loads of B and 8
  * broadcasts of A per 16 fused multiply-adds. */
@@ -117,12 +121,7 @@ AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int tra
                 const float *b = pb + p0 * ldb + j;
                 float *c = pc + i * ldc + j;
                 switch (mr) {
-                    TILE512_CASE(1)
-                    TILE512_CASE(2)
-                    TILE512_CASE(3)
-                    TILE512_CASE(4)
-                    TILE512_CASE(5)
-                    TILE512_CASE(6)
+                    CASES_1_TO_6(TILE512_CASE)
                     TILE512_CASE(7)
                     TILE512_CASE(8)
                 }
@@ -208,12 +207,7 @@ AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int trans
                 const float *b = pb + p0 * ldb + j;
                 float *c = pc + i * ldc + j;
                 switch (mr) {
-                    TILE256_CASE(1)
-                    TILE256_CASE(2)
-                    TILE256_CASE(3)
-                    TILE256_CASE(4)
-                    TILE256_CASE(5)
-                    TILE256_CASE(6)
+                    CASES_1_TO_6(TILE256_CASE)
                 }
             }
         }
