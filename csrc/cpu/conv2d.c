@@ -1,4 +1,5 @@
-/* 2-D convolution as im2col + sgemm, tiled over output rows.
+/* 2-D convolution as im2col + a matrix product (sgemm, or on small maps the
+ * backend's own kernels: narrow_gemm.c), tiled over output rows.
  *
  * The column matrix of a whole 512 x 512 feature map with 128 channels and a
  * 3x3 kernel would take 1.2 GB; each tile holds only as many output rows as
@@ -131,17 +132,6 @@ static void col2im_add(int nt, const conv_geom *g, const float *col, int64_t i0,
     }
 }
 
-/* Y (o x n, row stride ldy) = W (o x k) X (k x n) + beta Y: a weight against
- * few columns (a small map) reads the weight in place (narrow_gemm.c). */
-static void product(int nt, int64_t o, int64_t n, int64_t k, const float *w, const float *x, float beta, float *y,
-                    int64_t ldy)
-{
-    if (cpu_gemm_narrow_takes(n))
-        cpu_gemm_narrow(nt, 0, o, n, k, w, k, x, n, beta != 0.0f, y, ldy);
-    else
-        cpu_gemm(nt, 0, 0, o, n, k, 1.0f, w, k, x, n, beta, y, ldy);
-}
-
 /* y[n,o,i,j] = b[o] + sum_{c,p,q} w[o,c,p,q] x[n,c, i*s+p-pt, j*s+q-pl]
  * per image and tile of output rows: Y[:, tile] = W (O x CKK) * col (CKK x tile) */
 gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
@@ -152,20 +142,20 @@ gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
     int nt = gnr_cpu_threads(ctx);
     int64_t hw = g.ho * g.wo, nout = g.n * g.o;
     float *py = gnr_f32(y);
-    float beta = 0.0f;
+    int accumulate = 0;
     int wino = use_winograd(&g);
     if (b || wino) { /* Winograd adds its result into y */
         const float *pb = b ? gnr_f32(b) : NULL;
 #pragma omp parallel for num_threads(nt) if (nout * hw > GNR_CPU_PAR_MIN) schedule(static)
         for (int64_t i = 0; i < nout; i++)
             for (int64_t j = 0; j < hw; j++) py[i * hw + j] = pb ? pb[i % g.o] : 0.0f;
-        beta = 1.0f;
+        accumulate = 1;
     }
     const float *px = gnr_f32(x), *pw = gnr_f32(w);
     if (wino) return cpu_conv3x3_winograd(ctx, px, g.n, g.c, g.h, g.w, pw, g.o, 0, py);
     if (is_pointwise(&g)) {
         for (int64_t n = 0; n < g.n; n++)
-            product(nt, g.o, hw, g.c, pw, px + n * g.c * hw, beta, py + n * g.o * hw, hw);
+            cpu_gemm_narrow(nt, 0, g.o, hw, g.c, pw, g.c, px + n * g.c * hw, hw, accumulate, py + n * g.o * hw, hw);
         return GNR_OK;
     }
     int64_t tr = tile_rows(&g);
@@ -178,7 +168,8 @@ gnr_status cpu_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
         for (int64_t i0 = 0; i0 < g.ho; i0 += tr) {
             int64_t rows = g.ho - i0 < tr ? g.ho - i0 : tr;
             im2col(nt, &g, xn, i0, rows, col);
-            product(nt, g.o, rows * g.wo, g.ckk, pw, col, beta, yn + i0 * g.wo, hw);
+            cpu_gemm_narrow(nt, 0, g.o, rows * g.wo, g.ckk, pw, g.ckk, col, rows * g.wo, accumulate, yn + i0 * g.wo,
+                            hw);
         }
     }
     gnr_arena_release(ctx->arena, m);
@@ -200,10 +191,7 @@ gnr_status cpu_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
         return cpu_conv3x3_winograd(ctx, pd, g.n, g.o, g.h, g.w, pw, g.c, 1, px);
     if (is_pointwise(&g)) {
         for (int64_t n = 0; n < g.n; n++)
-            if (cpu_gemm_narrow_takes(hw))
-                cpu_gemm_narrow(nt, 1, g.c, hw, g.o, pw, g.c, pd + n * g.o * hw, hw, 1, px + n * g.c * hw, hw);
-            else
-                cpu_gemm(nt, 1, 0, g.c, hw, g.o, 1.0f, pw, g.c, pd + n * g.o * hw, hw, 1.0f, px + n * g.c * hw, hw);
+            cpu_gemm_narrow(nt, 1, g.c, hw, g.o, pw, g.c, pd + n * g.o * hw, hw, 1, px + n * g.c * hw, hw);
         return GNR_OK;
     }
     int64_t tr = tile_rows(&g);
@@ -215,11 +203,7 @@ gnr_status cpu_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
         float *dxn = px + n * g.c * g.h * g.w;
         for (int64_t i0 = 0; i0 < g.ho; i0 += tr) {
             int64_t rows = g.ho - i0 < tr ? g.ho - i0 : tr;
-            if (cpu_gemm_narrow_takes(rows * g.wo))
-                cpu_gemm_narrow(nt, 1, g.ckk, rows * g.wo, g.o, pw, g.ckk, dyn + i0 * g.wo, hw, 0, col, rows * g.wo);
-            else
-                cpu_gemm(nt, 1, 0, g.ckk, rows * g.wo, g.o, 1.0f, pw, g.ckk, dyn + i0 * g.wo, hw, 0.0f, col,
-                         rows * g.wo);
+            cpu_gemm_narrow(nt, 1, g.ckk, rows * g.wo, g.o, pw, g.ckk, dyn + i0 * g.wo, hw, 0, col, rows * g.wo);
             col2im_add(nt, &g, col, i0, rows, dxn);
         }
     }

@@ -30,10 +30,11 @@ int gnr_cpu_thread_num(void);
 void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
               int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
-/* Row-major C = op(A) B (+ C with accumulate) for B of at most
- * NARROW_MAX_N columns, A read in place (narrow_gemm.c); split over nt
- * threads as cpu_gemm is. Where the CPU has no AVX2 it is cpu_gemm.
- * cpu_gemm_narrow_takes(n): whether it runs its own kernels for n columns. */
+/* Row-major C = op(A) B (+ C with accumulate), A a weight: for B of at most
+ * NARROW_MAX_N columns the backend's own kernels read A in place
+ * (narrow_gemm.c); wider B, or a CPU without AVX2, goes to cpu_gemm. Split
+ * over nt threads as cpu_gemm is. cpu_gemm_narrow_takes(n): whether n
+ * columns run the own kernels (for callers that rearrange operands first). */
 #define NARROW_MAX_N 256
 void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                      const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc);

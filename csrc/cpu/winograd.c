@@ -202,13 +202,8 @@ gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t
 #pragma omp parallel for num_threads(nt) schedule(static)
             for (int e = 0; e < 16; e++) {
                 int ue = flip ? 4 * swap03[e / 4] + swap03[e % 4] : e;
-                const float *ve = v + (int64_t)e * c * cnt;
-                float *me = mm + (int64_t)e * o * cnt;
-                if (cpu_gemm_narrow_takes(cnt)) /* U read in place (narrow_gemm.c) */
-                    cpu_gemm_narrow(1, flip, o, cnt, c, u + (int64_t)ue * o * c, flip ? o : c, ve, cnt, 0, me, cnt);
-                else
-                    cpu_gemm(1, flip, 0, o, cnt, c, 1.0f, u + (int64_t)ue * o * c, flip ? o : c, ve, cnt, 0.0f,
-                             me, cnt);
+                cpu_gemm_narrow(1, flip, o, cnt, c, u + (int64_t)ue * o * c, flip ? o : c, v + (int64_t)e * c * cnt,
+                                cnt, 0, mm + (int64_t)e * o * cnt, cnt);
             }
             transform_output(nt, &g, mm, ty0 * g.tx, cnt, yn);
         }
