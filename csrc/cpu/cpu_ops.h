@@ -53,6 +53,9 @@ gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t
 /* Elements below which a loop stays on one thread. */
 #define GNR_CPU_PAR_MIN 32768
 
+/* Multiply-adds below which a matrix product stays on one thread. */
+#define GNR_CPU_GEMM_PAR_MIN_MACS ((int64_t)1 << 21)
+
 /* The memory the CPU tensors and arenas use (64-byte aligned). */
 void *gnr_cpu_alloc(size_t bytes, void *user);
 void gnr_cpu_free(void *ptr, void *user);

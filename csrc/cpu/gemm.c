@@ -13,7 +13,6 @@
  * on 2 cores under load: a tiny-model UNet pass took 160 ms with both pools
  * threaded, 2.6 ms with one). Every element of C is still one sgemm's dot
  * product over the whole of k, so the result does not depend on the split. */
-#define GNR_BLAS_PAR_MIN_MACS ((int64_t)1 << 21)
 #define GNR_BLAS_SLICE_ALIGN 16
 
 static void sgemm1(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
@@ -33,7 +32,7 @@ void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
     int64_t per = (len + nt - 1) / nt;
     per = (per + GNR_BLAS_SLICE_ALIGN - 1) / GNR_BLAS_SLICE_ALIGN * GNR_BLAS_SLICE_ALIGN;
     int chunks = (int)((len + per - 1) / per);
-    if (nt <= 1 || chunks <= 1 || m * n * k < GNR_BLAS_PAR_MIN_MACS) {
+    if (nt <= 1 || chunks <= 1 || m * n * k < GNR_CPU_GEMM_PAR_MIN_MACS) {
         sgemm1(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }

@@ -9,11 +9,12 @@ static void weight_dims(const gnr_tensor *w, int64_t *out, int64_t *in)
 }
 
 /* Few rows (the low-resolution levels' tokens, the time embedding) make a
- * narrow product: out (rows x ncols, +=) = x (rows x k) op(W)^T computed as
- * op(W) (ncols x k) x^T, W read in place (narrow_gemm.c), through two small
- * transposes. Returns 0 (nothing done) when the product is not narrow. */
+ * narrow product: out (rows x ncols; with add, +=) = x (rows x k) op(W)^T
+ * computed as op(W) (ncols x k) x^T, W read in place (narrow_gemm.c),
+ * through two small transposes. Returns 0 (nothing done) when the product
+ * is not narrow. */
 static int narrow_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, const float *x, const float *w,
-                       int trans_w, float *out, gnr_status *st)
+                       int trans_w, int add, float *out, gnr_status *st)
 {
     if (!cpu_gemm_narrow_takes(rows)) return 0;
     int nt = gnr_cpu_threads(ctx);
@@ -24,7 +25,7 @@ static int narrow_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, con
     if (*st == GNR_OK) {
         cpu_transpose(nt, x, xt, rows, k, 0);
         cpu_gemm_narrow(nt, trans_w, ncols, rows, k, w, trans_w ? ncols : k, xt, rows, 0, ot, rows);
-        cpu_transpose(nt, ot, out, ncols, rows, 1);
+        cpu_transpose(nt, ot, out, ncols, rows, add);
     }
     gnr_arena_release(ctx->arena, mark);
     return 1;
@@ -39,16 +40,15 @@ gnr_status cpu_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
     int64_t rows = in ? gnr_numel(x) / in : 0;
     float *py = gnr_f32(y);
     float beta = 0.0f;
-    int narrow = cpu_gemm_narrow_takes(rows);
-    if (b || narrow) { /* the narrow product adds into y */
-        const float *pb = b ? gnr_f32(b) : NULL;
+    if (b) {
+        const float *pb = gnr_f32(b);
 #pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (rows * out > GNR_CPU_PAR_MIN) schedule(static)
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t o = 0; o < out; o++) py[r * out + o] = pb ? pb[o] : 0.0f;
+            for (int64_t o = 0; o < out; o++) py[r * out + o] = pb[o];
         beta = 1.0f;
     }
     gnr_status st = GNR_OK;
-    if (narrow_rows(ctx, rows, out, in, gnr_f32(x), gnr_f32(w), 0, py, &st)) return st;
+    if (narrow_rows(ctx, rows, out, in, gnr_f32(x), gnr_f32(w), 0, b != NULL, py, &st)) return st;
     cpu_gemm(gnr_cpu_threads(ctx), 0, 1, rows, out, in, 1.0f, gnr_f32(x), in, gnr_f32(w), in, beta, py, out);
     return GNR_OK;
 }
@@ -60,7 +60,7 @@ gnr_status cpu_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
     weight_dims(w, &out, &in);
     int64_t rows = out ? gnr_numel(dy) / out : 0;
     gnr_status st = GNR_OK;
-    if (narrow_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), 1, gnr_f32(dx), &st)) return st;
+    if (narrow_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), 1, 1, gnr_f32(dx), &st)) return st;
     cpu_gemm(gnr_cpu_threads(ctx), 0, 0, rows, in, out, 1.0f, gnr_f32(dy), out, gnr_f32(w), in, 1.0f,
              gnr_f32(dx), in);
     return GNR_OK;

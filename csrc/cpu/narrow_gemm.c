@@ -220,17 +220,17 @@ int cpu_gemm_narrow_takes(int64_t n) { return n > 0 && n <= NARROW_MAX_N && cpu_
 void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                      const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc)
 {
-    int level = cpu_vec_level();
     if (m <= 0 || n <= 0) return;
-    if (level == CPU_VEC_BASELINE || n > NARROW_MAX_N || k <= 0) {
+    if (!cpu_gemm_narrow_takes(n) || k <= 0) {
         cpu_gemm(nt, trans_a, 0, m, n, k, 1.0f, a, lda, b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
         return;
     }
 #if NARROW_X86
+    int level = cpu_vec_level();
     int64_t mr = level == CPU_VEC_AVX512 ? MR512 : MR256;
     /* whole blocks of rows per thread; small products on one */
     int64_t blocks = (m + mr - 1) / mr;
-    if (m * n * k < ((int64_t)1 << 21)) nt = 1;
+    if (m * n * k < GNR_CPU_GEMM_PAR_MIN_MACS) nt = 1;
     if (nt > blocks) nt = (int)blocks;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {

@@ -20,17 +20,16 @@
 #define GNR_VEC_X86 0
 #endif
 
-enum { VEC_BASELINE = CPU_VEC_BASELINE, VEC_AVX2 = CPU_VEC_AVX2, VEC_AVX512 = CPU_VEC_AVX512 };
 static const char *const level_names[] = {"baseline", "avx2", "avx512"};
 
 static int best_level(void)
 {
 #if GNR_VEC_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return VEC_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return VEC_AVX2;
+    if (__builtin_cpu_supports("avx512f")) return CPU_VEC_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CPU_VEC_AVX2;
 #endif
-    return VEC_BASELINE;
+    return CPU_VEC_BASELINE;
 }
 
 static int chosen = -1; /* read and written atomically: any thread may be first */
@@ -52,7 +51,7 @@ const char *gnr_cpu_vector_level(void) { return cpu_vec_level_name(); }
 gnr_status gnr_cpu_set_vector_level(const char *name)
 {
     int best = best_level();
-    for (int l = 0; l <= VEC_AVX512; l++) {
+    for (int l = 0; l <= CPU_VEC_AVX512; l++) {
         if (strcmp(name, level_names[l]) != 0) continue;
         if (l > best)
             return gnr_error(GNR_ERR_VALUE, "vector level %s: this CPU has at most %s", name, level_names[best]);
@@ -243,8 +242,8 @@ float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift)
 {
     switch (cpu_vec_level()) {
 #if GNR_VEC_X86
-    case VEC_AVX512: return exp_sum_avx512(x, y, n, shift);
-    case VEC_AVX2: return exp_sum_avx2(x, y, n, shift);
+    case CPU_VEC_AVX512: return exp_sum_avx512(x, y, n, shift);
+    case CPU_VEC_AVX2: return exp_sum_avx2(x, y, n, shift);
 #endif
     default: return exp_sum_baseline(x, y, n, shift);
     }
@@ -259,8 +258,8 @@ float cpu_vec_max(const float *x, int64_t n)
 {
     switch (cpu_vec_level()) {
 #if GNR_VEC_X86
-    case VEC_AVX512: return max_avx512(x, n);
-    case VEC_AVX2: return max_avx2(x, n);
+    case CPU_VEC_AVX512: return max_avx512(x, n);
+    case CPU_VEC_AVX2: return max_avx2(x, n);
 #endif
     default: return max_baseline(x, n);
     }
