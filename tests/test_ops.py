@@ -484,11 +484,24 @@ def test_narrow_conv_products_on_each_vector_level(rng, cfg, vector_level):
     assert rel(op("conv2d_backward", "cpu", g, w, stride=s, pads=pads, x_shape=x.shape)[0], dx) <= BWD
 
 
+# Up to 256 rows: W read in place against the rows (narrow); more: the rows
+# read in place against W's (and W^T's) rows in pieces of at most 256
+# columns (wide). Partial vectors and pieces, with and without bias.
+LINEARS = [
+    ((3, 11, 1100), 70, True),   # narrow, k = 1100 (several blocks)
+    ((1, 300), 70, True),        # narrow, one row
+    ((2, 100, 300), 70, False),  # narrow, 200 rows
+    ((1, 300, 40), 600, True),   # wide, 300 rows: pieces of 208, 208, 184 columns
+    ((2, 150, 70), 37, False),   # wide, one piece of 37 columns (a partial vector)
+    ((1, 520, 1100), 33, True),  # wide, k = 1100; the backward's 1100 columns in 5 pieces
+]
+
+
 @pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
-@pytest.mark.parametrize("xshape", [(3, 11, 1100), (1, 300), (2, 100, 300)])
-def test_narrow_linear_products_on_each_vector_level(rng, xshape, vector_level):
-    x, w, b = rand(rng, *xshape), rand(rng, 70, xshape[-1]), rand(rng, 70)
-    ref = F.linear(t(x), t(w), t(b))
+@pytest.mark.parametrize("xshape, out, bias", LINEARS)
+def test_narrow_and_wide_linear_products_on_each_vector_level(rng, xshape, out, bias, vector_level):
+    x, w, b = rand(rng, *xshape), rand(rng, out, xshape[-1]), rand(rng, out) if bias else None
+    ref = F.linear(t(x), t(w), t(b) if bias else None)
     assert rel(op("linear_forward", "cpu", x, w, b)[0], ref) <= FWD
     g = rand(rng, *ref.shape)
     (dx,) = grads(lambda x: F.linear(x, t(w)), [x], g)
