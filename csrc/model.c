@@ -1,4 +1,5 @@
 /* gnr_model: one Stable Diffusion 1.x or 2.x model on one device (gnr.h). */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,6 +362,11 @@ static gnr_status build_request(const gnr_energy_term *terms, int nterms, gnr_ca
     return GNR_OK;
 }
 
+static energy_kind term_kind(const gnr_energy_term *t)
+{
+    return t->kind == GNR_ENERGY_FEATURE_L1 ? ENERGY_ABS_DIFF_MEAN : ENERGY_SQ_DIFF_MEAN;
+}
+
 static gnr_status download_grad(gnr_ctx *ctx, const gnr_tape *tape, const gnr_tensor *leaf, float *out)
 {
     if (!out) return GNR_OK;
@@ -382,6 +388,7 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     const gnr_unet_config *u = &m->cfg.unet;
     int64_t zs[4] = {1, u->in_channels, h, w}, cs[3] = {1, ctx_len, u->cross_attention_dim};
     gnr_capture *ref = calloc(1, sizeof *ref), *cur = calloc(1, sizeof *cur);
+    double *values = NULL; /* each term's capture's energy, unscaled */
     gnr_tape tape;
     memset(&tape, 0, sizeof tape);
     gnr_tensor z, c, y;
@@ -416,30 +423,43 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
      * activations go before the backward. */
     gnr_arena_release(ctx->arena, mark);
 
-    /* E and the seeds: each capture's gradient enters the backward where
-     * the tape replays the op that produced it. */
-    double e = 0.0;
-    for (int i = 0; i < nterms; i++) {
+    /* The seeds: each capture's gradient enters the backward where the tape
+     * replays the op that produced it. An attention map's energy comes out
+     * of that backward, which makes both maps anyway (on backends that do);
+     * the rest, after it, from the captures. */
+    int nvalues = 0;
+    for (int i = 0; i < nterms; i++) nvalues += terms[i].ncaptures;
+    values = malloc((size_t)(nvalues ? nvalues : 1) * sizeof *values);
+    if (!values) GNR_CHECK(st, gnr_error(GNR_ERR_NOMEM, "out of host memory for the energy terms"));
+    for (int i = 0, n = 0; i < nterms; i++) {
         const gnr_energy_term *t = &terms[i];
-        energy_kind kind = t->kind == GNR_ENERGY_FEATURE_L1 ? ENERGY_ABS_DIFF_MEAN : ENERGY_SQ_DIFF_MEAN;
-        for (int j = 0; j < t->ncaptures; j++) {
-            int ci = gnr_capture_index(cur, t->captures[j]);
-            double v;
-            GNR_CHECK(st, gnr_capture_energy(ctx, kind, cur, ci, ref, ci, &v));
-            e += (double)t->scale * v;
-            if (dlatent || dcontext) GNR_CHECK(st, gnr_tape_seed_capture(&tape, ci, kind, ref, ci, t->scale));
+        for (int j = 0; j < t->ncaptures; j++, n++) {
+            values[n] = NAN;
+            if (dlatent || dcontext)
+                GNR_CHECK(st, gnr_tape_seed_capture(&tape, gnr_capture_index(cur, t->captures[j]), term_kind(t), ref,
+                                                    gnr_capture_index(ref, t->captures[j]), t->scale, &values[n]));
         }
     }
-    *energy = e;
     if (dlatent || dcontext) {
         GNR_CHECK(st, gnr_tape_backward(ctx, &tape));
         GNR_CHECK(st, download_grad(ctx, &tape, &z, dlatent));
         GNR_CHECK(st, download_grad(ctx, &tape, &c, dcontext));
     }
+    double e = 0.0;
+    for (int i = 0, n = 0; i < nterms; i++) {
+        const gnr_energy_term *t = &terms[i];
+        for (int j = 0; j < t->ncaptures; j++, n++) {
+            int ci = gnr_capture_index(cur, t->captures[j]);
+            if (isnan(values[n])) GNR_CHECK(st, gnr_capture_energy(ctx, term_kind(t), cur, ci, ref, ci, &values[n]));
+            e += (double)t->scale * values[n];
+        }
+    }
+    *energy = e;
 done:
     ctx->tape = NULL;
     ctx->checkpointing = 0;
     if (tape.seeds) gnr_tape_free(&tape);
+    free(values);
     free(ref);
     free(cur);
     return gnr_pass_end(m, st);

@@ -40,10 +40,14 @@ typedef struct {
 } gnr_conv_params;
 
 /* An attention-map energy's gradient seed for attention_backward (ops.def):
- * the reference pass's queries and keys, and the factor of P - P_ref. */
+ * the reference pass's queries and keys, and the factor of P - P_ref.
+ * energy: NULL, or where the backward may store the map energy it meets on
+ * the way (both maps' chunks are in its hands): attention_map_energy's value,
+ * bit for bit. A backend that does not compute it leaves *energy as it was. */
 typedef struct {
     const gnr_tensor *q, *k;
     float coef;
+    double *energy;
 } gnr_attention_seed;
 
 /* The elementwise activations of act_forward / act_backward (ops.def). */

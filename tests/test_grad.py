@@ -124,6 +124,24 @@ def test_identical_inputs_give_exactly_zero(setup):
     assert e == 0.0
 
 
+def test_map_energy_from_the_backward_equals_the_energy_op(setup):
+    """A map's energy comes out of the seeded attention backward, which makes
+    both maps anyway; where that backward does not run (a layer whose queries
+    and keys carry no gradient: the first self-attention when only the
+    context is differentiated) the energy op computes it. Same kernels, same
+    order of the sum: the same value to the bit, layer by layer and summed."""
+    ours, *_ = setup
+    z, c, z_ref, c_ref = inputs(16)
+    first = [{"kind": "attn_map_l2", "scale": 1.0, "layers": [[0, 1], [0, 0], [0, 0]]}]
+    every = [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL},
+             {"kind": "feature_l1", "scale": 5.0, "at": "up_blocks.-1"}]
+    for terms in (first, every):
+        e_backward, _ = ours.energy_grad(z, 301, c, z_ref, c_ref, terms, wrt="latent")
+        e_op, g = ours.energy_grad(z, 301, c, z_ref, c_ref, terms, wrt="context")
+        assert e_backward == e_op > 0
+    assert np.linalg.norm(g["context"]) > 0  # the later layers' backward did run
+
+
 def test_finite_differences(setup):
     """Central differences of gnr's own E (float32 passes, E accumulated in
     float64) on the coordinates with the largest gradient: within 2 % of dE/dz."""

@@ -290,11 +290,14 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
     int need_ds = dq || dk;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
     float *ds = NULL, *pbuf = NULL, *rbuf = NULL, *tiles = NULL;
+    double *row_sum = NULL, total = 0.0;
     gnr_status st = GNR_OK;
     size_t chunk_bytes = (size_t)g.chunk * (size_t)g.lk * sizeof(float);
     if (need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&ds));
     if (!probs) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&pbuf));
     if (seed && need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&rbuf));
+    if (rbuf && seed->energy) /* the energy's rows, summed as attention_map_energy sums them */
+        GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)g.chunk * sizeof(double), (void **)&row_sum));
     if (!probs || (seed && need_ds))
         GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)nt * ATT_KTILE * sizeof(float), (void **)&tiles));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pdo = dout ? gnr_f32(dout) : NULL;
@@ -328,17 +331,21 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
                     for (int64_t j = 0; j < g.lk; j++) dsr[j] += dpc[r * g.lk + j];
                 if (rbuf) {
                     const float *rr = rbuf + r * g.lk;
+                    if (row_sum) row_sum[r] = lane_sum(pr, rr, g.lk, 1);
                     for (int64_t j = 0; j < g.lk; j++) dsr[j] += coef * (pr[j] - rr[j]);
                 }
                 float dot = (float)lane_sum(dsr, pr, g.lk, 0);
                 for (int64_t j = 0; j < g.lk; j++) dsr[j] = scale * pr[j] * (dsr[j] - dot);
             }
         }
+        if (row_sum)
+            for (int64_t r = 0; r < rows; r++) total += row_sum[r];
         if (dq) /* ds holds scale dS */
             cpu_gemm_narrow(nt, 0, rows, g.d, g.lk, ds, g.lk, pk + c.koff, g.hd, 1, gnr_f32(dq) + c.qoff, g.hd);
         if (dk)
             cpu_gemm_narrow(nt, 1, g.lk, g.d, rows, ds, g.lk, pq + c.qoff, g.hd, 1, gnr_f32(dk) + c.koff, g.hd);
     }
+    if (row_sum && g.n && g.lq && g.lk) *seed->energy = total / ((double)g.n * g.heads * (double)g.lq * (double)g.lk);
 done:
     gnr_arena_release(ctx->arena, m);
     return st;

@@ -119,11 +119,11 @@ gnr_status guiders_seed_energies(gnr_ctx *ctx, const gnr_edit_config *cfg, int k
         if (uses_maps(g, k))
             for (int j = 0; j < cfg->nmaps; j++) {
                 int ci = gnr_capture_index(cur, cfg->maps[j]), ri = gnr_capture_index(ref, cfg->maps[j]);
-                GNR_TRY(gnr_tape_seed_capture(tape, ci, ENERGY_SQ_DIFF_MEAN, ref, ri, (float)(s * map_w)));
+                GNR_TRY(gnr_tape_seed_capture(tape, ci, ENERGY_SQ_DIFF_MEAN, ref, ri, (float)(s * map_w), NULL));
             }
         if (uses_feature(g, k)) {
             int ci = gnr_capture_index(cur, g->feature), ri = gnr_capture_index(ref, g->feature);
-            GNR_TRY(gnr_tape_seed_capture(tape, ci, fkind, ref, ri, (float)(s * feat_w)));
+            GNR_TRY(gnr_tape_seed_capture(tape, ci, fkind, ref, ri, (float)(s * feat_w), NULL));
         }
     }
     return GNR_OK;

@@ -49,7 +49,8 @@ static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
 
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x) { return new_gid(t, x); }
 
-gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_capture *ref, int ri, float scale)
+gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_capture *ref, int ri, float scale,
+                                 double *energy)
 {
     if (ci < 0 || ci >= GNR_MAX_CAPTURES || ri < 0 || ri >= ref->n)
         return gnr_error(GNR_ERR_INTERNAL, "capture index %d / %d out of range", ci, ri);
@@ -66,6 +67,7 @@ gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gn
     memset(&s->ref_keys[s->n], 0, sizeof s->ref_keys[0]);
     if (ref->as_qk[ri]) s->ref_keys[s->n] = ref->keys[ri];
     s->scale[s->n] = scale;
+    s->energy[s->n] = energy;
     s->n++;
     return GNR_OK;
 }
@@ -222,7 +224,8 @@ static gnr_status backward_attention_qk(gnr_ctx *ctx, const tape_entry *e, const
     const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
     double map_size = (double)q->shape[0] * e->heads * (double)q->shape[1] * (double)k->shape[1];
     for (int i = 0; i < seed->n; i++) {
-        gnr_attention_seed sd = {&seed->ref[i], &seed->ref_keys[i], (float)(2.0 * seed->scale[i] / map_size)};
+        gnr_attention_seed sd = {&seed->ref[i], &seed->ref_keys[i], (float)(2.0 * seed->scale[i] / map_size),
+                                 seed->energy[i]};
         GNR_TRY(gnr_attention_backward(ctx, q, k, v, NULL, e->heads, e->iparam, e->scale, i == 0 ? dy : NULL, NULL,
                                        &sd, dq, dk, i == 0 ? dv : NULL));
     }

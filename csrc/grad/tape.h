@@ -83,6 +83,7 @@ typedef struct {
     gnr_tensor ref[TAPE_MAX_SEEDS];      /* the reference value, or its queries */
     gnr_tensor ref_keys[TAPE_MAX_SEEDS]; /* an attention map kept as queries and keys: the keys */
     float scale[TAPE_MAX_SEEDS];
+    double *energy[TAPE_MAX_SEEDS];      /* NULL, or where the backward may store the term's energy */
 } capture_seed;
 
 /* A gradient buffer no longer needed, for the next gradient of its size. */
@@ -114,9 +115,12 @@ void gnr_tape_free(gnr_tape *t);
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
 
 /* Adds scale * d/dA energy(A, R) to capture i's gradient seed, R being
- * capture ref_index of `ref` (in the same form as capture i). */
+ * capture ref_index of `ref` (in the same form as capture i). energy: NULL,
+ * or where the backward stores energy(A, R) (unscaled) if it computes it on
+ * the way (an attention map kept as queries and keys, on a backend that
+ * does); otherwise *energy is left as it was. */
 gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_capture *ref,
-                                 int ref_index, float scale);
+                                 int ref_index, float scale, double *energy);
 
 /* Adds dy to the gradient of a recorded output y (an energy defined on the
  * pass's output rather than on a capture, as null-text inversion's loss). */

@@ -533,6 +533,7 @@ static const gnr_attention_seed *seed_arg(op_call *c, const op_params *p)
     c->seed.q = q;
     c->seed.k = k;
     c->seed.coef = p->coef;
+    c->seed.energy = NULL; /* the op returns no energy */
     return &c->seed;
 }
 
