@@ -484,6 +484,29 @@ def test_narrow_conv_products_on_each_vector_level(rng, cfg, vector_level):
     assert rel(op("conv2d_backward", "cpu", g, w, stride=s, pads=pads, x_shape=x.shape)[0], dx) <= BWD
 
 
+@pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
+def test_geglu_across_the_erf_ranges_on_each_vector_level(rng, vector_level):
+    """GEGLU's vector erf (simd.c: a polynomial near 0, exp of one beyond
+    0.875, 0 and 2 for 1 + erf past 4) against float64 torch, element by
+    element, on a dense grid over both tails and every branch boundary."""
+    g = np.concatenate([np.linspace(-12, 12, 24001, dtype=np.float32),
+                        np.float32([0.0, -0.0, 1e-30, -1e-30, 0.875 * 2**0.5, -0.875 * 2**0.5, 4 * 2**0.5])])
+    n = g.size
+    a, dy = rand(rng, 1, n), rand(rng, 1, n)
+    x = np.concatenate([a, g[None]], axis=1)
+    g64 = torch.tensor(g, dtype=torch.float64, requires_grad=True)
+    gelu = F.gelu(g64)
+    (dgelu,) = torch.autograd.grad(gelu.sum(), g64)
+    gelu, dgelu = gelu.detach().numpy(), dgelu.numpy()
+    inner = np.abs(g) <= 5.5  # beyond, gelu(g) is 0 (below) or g (above) to float precision
+    y = op("geglu_forward", "cpu", x)[0][0]
+    assert np.all(np.abs(y - a[0] * gelu)[inner] <= 5e-6 * np.abs(a[0] * gelu)[inner] + 1e-30)
+    assert np.all(y[g < -5.66] == 0) and np.array_equal(y[g > 5.66], (a[0] * g)[g > 5.66])
+    da, dg = np.split(op("geglu_backward", "cpu", dy, x)[0][0], 2)
+    assert np.all(np.abs(da - dy[0] * gelu)[inner] <= 5e-6 * np.abs(dy[0] * gelu)[inner] + 1e-30)
+    assert np.max(np.abs(dg - dy[0] * a[0] * dgelu) / np.abs(dy[0] * a[0])) <= 1e-6
+
+
 # Up to 256 rows: W read in place against the rows (narrow); more: the rows
 # read in place against W's (and W^T's) rows in pieces of at most 256
 # columns (wide). Partial vectors and pieces, with and without bias.

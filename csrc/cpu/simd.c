@@ -6,7 +6,7 @@
  * exponential needs, so the clones came out scalar. The AVX-512 and AVX2
  * versions below are written out; the baseline is the portable loop the
  * compiler vectorises for its default target. All three compute the same
- * polynomial (exp_poly). */
+ * polynomials (exp_poly, erf_poly). */
 #include <math.h>
 #include <string.h>
 
@@ -77,6 +77,34 @@ gnr_status gnr_cpu_set_vector_level(const char *name)
 #define EXP_P4 1.6666665459e-1f
 #define EXP_P5 5.0000001201e-1f
 
+/* 1 + erf(u): |u| <= ERF_T, 1 + u P(u^2); beyond, erfc(|u|) = exp(Q(|u|))
+ * and 1 + erf(u) = 2 - erfc(u) above, erfc(-u) below (no cancellation), 0
+ * below -ERF_TAIL (erfc(4) = 1.5e-8: the float 1 + erf(u) is 0 there, and 2
+ * above). P and Q: Chebyshev least-squares fits (degrees 6 and 8) of
+ * erf(x) / x in x^2 on [0, ERF_T^2] and of log erfc on [ERF_T, ERF_TAIL],
+ * errors 2e-10 and 1.2e-8 before float rounding; in float, erf within 3 ulp
+ * of the correctly rounded value on [-6, 6]. */
+#define ERF_T 0.875f
+#define ERF_TAIL 4.0f
+#define ERF_P0 1.12837917e+00f
+#define ERF_P1 -3.76126363e-01f
+#define ERF_P2 1.12837358e-01f
+#define ERF_P3 -2.68617399e-02f
+#define ERF_P4 5.20713447e-03f
+#define ERF_P5 -8.21556107e-04f
+#define ERF_P6 8.69466886e-05f
+#define ERF_Q0 2.96660266e-04f
+#define ERF_Q1 -1.13014085e+00f
+#define ERF_Q2 -6.31979923e-01f
+#define ERF_Q3 -1.09939135e-01f
+#define ERF_Q4 2.63431597e-02f
+#define ERF_Q5 -4.73285914e-03f
+#define ERF_Q6 5.91243855e-04f
+#define ERF_Q7 -4.54148595e-05f
+#define ERF_Q8 1.60542268e-06f
+#define INV_SQRT2 0.70710678118654752440f
+#define INV_SQRT_2PI 0.39894228040143267794f
+
 /* ------------------------------------------------------------ baseline --- */
 
 /* The baseline is written so the compiler vectorises it (a libm expf call
@@ -117,6 +145,49 @@ __attribute__((noinline, optimize("no-trapping-math"))) static float exp_sum_bas
         sum += e;
     }
     return sum;
+}
+
+__attribute__((optimize("no-trapping-math"))) static inline float one_plus_erf(float u)
+{
+    float t = u < 0.0f ? -u : u, s = u * u;
+    float p = ERF_P6;
+    p = p * s + ERF_P5;
+    p = p * s + ERF_P4;
+    p = p * s + ERF_P3;
+    p = p * s + ERF_P2;
+    p = p * s + ERF_P1;
+    p = p * s + ERF_P0;
+    float tq = t < ERF_TAIL ? t : ERF_TAIL;
+    float q = ERF_Q8;
+    q = q * tq + ERF_Q7;
+    q = q * tq + ERF_Q6;
+    q = q * tq + ERF_Q5;
+    q = q * tq + ERF_Q4;
+    q = q * tq + ERF_Q3;
+    q = q * tq + ERF_Q2;
+    q = q * tq + ERF_Q1;
+    q = q * tq + ERF_Q0;
+    float c = exp_poly(q); /* erfc(|u|) */
+    float big = u > 0.0f ? 2.0f - c : u < -ERF_TAIL ? 0.0f : c;
+    return t <= ERF_T ? 1.0f + u * p : big;
+}
+
+__attribute__((noinline, optimize("no-trapping-math"))) static void geglu_baseline(const float *a, const float *g,
+                                                                                  float *y, int64_t n)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) y[j] = a[j] * (0.5f * g[j] * one_plus_erf(g[j] * INV_SQRT2));
+}
+
+__attribute__((noinline, optimize("no-trapping-math"))) static void geglu_backward_baseline(
+    const float *a, const float *g, const float *dy, float *da, float *dg, int64_t n)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+        float x = g[j], phi2 = 0.5f * one_plus_erf(x * INV_SQRT2); /* Phi(x) */
+        da[j] += dy[j] * (x * phi2);
+        dg[j] += dy[j] * a[j] * (phi2 + x * INV_SQRT_2PI * exp_poly(-0.5f * x * x));
+    }
 }
 
 static float max_baseline(const float *x, int64_t n)
@@ -180,6 +251,62 @@ AVX2 static float exp_sum_avx2(const float *x, float *y, int64_t n, float shift)
     return hsum8(acc);
 }
 
+/* one_plus_erf, 8 lanes */
+AVX2 static inline __m256 one_plus_erf8(__m256 u)
+{
+    __m256 t = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), u), s = _mm256_mul_ps(u, u);
+    __m256 p = _mm256_set1_ps(ERF_P6);
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P5));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P4));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P3));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P2));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P1));
+    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P0));
+    __m256 tq = _mm256_min_ps(t, _mm256_set1_ps(ERF_TAIL));
+    __m256 q = _mm256_set1_ps(ERF_Q8);
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q7));
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q6));
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q5));
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q4));
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q3));
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q2));
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q1));
+    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q0));
+    __m256 c = exp8(q), zero = _mm256_setzero_ps();
+    __m256 below = _mm256_blendv_ps(c, zero, _mm256_cmp_ps(u, _mm256_set1_ps(-ERF_TAIL), _CMP_LT_OQ));
+    __m256 big = _mm256_blendv_ps(below, _mm256_sub_ps(_mm256_set1_ps(2.0f), c), _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
+    __m256 small = _mm256_fmadd_ps(u, p, _mm256_set1_ps(1.0f));
+    return _mm256_blendv_ps(big, small, _mm256_cmp_ps(t, _mm256_set1_ps(ERF_T), _CMP_LE_OQ));
+}
+
+AVX2 static void geglu_avx2(const float *a, const float *g, float *y, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 x = _mm256_loadu_ps(g + j);
+        __m256 gelu = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x),
+                                    one_plus_erf8(_mm256_mul_ps(x, _mm256_set1_ps(INV_SQRT2))));
+        _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_loadu_ps(a + j), gelu));
+    }
+    if (j < n) geglu_baseline(a + j, g + j, y + j, n - j);
+}
+
+AVX2 static void geglu_backward_avx2(const float *a, const float *g, const float *dy, float *da, float *dg,
+                                     int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 x = _mm256_loadu_ps(g + j), d = _mm256_loadu_ps(dy + j);
+        __m256 phi2 = _mm256_mul_ps(_mm256_set1_ps(0.5f), one_plus_erf8(_mm256_mul_ps(x, _mm256_set1_ps(INV_SQRT2))));
+        __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-0.5f), _mm256_mul_ps(x, x)));
+        __m256 grad = _mm256_fmadd_ps(_mm256_mul_ps(x, _mm256_set1_ps(INV_SQRT_2PI)), e, phi2);
+        _mm256_storeu_ps(da + j, _mm256_fmadd_ps(d, _mm256_mul_ps(x, phi2), _mm256_loadu_ps(da + j)));
+        _mm256_storeu_ps(dg + j,
+                         _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_loadu_ps(a + j)), grad, _mm256_loadu_ps(dg + j)));
+    }
+    if (j < n) geglu_backward_baseline(a + j, g + j, dy + j, da + j, dg + j, n - j);
+}
+
 AVX2 static float max_avx2(const float *x, int64_t n)
 {
     __m256 m = _mm256_set1_ps(-INFINITY);
@@ -228,6 +355,61 @@ AVX512 static float exp_sum_avx512(const float *x, float *y, int64_t n, float sh
     return _mm512_reduce_add_ps(acc);
 }
 
+/* one_plus_erf, 16 lanes */
+AVX512 static inline __m512 one_plus_erf16(__m512 u)
+{
+    __m512 t = _mm512_abs_ps(u), s = _mm512_mul_ps(u, u);
+    __m512 p = _mm512_set1_ps(ERF_P6);
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P5));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P4));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P3));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P2));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P1));
+    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P0));
+    __m512 tq = _mm512_min_ps(t, _mm512_set1_ps(ERF_TAIL));
+    __m512 q = _mm512_set1_ps(ERF_Q8);
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q7));
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q6));
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q5));
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q4));
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q3));
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q2));
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q1));
+    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q0));
+    __m512 c = exp16(q), zero = _mm512_setzero_ps();
+    __m512 big = _mm512_mask_mov_ps(c, _mm512_cmp_ps_mask(u, _mm512_set1_ps(-ERF_TAIL), _CMP_LT_OQ), zero);
+    big = _mm512_mask_mov_ps(big, _mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), _mm512_sub_ps(_mm512_set1_ps(2.0f), c));
+    return _mm512_mask_mov_ps(big, _mm512_cmp_ps_mask(t, _mm512_set1_ps(ERF_T), _CMP_LE_OQ),
+                              _mm512_fmadd_ps(u, p, _mm512_set1_ps(1.0f)));
+}
+
+AVX512 static void geglu_avx512(const float *a, const float *g, float *y, int64_t n)
+{
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + j);
+        __m512 gelu = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x),
+                                    one_plus_erf16(_mm512_mul_ps(x, _mm512_set1_ps(INV_SQRT2))));
+        _mm512_mask_storeu_ps(y + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + j), gelu));
+    }
+}
+
+AVX512 static void geglu_backward_avx512(const float *a, const float *g, const float *dy, float *da, float *dg,
+                                         int64_t n)
+{
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        __m512 x = _mm512_maskz_loadu_ps(m, g + j), d = _mm512_maskz_loadu_ps(m, dy + j);
+        __m512 phi2 = _mm512_mul_ps(_mm512_set1_ps(0.5f), one_plus_erf16(_mm512_mul_ps(x, _mm512_set1_ps(INV_SQRT2))));
+        __m512 e = exp16(_mm512_mul_ps(_mm512_set1_ps(-0.5f), _mm512_mul_ps(x, x)));
+        __m512 grad = _mm512_fmadd_ps(_mm512_mul_ps(x, _mm512_set1_ps(INV_SQRT_2PI)), e, phi2);
+        _mm512_mask_storeu_ps(da + j, m, _mm512_fmadd_ps(d, _mm512_mul_ps(x, phi2), _mm512_maskz_loadu_ps(m, da + j)));
+        _mm512_mask_storeu_ps(dg + j, m,
+                              _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_maskz_loadu_ps(m, a + j)), grad,
+                                              _mm512_maskz_loadu_ps(m, dg + j)));
+    }
+}
+
 AVX512 static float max_avx512(const float *x, int64_t n)
 {
     __m512 ninf = _mm512_set1_ps(-INFINITY), m = ninf;
@@ -252,6 +434,28 @@ float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift)
 float gnr_cpu_vector_exp_sum(const float *x, float *y, int64_t n, float shift)
 {
     return cpu_vec_exp_sum(x, y, n, shift);
+}
+
+void cpu_vec_geglu(const float *a, const float *g, float *y, int64_t n)
+{
+    switch (cpu_vec_level()) {
+#if GNR_VEC_X86
+    case CPU_VEC_AVX512: geglu_avx512(a, g, y, n); return;
+    case CPU_VEC_AVX2: geglu_avx2(a, g, y, n); return;
+#endif
+    default: geglu_baseline(a, g, y, n);
+    }
+}
+
+void cpu_vec_geglu_backward(const float *a, const float *g, const float *dy, float *da, float *dg, int64_t n)
+{
+    switch (cpu_vec_level()) {
+#if GNR_VEC_X86
+    case CPU_VEC_AVX512: geglu_backward_avx512(a, g, dy, da, dg, n); return;
+    case CPU_VEC_AVX2: geglu_backward_avx2(a, g, dy, da, dg, n); return;
+#endif
+    default: geglu_backward_baseline(a, g, dy, da, dg, n);
+    }
 }
 
 float cpu_vec_max(const float *x, int64_t n)

@@ -18,6 +18,15 @@ float cpu_vec_max(const float *x, int64_t n);
  * least normal magnitude), not 0. */
 float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift);
 
+/* GEGLU's gate with exact GELU, gelu(x) = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2:
+ *   y[j] = a[j] gelu(g[j])                                       (geglu)
+ *   da[j] += dy[j] gelu(g[j]);  dg[j] += dy[j] a[j] gelu'(g[j])  (geglu_backward)
+ * gelu'(x) = Phi(x) + x phi(x). 1 + erf(u) as erf_poly in simd.c: within
+ * 3 ulp of erf's float, and no cancellation for negative u (it is erfc(-u)
+ * there, exactly 0 below u = -4 as the float 1 + erff(u) is). */
+void cpu_vec_geglu(const float *a, const float *g, float *y, int64_t n);
+void cpu_vec_geglu_backward(const float *a, const float *g, const float *dy, float *da, float *dg, int64_t n);
+
 /* The version this CPU runs (the best it has, unless set lower) */
 enum { CPU_VEC_BASELINE, CPU_VEC_AVX2, CPU_VEC_AVX512 };
 int cpu_vec_level(void);
