@@ -485,6 +485,23 @@ def test_narrow_conv_products_on_each_vector_level(rng, cfg, vector_level):
 
 
 @pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
+def test_silu_on_each_vector_level(vector_level):
+    """SiLU on the vector kernels (exp as exp_poly), every element against
+    float64 torch: relative 1e-6 wherever the value is above 1e-30, over both
+    saturations, on a length that leaves partial pieces and vectors."""
+    x = np.concatenate([np.linspace(-100, 100, 2 * 4096 + 37, dtype=np.float32), np.float32([0.0, -0.0, 1e-30])])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ref = F.silu(xt)
+    ref.sum().backward()
+    ref, dref = ref.detach().numpy(), xt.grad.numpy()
+    y = op("act_forward", "cpu", x, act="silu")[0].astype(np.float64)
+    big = np.abs(ref) > 1e-30
+    assert np.max(np.abs(y - ref)[big] / np.abs(ref[big])) <= 1e-6
+    dx = op("act_backward", "cpu", np.ones_like(x), x, act="silu")[0].astype(np.float64)
+    assert np.max(np.abs(dx - dref)) <= 1e-6
+
+
+@pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
 def test_geglu_across_the_erf_ranges_on_each_vector_level(rng, vector_level):
     """GEGLU's vector erf (simd.c: a polynomial near 0, exp of one beyond
     0.875, 0 and 2 for 1 + erf past 4) against float64 torch, element by

@@ -37,12 +37,25 @@ static inline float act_grad(gnr_act act, float x)
     }
 }
 
+/* SiLU, the UNet's and the VAE's activation, runs on the vector kernels
+ * (simd.h), in pieces of ACT_PIECE elements spread over the threads. */
+#define ACT_PIECE 4096
+
+static int64_t pieces(int64_t n) { return (n + ACT_PIECE - 1) / ACT_PIECE; }
+static int64_t piece_len(int64_t n, int64_t i) { return n - i * ACT_PIECE < ACT_PIECE ? n - i * ACT_PIECE : ACT_PIECE; }
+
 /* y = f(x) */
 gnr_status cpu_act_forward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
 {
     const float *px = gnr_f32(x);
     float *py = gnr_f32(y);
     int64_t n = gnr_numel(x);
+    if (act == GNR_ACT_SILU) {
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n > GNR_CPU_PAR_MIN) schedule(static)
+        for (int64_t i = 0; i < pieces(n); i++)
+            cpu_vec_silu(px + i * ACT_PIECE, py + i * ACT_PIECE, piece_len(n, i));
+        return GNR_OK;
+    }
 #pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n > GNR_CPU_PAR_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) py[i] = act_value(act, px[i]);
     return GNR_OK;
@@ -54,6 +67,12 @@ gnr_status cpu_act_backward(gnr_ctx *ctx, gnr_act act, const gnr_tensor *dy, con
     const float *pd = gnr_f32(dy), *px = gnr_f32(x);
     float *pdx = gnr_f32(dx);
     int64_t n = gnr_numel(x);
+    if (act == GNR_ACT_SILU) {
+#pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n > GNR_CPU_PAR_MIN) schedule(static)
+        for (int64_t i = 0; i < pieces(n); i++)
+            cpu_vec_silu_backward(px + i * ACT_PIECE, pd + i * ACT_PIECE, pdx + i * ACT_PIECE, piece_len(n, i));
+        return GNR_OK;
+    }
 #pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (n > GNR_CPU_PAR_MIN) schedule(static)
     for (int64_t i = 0; i < n; i++) pdx[i] += pd[i] * act_grad(act, px[i]);
     return GNR_OK;

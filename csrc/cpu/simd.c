@@ -190,6 +190,23 @@ __attribute__((noinline, optimize("no-trapping-math"))) static void geglu_backwa
     }
 }
 
+__attribute__((noinline, optimize("no-trapping-math"))) static void silu_baseline(const float *x, float *y, int64_t n)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) y[j] = x[j] / (1.0f + exp_poly(-x[j]));
+}
+
+__attribute__((noinline, optimize("no-trapping-math"))) static void silu_backward_baseline(const float *x,
+                                                                                          const float *dy,
+                                                                                          float *dx, int64_t n)
+{
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+        float s = 1.0f / (1.0f + exp_poly(-x[j]));
+        dx[j] += dy[j] * (s * (1.0f + x[j] * (1.0f - s)));
+    }
+}
+
 static float max_baseline(const float *x, int64_t n)
 {
     float mx = -INFINITY;
@@ -307,6 +324,30 @@ AVX2 static void geglu_backward_avx2(const float *a, const float *g, const float
     if (j < n) geglu_backward_baseline(a + j, g + j, dy + j, da + j, dg + j, n - j);
 }
 
+AVX2 static void silu_avx2(const float *x, float *y, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(y + j, _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e)));
+    }
+    if (j < n) silu_baseline(x + j, y + j, n - j);
+}
+
+AVX2 static void silu_backward_avx2(const float *x, const float *dy, float *dx, int64_t n)
+{
+    int64_t j = 0;
+    __m256 one = _mm256_set1_ps(1.0f);
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+        __m256 grad = _mm256_mul_ps(s, _mm256_fmadd_ps(v, _mm256_sub_ps(one, s), one));
+        _mm256_storeu_ps(dx + j, _mm256_fmadd_ps(_mm256_loadu_ps(dy + j), grad, _mm256_loadu_ps(dx + j)));
+    }
+    if (j < n) silu_backward_baseline(x + j, dy + j, dx + j, n - j);
+}
+
 AVX2 static float max_avx2(const float *x, int64_t n)
 {
     __m256 m = _mm256_set1_ps(-INFINITY);
@@ -410,6 +451,29 @@ AVX512 static void geglu_backward_avx512(const float *a, const float *g, const f
     }
 }
 
+AVX512 static void silu_avx512(const float *x, float *y, int64_t n)
+{
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        _mm512_mask_storeu_ps(y + j, m, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+    }
+}
+
+AVX512 static void silu_backward_avx512(const float *x, const float *dy, float *dx, int64_t n)
+{
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + j);
+        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+        __m512 grad = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
+        _mm512_mask_storeu_ps(dx + j, m,
+                              _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + j), grad, _mm512_maskz_loadu_ps(m, dx + j)));
+    }
+}
+
 AVX512 static float max_avx512(const float *x, int64_t n)
 {
     __m512 ninf = _mm512_set1_ps(-INFINITY), m = ninf;
@@ -455,6 +519,28 @@ void cpu_vec_geglu_backward(const float *a, const float *g, const float *dy, flo
     case CPU_VEC_AVX2: geglu_backward_avx2(a, g, dy, da, dg, n); return;
 #endif
     default: geglu_backward_baseline(a, g, dy, da, dg, n);
+    }
+}
+
+void cpu_vec_silu(const float *x, float *y, int64_t n)
+{
+    switch (cpu_vec_level()) {
+#if GNR_VEC_X86
+    case CPU_VEC_AVX512: silu_avx512(x, y, n); return;
+    case CPU_VEC_AVX2: silu_avx2(x, y, n); return;
+#endif
+    default: silu_baseline(x, y, n);
+    }
+}
+
+void cpu_vec_silu_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    switch (cpu_vec_level()) {
+#if GNR_VEC_X86
+    case CPU_VEC_AVX512: silu_backward_avx512(x, dy, dx, n); return;
+    case CPU_VEC_AVX2: silu_backward_avx2(x, dy, dx, n); return;
+#endif
+    default: silu_backward_baseline(x, dy, dx, n);
     }
 }
 

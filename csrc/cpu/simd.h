@@ -27,6 +27,11 @@ float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift);
 void cpu_vec_geglu(const float *a, const float *g, float *y, int64_t n);
 void cpu_vec_geglu_backward(const float *a, const float *g, const float *dy, float *da, float *dg, int64_t n);
 
+/* SiLU, x sigmoid(x) = x / (1 + exp(-x)), with exp as exp_poly:
+ *   y[j] = silu(x[j]);  dx[j] += dy[j] silu'(x[j]),  silu' = s (1 + x (1 - s)), s = sigmoid(x) */
+void cpu_vec_silu(const float *x, float *y, int64_t n);
+void cpu_vec_silu_backward(const float *x, const float *dy, float *dx, int64_t n);
+
 /* The version this CPU runs (the best it has, unless set lower) */
 enum { CPU_VEC_BASELINE, CPU_VEC_AVX2, CPU_VEC_AVX512 };
 int cpu_vec_level(void);
