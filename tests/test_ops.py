@@ -206,7 +206,7 @@ def test_group_norm(device, rng, shape, groups, affine):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape,affine", [((2, 7, 24), True), ((13, 10), False)])
+@pytest.mark.parametrize("shape,affine", [((2, 7, 24), True), ((13, 10), False), ((3, 37), True)])
 def test_layer_norm(device, rng, shape, affine):
     x = rand(rng, *shape) * 2 - 0.5
     c = shape[-1]
