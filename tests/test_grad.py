@@ -100,10 +100,9 @@ def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
     activations, GEGLU and attention and nothing of convolutions and linear
     layers (a SiLU of a group norm's output keeps nothing: the norm runs
     again), and it releases its scopes as inference does: with all maps, its
-    whole footprint (reference pass, recorded pass, backward) stays within 5.2x
-    an inference pass's (measured 3.9x on model a, 5.0x on b; 4.3x and 5.4x
-    when the SiLU kept its input, 9.8x and 14.4x when the tape kept every
-    intermediate)."""
+    whole footprint (reference pass, recorded pass, backward) stays within 8.5x
+    an inference pass's (measured 4.9x on model a, 7.2x on b; the tape
+    keeping every intermediate made it 13x and 24x)."""
     ours, *_ = setup
     z, c, z_ref, c_ref = inputs(11, (32, 32))
     ours.reset_peak()
@@ -111,7 +110,29 @@ def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
     inference = ours.peak_bytes
     ours.reset_peak()
     ours.energy_grad(z, 500, c, z_ref, c_ref, [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL}])
-    assert ours.peak_bytes <= 5.2 * inference, (ours.peak_bytes, inference)
+    assert ours.peak_bytes <= 8.5 * inference, (ours.peak_bytes, inference)
+
+
+def test_inference_holds_only_the_waiting_skips(setup):
+    """An inference pass uses the arena as a stack: a down step leaves only
+    its skip connection, and the up step that consumes it frees it with
+    everything above. Its peak against the skips' bytes: measured 11.9x on
+    model a and 6.9x on b (15.9x and 11.5x while finished steps' outputs
+    stayed until the pass ended)."""
+    ours, *_ = setup
+    u = ours.config["unet"]
+    channels, layers = u["block_out_channels"], u["layers_per_block"]
+    h = 64
+    skips = channels[0] * h * h * 4
+    for i, ch in enumerate(channels):
+        skips += layers * ch * h * h * 4
+        if i < len(channels) - 1:
+            h //= 2
+            skips += ch * h * h * 4
+    ours.reset_peak()
+    ours.unet(np.zeros((1, 4, 64, 64), np.float32), 10, np.zeros((77, u["cross_attention_dim"]), np.float32))
+    bound = 12.5 if len(channels) == 2 else 8.0  # models a and b
+    assert ours.peak_bytes <= bound * skips, (ours.peak_bytes, skips)
 
 
 def test_identical_inputs_give_exactly_zero(setup):

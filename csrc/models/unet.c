@@ -144,20 +144,30 @@ gnr_status unet_forward(gnr_ctx *ctx, const unet_w *u, const gnr_tensor *latent,
     /* Every resnet applies SiLU to the same embedding: do it once. */
     GNR_TRY(nn_act(ctx, GNR_ACT_SILU, &temb, &temb_act));
 
-    GNR_TRY(conv3x3(ctx, &u->conv_in, latent, &h));
+    /* The arena as a stack: each skip connection is the only thing its
+     * down step leaves (its scope starts where the skip then lies), and the
+     * up step that consumes it ends that same scope, keeping only its
+     * output. So the skips still waiting and one step's temporaries are all
+     * a pass holds, never the outputs of finished steps. */
     gnr_tensor skips[GNR_MAX_BLOCKS * (GNR_MAX_LAYERS + 1) + 1];
+    nn_scope skip_scopes[GNR_MAX_BLOCKS * (GNR_MAX_LAYERS + 1) + 1];
     int nskip = 0;
+    skip_scopes[nskip] = nn_scope_begin(ctx);
+    GNR_TRY(conv3x3(ctx, &u->conv_in, latent, &h));
     skips[nskip++] = h;
 
     for (int i = 0; i < nb; i++) {
         const unet_block_w *b = &u->down[i];
         for (int j = 0; j < b->nres; j++) {
+            skip_scopes[nskip] = nn_scope_begin(ctx);
             GNR_TRY(run_resnet(ctx, &b->res[j], &h, &temb_act, cap));
             if (b->has_attn) GNR_TRY(run_attn(ctx, &b->attn[j], &h, context, cap));
+            GNR_TRY(nn_scope_end(ctx, skip_scopes[nskip], &h));
             skips[nskip++] = h;
         }
         if (b->has_resample) {
             gnr_tensor o;
+            skip_scopes[nskip] = nn_scope_begin(ctx);
             GNR_TRY(downsample_forward(ctx, &b->resample, &h, &o));
             h = o;
             skips[nskip++] = h;
@@ -177,6 +187,7 @@ gnr_status unet_forward(gnr_ctx *ctx, const unet_w *u, const gnr_tensor *latent,
             h = sk;
             GNR_TRY(run_resnet(ctx, &b->res[j], &h, &temb_act, cap));
             if (b->has_attn) GNR_TRY(run_attn(ctx, &b->attn[j], &h, context, cap));
+            GNR_TRY(nn_scope_end(ctx, skip_scopes[nskip], &h)); /* the skip and all above it go */
         }
         if (b->has_resample) {
             gnr_tensor o;
