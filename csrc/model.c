@@ -425,8 +425,8 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
 
     /* The seeds: each capture's gradient enters the backward where the tape
      * replays the op that produced it. An attention map's energy comes out
-     * of that backward, which makes both maps anyway (on backends that do);
-     * the rest, after it, from the captures. */
+     * of that backward, which makes both maps anyway; the rest (and a map
+     * whose backward did not run) after it, from the captures. */
     int nvalues = 0;
     for (int i = 0; i < nterms; i++) nvalues += terms[i].ncaptures;
     values = malloc((size_t)(nvalues ? nvalues : 1) * sizeof *values);

@@ -41,9 +41,10 @@ typedef struct {
 
 /* An attention-map energy's gradient seed for attention_backward (ops.def):
  * the reference pass's queries and keys, and the factor of P - P_ref.
- * energy: NULL, or where the backward may store the map energy it meets on
- * the way (both maps' chunks are in its hands): attention_map_energy's value,
- * bit for bit. A backend that does not compute it leaves *energy as it was. */
+ * energy: NULL, or where the backward stores the map energy it meets on the
+ * way when it makes P itself (probs NULL) and the query or key gradient
+ * (both maps' chunks are then in its hands): attention_map_energy's value,
+ * bit for bit. Otherwise *energy is left as it was. */
 typedef struct {
     const gnr_tensor *q, *k;
     float coef;

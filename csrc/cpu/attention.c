@@ -296,7 +296,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
     if (need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&ds));
     if (!probs) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&pbuf));
     if (seed && need_ds) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&rbuf));
-    if (rbuf && seed->energy) /* the energy's rows, summed as attention_map_energy sums them */
+    if (rbuf && !probs && seed->energy) /* the energy's rows, summed as attention_map_energy sums them */
         GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)g.chunk * sizeof(double), (void **)&row_sum));
     if (!probs || (seed && need_ds))
         GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)nt * ATT_KTILE * sizeof(float), (void **)&tiles));

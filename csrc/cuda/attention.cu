@@ -299,9 +299,12 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
     size_t chunk_bytes = (size_t)(a.H * cq_max * a.Lk) * sizeof(float);
     cuda_scratch sc(ctx->arena);
     float *dS = NULL, *Pc = NULL, *Rc = NULL;
+    double *row_sum = NULL; /* the map energy's rows, as attention_map_energy sums them */
+    int64_t rows_total = a.N * a.H * a.Lq;
     if (dq || dk) GNR_TRY(sc.alloc(chunk_bytes, (void **)&dS));
     if (!probs) GNR_TRY(sc.alloc(chunk_bytes, (void **)&Pc));
     if (seed && dS) GNR_TRY(sc.alloc(chunk_bytes, (void **)&Rc));
+    if (Rc && Pc && seed->energy) GNR_TRY(sc.alloc((size_t)(rows_total + 1) * sizeof(double), (void **)&row_sum));
     const float zero = 0.0f, one = 1.0f;
     int D = (int)a.D, HD = (int)a.HD, Lk = (int)a.Lk, H = (int)a.H;
     long long pstride = a.Lq * a.Lk; /* between heads in probs */
@@ -333,6 +336,9 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
             if (Rc)
                 GNR_TRY(probs_chunk(s, &a, gnr_f32(seed->q) + n * a.Lq * a.HD, gnr_f32(seed->k) + n * a.Lk * a.HD,
                                     i0, cq, 0, scale, Rc));
+            if (row_sum)
+                CUDA_LAUNCH(sq_diff_rows_kernel, (unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream, (const float *)Pc,
+                            (const float *)Rc, a.Lk, cq, a.Lq, i0, row_sum + n * a.H * a.Lq);
             CUDA_LAUNCH(softmax_backward_rows_kernel, (unsigned)(a.H * cq), CUDA_BLOCK, 0, s->stream, dS, pc, pcs,
                         gpn ? gpn + i0 * a.Lk : NULL, pstride, (const float *)Rc, sstride, seed ? seed->coef : 0.0f,
                         a.Lk, cq);
@@ -347,6 +353,14 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
                                        Lk, sstride, &one, gnr_f32(dk) + n * a.Lk * a.HD, HD, a.D, H));
             }
         }
+    }
+    if (row_sum) { /* the seed's energy, bit for bit attention_map_energy's */
+        CUDA_LAUNCH(sum_rows_kernel, 1, CUDA_BLOCK, 0, s->stream, (const double *)row_sum, rows_total,
+                    row_sum + rows_total);
+        double sum;
+        CUDA_CHECK(cudaMemcpyAsync(&sum, row_sum + rows_total, sizeof(double), cudaMemcpyDeviceToHost, s->stream));
+        CUDA_CHECK(cudaStreamSynchronize(s->stream));
+        *seed->energy = sum / ((double)rows_total * (double)a.Lk);
     }
     return GNR_OK;
 }

@@ -117,8 +117,8 @@ gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
 /* Adds scale * d/dA energy(A, R) to capture i's gradient seed, R being
  * capture ref_index of `ref` (in the same form as capture i). energy: NULL,
  * or where the backward stores energy(A, R) (unscaled) if it computes it on
- * the way (an attention map kept as queries and keys, on a backend that
- * does); otherwise *energy is left as it was. */
+ * the way (an attention map kept as queries and keys, whose attention
+ * backward runs); otherwise *energy is left as it was. */
 gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_capture *ref,
                                  int ref_index, float scale, double *energy);
 
