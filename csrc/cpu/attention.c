@@ -270,6 +270,12 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
     return GNR_OK;
 }
 
+/* A sum over every entry of the maps (all batches and heads) -> its mean */
+static double map_mean(const att_geom *g, double total)
+{
+    return total / ((double)g->n * g->heads * (double)g->lq * (double)g->lk);
+}
+
 /* Given P:  dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs) (+ coef (P - P_ref));
  *           dS = P * (dP - rowsum(dP * P));
  *           dQ_h += scale dS K_h;  dK_h += scale dS^T Q_h        (by chunks of query rows)
@@ -345,7 +351,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
         if (dk)
             cpu_gemm_narrow(nt, 1, g.lk, g.d, rows, ds, g.lk, pq + c.qoff, g.hd, 1, gnr_f32(dk) + c.koff, g.hd);
     }
-    if (row_sum && g.n && g.lq && g.lk) *seed->energy = total / ((double)g.n * g.heads * (double)g.lq * (double)g.lk);
+    if (row_sum && g.n && g.lq && g.lk) *seed->energy = map_mean(&g, total);
 done:
     gnr_arena_release(ctx->arena, m);
     return st;
@@ -386,7 +392,7 @@ gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr
         }
         for (int64_t r = 0; r < rows; r++) total += row_sum[r];
     }
-    *out = total / ((double)g.n * g.heads * (double)g.lq * (double)g.lk);
+    *out = map_mean(&g, total);
 done:
     gnr_arena_release(ctx->arena, m);
     return st;

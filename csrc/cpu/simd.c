@@ -6,7 +6,7 @@
  * exponential needs, so the clones came out scalar. The AVX-512 and AVX2
  * versions below are written out; the baseline is the portable loop the
  * compiler vectorises for its default target. All three compute the same
- * polynomials (exp_poly, erf_poly). */
+ * polynomials (exp_poly, one_plus_erf). */
 #include <math.h>
 #include <string.h>
 
@@ -86,22 +86,13 @@ gnr_status gnr_cpu_set_vector_level(const char *name)
  * of the correctly rounded value on [-6, 6]. */
 #define ERF_T 0.875f
 #define ERF_TAIL 4.0f
-#define ERF_P0 1.12837917e+00f
-#define ERF_P1 -3.76126363e-01f
-#define ERF_P2 1.12837358e-01f
-#define ERF_P3 -2.68617399e-02f
-#define ERF_P4 5.20713447e-03f
-#define ERF_P5 -8.21556107e-04f
-#define ERF_P6 8.69466886e-05f
-#define ERF_Q0 2.96660266e-04f
-#define ERF_Q1 -1.13014085e+00f
-#define ERF_Q2 -6.31979923e-01f
-#define ERF_Q3 -1.09939135e-01f
-#define ERF_Q4 2.63431597e-02f
-#define ERF_Q5 -4.73285914e-03f
-#define ERF_Q6 5.91243855e-04f
-#define ERF_Q7 -4.54148595e-05f
-#define ERF_Q8 1.60542268e-06f
+/* highest degree first, as Horner's rule takes them */
+static const float ERF_P[] = {8.69466886e-05f, -8.21556107e-04f, 5.20713447e-03f, -2.68617399e-02f,
+                              1.12837358e-01f, -3.76126363e-01f, 1.12837917e+00f};
+static const float ERF_Q[] = {1.60542268e-06f, -4.54148595e-05f, 5.91243855e-04f, -4.73285914e-03f, 2.63431597e-02f,
+                              -1.09939135e-01f, -6.31979923e-01f, -1.13014085e+00f, 2.96660266e-04f};
+#define ERF_NP ((int)(sizeof ERF_P / sizeof ERF_P[0]))
+#define ERF_NQ ((int)(sizeof ERF_Q / sizeof ERF_Q[0]))
 #define INV_SQRT2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
 
@@ -150,23 +141,11 @@ __attribute__((noinline, optimize("no-trapping-math"))) static float exp_sum_bas
 __attribute__((optimize("no-trapping-math"))) static inline float one_plus_erf(float u)
 {
     float t = u < 0.0f ? -u : u, s = u * u;
-    float p = ERF_P6;
-    p = p * s + ERF_P5;
-    p = p * s + ERF_P4;
-    p = p * s + ERF_P3;
-    p = p * s + ERF_P2;
-    p = p * s + ERF_P1;
-    p = p * s + ERF_P0;
+    float p = ERF_P[0];
+    for (int i = 1; i < ERF_NP; i++) p = p * s + ERF_P[i];
     float tq = t < ERF_TAIL ? t : ERF_TAIL;
-    float q = ERF_Q8;
-    q = q * tq + ERF_Q7;
-    q = q * tq + ERF_Q6;
-    q = q * tq + ERF_Q5;
-    q = q * tq + ERF_Q4;
-    q = q * tq + ERF_Q3;
-    q = q * tq + ERF_Q2;
-    q = q * tq + ERF_Q1;
-    q = q * tq + ERF_Q0;
+    float q = ERF_Q[0];
+    for (int i = 1; i < ERF_NQ; i++) q = q * tq + ERF_Q[i];
     float c = exp_poly(q); /* erfc(|u|) */
     float big = u > 0.0f ? 2.0f - c : u < -ERF_TAIL ? 0.0f : c;
     return t <= ERF_T ? 1.0f + u * p : big;
@@ -272,23 +251,11 @@ AVX2 static float exp_sum_avx2(const float *x, float *y, int64_t n, float shift)
 AVX2 static inline __m256 one_plus_erf8(__m256 u)
 {
     __m256 t = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), u), s = _mm256_mul_ps(u, u);
-    __m256 p = _mm256_set1_ps(ERF_P6);
-    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P5));
-    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P4));
-    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P3));
-    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P2));
-    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P1));
-    p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P0));
+    __m256 p = _mm256_set1_ps(ERF_P[0]);
+    for (int i = 1; i < ERF_NP; i++) p = _mm256_fmadd_ps(p, s, _mm256_set1_ps(ERF_P[i]));
     __m256 tq = _mm256_min_ps(t, _mm256_set1_ps(ERF_TAIL));
-    __m256 q = _mm256_set1_ps(ERF_Q8);
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q7));
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q6));
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q5));
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q4));
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q3));
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q2));
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q1));
-    q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q0));
+    __m256 q = _mm256_set1_ps(ERF_Q[0]);
+    for (int i = 1; i < ERF_NQ; i++) q = _mm256_fmadd_ps(q, tq, _mm256_set1_ps(ERF_Q[i]));
     __m256 c = exp8(q), zero = _mm256_setzero_ps();
     __m256 below = _mm256_blendv_ps(c, zero, _mm256_cmp_ps(u, _mm256_set1_ps(-ERF_TAIL), _CMP_LT_OQ));
     __m256 big = _mm256_blendv_ps(below, _mm256_sub_ps(_mm256_set1_ps(2.0f), c), _mm256_cmp_ps(u, zero, _CMP_GT_OQ));
@@ -400,23 +367,11 @@ AVX512 static float exp_sum_avx512(const float *x, float *y, int64_t n, float sh
 AVX512 static inline __m512 one_plus_erf16(__m512 u)
 {
     __m512 t = _mm512_abs_ps(u), s = _mm512_mul_ps(u, u);
-    __m512 p = _mm512_set1_ps(ERF_P6);
-    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P5));
-    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P4));
-    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P3));
-    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P2));
-    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P1));
-    p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P0));
+    __m512 p = _mm512_set1_ps(ERF_P[0]);
+    for (int i = 1; i < ERF_NP; i++) p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(ERF_P[i]));
     __m512 tq = _mm512_min_ps(t, _mm512_set1_ps(ERF_TAIL));
-    __m512 q = _mm512_set1_ps(ERF_Q8);
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q7));
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q6));
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q5));
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q4));
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q3));
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q2));
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q1));
-    q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q0));
+    __m512 q = _mm512_set1_ps(ERF_Q[0]);
+    for (int i = 1; i < ERF_NQ; i++) q = _mm512_fmadd_ps(q, tq, _mm512_set1_ps(ERF_Q[i]));
     __m512 c = exp16(q), zero = _mm512_setzero_ps();
     __m512 big = _mm512_mask_mov_ps(c, _mm512_cmp_ps_mask(u, _mm512_set1_ps(-ERF_TAIL), _CMP_LT_OQ), zero);
     big = _mm512_mask_mov_ps(big, _mm512_cmp_ps_mask(u, zero, _CMP_GT_OQ), _mm512_sub_ps(_mm512_set1_ps(2.0f), c));
@@ -469,8 +424,8 @@ AVX512 static void silu_backward_avx512(const float *x, const float *dy, float *
         __m512 v = _mm512_maskz_loadu_ps(m, x + j);
         __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
         __m512 grad = _mm512_mul_ps(s, _mm512_fmadd_ps(v, _mm512_sub_ps(one, s), one));
-        _mm512_mask_storeu_ps(dx + j, m,
-                              _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, dy + j), grad, _mm512_maskz_loadu_ps(m, dx + j)));
+        __m512 d = _mm512_maskz_loadu_ps(m, dy + j);
+        _mm512_mask_storeu_ps(dx + j, m, _mm512_fmadd_ps(d, grad, _mm512_maskz_loadu_ps(m, dx + j)));
     }
 }
 
@@ -500,48 +455,30 @@ float gnr_cpu_vector_exp_sum(const float *x, float *y, int64_t n, float shift)
     return cpu_vec_exp_sum(x, y, n, shift);
 }
 
-void cpu_vec_geglu(const float *a, const float *g, float *y, int64_t n)
-{
-    switch (cpu_vec_level()) {
+/* The elementwise kernels' doors: the version of this CPU's level */
 #if GNR_VEC_X86
-    case CPU_VEC_AVX512: geglu_avx512(a, g, y, n); return;
-    case CPU_VEC_AVX2: geglu_avx2(a, g, y, n); return;
-#endif
-    default: geglu_baseline(a, g, y, n);
+#define VEC_DOOR(name, args)                                                                                         \
+    switch (cpu_vec_level()) {                                                                                       \
+    case CPU_VEC_AVX512: name##_avx512 args; break;                                                                  \
+    case CPU_VEC_AVX2: name##_avx2 args; break;                                                                      \
+    default: name##_baseline args;                                                                                   \
     }
-}
+#else
+#define VEC_DOOR(name, args) name##_baseline args
+#endif
+
+void cpu_vec_geglu(const float *a, const float *g, float *y, int64_t n) { VEC_DOOR(geglu, (a, g, y, n)); }
 
 void cpu_vec_geglu_backward(const float *a, const float *g, const float *dy, float *da, float *dg, int64_t n)
 {
-    switch (cpu_vec_level()) {
-#if GNR_VEC_X86
-    case CPU_VEC_AVX512: geglu_backward_avx512(a, g, dy, da, dg, n); return;
-    case CPU_VEC_AVX2: geglu_backward_avx2(a, g, dy, da, dg, n); return;
-#endif
-    default: geglu_backward_baseline(a, g, dy, da, dg, n);
-    }
+    VEC_DOOR(geglu_backward, (a, g, dy, da, dg, n));
 }
 
-void cpu_vec_silu(const float *x, float *y, int64_t n)
-{
-    switch (cpu_vec_level()) {
-#if GNR_VEC_X86
-    case CPU_VEC_AVX512: silu_avx512(x, y, n); return;
-    case CPU_VEC_AVX2: silu_avx2(x, y, n); return;
-#endif
-    default: silu_baseline(x, y, n);
-    }
-}
+void cpu_vec_silu(const float *x, float *y, int64_t n) { VEC_DOOR(silu, (x, y, n)); }
 
 void cpu_vec_silu_backward(const float *x, const float *dy, float *dx, int64_t n)
 {
-    switch (cpu_vec_level()) {
-#if GNR_VEC_X86
-    case CPU_VEC_AVX512: silu_backward_avx512(x, dy, dx, n); return;
-    case CPU_VEC_AVX2: silu_backward_avx2(x, dy, dx, n); return;
-#endif
-    default: silu_backward_baseline(x, dy, dx, n);
-    }
+    VEC_DOOR(silu_backward, (x, dy, dx, n));
 }
 
 float cpu_vec_max(const float *x, int64_t n)

@@ -276,6 +276,19 @@ gnr_status cuda_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
     return GNR_OK;
 }
 
+/* The map energy from its rows' sums of squared differences (row_sum[0 ..
+ * rows), filled by sq_diff_rows_kernel; row_sum[rows] is scratch): one
+ * fixed-order sum on the device, divided by the map's size. */
+static gnr_status map_energy_from_rows(cuda_state *s, double *row_sum, int64_t rows, int64_t Lk, double *out)
+{
+    CUDA_LAUNCH(sum_rows_kernel, 1, CUDA_BLOCK, 0, s->stream, (const double *)row_sum, rows, row_sum + rows);
+    double sum;
+    CUDA_CHECK(cudaMemcpyAsync(&sum, row_sum + rows, sizeof(double), cudaMemcpyDeviceToHost, s->stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    *out = sum / ((double)rows * (double)Lk);
+    return GNR_OK;
+}
+
 /* Given P (probs):
  *   dV_h += P^T dO_h;  dP = dO_h V_h^T (+ dprobs) (+ coef (P - P_ref));  dS = P * (dP - rowsum(dP * P));
  *   dQ_h += scale * dS K_h;  dK_h += scale * dS^T Q_h
@@ -354,14 +367,8 @@ gnr_status cuda_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_
             }
         }
     }
-    if (row_sum) { /* the seed's energy, bit for bit attention_map_energy's */
-        CUDA_LAUNCH(sum_rows_kernel, 1, CUDA_BLOCK, 0, s->stream, (const double *)row_sum, rows_total,
-                    row_sum + rows_total);
-        double sum;
-        CUDA_CHECK(cudaMemcpyAsync(&sum, row_sum + rows_total, sizeof(double), cudaMemcpyDeviceToHost, s->stream));
-        CUDA_CHECK(cudaStreamSynchronize(s->stream));
-        *seed->energy = sum / ((double)rows_total * (double)a.Lk);
-    }
+    if (row_sum) /* the seed's energy, bit for bit attention_map_energy's */
+        return map_energy_from_rows(s, row_sum, rows_total, a.Lk, seed->energy);
     return GNR_OK;
 }
 
@@ -398,11 +405,5 @@ gnr_status cuda_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gn
                         (const float *)R, a.Lk, cq, a.Lq, i0, row_sum + n * a.H * a.Lq);
         }
     }
-    CUDA_LAUNCH(sum_rows_kernel, 1, CUDA_BLOCK, 0, s->stream, (const double *)row_sum, rows_total,
-                row_sum + rows_total);
-    double sum;
-    CUDA_CHECK(cudaMemcpyAsync(&sum, row_sum + rows_total, sizeof(double), cudaMemcpyDeviceToHost, s->stream));
-    CUDA_CHECK(cudaStreamSynchronize(s->stream));
-    *out = sum / ((double)rows_total * (double)a.Lk);
-    return GNR_OK;
+    return map_energy_from_rows(s, row_sum, rows_total, a.Lk, out);
 }
