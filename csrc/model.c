@@ -396,6 +396,8 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     if (!ref || !cur) GNR_CHECK(st, gnr_error(GNR_ERR_NOMEM, "out of host memory for the capture request"));
     GNR_CHECK(st, build_request(terms, nterms, ref));
     *cur = *ref;
+    /* The backward computes every map energy on its way, from its own copies */
+    cur->qk_for_backward_only = checkpointing && (dlatent || dcontext);
 
     /* Reference pass: no tape; only its captures (in ctx->keep) survive. */
     gnr_arena_mark mark = gnr_arena_get_mark(ctx->arena);
@@ -450,6 +452,8 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
         const gnr_energy_term *t = &terms[i];
         for (int j = 0; j < t->ncaptures; j++, n++) {
             int ci = gnr_capture_index(cur, t->captures[j]);
+            if (isnan(values[n]) && !cur->found[ci])
+                GNR_CHECK(st, gnr_error(GNR_ERR_INTERNAL, "no energy for capture '%s'", t->captures[j]));
             if (isnan(values[n])) GNR_CHECK(st, gnr_capture_energy(ctx, term_kind(t), cur, ci, ref, ci, &values[n]));
             e += (double)t->scale * values[n];
         }

@@ -248,11 +248,12 @@ gnr_status nn_upsample2x(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 
 /* An energy's attention capture: the layer's queries and keys, copied into
  * ctx->keep (they outlive the pass; a checkpointed block's temporaries do
- * not), once: a re-run block finds them there. */
+ * not), once: a re-run block finds them there. None in a checkpointed
+ * segment's first run (ctx->tape NULL) when only the backward reads them. */
 static gnr_status capture_qk(gnr_ctx *ctx, gnr_capture *cap, int ci, const gnr_tensor *q, const gnr_tensor *k,
                              int heads, float scale)
 {
-    if (ctx->tape && ctx->tape->rerun) return GNR_OK;
+    if (ctx->tape ? ctx->tape->rerun : ctx->checkpointing && cap->qk_for_backward_only) return GNR_OK;
     gnr_tensor kq, kk;
     GNR_TRY(alloc_keep(ctx, q, &kq));
     GNR_TRY(gnr_copy(ctx, q, &kq));

@@ -36,6 +36,10 @@ typedef struct {
     gnr_tensor keys[GNR_MAX_CAPTURES];
     int heads[GNR_MAX_CAPTURES];
     float scale[GNR_MAX_CAPTURES];
+    /* Queries and keys read by nothing but their layer's backward: a
+     * checkpointed segment's first run keeps none (its re-run saves its own),
+     * so those captures stay unfound. */
+    int qk_for_backward_only;
 } gnr_capture;
 
 /* Adds a name to a request; GNR_ERR_VALUE when full or too long. */

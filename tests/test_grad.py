@@ -78,9 +78,17 @@ def test_energy_grad_matches_autograd(setup, name, terms, checkpointing):
 
 
 def test_checkpointing_same_result_less_memory(setup):
+    """With checkpointing, the whole pass stays within 2.6x (model a) and
+    3.2x (model b) an inference pass's footprint: measured 2.38x and 2.89x;
+    2.92x and 3.70x while the segments' first runs also kept the current
+    queries and keys, and freed gradients were reused at their exact size
+    only."""
     ours, *_ = setup
     z, c, z_ref, c_ref = inputs(11, (32, 32))
     terms = [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL}]
+    ours.reset_peak()
+    ours.unet(z, 500, c)
+    inference = ours.peak_bytes
     ours.reset_peak()
     e1, g1 = ours.energy_grad(z, 500, c, z_ref, c_ref, terms)
     full = ours.peak_bytes
@@ -93,6 +101,8 @@ def test_checkpointing_same_result_less_memory(setup):
     assert e1 == e2
     assert rel_err(g2["latent"], g1["latent"]) < 1e-6
     assert light < full
+    bound = 2.6 if len(ours.config["unet"]["block_out_channels"]) == 2 else 3.2  # models a and b
+    assert light <= bound * inference, (light, inference)
 
 
 def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
@@ -100,9 +110,10 @@ def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
     activations, GEGLU and attention and nothing of convolutions and linear
     layers (a SiLU of a group norm's output keeps nothing: the norm runs
     again), and it releases its scopes as inference does: with all maps, its
-    whole footprint (reference pass, recorded pass, backward) stays within 8.5x
-    an inference pass's (measured 4.9x on model a, 7.2x on b; the tape
-    keeping every intermediate made it 13x and 24x)."""
+    whole footprint (reference pass, recorded pass, backward) stays within
+    4.8x an inference pass's on model a and 7.0x on b (measured 4.44x and
+    6.50x; 4.89x and 7.24x while freed gradients were reused at their exact
+    size only; 13x and 24x when the tape kept every intermediate)."""
     ours, *_ = setup
     z, c, z_ref, c_ref = inputs(11, (32, 32))
     ours.reset_peak()
@@ -110,7 +121,8 @@ def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
     inference = ours.peak_bytes
     ours.reset_peak()
     ours.energy_grad(z, 500, c, z_ref, c_ref, [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL}])
-    assert ours.peak_bytes <= 8.5 * inference, (ours.peak_bytes, inference)
+    bound = 4.8 if len(ours.config["unet"]["block_out_channels"]) == 2 else 7.0  # models a and b
+    assert ours.peak_bytes <= bound * inference, (ours.peak_bytes, inference)
 
 
 def test_inference_holds_only_the_waiting_skips(setup):

@@ -19,7 +19,8 @@ void gnr_tape_free(gnr_tape *t)
     free(t->entries);
     free(t->grads);
     free(t->saved);
-    free(t->free_buffers);
+    free(t->free);
+    free(t->slices);
     if (t->owns_seeds) free(t->seeds);
     memset(t, 0, sizeof *t);
 }
@@ -150,20 +151,71 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
 
 /* ------------------------------------------------------------------------ */
 
+/* Gradient ranges are cut at this granularity, which keeps every gradient as
+ * aligned as an arena slice on either backend. */
+#define GRAD_ALIGN 256
+
+static size_t grad_bytes(size_t bytes) { return (bytes + GRAD_ALIGN - 1) / GRAD_ALIGN * GRAD_ALIGN; }
+
+static gnr_status grow(void **array, int *cap, int n, size_t elem)
+{
+    if (n < *cap) return GNR_OK;
+    int c = *cap ? 2 * *cap : 64;
+    GNR_TRY(resize(array, c, elem));
+    *cap = c;
+    return GNR_OK;
+}
+
+/* `bytes` (a multiple of GRAD_ALIGN) of gradient memory: the front of the
+ * smallest free range that holds it, or a new arena slice. */
+static gnr_status take_range(gnr_ctx *ctx, gnr_tape *t, size_t bytes, void **out)
+{
+    int best = -1;
+    for (int i = 0; i < t->nfree; i++)
+        if (t->free[i].bytes >= bytes && (best < 0 || t->free[i].bytes < t->free[best].bytes)) best = i;
+    if (best >= 0) {
+        tape_free_range *r = &t->free[best];
+        *out = r->data;
+        r->data += bytes;
+        r->bytes -= bytes;
+        if (r->bytes == 0) *r = t->free[--t->nfree];
+        return GNR_OK;
+    }
+    GNR_TRY(grow((void **)&t->slices, &t->slices_cap, t->nslices, sizeof *t->slices));
+    GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, out));
+    t->slices[t->nslices].data = *out;
+    t->slices[t->nslices].bytes = bytes;
+    t->nslices++;
+    return GNR_OK;
+}
+
+/* [data, data + bytes) back to the free list, merged with the free ranges of
+ * its slice that touch it. */
+static gnr_status give_back_range(gnr_tape *t, char *data, size_t bytes)
+{
+    int origin = -1;
+    for (int i = 0; i < t->nslices && origin < 0; i++)
+        if (data >= t->slices[i].data && data < t->slices[i].data + t->slices[i].bytes) origin = i;
+    if (origin < 0) return gnr_error(GNR_ERR_INTERNAL, "tape: releasing a gradient it did not allocate");
+    for (int i = t->nfree - 1; i >= 0; i--) {
+        tape_free_range *r = &t->free[i];
+        if (r->origin != origin || (r->data + r->bytes != data && data + bytes != r->data)) continue;
+        if (r->data < data) data = r->data;
+        bytes += r->bytes;
+        *r = t->free[--t->nfree];
+    }
+    GNR_TRY(grow((void **)&t->free, &t->free_cap, t->nfree, sizeof *t->free));
+    t->free[t->nfree++] = (tape_free_range){data, bytes, origin};
+    return GNR_OK;
+}
+
 /* The gradient buffer of x, zeroed on first use. */
 static gnr_status grad_of(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *x, gnr_tensor **g)
 {
     gnr_tensor *slot = &t->grads[x->gid];
     if (!slot->data) {
         gnr_tensor fresh = gnr_tensor_view(NULL, x->dtype, ctx->device, x->ndim, x->shape);
-        size_t bytes = gnr_nbytes(&fresh);
-        for (int i = t->nfree - 1; i >= 0; i--)
-            if (t->free_buffers[i].bytes == bytes) {
-                fresh.data = t->free_buffers[i].data;
-                t->free_buffers[i] = t->free_buffers[--t->nfree];
-                break;
-            }
-        if (!fresh.data) GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, &fresh.data));
+        GNR_TRY(take_range(ctx, t, grad_bytes(gnr_nbytes(&fresh)), &fresh.data));
         GNR_TRY(gnr_fill(ctx, &fresh, 0.0f));
         fresh.gid = x->gid;
         *slot = fresh;
@@ -172,20 +224,13 @@ static gnr_status grad_of(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *x, gnr_te
     return GNR_OK;
 }
 
-/* The gradient of a replayed entry's output is dead: its buffer goes to the
- * free list. The slot keeps its shape with data NULL. */
+/* The gradient of a replayed entry's output is dead: its memory goes back to
+ * the free list. The slot keeps its shape with data NULL. */
 static gnr_status release_grad(gnr_tape *t, int gid)
 {
     gnr_tensor *slot = &t->grads[gid];
     if (!slot->data) return GNR_OK;
-    if (t->nfree == t->free_cap) {
-        int cap = t->free_cap ? 2 * t->free_cap : 64;
-        GNR_TRY(resize((void **)&t->free_buffers, cap, sizeof *t->free_buffers));
-        t->free_cap = cap;
-    }
-    t->free_buffers[t->nfree].data = slot->data;
-    t->free_buffers[t->nfree].bytes = gnr_nbytes(slot);
-    t->nfree++;
+    GNR_TRY(give_back_range(t, slot->data, grad_bytes(gnr_nbytes(slot))));
     slot->data = NULL;
     return GNR_OK;
 }

@@ -25,7 +25,9 @@
  * copied into ctx->keep when recorded (once per tensor), so the forward
  * releases its scopes as in inference. In the backward, the gradient of an
  * entry's output is dead once the entry is replayed (each tensor has one
- * producer): its buffer is reused for the next gradient of the same size.
+ * producer): its memory goes back to a free list that later gradients of any
+ * size are cut from, so the backward holds about what is live, not one buffer
+ * per size ever used.
  *
  * Gradient checkpointing: nn_checkpoint runs a segment (a block) without
  * recording and records one entry holding the segment's function and inputs;
@@ -86,11 +88,20 @@ typedef struct {
     double *energy[TAPE_MAX_SEEDS];      /* NULL, or where the backward may store the term's energy */
 } capture_seed;
 
-/* A gradient buffer no longer needed, for the next gradient of its size. */
+/* Free gradient memory: a range of one slice the backward took from the
+ * arena (its origin). A gradient takes the smallest range that holds it,
+ * split off its front; a released gradient goes back and merges with the
+ * free ranges beside it in the same slice. */
 typedef struct {
-    void *data;
+    char *data;
     size_t bytes;
-} tape_free_buffer;
+    int origin;
+} tape_free_range;
+
+typedef struct {
+    char *data;
+    size_t bytes;
+} tape_slice;
 
 typedef struct gnr_tape {
     tape_entry *entries;
@@ -98,8 +109,10 @@ typedef struct gnr_tape {
     gnr_tensor *grads; /* by gid; data NULL until a gradient reaches it */
     gnr_tensor *saved; /* by gid: the copy kept for the backward (data NULL: none) */
     int ngids, grads_cap;
-    tape_free_buffer *free_buffers; /* gradients of replayed entries, reused by size */
+    tape_free_range *free;          /* gradient memory not in use, in no particular order */
     int nfree, free_cap;
+    tape_slice *slices;             /* the arena slices gradients were cut from */
+    int nslices, slices_cap;
     gnr_capture *capture;                  /* the request the recorded pass fills */
     capture_seed *seeds;                   /* GNR_MAX_CAPTURES entries, shared with nested tapes */
     int rerun;                             /* a checkpointed segment being replayed: captures exist already */
