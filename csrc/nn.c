@@ -176,6 +176,17 @@ gnr_status nn_act(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
     return gnr_tape_record(ctx, &e, y);
 }
 
+gnr_status nn_act_in_place(gnr_ctx *ctx, gnr_act act, gnr_tensor *x)
+{
+    if (ctx->tape && x->gid >= 0) {
+        gnr_tensor y;
+        GNR_TRY(nn_act(ctx, act, x, &y));
+        *x = y;
+        return GNR_OK;
+    }
+    return gnr_act_forward(ctx, act, x, x);
+}
+
 gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 {
     int64_t shape[GNR_MAX_DIMS];

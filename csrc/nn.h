@@ -89,6 +89,9 @@ gnr_status nn_group_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *ga
 gnr_status nn_layer_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *gamma, const gnr_tensor *beta,
                          float eps, gnr_tensor *y);
 gnr_status nn_act(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y);
+/* *x = act(*x) for an x nothing else reads: in place unless a tape records
+ * x (a recorded activation has an output of its own). */
+gnr_status nn_act_in_place(gnr_ctx *ctx, gnr_act act, gnr_tensor *x);
 gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
 gnr_status nn_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
 gnr_status nn_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y);

@@ -77,22 +77,23 @@ static gnr_status resnet_segment(gnr_ctx *ctx, const void *args, const gnr_tenso
     const gnr_tensor *x = &in[0];
     nn_scope sc = nn_scope_begin(ctx);
     gnr_tensor h, a, t, sk;
-    /* Each half's norm and activation go once its convolution has read them,
-     * and the second half's end frees the first half's result too: the block
-     * holds x and at most four maps beside it, not all eight (the VAE's
-     * full-size blocks: 416 -> 241 MiB decoding at 256 x 256). */
+    /* Each half's norm (its activation in place) goes once its convolution
+     * has read it, and the second half's end frees the first half's result
+     * too: the block holds x and at most three maps beside it, not all
+     * eight (the VAE's full-size blocks: 416 -> 176 MiB decoding at 256 x
+     * 256). */
     nn_scope half = nn_scope_begin(ctx);
-    GNR_TRY(nn_group_norm(ctx, x, r->norm1.g, r->norm1.b, r->groups, r->eps, &h));
-    GNR_TRY(nn_act(ctx, GNR_ACT_SILU, &h, &a));
-    GNR_TRY(conv3x3(ctx, &r->conv1, &a, &h));
+    GNR_TRY(nn_group_norm(ctx, x, r->norm1.g, r->norm1.b, r->groups, r->eps, &t));
+    GNR_TRY(nn_act_in_place(ctx, GNR_ACT_SILU, &t));
+    GNR_TRY(conv3x3(ctx, &r->conv1, &t, &h));
     if (r->temb.w && n > 1) {
         GNR_TRY(nn_linear(ctx, &in[1], r->temb.w, r->temb.b, &t));
         GNR_TRY(nn_add_channel(ctx, &h, &t, &a));
         h = a;
     }
     GNR_TRY(nn_scope_end(ctx, half, &h));
-    GNR_TRY(nn_group_norm(ctx, &h, r->norm2.g, r->norm2.b, r->groups, r->eps, &a));
-    GNR_TRY(nn_act(ctx, GNR_ACT_SILU, &a, &t));
+    GNR_TRY(nn_group_norm(ctx, &h, r->norm2.g, r->norm2.b, r->groups, r->eps, &t));
+    GNR_TRY(nn_act_in_place(ctx, GNR_ACT_SILU, &t));
     GNR_TRY(conv3x3(ctx, &r->conv2, &t, &a));
     GNR_TRY(nn_scope_end(ctx, half, &a));
     if (r->shortcut.w) {

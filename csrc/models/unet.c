@@ -197,11 +197,11 @@ gnr_status unet_forward(gnr_ctx *ctx, const unet_w *u, const gnr_tensor *latent,
         GNR_TRY(nn_capture(ctx, cap, b->name, &h));
     }
 
-    gnr_tensor n, a;
+    gnr_tensor n;
     GNR_TRY(nn_group_norm(ctx, &h, u->norm_out.g, u->norm_out.b, cfg->norm_num_groups, cfg->norm_eps, &n));
-    GNR_TRY(nn_capture(ctx, cap, "conv_norm_out", &n));
-    GNR_TRY(nn_act(ctx, GNR_ACT_SILU, &n, &a));
-    return conv3x3(ctx, &u->conv_out, &a, out);
+    GNR_TRY(nn_capture(ctx, cap, "conv_norm_out", &n)); /* a copy: the activation may overwrite n */
+    GNR_TRY(nn_act_in_place(ctx, GNR_ACT_SILU, &n));
+    return conv3x3(ctx, &u->conv_out, &n, out);
 }
 
 static int block_maps(const unet_block_w *b, const char **names, int k, int max)

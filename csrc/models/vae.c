@@ -105,10 +105,10 @@ static gnr_status run_mid(gnr_ctx *ctx, nn_scope chain, const vae_coder_w *c, gn
 static gnr_status run_tail(gnr_ctx *ctx, const vae_coder_w *c, int groups, const gnr_tensor *h, gnr_tensor *out)
 {
     nn_scope sc = nn_scope_begin(ctx);
-    gnr_tensor n, a;
+    gnr_tensor n;
     GNR_TRY(nn_group_norm(ctx, h, c->norm_out.g, c->norm_out.b, groups, VAE_EPS, &n));
-    GNR_TRY(nn_act(ctx, GNR_ACT_SILU, &n, &a));
-    GNR_TRY(conv3x3(ctx, &c->conv_out, &a, out));
+    GNR_TRY(nn_act_in_place(ctx, GNR_ACT_SILU, &n));
+    GNR_TRY(conv3x3(ctx, &c->conv_out, &n, out));
     return nn_scope_end(ctx, sc, out);
 }
 
