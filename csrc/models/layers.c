@@ -80,7 +80,7 @@ static gnr_status resnet_segment(gnr_ctx *ctx, const void *args, const gnr_tenso
     /* Each half's norm (its activation in place) goes once its convolution
      * has read it, and the second half's end frees the first half's result
      * too: the block holds x and at most three maps beside it, not all
-     * eight (the VAE's full-size blocks: 416 -> 176 MiB decoding at 256 x
+     * eight (the VAE's full-size blocks: 416 -> 173 MiB decoding at 256 x
      * 256). */
     nn_scope half = nn_scope_begin(ctx);
     GNR_TRY(nn_group_norm(ctx, x, r->norm1.g, r->norm1.b, r->groups, r->eps, &t));
