@@ -452,9 +452,11 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
         const gnr_energy_term *t = &terms[i];
         for (int j = 0; j < t->ncaptures; j++, n++) {
             int ci = gnr_capture_index(cur, t->captures[j]);
-            if (isnan(values[n]) && !cur->found[ci])
-                GNR_CHECK(st, gnr_error(GNR_ERR_INTERNAL, "no energy for capture '%s'", t->captures[j]));
-            if (isnan(values[n])) GNR_CHECK(st, gnr_capture_energy(ctx, term_kind(t), cur, ci, ref, ci, &values[n]));
+            if (isnan(values[n])) {
+                if (!cur->found[ci])
+                    GNR_CHECK(st, gnr_error(GNR_ERR_INTERNAL, "no energy for capture '%s'", t->captures[j]));
+                GNR_CHECK(st, gnr_capture_energy(ctx, term_kind(t), cur, ci, ref, ci, &values[n]));
+            }
             e += (double)t->scale * values[n];
         }
     }

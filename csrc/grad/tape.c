@@ -34,6 +34,16 @@ static gnr_status resize(void **array, int cap, size_t elem)
     return GNR_OK;
 }
 
+/* Room in *array (cap elements of elem bytes) for element n: doubles it when full. */
+static gnr_status grow(void **array, int *cap, int n, size_t elem)
+{
+    if (n < *cap) return GNR_OK;
+    int c = *cap ? 2 * *cap : 64;
+    GNR_TRY(resize(array, c, elem));
+    *cap = c;
+    return GNR_OK;
+}
+
 static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
 {
     if (t->ngids == t->grads_cap) {
@@ -127,11 +137,7 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
     int tracked = 0;
     for (int i = 0; i < e->nin; i++) tracked |= e->in[i].gid >= 0;
     if (!tracked) return GNR_OK;
-    if (t->n == t->cap) {
-        int cap = t->cap ? 2 * t->cap : 512;
-        GNR_TRY(resize((void **)&t->entries, cap, sizeof *t->entries));
-        t->cap = cap;
-    }
+    GNR_TRY(grow((void **)&t->entries, &t->cap, t->n, sizeof *t->entries));
     /* an activation right after the group norm that made its input */
     int from_norm = 0;
     if (e->op == TAPE_ACT && t->n > 0) {
@@ -156,15 +162,6 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
 #define GRAD_ALIGN 256
 
 static size_t grad_bytes(size_t bytes) { return (bytes + GRAD_ALIGN - 1) / GRAD_ALIGN * GRAD_ALIGN; }
-
-static gnr_status grow(void **array, int *cap, int n, size_t elem)
-{
-    if (n < *cap) return GNR_OK;
-    int c = *cap ? 2 * *cap : 64;
-    GNR_TRY(resize(array, c, elem));
-    *cap = c;
-    return GNR_OK;
-}
 
 /* `bytes` (a multiple of GRAD_ALIGN) of gradient memory: the front of the
  * smallest free range that holds it, or a new arena slice. */
