@@ -19,6 +19,15 @@ the mapped file by the first pass, and it frees activations after each).
 gnr's first pass also derives the Winograd form of its 3 x 3 convolution
 weights, which it keeps like weights (Model.weight_cache_bytes): reported
 beside the figure, and subtracted in the "activations" figure.
+
+The resident memory is measured in a process of its own per side, with
+glibc's malloc told to return every freed block of 64 KiB or more to the
+system (MALLOC_MMAP_THRESHOLD_, MEMORY_ENV), so that the peak counts what a
+pass holds at once. With the default, blocks the warm-up freed stay in the
+heap and the measured pass reuses them without adding to the resident set:
+PyTorch's pass at 256 x 256 then seemed to add 256-463 MiB from run to run,
+where it holds 826. That setting slows PyTorch's many allocations, so the
+timed runs use the default.
 """
 from __future__ import annotations
 
@@ -39,6 +48,8 @@ from bench_forward import (add_torch_isa_arg, cpu_name, hold_gnr_isa, kernels_li
 LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
 SCALE = 3e5
 APP_SCALE = 500.0  # NONSTYLE's app_gs
+# the memory measurement's processes: freed blocks of 64 KiB or more go back to the system at once
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def energy_terms(layers: str, last_up: str) -> list:
@@ -99,8 +110,10 @@ def run_gnr(args) -> dict:
     m = gnr.load_model(args.model)
     z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
     terms = energy_terms(args.layers, "up_blocks.-1")
-    out = {"extra_rss_mib": extra_rss_mib(lambda: m.energy_grad(z, 501, c, z_ref, c, terms)),
-           "weight_cache_mib": m.weight_cache_bytes / 2**20}
+    extra = extra_rss_mib(lambda: m.energy_grad(z, 501, c, z_ref, c, terms))
+    out = {"extra_rss_mib": extra, "weight_cache_mib": m.weight_cache_bytes / 2**20}
+    if args.memory:
+        return out
     for cp in (False, True):
         m.reset_peak()
         med, best = timed(lambda: m.energy_grad(z, 501, c, z_ref, c, terms, checkpointing=cp), args.runs)
@@ -134,9 +147,11 @@ def run_torch(args) -> dict:
     def run():
         return energy_and_grads(unet, rec, z, 501, c[None], z_ref, c[None], terms)
 
+    if args.memory:
+        run()  # the warm-up: weights paged in from the mapped file, lazy setup done
+        return {"extra_rss_mib": extra_rss_mib(run)}
     med, best = timed(run, args.runs)
-    extra = extra_rss_mib(run)  # after the warm-up: weights paged in from the mapped file, lazy setup done
-    return {"plain": {"median_s": med, "min_s": best}, "rss_mib": peak_rss_mib(), "extra_rss_mib": extra}
+    return {"plain": {"median_s": med, "min_s": best}, "rss_mib": peak_rss_mib()}
 
 
 def main():
@@ -151,19 +166,24 @@ def main():
                     help="after the timed runs, one more gnr pass op by op (gnr.profile): its N slowest ops")
     add_torch_isa_arg(ap)
     ap.add_argument("--side", choices=("gnr", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
         print("RESULT " + json.dumps(run_gnr(args) if args.side == "gnr" else run_torch(args)))
         return
 
-    def side(name):
+    def side(name, memory=False):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
                "--threads", str(args.threads), "--layers", args.layers, "--profile", str(args.profile), "--side", name] + side_isa_args(args.torch_isa)
-        env = torch_side_env(args.torch_isa) if name == "torch" else None
+        env = torch_side_env(args.torch_isa) if name == "torch" else dict(os.environ)
+        if memory:
+            cmd.append("--memory")
+            env.update(MEMORY_ENV)
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{name} side failed:\n{out.stderr[-3000:]}")
-        return json.loads([l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
+        result = json.loads([l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
+        return result if memory else {**result, **side(name, memory=True)}
 
     g = side("gnr")
     t = None if args.skip_torch else side("torch")

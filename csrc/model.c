@@ -396,8 +396,9 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     if (!ref || !cur) GNR_CHECK(st, gnr_error(GNR_ERR_NOMEM, "out of host memory for the capture request"));
     GNR_CHECK(st, build_request(terms, nterms, ref));
     *cur = *ref;
-    /* The backward computes every map energy on its way, from its own copies */
-    cur->qk_for_backward_only = checkpointing && (dlatent || dcontext);
+    /* The backward computes every map energy of a recorded layer on its way,
+     * from the queries and keys it computes again */
+    cur->qk_for_backward_only = dlatent || dcontext;
 
     /* Reference pass: no tape; only its captures (in ctx->keep) survive. */
     gnr_arena_mark mark = gnr_arena_get_mark(ctx->arena);

@@ -134,7 +134,7 @@ gnr_status nn_linear(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, con
     shape[x->ndim - 1] = w->shape[0];
     GNR_TRY(gnr_alloc(ctx, GNR_F32, x->ndim, shape, y));
     GNR_TRY(gnr_linear_forward(ctx, x, w, b, y));
-    tape_entry e = {.op = TAPE_LINEAR, .in = {*x}, .nin = 1, .w = w, .capture = -1};
+    tape_entry e = {.op = TAPE_LINEAR, .in = {*x}, .nin = 1, .w = w, .w2 = b, .capture = -1};
     return gnr_tape_record(ctx, &e, y);
 }
 
@@ -164,7 +164,8 @@ gnr_status nn_layer_norm(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *ga
 {
     GNR_TRY(gnr_alloc_like(ctx, x, y));
     GNR_TRY(gnr_layer_norm_forward(ctx, x, gamma, beta, eps, y));
-    tape_entry e = {.op = TAPE_LAYER_NORM, .in = {*x}, .nin = 1, .w = gamma, .eps = eps, .capture = -1};
+    tape_entry e = {.op = TAPE_LAYER_NORM, .in = {*x}, .nin = 1, .w = gamma, .w2 = beta, .eps = eps,
+                    .capture = -1};
     return gnr_tape_record(ctx, &e, y);
 }
 
@@ -259,12 +260,21 @@ gnr_status nn_upsample2x(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
 
 /* An energy's attention capture: the layer's queries and keys, copied into
  * ctx->keep (they outlive the pass; a checkpointed block's temporaries do
- * not), once: a re-run block finds them there. None in a checkpointed
- * segment's first run (ctx->tape NULL) when only the backward reads them. */
+ * not), once: a re-run block finds them there. When only the backward reads
+ * them, none: a recorded layer's (`tracked`) backward computes them again
+ * and the energy with them, a checkpointed segment's first run (ctx->tape
+ * NULL) is re-run, and the re-run of a layer no gradient reaches computes
+ * its energy there. */
 static gnr_status capture_qk(gnr_ctx *ctx, gnr_capture *cap, int ci, const gnr_tensor *q, const gnr_tensor *k,
-                             int heads, float scale)
+                             int heads, float scale, int tracked)
 {
-    if (ctx->tape ? ctx->tape->rerun : ctx->checkpointing && cap->qk_for_backward_only) return GNR_OK;
+    int rerun = ctx->tape && ctx->tape->rerun;
+    if (cap->qk_for_backward_only) {
+        if (ctx->tape ? tracked : ctx->checkpointing) return GNR_OK;
+        if (rerun) return gnr_tape_map_energies(ctx, ctx->tape, ci, q, k, heads, scale);
+    } else if (rerun) {
+        return GNR_OK;
+    }
     gnr_tensor kq, kk;
     GNR_TRY(alloc_keep(ctx, q, &kq));
     GNR_TRY(gnr_copy(ctx, q, &kq));
@@ -300,7 +310,7 @@ gnr_status nn_attention(gnr_ctx *ctx, const gnr_tensor *q, const gnr_tensor *k, 
     int64_t pshape[4] = {q->shape[0], heads, q->shape[1], k->shape[1]};
     gnr_tensor probs = gnr_tensor_view(NULL, GNR_F32, ctx->device, 4, pshape);
     if (ci >= 0 && cap->as_qk[ci]) {
-        GNR_TRY(capture_qk(ctx, cap, ci, q, k, heads, scale));
+        GNR_TRY(capture_qk(ctx, cap, ci, q, k, heads, scale, tracked));
     } else if (ci >= 0) {
         /* ctx->keep: the map outlives its scope, for the capture and for the
          * backward of a seeded map (a re-run block's copy goes with the

@@ -36,9 +36,9 @@ typedef struct {
     gnr_tensor keys[GNR_MAX_CAPTURES];
     int heads[GNR_MAX_CAPTURES];
     float scale[GNR_MAX_CAPTURES];
-    /* Queries and keys read by nothing but their layer's backward: a
-     * checkpointed segment's first run keeps none (its re-run saves its own),
-     * so those captures stay unfound. */
+    /* Queries and keys read by nothing but their layer's backward, which
+     * computes them again (grad/tape.h), as does a checkpointed segment's
+     * re-run: a recorded layer keeps none, and those captures stay unfound. */
     int qk_for_backward_only;
 } gnr_capture;
 

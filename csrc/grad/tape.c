@@ -19,6 +19,7 @@ void gnr_tape_free(gnr_tape *t)
     free(t->entries);
     free(t->grads);
     free(t->saved);
+    free(t->producer);
     free(t->free);
     free(t->slices);
     if (t->owns_seeds) free(t->seeds);
@@ -50,10 +51,12 @@ static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
         int cap = t->grads_cap ? 2 * t->grads_cap : 256;
         GNR_TRY(resize((void **)&t->grads, cap, sizeof *t->grads));
         GNR_TRY(resize((void **)&t->saved, cap, sizeof *t->saved));
+        GNR_TRY(resize((void **)&t->producer, cap, sizeof *t->producer));
         t->grads_cap = cap;
     }
     memset(&t->grads[t->ngids], 0, sizeof t->grads[0]);
     memset(&t->saved[t->ngids], 0, sizeof t->saved[0]);
+    t->producer[t->ngids] = -1;
     x->gid = t->ngids++;
     return GNR_OK;
 }
@@ -80,6 +83,16 @@ gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gn
     s->scale[s->n] = scale;
     s->energy[s->n] = energy;
     s->n++;
+    return GNR_OK;
+}
+
+gnr_status gnr_tape_map_energies(gnr_ctx *ctx, const gnr_tape *t, int ci, const gnr_tensor *q, const gnr_tensor *k,
+                                 int heads, float scale)
+{
+    const capture_seed *s = &t->seeds[ci];
+    for (int i = 0; i < s->n; i++)
+        if (s->energy[i] && s->ref_keys[i].data)
+            GNR_TRY(gnr_attention_map_energy(ctx, q, k, &s->ref[i], &s->ref_keys[i], heads, scale, s->energy[i]));
     return GNR_OK;
 }
 
@@ -130,6 +143,35 @@ void gnr_tape_saved_as(gnr_tape *t, const gnr_tensor *x, const gnr_tensor *copy)
     if (x->gid >= 0 && x->gid < t->ngids) t->saved[x->gid] = *copy;
 }
 
+static int is_norm(tape_op op) { return op == TAPE_GROUP_NORM || op == TAPE_LAYER_NORM; }
+
+/* The entry of t that made x, or NULL (a leaf, a constant). */
+static const tape_entry *producer_of(const gnr_tape *t, const gnr_tensor *x)
+{
+    if (x->gid < 0 || x->gid >= t->ngids || t->producer[x->gid] < 0) return NULL;
+    return &t->entries[t->producer[x->gid]];
+}
+
+/* For an input of `op` that its backward reads: 1 + the index of the entry
+ * whose forward, run again, gives it back from what the tape keeps anyway
+ * (a norm, whose input is kept, or a linear layer of a norm's output), or 0
+ * (keep it). Only activations, GEGLU and attention recompute; a value kept
+ * already (a capture's copy) is read, not recomputed. */
+static int recomputed_by(const gnr_tape *t, tape_op op, const gnr_tensor *x)
+{
+    if (op != TAPE_ACT && op != TAPE_GEGLU && op != TAPE_ATTENTION) return 0;
+    if (x->gid < 0 || t->saved[x->gid].data) return 0;
+    const tape_entry *p = producer_of(t, x);
+    if (!p) return 0;
+    if (p->op == TAPE_LINEAR) {
+        const tape_entry *n = producer_of(t, &p->in[0]);
+        if (!n || !is_norm(n->op)) return 0;
+    } else if (!is_norm(p->op)) {
+        return 0;
+    }
+    return (int)(p - t->entries) + 1;
+}
+
 gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
 {
     gnr_tape *t = ctx->tape;
@@ -138,20 +180,20 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
     for (int i = 0; i < e->nin; i++) tracked |= e->in[i].gid >= 0;
     if (!tracked) return GNR_OK;
     GNR_TRY(grow((void **)&t->entries, &t->cap, t->n, sizeof *t->entries));
-    /* an activation right after the group norm that made its input */
-    int from_norm = 0;
-    if (e->op == TAPE_ACT && t->n > 0) {
-        const tape_entry *prev = &t->entries[t->n - 1];
-        if (prev->op == TAPE_GROUP_NORM && prev->out.gid >= 0 && prev->out.gid == e->in[0].gid) from_norm = t->n;
+    if (out) {
+        GNR_TRY(new_gid(t, out));
+        t->producer[out->gid] = t->n;
     }
-    if (out) GNR_TRY(new_gid(t, out));
     tape_entry *dst = &t->entries[t->n++];
     *dst = *e;
-    dst->input_from_norm = from_norm;
     if (out) dst->out = *out;
     else dst->out.gid = -1;
-    for (int i = 0; i < dst->nin; i++)
-        if (backward_reads(dst->op, i) && !from_norm) GNR_TRY(save(ctx, t, &dst->in[i]));
+    for (int i = 0; i < dst->nin; i++) {
+        dst->remat[i] = 0;
+        if (!backward_reads(dst->op, i)) continue;
+        dst->remat[i] = recomputed_by(t, dst->op, &dst->in[i]);
+        if (!dst->remat[i]) GNR_TRY(save(ctx, t, &dst->in[i]));
+    }
     return GNR_OK;
 }
 
@@ -255,15 +297,56 @@ static gnr_status apply_seeds(gnr_ctx *ctx, const capture_seed *s, const gnr_ten
     return GNR_OK;
 }
 
+/* The output of norm entry n, computed again from its kept input into y
+ * (ctx->arena): the same kernel on the same values as the forward's. */
+static gnr_status norm_again(gnr_ctx *ctx, const tape_entry *n, gnr_tensor *y)
+{
+    GNR_TRY(gnr_alloc_like(ctx, &n->in[0], y));
+    if (n->op == TAPE_GROUP_NORM) return gnr_group_norm_forward(ctx, &n->in[0], n->w, n->w2, n->groups, n->eps, y);
+    return gnr_layer_norm_forward(ctx, &n->in[0], n->w, n->w2, n->eps, y);
+}
+
+/* e's inputs as its backward reads them: the kept ones as they are, the
+ * others (remat) computed again into ctx->arena, which the caller releases.
+ * A norm several inputs come from (self-attention's q, k and v) runs once. */
+static gnr_status inputs_for_backward(gnr_ctx *ctx, const gnr_tape *t, const tape_entry *e, gnr_tensor in[4])
+{
+    const tape_entry *norms[4];
+    gnr_tensor normed[4];
+    int nnorms = 0;
+    for (int i = 0; i < e->nin; i++) {
+        in[i] = e->in[i];
+        if (!e->remat[i]) continue;
+        const tape_entry *src = &t->entries[e->remat[i] - 1];
+        const tape_entry *norm = src->op == TAPE_LINEAR ? producer_of(t, &src->in[0]) : src;
+        int j = 0;
+        while (j < nnorms && norms[j] != norm) j++;
+        if (j == nnorms) {
+            GNR_TRY(norm_again(ctx, norm, &normed[j]));
+            norms[nnorms++] = norm;
+        }
+        if (src == norm) {
+            in[i].data = normed[j].data;
+            continue;
+        }
+        gnr_tensor y;
+        GNR_TRY(gnr_alloc_like(ctx, &e->in[i], &y));
+        GNR_TRY(gnr_linear_forward(ctx, &normed[j], src->w, src->w2, &y));
+        in[i].data = y.data;
+    }
+    return GNR_OK;
+}
+
 /* An energy on a map kept as queries and keys: each seed's gradient enters
  * attention_backward as the reference's queries and keys, with
  * d/dP scale * mean((P - P_ref)^2) = coef (P - P_ref), coef = 2 scale / |P|.
  * dS is linear in dP, so the seeds after the first add theirs in calls
  * without the output gradient. */
-static gnr_status backward_attention_qk(gnr_ctx *ctx, const tape_entry *e, const capture_seed *seed,
-                                        const gnr_tensor *dy, gnr_tensor *dq, gnr_tensor *dk, gnr_tensor *dv)
+static gnr_status backward_attention_qk(gnr_ctx *ctx, const tape_entry *e, const gnr_tensor *in,
+                                        const capture_seed *seed, const gnr_tensor *dy, gnr_tensor *dq,
+                                        gnr_tensor *dk, gnr_tensor *dv)
 {
-    const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
+    const gnr_tensor *q = &in[0], *k = &in[1], *v = &in[2];
     double map_size = (double)q->shape[0] * e->heads * (double)q->shape[1] * (double)k->shape[1];
     for (int i = 0; i < seed->n; i++) {
         gnr_attention_seed sd = {&seed->ref[i], &seed->ref_keys[i], (float)(2.0 * seed->scale[i] / map_size),
@@ -276,20 +359,24 @@ static gnr_status backward_attention_qk(gnr_ctx *ctx, const tape_entry *e, const
 
 static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e, const gnr_tensor *dy)
 {
-    const gnr_tensor *q = &e->in[0], *k = &e->in[1], *v = &e->in[2];
     const capture_seed *seed = e->capture >= 0 ? &t->seeds[e->capture] : NULL;
     int seeded = seed && seed->n > 0;
     if (!dy && !seeded) return GNR_OK;
     gnr_tensor *dq = NULL, *dk = NULL, *dv = NULL;
-    if (has_grad(q)) GNR_TRY(grad_of(ctx, t, q, &dq));
-    if (has_grad(k)) GNR_TRY(grad_of(ctx, t, k, &dk));
-    if (has_grad(v)) GNR_TRY(grad_of(ctx, t, v, &dv));
-    if (seeded && seed->ref_keys[0].data) return backward_attention_qk(ctx, e, seed, dy, dq, dk, dv);
-    /* A seeded map: the energy's gradient w.r.t. P, for this entry only. */
+    if (has_grad(&e->in[0])) GNR_TRY(grad_of(ctx, t, &e->in[0], &dq));
+    if (has_grad(&e->in[1])) GNR_TRY(grad_of(ctx, t, &e->in[1], &dk));
+    if (has_grad(&e->in[2])) GNR_TRY(grad_of(ctx, t, &e->in[2], &dv));
+    /* q, k, v recomputed and a seeded map's gradient live for this entry only */
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    gnr_tensor dprobs;
-    const gnr_tensor *dp = NULL;
+    gnr_tensor in[4], dprobs;
+    const gnr_tensor *q = &in[0], *k = &in[1], *v = &in[2], *dp = NULL;
     gnr_status st = GNR_OK;
+    GNR_CHECK(st, inputs_for_backward(ctx, t, e, in));
+    if (seeded && seed->ref_keys[0].data) {
+        st = backward_attention_qk(ctx, e, in, seed, dy, dq, dk, dv);
+        goto done;
+    }
+    /* A seeded map: the energy's gradient w.r.t. P. */
     if (seeded) {
         GNR_CHECK(st, gnr_alloc_like(ctx, &e->probs, &dprobs));
         GNR_CHECK(st, gnr_fill(ctx, &dprobs, 0.0f));
@@ -353,19 +440,15 @@ done:
     return st;
 }
 
-/* An activation whose input, a group norm's output, was not kept: the norm
- * runs again on its own kept input (the same kernel on the same values, so
- * the same input as the forward's) into scratch. */
-static gnr_status backward_act_of_norm(gnr_ctx *ctx, const tape_entry *norm, const tape_entry *e,
-                                       const gnr_tensor *dy, gnr_tensor *dx)
+/* An activation's or GEGLU's backward, its input recomputed if it was not kept. */
+static gnr_status backward_pointwise(gnr_ctx *ctx, const gnr_tape *t, const tape_entry *e, const gnr_tensor *dy,
+                                     gnr_tensor *dx)
 {
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    gnr_tensor x;
-    gnr_status st = GNR_OK;
-    GNR_CHECK(st, gnr_alloc_like(ctx, &norm->in[0], &x));
-    GNR_CHECK(st, gnr_group_norm_forward(ctx, &norm->in[0], norm->w, norm->w2, norm->groups, norm->eps, &x));
-    st = gnr_act_backward(ctx, (gnr_act)e->iparam, dy, &x, dx);
-done:
+    gnr_tensor in[4];
+    gnr_status st = inputs_for_backward(ctx, t, e, in);
+    if (st == GNR_OK && e->op == TAPE_GEGLU) st = gnr_geglu_backward(ctx, dy, &in[0], dx);
+    else if (st == GNR_OK) st = gnr_act_backward(ctx, (gnr_act)e->iparam, dy, &in[0], dx);
     gnr_arena_release(ctx->arena, m);
     return st;
 }
@@ -411,12 +494,9 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
         GNR_TRY(grad_of(ctx, t, x, &dx));
         return gnr_layer_norm_backward(ctx, dy, x, e->w, e->eps, dx);
     case TAPE_ACT:
-        GNR_TRY(grad_of(ctx, t, x, &dx));
-        if (e->input_from_norm) return backward_act_of_norm(ctx, &t->entries[e->input_from_norm - 1], e, dy, dx);
-        return gnr_act_backward(ctx, (gnr_act)e->iparam, dy, x, dx);
     case TAPE_GEGLU:
         GNR_TRY(grad_of(ctx, t, x, &dx));
-        return gnr_geglu_backward(ctx, dy, x, dx);
+        return backward_pointwise(ctx, t, e, dy, dx);
     case TAPE_ADD:
         for (int i = 0; i < 2; i++) {
             if (!has_grad(&e->in[i])) continue;

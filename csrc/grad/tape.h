@@ -17,13 +17,16 @@
  *
  * Memory: the weights are frozen, so an entry keeps only what its backward
  * reads: nothing for linear layers, convolutions, additions and layout ops;
- * the input of norms, activations and GEGLU; q, k and v of attention (P is
- * recomputed); a capture's value; a checkpointed segment's inputs. An
- * activation of a group norm's output (the resnets' SiLU) keeps nothing: its
- * backward recomputes the norm from the norm's kept input, one elementwise
- * pass, where GEGLU's input would take a matrix product to recompute. Those are
- * copied into ctx->keep when recorded (once per tensor), so the forward
- * releases its scopes as in inference. In the backward, the gradient of an
+ * the input of norms; a capture's value; a checkpointed segment's inputs.
+ * Activations, GEGLU and attention (whose backward recomputes P) read inputs
+ * that are mostly a norm's output or a linear layer of one: the resnets'
+ * SiLU, GEGLU's input (8 x the block's width), q, k and v. Those are not
+ * kept: the backward recomputes them from the norm's kept input (one
+ * elementwise pass, plus the linear layer's product again: about 7 % of a
+ * gradient pass's FLOPs at SD 1.4's shapes, for 45 % less memory at 256). Any other
+ * input they read is kept. What is kept is copied into ctx->keep when
+ * recorded (once per tensor), so the forward releases its scopes as in
+ * inference. In the backward, the gradient of an
  * entry's output is dead once the entry is replayed (each tensor has one
  * producer): its memory goes back to a free list that later gradients of any
  * size are cut from, so the backward holds about what is live, not one buffer
@@ -63,9 +66,9 @@ typedef struct {
     int nin;
     gnr_tensor out;
     const gnr_tensor *w;   /* linear/conv weight, norm gamma */
-    const gnr_tensor *w2;  /* group norm: beta (NULL: none) */
-    int input_from_norm;   /* activation: 1 + the index of the group-norm entry whose output is its
-                              input, recomputed in the backward instead of kept (0: kept) */
+    const gnr_tensor *w2;  /* linear: bias, norm: beta (NULL: none); read only to recompute an output */
+    int remat[4];          /* input i not kept: 1 + the index of the entry that recomputes it (a norm,
+                              or a linear layer of a norm's output); 0: kept or not read */
     gnr_tensor probs;      /* attention: the saved probabilities */
     int capture;           /* attention/capture: index in the capture request, or -1 */
     gnr_conv_params conv;
@@ -108,6 +111,7 @@ typedef struct gnr_tape {
     int n, cap;
     gnr_tensor *grads; /* by gid; data NULL until a gradient reaches it */
     gnr_tensor *saved; /* by gid: the copy kept for the backward (data NULL: none) */
+    int *producer;     /* by gid: the index of the entry that made it (-1: a leaf) */
     int ngids, grads_cap;
     tape_free_range *free;          /* gradient memory not in use, in no particular order */
     int nfree, free_cap;
@@ -134,6 +138,13 @@ gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
  * backward runs); otherwise *energy is left as it was. */
 gnr_status gnr_tape_seed_capture(gnr_tape *t, int capture_index, energy_kind kind, const gnr_capture *ref,
                                  int ref_index, float scale, double *energy);
+
+/* Stores the energies seeded on capture i, an attention map kept as queries
+ * and keys, computed from this pass's q and k: for a layer of a re-run
+ * segment that no gradient reaches, whose first run kept no capture
+ * (gnr_capture.qk_for_backward_only) and whose backward will not run. */
+gnr_status gnr_tape_map_energies(gnr_ctx *ctx, const gnr_tape *t, int capture_index, const gnr_tensor *q,
+                                 const gnr_tensor *k, int heads, float scale);
 
 /* Adds dy to the gradient of a recorded output y (an energy defined on the
  * pass's output rather than on a capture, as null-text inversion's loss). */
