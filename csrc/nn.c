@@ -188,14 +188,10 @@ gnr_status nn_act_in_place(gnr_ctx *ctx, gnr_act act, gnr_tensor *x)
     return gnr_act_forward(ctx, act, x, x);
 }
 
-gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y)
+gnr_status nn_feed_forward(gnr_ctx *ctx, const gnr_feed_forward_w *w, const gnr_tensor *x, gnr_tensor *y)
 {
-    int64_t shape[GNR_MAX_DIMS];
-    memcpy(shape, x->shape, sizeof shape);
-    shape[x->ndim - 1] /= 2;
-    GNR_TRY(gnr_alloc(ctx, GNR_F32, x->ndim, shape, y));
-    GNR_TRY(gnr_geglu_forward(ctx, x, y));
-    tape_entry e = {.op = TAPE_GEGLU, .in = {*x}, .nin = 1, .capture = -1};
+    GNR_TRY(gnr_feed_forward(ctx, w, x, y));
+    tape_entry e = {.op = TAPE_FEED_FORWARD, .in = {*x}, .nin = 1, .ff = *w, .capture = -1};
     return gnr_tape_record(ctx, &e, y);
 }
 

@@ -18,6 +18,7 @@
 #ifndef GNR_NN_H
 #define GNR_NN_H
 
+#include "feed_forward.h"
 #include "ops.h"
 
 #define GNR_MAX_CAPTURES 64
@@ -92,7 +93,8 @@ gnr_status nn_act(gnr_ctx *ctx, gnr_act act, const gnr_tensor *x, gnr_tensor *y)
 /* *x = act(*x) for an x nothing else reads: in place unless a tape records
  * x (a recorded activation has an output of its own). */
 gnr_status nn_act_in_place(gnr_ctx *ctx, gnr_act act, gnr_tensor *x);
-gnr_status nn_geglu(gnr_ctx *ctx, const gnr_tensor *x, gnr_tensor *y);
+/* The transformer block's GEGLU feed-forward (feed_forward.h), recorded as one op. */
+gnr_status nn_feed_forward(gnr_ctx *ctx, const gnr_feed_forward_w *w, const gnr_tensor *x, gnr_tensor *y);
 gnr_status nn_add(gnr_ctx *ctx, const gnr_tensor *a, const gnr_tensor *b, gnr_tensor *y);
 gnr_status nn_scale(gnr_ctx *ctx, const gnr_tensor *x, float alpha, gnr_tensor *y);
 gnr_status nn_add_channel(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *v, gnr_tensor *y);

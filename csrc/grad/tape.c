@@ -112,7 +112,7 @@ static int backward_reads(tape_op op, int i)
     case TAPE_GROUP_NORM:
     case TAPE_LAYER_NORM:
     case TAPE_ACT:
-    case TAPE_GEGLU:
+    case TAPE_FEED_FORWARD:
     case TAPE_CAPTURE: return i == 0;
     case TAPE_ATTENTION: return i < 3;
     case TAPE_SEGMENT: return 1;
@@ -155,11 +155,11 @@ static const tape_entry *producer_of(const gnr_tape *t, const gnr_tensor *x)
 /* For an input of `op` that its backward reads: 1 + the index of the entry
  * whose forward, run again, gives it back from what the tape keeps anyway
  * (a norm, whose input is kept, or a linear layer of a norm's output), or 0
- * (keep it). Only activations, GEGLU and attention recompute; a value kept
+ * (keep it). Only activations, the feed-forward and attention recompute; a value kept
  * already (a capture's copy) is read, not recomputed. */
 static int recomputed_by(const gnr_tape *t, tape_op op, const gnr_tensor *x)
 {
-    if (op != TAPE_ACT && op != TAPE_GEGLU && op != TAPE_ATTENTION) return 0;
+    if (op != TAPE_ACT && op != TAPE_FEED_FORWARD && op != TAPE_ATTENTION) return 0;
     if (x->gid < 0 || t->saved[x->gid].data) return 0;
     const tape_entry *p = producer_of(t, x);
     if (!p) return 0;
@@ -221,11 +221,29 @@ static gnr_status take_range(gnr_ctx *ctx, gnr_tape *t, size_t bytes, void **out
         return GNR_OK;
     }
     GNR_TRY(grow((void **)&t->slices, &t->slices_cap, t->nslices, sizeof *t->slices));
+    gnr_arena_mark before = gnr_arena_get_mark(ctx->arena);
     GNR_TRY(gnr_arena_alloc(ctx->arena, bytes, out));
-    t->slices[t->nslices].data = *out;
-    t->slices[t->nslices].bytes = bytes;
+    t->slices[t->nslices] = (tape_slice){*out, bytes, before, gnr_arena_used(ctx->arena)};
     t->nslices++;
     return GNR_OK;
+}
+
+/* The newest slices back to the arena while each is wholly free and still
+ * its top: the gradients' memory shrinks with the backward's live set, and
+ * the scratch of the entries that follow (recomputed inputs, attention's
+ * chunks) reuses it instead of stacking above it. */
+static void trim_slices(gnr_ctx *ctx, gnr_tape *t)
+{
+    while (t->nslices > 0) {
+        const tape_slice *s = &t->slices[t->nslices - 1];
+        int whole = -1;
+        for (int i = 0; i < t->nfree && whole < 0; i++)
+            if (t->free[i].origin == t->nslices - 1 && t->free[i].bytes == s->bytes) whole = i;
+        if (whole < 0 || gnr_arena_used(ctx->arena) != s->top) return;
+        gnr_arena_release(ctx->arena, s->before);
+        t->free[whole] = t->free[--t->nfree];
+        t->nslices--;
+    }
 }
 
 /* [data, data + bytes) back to the free list, merged with the free ranges of
@@ -440,14 +458,14 @@ done:
     return st;
 }
 
-/* An activation's or GEGLU's backward, its input recomputed if it was not kept. */
-static gnr_status backward_pointwise(gnr_ctx *ctx, const gnr_tape *t, const tape_entry *e, const gnr_tensor *dy,
-                                     gnr_tensor *dx)
+/* An activation's or the feed-forward's backward, its input recomputed if it was not kept. */
+static gnr_status backward_unary(gnr_ctx *ctx, const gnr_tape *t, const tape_entry *e, const gnr_tensor *dy,
+                                 gnr_tensor *dx)
 {
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
     gnr_tensor in[4];
     gnr_status st = inputs_for_backward(ctx, t, e, in);
-    if (st == GNR_OK && e->op == TAPE_GEGLU) st = gnr_geglu_backward(ctx, dy, &in[0], dx);
+    if (st == GNR_OK && e->op == TAPE_FEED_FORWARD) st = gnr_feed_forward_backward(ctx, &e->ff, &in[0], dy, dx);
     else if (st == GNR_OK) st = gnr_act_backward(ctx, (gnr_act)e->iparam, dy, &in[0], dx);
     gnr_arena_release(ctx->arena, m);
     return st;
@@ -494,9 +512,9 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
         GNR_TRY(grad_of(ctx, t, x, &dx));
         return gnr_layer_norm_backward(ctx, dy, x, e->w, e->eps, dx);
     case TAPE_ACT:
-    case TAPE_GEGLU:
+    case TAPE_FEED_FORWARD:
         GNR_TRY(grad_of(ctx, t, x, &dx));
-        return backward_pointwise(ctx, t, e, dy, dx);
+        return backward_unary(ctx, t, e, dy, dx);
     case TAPE_ADD:
         for (int i = 0; i < 2; i++) {
             if (!has_grad(&e->in[i])) continue;
@@ -540,6 +558,7 @@ gnr_status gnr_tape_backward(gnr_ctx *ctx, gnr_tape *t)
         const tape_entry *e = &t->entries[i];
         GNR_TRY(backward_entry(ctx, t, e));
         if (e->out.gid >= 0) GNR_TRY(release_grad(t, e->out.gid));
+        trim_slices(ctx, t);
     }
     return GNR_OK;
 }

@@ -18,13 +18,14 @@
  * Memory: the weights are frozen, so an entry keeps only what its backward
  * reads: nothing for linear layers, convolutions, additions and layout ops;
  * the input of norms; a capture's value; a checkpointed segment's inputs.
- * Activations, GEGLU and attention (whose backward recomputes P) read inputs
- * that are mostly a norm's output or a linear layer of one: the resnets'
- * SiLU, GEGLU's input (8 x the block's width), q, k and v. Those are not
- * kept: the backward recomputes them from the norm's kept input (one
- * elementwise pass, plus the linear layer's product again: about 7 % of a
- * gradient pass's FLOPs at SD 1.4's shapes, for 45 % less memory at 256). Any other
- * input they read is kept. What is kept is copied into ctx->keep when
+ * Activations, the feed-forward and attention (whose backward recomputes P)
+ * read inputs that are mostly a norm's output or a linear layer of one: the
+ * resnets' SiLU, the feed-forward's input (which also computes its wide
+ * intermediate again, feed_forward.h), q, k and v. Those are not kept: the
+ * backward recomputes them from the norm's kept input (one elementwise pass,
+ * plus the linear layers' products again: about 7 % of a gradient pass's
+ * FLOPs at SD 1.4's shapes, for 45 % less memory at 256). Any other input
+ * they read is kept. What is kept is copied into ctx->keep when
  * recorded (once per tensor), so the forward releases its scopes as in
  * inference. In the backward, the gradient of an
  * entry's output is dead once the entry is replayed (each tensor has one
@@ -47,7 +48,7 @@ typedef enum {
     TAPE_GROUP_NORM,
     TAPE_LAYER_NORM,
     TAPE_ACT,
-    TAPE_GEGLU,
+    TAPE_FEED_FORWARD,
     TAPE_ADD,
     TAPE_SCALE,
     TAPE_ADD_CHANNEL,
@@ -69,6 +70,7 @@ typedef struct {
     const gnr_tensor *w2;  /* linear: bias, norm: beta (NULL: none); read only to recompute an output */
     int remat[4];          /* input i not kept: 1 + the index of the entry that recomputes it (a norm,
                               or a linear layer of a norm's output); 0: kept or not read */
+    gnr_feed_forward_w ff; /* feed-forward: its weights */
     gnr_tensor probs;      /* attention: the saved probabilities */
     int capture;           /* attention/capture: index in the capture request, or -1 */
     gnr_conv_params conv;
@@ -104,6 +106,8 @@ typedef struct {
 typedef struct {
     char *data;
     size_t bytes;
+    gnr_arena_mark before; /* the arena before the slice was taken */
+    size_t top;            /* the arena's bytes in use just after */
 } tape_slice;
 
 typedef struct gnr_tape {

@@ -216,9 +216,8 @@ static gnr_status basic_block_forward(gnr_ctx *ctx, const basic_block_w *b, cons
     GNR_TRY(attn_forward(ctx, &b->attn2, &n, context, 0, NULL, NULL, &a));
     GNR_TRY(nn_add(ctx, &a, &h1, &h2));
     GNR_TRY(nn_layer_norm(ctx, &h2, b->norm3.g, b->norm3.b, BLOCK_LN_EPS, &n));
-    GNR_TRY(nn_linear(ctx, &n, b->ff_proj.w, b->ff_proj.b, &f));
-    GNR_TRY(nn_geglu(ctx, &f, &a));
-    GNR_TRY(nn_linear(ctx, &a, b->ff_out.w, b->ff_out.b, &f));
+    gnr_feed_forward_w ff = {b->ff_proj.w, b->ff_proj.b, b->ff_out.w, b->ff_out.b};
+    GNR_TRY(nn_feed_forward(ctx, &ff, &n, &f));
     GNR_TRY(nn_add(ctx, &f, &h2, out));
     return nn_scope_end(ctx, sc, out);
 }

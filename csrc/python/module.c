@@ -34,6 +34,16 @@ static PyObject *cpu_vector_level(PyObject *self, PyObject *args)
     return PyUnicode_FromString(gnr_cpu_vector_level());
 }
 
+/* _feed_forward_block_bytes(n=0): the feed-forward's block budget before;
+ * n > 0 sets it (tests). */
+static PyObject *feed_forward_block_bytes(PyObject *self, PyObject *args)
+{
+    (void)self;
+    unsigned long long n = 0;
+    if (!PyArg_ParseTuple(args, "|K:_feed_forward_block_bytes", &n)) return NULL;
+    return PyLong_FromSize_t(gnr_feed_forward_block_bytes((size_t)n));
+}
+
 static PyObject *set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
@@ -128,6 +138,8 @@ static PyMethodDef module_methods[] = {
      "What this build contains: cuda, blas, cpu_vector, openmp, version, threads, cuda_build, cuda_note."},
     {"_cpu_vector_exp", cpu_vector_exp, METH_VARARGS,
      "(exp(x - shift), its sum) by the CPU backend's current vector kernels (for tests)."},
+    {"_feed_forward_block_bytes", feed_forward_block_bytes, METH_VARARGS,
+     "_feed_forward_block_bytes(n=0) -> the feed-forward's block budget before; n > 0 sets it (tests)."},
     {"_cpu_vector_level", cpu_vector_level, METH_VARARGS,
      "The CPU vector kernels in use (avx512, avx2, baseline); with a name, switch to them (for tests)."},
     {"_op_profile_start", op_profile_start, METH_NOARGS, "Clear the op counters and start counting (gnr.profile)."},
