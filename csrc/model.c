@@ -414,7 +414,7 @@ gnr_status gnr_unet_energy_grad(gnr_model *m, const float *latent, const float *
     GNR_CHECK(st, gnr_upload_new(ctx, latent, 4, zs, &z));
     GNR_CHECK(st, gnr_upload_new(ctx, context, 3, cs, &c));
     if (dlatent) GNR_CHECK(st, gnr_tape_leaf(&tape, &z));
-    if (dcontext) GNR_CHECK(st, gnr_tape_leaf(&tape, &c));
+    GNR_CHECK(st, dcontext ? gnr_tape_leaf(&tape, &c) : gnr_tape_constant(&tape, &c));
     mark = gnr_arena_get_mark(ctx->arena);
     ctx->tape = &tape;
     ctx->checkpointing = checkpointing;

@@ -77,6 +77,24 @@ def test_energy_grad_matches_autograd(setup, name, terms, checkpointing):
     assert rel_err(g["context"], g_ref["context"]) < 1e-3
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_latent_alone_matches_autograd(setup, checkpointing):
+    """With the latent alone differentiated the context is a constant of the
+    tape, whose cross-attention keys and values the backward computes again
+    instead of keeping: the same tolerances against torch.autograd."""
+    from torch_reference import energy_and_grads
+
+    ours, unet, rec, nb = setup
+    terms = [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL},
+             {"kind": "feature_l2", "scale": 2.0, "at": "mid_block"}]
+    z, c, z_ref, c_ref = inputs(23)
+    e_ref, g_ref = energy_and_grads(unet, rec, z, 301, c, z_ref, c_ref, to_reference_terms(terms, nb), ("latent",))
+    e, g = ours.energy_grad(z, 301, c, z_ref, c_ref, terms, wrt="latent", checkpointing=checkpointing)
+    assert set(g) == {"latent"}
+    assert abs(e - e_ref) / e_ref < 1e-4
+    assert rel_err(g["latent"], g_ref["latent"]) < 1e-3
+
+
 @pytest.fixture
 def feed_forward_in_small_blocks():
     """The feed-forward's blocks at their least, 64 rows: on these models'
@@ -137,15 +155,19 @@ def test_checkpointing_same_result_less_memory(setup):
 
 
 def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
-    """The weights are frozen, so the recorded pass keeps the inputs of norms
-    and nothing of convolutions and linear layers; activations, the
-    feed-forward and attention keep nothing either: their inputs (a norm's
-    output, or a linear layer of one: the SiLUs, the feed-forward's input, q,
-    k and v) are computed again in the backward. It releases its scopes as inference does, and the backward
-    hands gradient memory back to the arena as its live set shrinks: with all
-    maps, its whole footprint (reference pass, recorded pass, backward) stays
-    within 2.6x an inference pass's on model a and 3.55x on b (measured 2.48x
-    and 3.43x; 2.74x and 3.65x while the backward kept every gradient slice
+    """The weights are frozen, so the recorded pass keeps nothing of
+    convolutions and linear layers, and of what norms, activations, the
+    feed-forward and attention read, only what cannot be computed again from
+    another kept value through norms, linear layers and layout changes (the
+    SiLUs' and the feed-forward's inputs, q, k and v, a transformer's first
+    layer norm's input, cross-attention's keys and values of the constant
+    context are computed again in the backward). It releases its scopes as
+    inference does, and the backward hands gradient memory back to the arena
+    as its live set shrinks: with all maps, its whole footprint (reference
+    pass, recorded pass, backward) stays within 2.45x an inference pass's on
+    model a and 3.25x on b (measured 2.27x and 3.02x; 2.48x and 3.43x while
+    the first layer norms' inputs and cross-attention's keys and values were
+    kept; 2.74x and 3.65x while the backward kept every gradient slice
     it took; 2.61x and 3.50x before the feed-forward ran in blocks; 4.44x and
     6.50x while GEGLU's inputs and q, k and v were kept;
     4.89x and 7.24x while freed gradients were also reused at their exact
@@ -157,7 +179,7 @@ def test_reverse_mode_keeps_only_what_the_backward_reads(setup):
     inference = ours.peak_bytes
     ours.reset_peak()
     ours.energy_grad(z, 500, c, z_ref, c_ref, [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL}])
-    bound = 2.6 if len(ours.config["unet"]["block_out_channels"]) == 2 else 3.55  # models a and b
+    bound = 2.45 if len(ours.config["unet"]["block_out_channels"]) == 2 else 3.25  # models a and b
     assert ours.peak_bytes <= bound * inference, (ours.peak_bytes, inference)
 
 

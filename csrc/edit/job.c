@@ -89,6 +89,7 @@ gnr_status job_unet(gnr_model *m, const gnr_tensor *z, int t, const gnr_tensor *
     cin.gid = -1;
     if (tape) {
         GNR_TRY(gnr_tape_leaf(tape, &zin));
+        GNR_TRY(gnr_tape_constant(tape, &cin));
         *leaf = zin;
         ctx->tape = tape;
         ctx->checkpointing = checkpointing;

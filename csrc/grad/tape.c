@@ -20,6 +20,7 @@ void gnr_tape_free(gnr_tape *t)
     free(t->grads);
     free(t->saved);
     free(t->producer);
+    free(t->needs_grad);
     free(t->free);
     free(t->slices);
     if (t->owns_seeds) free(t->seeds);
@@ -52,16 +53,26 @@ static gnr_status new_gid(gnr_tape *t, gnr_tensor *x)
         GNR_TRY(resize((void **)&t->grads, cap, sizeof *t->grads));
         GNR_TRY(resize((void **)&t->saved, cap, sizeof *t->saved));
         GNR_TRY(resize((void **)&t->producer, cap, sizeof *t->producer));
+        GNR_TRY(resize((void **)&t->needs_grad, cap, sizeof *t->needs_grad));
         t->grads_cap = cap;
     }
     memset(&t->grads[t->ngids], 0, sizeof t->grads[0]);
     memset(&t->saved[t->ngids], 0, sizeof t->saved[0]);
     t->producer[t->ngids] = -1;
+    t->needs_grad[t->ngids] = 1;
     x->gid = t->ngids++;
     return GNR_OK;
 }
 
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x) { return new_gid(t, x); }
+
+gnr_status gnr_tape_constant(gnr_tape *t, gnr_tensor *x)
+{
+    GNR_TRY(new_gid(t, x));
+    t->needs_grad[x->gid] = 0;
+    t->saved[x->gid] = *x;
+    return GNR_OK;
+}
 
 gnr_status gnr_tape_seed_capture(gnr_tape *t, int ci, energy_kind kind, const gnr_capture *ref, int ri, float scale,
                                  double *energy)
@@ -143,8 +154,6 @@ void gnr_tape_saved_as(gnr_tape *t, const gnr_tensor *x, const gnr_tensor *copy)
     if (x->gid >= 0 && x->gid < t->ngids) t->saved[x->gid] = *copy;
 }
 
-static int is_norm(tape_op op) { return op == TAPE_GROUP_NORM || op == TAPE_LAYER_NORM; }
-
 /* The entry of t that made x, or NULL (a leaf, a constant). */
 static const tape_entry *producer_of(const gnr_tape *t, const gnr_tensor *x)
 {
@@ -152,24 +161,34 @@ static const tape_entry *producer_of(const gnr_tape *t, const gnr_tensor *x)
     return &t->entries[t->producer[x->gid]];
 }
 
-/* For an input of `op` that its backward reads: 1 + the index of the entry
- * whose forward, run again, gives it back from what the tape keeps anyway
- * (a norm, whose input is kept, or a linear layer of a norm's output), or 0
- * (keep it). Only activations, the feed-forward and attention recompute; a value kept
- * already (a capture's copy) is read, not recomputed. */
-static int recomputed_by(const gnr_tape *t, tape_op op, const gnr_tensor *x)
+/* The ops whose backward takes inputs computed again rather than kept. */
+static int recomputes_inputs(tape_op op)
 {
-    if (op != TAPE_ACT && op != TAPE_FEED_FORWARD && op != TAPE_ATTENTION) return 0;
-    if (x->gid < 0 || t->saved[x->gid].data) return 0;
+    return op == TAPE_ACT || op == TAPE_FEED_FORWARD || op == TAPE_ATTENTION || op == TAPE_GROUP_NORM ||
+           op == TAPE_LAYER_NORM;
+}
+
+/* Ops a value is computed again through: one elementwise pass or a layout
+ * change each, and a linear layer's product (tape.h). */
+static int recomputable_op(tape_op op)
+{
+    return op == TAPE_GROUP_NORM || op == TAPE_LAYER_NORM || op == TAPE_LINEAR || op == TAPE_NCHW_TO_NLC;
+}
+
+/* At most this many ops between a value computed again and what is kept:
+ * self-attention's q of a transformer's first block is four (q's linear
+ * layer, the block's first norm, proj_in and its layout change) from the
+ * transformer's group norm's input. */
+#define RECOMPUTE_DEPTH 5
+
+/* Whether x can be computed again from what the tape keeps, through at most
+ * `depth` recomputable ops. */
+static int recomputable(const gnr_tape *t, const gnr_tensor *x, int depth)
+{
+    if (x->gid < 0) return 0;
+    if (t->saved[x->gid].data) return 1;
     const tape_entry *p = producer_of(t, x);
-    if (!p) return 0;
-    if (p->op == TAPE_LINEAR) {
-        const tape_entry *n = producer_of(t, &p->in[0]);
-        if (!n || !is_norm(n->op)) return 0;
-    } else if (!is_norm(p->op)) {
-        return 0;
-    }
-    return (int)(p - t->entries) + 1;
+    return p && depth > 0 && recomputable_op(p->op) && recomputable(t, &p->in[0], depth - 1);
 }
 
 gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
@@ -183,15 +202,21 @@ gnr_status gnr_tape_record(gnr_ctx *ctx, const tape_entry *e, gnr_tensor *out)
     if (out) {
         GNR_TRY(new_gid(t, out));
         t->producer[out->gid] = t->n;
+        /* a constant's descendants need no gradient either */
+        int needs = 0;
+        for (int i = 0; i < e->nin; i++) needs |= e->in[i].gid >= 0 && t->needs_grad[e->in[i].gid];
+        t->needs_grad[out->gid] = (unsigned char)needs;
     }
     tape_entry *dst = &t->entries[t->n++];
     *dst = *e;
     if (out) dst->out = *out;
     else dst->out.gid = -1;
     for (int i = 0; i < dst->nin; i++) {
+        const gnr_tensor *x = &dst->in[i];
         dst->remat[i] = 0;
         if (!backward_reads(dst->op, i)) continue;
-        dst->remat[i] = recomputed_by(t, dst->op, &dst->in[i]);
+        dst->remat[i] = recomputes_inputs(dst->op) && x->gid >= 0 && !t->saved[x->gid].data &&
+                        recomputable(t, x, RECOMPUTE_DEPTH);
         if (!dst->remat[i]) GNR_TRY(save(ctx, t, &dst->in[i]));
     }
     return GNR_OK;
@@ -292,11 +317,11 @@ static gnr_status release_grad(gnr_tape *t, int gid)
     return GNR_OK;
 }
 
-static int has_grad(const gnr_tensor *x) { return x->gid >= 0; }
+static int has_grad(const gnr_tape *t, const gnr_tensor *x) { return x->gid >= 0 && t->needs_grad[x->gid]; }
 
 gnr_status gnr_tape_seed_grad(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *y, const gnr_tensor *dy)
 {
-    if (!has_grad(y) || y->gid >= t->ngids)
+    if (y->gid < 0 || y->gid >= t->ngids || !t->needs_grad[y->gid])
         return gnr_error(GNR_ERR_INTERNAL, "tape: seeding a tensor the tape did not record");
     gnr_tensor *g;
     GNR_TRY(grad_of(ctx, t, y, &g));
@@ -315,42 +340,60 @@ static gnr_status apply_seeds(gnr_ctx *ctx, const capture_seed *s, const gnr_ten
     return GNR_OK;
 }
 
-/* The output of norm entry n, computed again from its kept input into y
- * (ctx->arena): the same kernel on the same values as the forward's. */
-static gnr_status norm_again(gnr_ctx *ctx, const tape_entry *n, gnr_tensor *y)
+/* Values computed again for one entry's backward, each once (a norm that
+ * self-attention's q, k and v all come from runs once). */
+#define RECOMPUTED_MAX 16
+typedef struct {
+    int n;
+    int gid[RECOMPUTED_MAX];
+    gnr_tensor value[RECOMPUTED_MAX];
+} recomputed;
+
+/* x's values: its kept copy, or its producer's forward run again (the same
+ * kernel on the same values as in the forward) on its input's values, into
+ * ctx->arena. */
+static gnr_status value_of(gnr_ctx *ctx, const gnr_tape *t, const gnr_tensor *x, recomputed *r, gnr_tensor *out)
 {
-    GNR_TRY(gnr_alloc_like(ctx, &n->in[0], y));
-    if (n->op == TAPE_GROUP_NORM) return gnr_group_norm_forward(ctx, &n->in[0], n->w, n->w2, n->groups, n->eps, y);
-    return gnr_layer_norm_forward(ctx, &n->in[0], n->w, n->w2, n->eps, y);
+    if (t->saved[x->gid].data) {
+        *out = t->saved[x->gid];
+        return GNR_OK;
+    }
+    for (int i = 0; i < r->n; i++)
+        if (r->gid[i] == x->gid) {
+            *out = r->value[i];
+            return GNR_OK;
+        }
+    const tape_entry *p = producer_of(t, x);
+    if (!p) return gnr_error(GNR_ERR_INTERNAL, "tape: tensor %d is neither kept nor recomputable", x->gid);
+    gnr_tensor in, y;
+    GNR_TRY(value_of(ctx, t, &p->in[0], r, &in));
+    GNR_TRY(gnr_alloc_like(ctx, x, &y));
+    switch (p->op) {
+    case TAPE_GROUP_NORM: GNR_TRY(gnr_group_norm_forward(ctx, &in, p->w, p->w2, p->groups, p->eps, &y)); break;
+    case TAPE_LAYER_NORM: GNR_TRY(gnr_layer_norm_forward(ctx, &in, p->w, p->w2, p->eps, &y)); break;
+    case TAPE_LINEAR: GNR_TRY(gnr_linear_forward(ctx, &in, p->w, p->w2, &y)); break;
+    case TAPE_NCHW_TO_NLC: GNR_TRY(gnr_nchw_to_nlc(ctx, &in, &y)); break;
+    default: return gnr_error(GNR_ERR_INTERNAL, "tape: entry %d cannot be computed again", (int)p->op);
+    }
+    if (r->n < RECOMPUTED_MAX) {
+        r->gid[r->n] = x->gid;
+        r->value[r->n++] = y;
+    }
+    *out = y;
+    return GNR_OK;
 }
 
 /* e's inputs as its backward reads them: the kept ones as they are, the
- * others (remat) computed again into ctx->arena, which the caller releases.
- * A norm several inputs come from (self-attention's q, k and v) runs once. */
+ * others (remat) computed again into ctx->arena, which the caller releases. */
 static gnr_status inputs_for_backward(gnr_ctx *ctx, const gnr_tape *t, const tape_entry *e, gnr_tensor in[4])
 {
-    const tape_entry *norms[4];
-    gnr_tensor normed[4];
-    int nnorms = 0;
+    recomputed r = {0};
     for (int i = 0; i < e->nin; i++) {
         in[i] = e->in[i];
         if (!e->remat[i]) continue;
-        const tape_entry *src = &t->entries[e->remat[i] - 1];
-        const tape_entry *norm = src->op == TAPE_LINEAR ? producer_of(t, &src->in[0]) : src;
-        int j = 0;
-        while (j < nnorms && norms[j] != norm) j++;
-        if (j == nnorms) {
-            GNR_TRY(norm_again(ctx, norm, &normed[j]));
-            norms[nnorms++] = norm;
-        }
-        if (src == norm) {
-            in[i].data = normed[j].data;
-            continue;
-        }
-        gnr_tensor y;
-        GNR_TRY(gnr_alloc_like(ctx, &e->in[i], &y));
-        GNR_TRY(gnr_linear_forward(ctx, &normed[j], src->w, src->w2, &y));
-        in[i].data = y.data;
+        gnr_tensor v = e->in[i];
+        GNR_TRY(value_of(ctx, t, &e->in[i], &r, &v));
+        in[i].data = v.data;
     }
     return GNR_OK;
 }
@@ -381,9 +424,9 @@ static gnr_status backward_attention(gnr_ctx *ctx, gnr_tape *t, const tape_entry
     int seeded = seed && seed->n > 0;
     if (!dy && !seeded) return GNR_OK;
     gnr_tensor *dq = NULL, *dk = NULL, *dv = NULL;
-    if (has_grad(&e->in[0])) GNR_TRY(grad_of(ctx, t, &e->in[0], &dq));
-    if (has_grad(&e->in[1])) GNR_TRY(grad_of(ctx, t, &e->in[1], &dk));
-    if (has_grad(&e->in[2])) GNR_TRY(grad_of(ctx, t, &e->in[2], &dv));
+    if (has_grad(t, &e->in[0])) GNR_TRY(grad_of(ctx, t, &e->in[0], &dq));
+    if (has_grad(t, &e->in[1])) GNR_TRY(grad_of(ctx, t, &e->in[1], &dk));
+    if (has_grad(t, &e->in[2])) GNR_TRY(grad_of(ctx, t, &e->in[2], &dv));
     /* q, k, v recomputed and a seeded map's gradient live for this entry only */
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
     gnr_tensor in[4], dprobs;
@@ -415,7 +458,7 @@ static gnr_status backward_segment(gnr_ctx *ctx, gnr_tape *t, const tape_entry *
      * inputs, replay it, hand the input gradients to this tape, release. */
     gnr_tensor *dins[4] = {NULL, NULL, NULL, NULL};
     for (int i = 0; i < e->nin; i++)
-        if (has_grad(&e->in[i])) GNR_TRY(grad_of(ctx, t, &e->in[i], &dins[i]));
+        if (has_grad(t, &e->in[i])) GNR_TRY(grad_of(ctx, t, &e->in[i], &dins[i]));
     /* The re-run's saved tensors (ctx->keep) and everything of its replay
      * (ctx->arena) go when the segment is done. */
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena), km = gnr_arena_get_mark(ctx->keep);
@@ -430,7 +473,7 @@ static gnr_status backward_segment(gnr_ctx *ctx, gnr_tape *t, const tape_entry *
     for (int i = 0; i < e->nin; i++) {
         ins[i] = e->in[i];
         ins[i].gid = -1;
-        if (has_grad(&e->in[i])) GNR_CHECK(st, gnr_tape_leaf(&inner, &ins[i]));
+        if (has_grad(t, &e->in[i])) GNR_CHECK(st, gnr_tape_leaf(&inner, &ins[i]));
     }
     int was_checkpointing = ctx->checkpointing;
     ctx->tape = &inner;
@@ -458,15 +501,19 @@ done:
     return st;
 }
 
-/* An activation's or the feed-forward's backward, its input recomputed if it was not kept. */
+/* The backward of a norm, an activation or the feed-forward, its input computed again if it was not kept. */
 static gnr_status backward_unary(gnr_ctx *ctx, const gnr_tape *t, const tape_entry *e, const gnr_tensor *dy,
                                  gnr_tensor *dx)
 {
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
     gnr_tensor in[4];
     gnr_status st = inputs_for_backward(ctx, t, e, in);
-    if (st == GNR_OK && e->op == TAPE_FEED_FORWARD) st = gnr_feed_forward_backward(ctx, &e->ff, &in[0], dy, dx);
-    else if (st == GNR_OK) st = gnr_act_backward(ctx, (gnr_act)e->iparam, dy, &in[0], dx);
+    if (st == GNR_OK) switch (e->op) {
+        case TAPE_GROUP_NORM: st = gnr_group_norm_backward(ctx, dy, &in[0], e->w, e->groups, e->eps, dx); break;
+        case TAPE_LAYER_NORM: st = gnr_layer_norm_backward(ctx, dy, &in[0], e->w, e->eps, dx); break;
+        case TAPE_FEED_FORWARD: st = gnr_feed_forward_backward(ctx, &e->ff, &in[0], dy, dx); break;
+        default: st = gnr_act_backward(ctx, (gnr_act)e->iparam, dy, &in[0], dx); break;
+        }
     gnr_arena_release(ctx->arena, m);
     return st;
 }
@@ -490,7 +537,7 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
     }
     case TAPE_CAPTURE: {
         const capture_seed *s = &t->seeds[e->capture];
-        if (s->n == 0 || !has_grad(x)) return GNR_OK;
+        if (s->n == 0 || !has_grad(t, x)) return GNR_OK;
         GNR_TRY(grad_of(ctx, t, x, &dx));
         return apply_seeds(ctx, s, x, dx);
     }
@@ -506,18 +553,14 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
         GNR_TRY(grad_of(ctx, t, x, &dx));
         return gnr_conv2d_backward(ctx, dy, e->w, &e->conv, dx);
     case TAPE_GROUP_NORM:
-        GNR_TRY(grad_of(ctx, t, x, &dx));
-        return gnr_group_norm_backward(ctx, dy, x, e->w, e->groups, e->eps, dx);
     case TAPE_LAYER_NORM:
-        GNR_TRY(grad_of(ctx, t, x, &dx));
-        return gnr_layer_norm_backward(ctx, dy, x, e->w, e->eps, dx);
     case TAPE_ACT:
     case TAPE_FEED_FORWARD:
         GNR_TRY(grad_of(ctx, t, x, &dx));
         return backward_unary(ctx, t, e, dy, dx);
     case TAPE_ADD:
         for (int i = 0; i < 2; i++) {
-            if (!has_grad(&e->in[i])) continue;
+            if (!has_grad(t, &e->in[i])) continue;
             GNR_TRY(grad_of(ctx, t, &e->in[i], &dx));
             GNR_TRY(gnr_axpy(ctx, 1.0f, dy, dx));
         }
@@ -526,11 +569,11 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
         GNR_TRY(grad_of(ctx, t, x, &dx));
         return gnr_axpy(ctx, e->alpha, dy, dx);
     case TAPE_ADD_CHANNEL:
-        if (has_grad(x)) {
+        if (has_grad(t, x)) {
             GNR_TRY(grad_of(ctx, t, x, &dx));
             GNR_TRY(gnr_axpy(ctx, 1.0f, dy, dx));
         }
-        if (has_grad(&e->in[1])) {
+        if (has_grad(t, &e->in[1])) {
             GNR_TRY(grad_of(ctx, t, &e->in[1], &db));
             GNR_TRY(gnr_add_channel_backward(ctx, dy, db));
         }
@@ -542,8 +585,8 @@ static gnr_status backward_entry(gnr_ctx *ctx, gnr_tape *t, const tape_entry *e)
         GNR_TRY(grad_of(ctx, t, x, &dx));
         return gnr_nlc_to_nchw_backward(ctx, dy, dx);
     case TAPE_CONCAT:
-        if (has_grad(&e->in[0])) GNR_TRY(grad_of(ctx, t, &e->in[0], &dx));
-        if (has_grad(&e->in[1])) GNR_TRY(grad_of(ctx, t, &e->in[1], &db));
+        if (has_grad(t, &e->in[0])) GNR_TRY(grad_of(ctx, t, &e->in[0], &dx));
+        if (has_grad(t, &e->in[1])) GNR_TRY(grad_of(ctx, t, &e->in[1], &db));
         return gnr_concat_channels_backward(ctx, dy, dx, db);
     case TAPE_UPSAMPLE:
         GNR_TRY(grad_of(ctx, t, x, &dx));

@@ -17,16 +17,18 @@
  *
  * Memory: the weights are frozen, so an entry keeps only what its backward
  * reads: nothing for linear layers, convolutions, additions and layout ops;
- * the input of norms; a capture's value; a checkpointed segment's inputs.
- * Activations, the feed-forward and attention (whose backward recomputes P)
- * read inputs that are mostly a norm's output or a linear layer of one: the
- * resnets' SiLU, the feed-forward's input (which also computes its wide
- * intermediate again, feed_forward.h), q, k and v. Those are not kept: the
- * backward recomputes them from the norm's kept input (one elementwise pass,
- * plus the linear layers' products again: about 7 % of a gradient pass's
- * FLOPs at SD 1.4's shapes, for 45 % less memory at 256). Any other input
- * they read is kept. What is kept is copied into ctx->keep when
- * recorded (once per tensor), so the forward releases its scopes as in
+ * a capture's value; a checkpointed segment's inputs. Norms, activations,
+ * the feed-forward and attention (whose backward recomputes P) read inputs
+ * that are mostly computed from another norm's input through norms, linear
+ * layers and layout changes: the resnets' SiLU (a group norm's output), the
+ * feed-forward's input (which also computes its wide intermediate again,
+ * feed_forward.h), q, k and v, a transformer's first layer norm's input
+ * (proj_in of its group norm's output), cross-attention's keys and values
+ * (of a constant context). Those are not kept: the backward computes them
+ * again (one elementwise pass per norm, the linear layers' products again:
+ * about 8 % of a gradient pass's FLOPs at SD 1.4's shapes, for half the
+ * memory at 256). Any other input they read is kept, copied into ctx->keep
+ * when recorded (once per tensor), so the forward releases its scopes as in
  * inference. In the backward, the gradient of an
  * entry's output is dead once the entry is replayed (each tensor has one
  * producer): its memory goes back to a free list that later gradients of any
@@ -68,8 +70,7 @@ typedef struct {
     gnr_tensor out;
     const gnr_tensor *w;   /* linear/conv weight, norm gamma */
     const gnr_tensor *w2;  /* linear: bias, norm: beta (NULL: none); read only to recompute an output */
-    int remat[4];          /* input i not kept: 1 + the index of the entry that recomputes it (a norm,
-                              or a linear layer of a norm's output); 0: kept or not read */
+    int remat[4];          /* input i not kept: its backward computes it again (0: kept, or not read) */
     gnr_feed_forward_w ff; /* feed-forward: its weights */
     gnr_tensor probs;      /* attention: the saved probabilities */
     int capture;           /* attention/capture: index in the capture request, or -1 */
@@ -116,6 +117,7 @@ typedef struct gnr_tape {
     gnr_tensor *grads; /* by gid; data NULL until a gradient reaches it */
     gnr_tensor *saved; /* by gid: the copy kept for the backward (data NULL: none) */
     int *producer;     /* by gid: the index of the entry that made it (-1: a leaf) */
+    unsigned char *needs_grad; /* by gid: 0 for a constant and what only constants made */
     int ngids, grads_cap;
     tape_free_range *free;          /* gradient memory not in use, in no particular order */
     int nfree, free_cap;
@@ -134,6 +136,11 @@ void gnr_tape_free(gnr_tape *t);
 
 /* Gives `x` a gradient identity: it becomes a leaf whose gradient backward computes. */
 gnr_status gnr_tape_leaf(gnr_tape *t, gnr_tensor *x);
+/* Gives `x`, a constant whose memory outlives the backward (a pass's
+ * context), an identity without a gradient: what is made from it is
+ * recorded, so that the backward can compute it again (cross-attention's
+ * keys and values) instead of keeping a copy per use. */
+gnr_status gnr_tape_constant(gnr_tape *t, gnr_tensor *x);
 
 /* Adds scale * d/dA energy(A, R) to capture i's gradient seed, R being
  * capture ref_index of `ref` (in the same form as capture i). energy: NULL,
