@@ -24,7 +24,7 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/simd.h"
 
-#define ATT_CHUNK_FLOATS ((int64_t)1 << 20) /* most floats of one chunk of recomputed P (backward, energy) */
+#define ATT_CHUNK_FLOATS ((int64_t)1 << 19) /* most floats of one chunk of recomputed P (backward, energy) */
 #define ATT_QBLOCK 64  /* query rows per block of the flash forward */
 #define ATT_KTILE 512  /* keys per tile of the online softmax */
 
