@@ -3,8 +3,9 @@
 #include "gnr.h"
 
 /* The wide intermediates' budget per block of rows (W1 x and GEGLU's
- * output: 12 floats a row per channel, 20 in the backward). On the CPU, 256-row products run as
- * fast as whole ones (cpu/linear.c); a block never goes below 64 rows. */
+ * output: 12 floats a row per channel, 20 in the backward). On the CPU,
+ * 256-row products run as fast as whole ones (cpu/linear.c); a block never
+ * goes below 64 rows. */
 #define FF_BLOCK_BYTES ((size_t)4 << 20)
 #define FF_MIN_ROWS 64
 

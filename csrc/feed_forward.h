@@ -4,10 +4,11 @@
  * Its intermediate is wide: W1 x is 8 x the block's width and GEGLU's output
  * 4 x, where everything else in the block is 1 x. Every op in it works row
  * by row, so a block of rows goes through all three before the next block
- * starts, and the wide intermediates exist for FF_BLOCK_BYTES' worth of rows
- * at a time: at 256 x 256 (SD 1.4 shapes) 4 MiB instead of 15 MiB in a pass,
- * and in the backward 6 MiB instead of 25 MiB, where W1 x is computed again
- * (reverse mode keeps only x, grad/tape.h). */
+ * starts, and the wide intermediates take at most 4 MiB at a time
+ * (gnr_feed_forward_block_bytes in gnr.h changes that, for tests). At SD
+ * 1.4's 1024-token level (256 x 256) they took 15 MiB whole in the forward
+ * and 25 MiB in the backward, which computes W1 x again (reverse mode keeps
+ * only x, grad/tape.h). */
 #ifndef GNR_FEED_FORWARD_H
 #define GNR_FEED_FORWARD_H
 
@@ -20,8 +21,6 @@ typedef struct {
 
 /* y (allocated, x's shape with the last dim w2's rows) = the feed-forward of x. */
 gnr_status gnr_feed_forward(gnr_ctx *ctx, const gnr_feed_forward_w *w, const gnr_tensor *x, gnr_tensor *y);
-
-/* (gnr.h: gnr_feed_forward_block_bytes sets the blocks' budget.) */
 
 /* dx += dy's gradient through the feed-forward at x. */
 gnr_status gnr_feed_forward_backward(gnr_ctx *ctx, const gnr_feed_forward_w *w, const gnr_tensor *x,

@@ -26,7 +26,7 @@
  * (proj_in of its group norm's output), cross-attention's keys and values
  * (of a constant context). Those are not kept: the backward computes them
  * again (one elementwise pass per norm, the linear layers' products again:
- * about 8 % of a gradient pass's FLOPs at SD 1.4's shapes, for half the
+ * about 9 % of a gradient pass's FLOPs at SD 1.4's shapes, for half the
  * memory at 256). Any other input they read is kept, copied into ctx->keep
  * when recorded (once per tensor), so the forward releases its scopes as in
  * inference. In the backward, the gradient of an
