@@ -5,7 +5,9 @@
  * output, the frozen weights it used and the op's parameters. Its output gets
  * a fresh gid. backward() walks the entries in reverse and calls each op's
  * backward (ops.h), accumulating input gradients per gid. Weights never get
- * gradients; constants (gid -1) are never recorded.
+ * gradients; constants (gid -1) are never recorded, and a constant given an
+ * identity (gnr_tape_constant) has no gradient, nor has what only constants
+ * made.
  *
  * Energies are seeded through captures, not through an output gradient: a
  * term says "capture i contributes scale * d/dA of mean((A - ref)^2)" (or of
@@ -26,14 +28,14 @@
  * (proj_in of its group norm's output), cross-attention's keys and values
  * (of a constant context). Those are not kept: the backward computes them
  * again (one elementwise pass per norm, the linear layers' products again:
- * about 9 % of a gradient pass's FLOPs at SD 1.4's shapes, for half the
+ * about 9 % of a gradient pass's FLOPs at SD 1.4's shapes, for 40 % of the
  * memory at 256). Any other input they read is kept, copied into ctx->keep
  * when recorded (once per tensor), so the forward releases its scopes as in
- * inference. In the backward, the gradient of an
- * entry's output is dead once the entry is replayed (each tensor has one
- * producer): its memory goes back to a free list that later gradients of any
- * size are cut from, so the backward holds about what is live, not one buffer
- * per size ever used.
+ * inference. In the backward, the gradient of an entry's output is dead once
+ * the entry is replayed (each tensor has one producer): its memory goes back
+ * to a free list that later gradients of any size are cut from, and a slice
+ * of the arena wholly free on its top goes back to the arena, so the
+ * backward holds about what is live, not one buffer per size ever used.
  *
  * Gradient checkpointing: nn_checkpoint runs a segment (a block) without
  * recording and records one entry holding the segment's function and inputs;
