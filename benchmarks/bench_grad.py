@@ -110,10 +110,10 @@ def run_gnr(args) -> dict:
     m = gnr.load_model(args.model)
     z, z_ref, c = inputs(args.size, m.vae_factor, m.config["unet"]["cross_attention_dim"])
     terms = energy_terms(args.layers, "up_blocks.-1")
-    extra = extra_rss_mib(lambda: m.energy_grad(z, 501, c, z_ref, c, terms))
-    out = {"extra_rss_mib": extra, "weight_cache_mib": m.weight_cache_bytes / 2**20}
     if args.memory:
-        return out
+        return {"extra_rss_mib": extra_rss_mib(lambda: m.energy_grad(z, 501, c, z_ref, c, terms)),
+                "weight_cache_mib": m.weight_cache_bytes / 2**20}
+    out = {}
     for cp in (False, True):
         m.reset_peak()
         med, best = timed(lambda: m.energy_grad(z, 501, c, z_ref, c, terms, checkpointing=cp), args.runs)

@@ -4,8 +4,9 @@
  * Its intermediate is wide: W1 x is 8 x the block's width and GEGLU's output
  * 4 x, where everything else in the block is 1 x. Every op in it works row
  * by row, so a block of rows goes through all three before the next block
- * starts, and the wide intermediates take at most 4 MiB at a time
- * (gnr_feed_forward_block_bytes in gnr.h changes that, for tests). At SD
+ * starts, and the wide intermediates take at most 4 MiB at a time on the
+ * CPU, 64 MiB on a GPU (gnr_feed_forward_block_bytes in gnr.h changes that,
+ * for tests). At SD
  * 1.4's 1024-token level (256 x 256) they took 15 MiB whole in the forward
  * and 25 MiB in the backward, which computes W1 x again (reverse mode keeps
  * only x, grad/tape.h). */

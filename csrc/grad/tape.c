@@ -321,7 +321,7 @@ static int has_grad(const gnr_tape *t, const gnr_tensor *x) { return x->gid >= 0
 
 gnr_status gnr_tape_seed_grad(gnr_ctx *ctx, gnr_tape *t, const gnr_tensor *y, const gnr_tensor *dy)
 {
-    if (y->gid < 0 || y->gid >= t->ngids || !t->needs_grad[y->gid])
+    if (y->gid >= t->ngids || !has_grad(t, y))
         return gnr_error(GNR_ERR_INTERNAL, "tape: seeding a tensor the tape did not record");
     gnr_tensor *g;
     GNR_TRY(grad_of(ctx, t, y, &g));
