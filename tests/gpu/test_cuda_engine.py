@@ -80,6 +80,25 @@ def test_energy_grads(pair, checkpointing):
 
 
 @needs_gpu
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_energy_grads_in_small_feed_forward_blocks(pair, checkpointing):
+    """On the device, the feed-forward 64 rows at a time (four blocks at the
+    top level, forward and backward) and the context a constant of the tape
+    (the latent alone differentiated): against the CPU backend's pass."""
+    cpu, gpu = pair
+    z, c = inputs(4)
+    z_ref = (z + 0.3).astype(np.float32)
+    e_c, g_c = cpu.energy_grad(z, 501, c, z_ref, c, TERMS)
+    before = gnr._C._feed_forward_block_bytes(1)
+    try:
+        e_g, g_g = gpu.energy_grad(z, 501, c, z_ref, c, TERMS, checkpointing=checkpointing)
+    finally:
+        gnr._C._feed_forward_block_bytes(before)
+    assert abs(e_g - e_c) / e_c < 1e-4
+    assert rel_err(g_g["latent"], g_c["latent"]) < 1e-3
+
+
+@needs_gpu
 def test_profile_counts_the_same_ops_on_both_backends(pair):
     """gnr.profile() on a CUDA model: one row per op on "cuda", the same
     ops called as often as on the CPU backend for a pass and a gradient
