@@ -58,23 +58,30 @@ def to_reference_terms(terms, nb):
     return out
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-@pytest.mark.parametrize("name, terms", CASES, ids=[c[0] for c in CASES])
-def test_energy_grad_matches_autograd(setup, name, terms, checkpointing):
+def matches_autograd(setup, terms, seed, t, wrt, checkpointing):
+    """gnr's E and gradients against torch.autograd's on inputs(seed): E
+    within 1e-4 and each gradient asked for within 1e-3. Returns both sides'
+    (E, grads) and the inputs."""
     from torch_reference import energy_and_grads
 
     ours, unet, rec, nb = setup
-    t = [981, 501, 21][len(name) % 3]
-    z, c, z_ref, c_ref = inputs(len(name))
-    wrt = ("latent", "context")
+    z, c, z_ref, c_ref = inputs(seed)
     e_ref, g_ref = energy_and_grads(unet, rec, z, t, c, z_ref, c_ref, to_reference_terms(terms, nb), wrt)
     e, g = ours.energy_grad(z, t, c, z_ref, c_ref, terms, wrt=wrt, checkpointing=checkpointing)
-    assert e_ref > 0
     assert abs(e - e_ref) / e_ref < 1e-4
+    for name in wrt:
+        assert rel_err(g[name], g_ref[name]) < 1e-3, name
+    return (e, g), (e_ref, g_ref), (z, c)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("name, terms", CASES, ids=[c[0] for c in CASES])
+def test_energy_grad_matches_autograd(setup, name, terms, checkpointing):
+    t = [981, 501, 21][len(name) % 3]
+    (_, g), (e_ref, g_ref), (z, c) = matches_autograd(setup, terms, len(name), t, ("latent", "context"), checkpointing)
+    assert e_ref > 0
     assert g["latent"].shape == z.shape and g["context"].shape == c.shape
     assert np.linalg.norm(g_ref["latent"]) > 0
-    assert rel_err(g["latent"], g_ref["latent"]) < 1e-3
-    assert rel_err(g["context"], g_ref["context"]) < 1e-3
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -82,17 +89,10 @@ def test_latent_alone_matches_autograd(setup, checkpointing):
     """With the latent alone differentiated the context is a constant of the
     tape, whose cross-attention keys and values the backward computes again
     instead of keeping: the same tolerances against torch.autograd."""
-    from torch_reference import energy_and_grads
-
-    ours, unet, rec, nb = setup
     terms = [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL},
              {"kind": "feature_l2", "scale": 2.0, "at": "mid_block"}]
-    z, c, z_ref, c_ref = inputs(23)
-    e_ref, g_ref = energy_and_grads(unet, rec, z, 301, c, z_ref, c_ref, to_reference_terms(terms, nb), ("latent",))
-    e, g = ours.energy_grad(z, 301, c, z_ref, c_ref, terms, wrt="latent", checkpointing=checkpointing)
+    (_, g), _, _ = matches_autograd(setup, terms, 23, 301, ("latent",), checkpointing)
     assert set(g) == {"latent"}
-    assert abs(e - e_ref) / e_ref < 1e-4
-    assert rel_err(g["latent"], g_ref["latent"]) < 1e-3
 
 
 @pytest.fixture
@@ -109,18 +109,9 @@ def feed_forward_in_small_blocks():
 def test_feed_forward_in_row_blocks_matches_autograd(setup, feed_forward_in_small_blocks, checkpointing):
     """The feed-forward computed a block of rows at a time, forward and
     backward (feed_forward.h): the same tolerances against torch.autograd."""
-    from torch_reference import energy_and_grads
-
-    ours, unet, rec, nb = setup
     terms = [{"kind": "attn_map_l2", "scale": 1e4, "layers": ALL},
              {"kind": "feature_l1", "scale": 5.0, "at": "up_blocks.-1"}]
-    z, c, z_ref, c_ref = inputs(21)
-    wrt = ("latent", "context")
-    e_ref, g_ref = energy_and_grads(unet, rec, z, 501, c, z_ref, c_ref, to_reference_terms(terms, nb), wrt)
-    e, g = ours.energy_grad(z, 501, c, z_ref, c_ref, terms, wrt=wrt, checkpointing=checkpointing)
-    assert abs(e - e_ref) / e_ref < 1e-4
-    assert rel_err(g["latent"], g_ref["latent"]) < 1e-3
-    assert rel_err(g["context"], g_ref["context"]) < 1e-3
+    matches_autograd(setup, terms, 21, 501, ("latent", "context"), checkpointing)
 
 
 def test_checkpointing_same_result_less_memory(setup):
