@@ -460,7 +460,8 @@ def test_cpu_vector_level_is_reported_and_checked():
 # sgemm: on each vector level, with sums over several blocks of k, rows
 # that leave partial tiles (13, 17, 19, 21, 70 outputs) and columns that
 # leave partial vectors (25, 33, 35, 225 columns), forward and (transposed)
-# backward.
+# backward; Winograd's transforms (row kernels per vector level) on a map
+# whose rows are longer than a vector, odd in both sizes.
 NARROW_CONVS = [
     # N, C, H, W, O, K, stride, pads
     (1, 40, 8, 8, 13, 3, 1, (1, 1, 1, 1)),      # im2col, 64 columns, k = 360
@@ -469,6 +470,7 @@ NARROW_CONVS = [
     (1, 1100, 4, 4, 9, 1, 1, (0, 0, 0, 0)),     # 1 x 1: 16 columns, k = 1100 (blocks of 1024)
     (1, 1100, 16, 16, 21, 3, 1, (1, 1, 1, 1)),  # Winograd, 64 tiles, k = 1100 (blocks of 1024)
     (1, 40, 15, 15, 19, 3, 1, (1, 1, 2, 0)),    # im2col, 225 columns, k = 360 (blocks of 291)
+    (1, 24, 17, 35, 20, 3, 1, (1, 1, 1, 1)),    # Winograd, odd sizes: 9 x 18 tiles, half tiles at two edges
 ]
 
 
