@@ -40,6 +40,13 @@ void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const
                      const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc);
 int cpu_gemm_narrow_takes(int64_t n);
 
+/* Row-major C = op(A) B (+ C with accumulate) for few rows of op(A) and a
+ * B read once from memory (narrow_gemm.c): a weight in an input gradient.
+ * Any n; the same sums as cpu_gemm_narrow; split over nt threads by
+ * columns, the result independent of nt. */
+void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc);
+
 /* dst = src^T (add: dst += src^T) for a rows x cols matrix src (layout.c) */
 void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add);
 
