@@ -1,13 +1,24 @@
 /* Memory ops: fill, copy, upload, download, and the CPU allocator. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "cpu/cpu_ops.h"
+
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+#define HUGE_MIN_BYTES ((size_t)4 << 20)
 
 void *gnr_cpu_alloc(size_t bytes, void *user)
 {
     (void)user;
     void *p = NULL;
+#ifdef MADV_HUGEPAGE
+    if (bytes >= HUGE_MIN_BYTES) {
+        if (posix_memalign(&p, HUGE_PAGE_BYTES, bytes) != 0) return NULL;
+        madvise(p, bytes / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES, MADV_HUGEPAGE);
+        return p;
+    }
+#endif
     if (posix_memalign(&p, 64, bytes ? bytes : 1) != 0) return NULL;
     return p;
 }
