@@ -344,6 +344,7 @@ ATTNS = [
     (1, 33, 33, 4, 5, 1),    # causal self attention (text encoder)
     (1, 300, 50, 2, 8, 0),   # more queries than one chunk
     (2, 270, 270, 1, 4, 1),  # causal across a chunk boundary
+    (1, 96, 256, 2, 8, 0),   # keys a multiple of 256: CPU scratch rows of P padded
 ]
 
 
@@ -596,6 +597,7 @@ MAP_ENERGIES = [
     (1, 300, 2, 8),   # more queries than one chunk
     (1, 64, 8, 5),
     (1, 700, 2, 64),  # CPU: chunks of 512 and 188 rows, several 64-row blocks each, run in parallel
+    (1, 256, 2, 8),   # keys a multiple of 256: CPU scratch rows of P padded
 ]
 
 
