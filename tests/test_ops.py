@@ -537,6 +537,7 @@ LINEARS = [
     ((1, 300, 40), 600, True),   # wide, 300 rows: pieces of 208, 208, 184 columns
     ((2, 150, 70), 37, False),   # wide, one piece of 37 columns (a partial vector)
     ((1, 520, 1100), 33, True),  # wide, k = 1100; the backward's 1100 columns in 5 pieces
+    ((1, 37, 1300), 45, False),  # backward reads W along its rows (1300 inputs): blocks of 16 of k = 45
 ]
 
 
