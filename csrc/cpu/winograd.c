@@ -132,10 +132,17 @@ static ALWAYS_INLINE void input_tile_row_body(const float *const row[4], int64_t
     (const float *const row[4], int64_t w, int64_t tx, float *scratch, float *dst, int64_t plane)
 ROW_KERNEL_VERSIONS(input_tile_row, INPUT_ROW_PARAMS, (row, w, tx, scratch, dst, plane))
 
+/* Each thread's scratch for the row kernels: 8 (2 tx + 2) floats */
+static int64_t scratch_floats(const wino_geom *g) { return 8 * (2 * g->tx + 2); }
+static float *thread_scratch(const wino_geom *g, float *scratch)
+{
+    return scratch + (int64_t)omp_get_thread_num() * scratch_floats(g);
+}
+
 /* V[e][c][t - t0] = B^T d B for the tiles of rows ty0 .. ty0 + rows - 1
  * (t0 = ty0 * tx), d the 4 x 4 patch of channel c at rows 2 ty - 1 ..,
  * columns 2 tx - 1 .. (0 outside). One (channel, tile row) per task, each
- * thread with its own scratch (nt x 8 (2 tx + 2) floats). */
+ * thread with its own scratch. */
 static void transform_input(int nt, const wino_geom *g, const float *x, const float *zero_row, int64_t ty0,
                             int64_t rows, float *scratch, float *v)
 {
@@ -143,7 +150,7 @@ static void transform_input(int nt, const wino_geom *g, const float *x, const fl
     void(*tile_row) INPUT_ROW_PARAMS = ROW_KERNEL_FOR_CPU(input_tile_row);
 #pragma omp parallel num_threads(nt) if (plane > 256)
     {
-        float *mine = scratch + (int64_t)omp_get_thread_num() * 8 * (2 * g->tx + 2);
+        float *mine = thread_scratch(g, scratch);
 #pragma omp for schedule(static)
         for (int64_t cr = 0; cr < g->c * rows; cr++) {
             int64_t c = cr / rows, ty = ty0 + cr % rows;
@@ -207,7 +214,7 @@ static void transform_output(int nt, const wino_geom *g, const float *mm, int64_
     void(*tile_row) OUTPUT_ROW_PARAMS = ROW_KERNEL_FOR_CPU(output_tile_row);
 #pragma omp parallel num_threads(nt) if (plane > 256)
     {
-        float *mine = scratch + (int64_t)omp_get_thread_num() * 8 * (2 * g->tx + 2);
+        float *mine = thread_scratch(g, scratch);
 #pragma omp for schedule(static)
         for (int64_t task = 0; task < g->o * rows; task++) {
             int64_t o = task / rows, ty = ty0 + task % rows;
@@ -253,7 +260,7 @@ gnr_status cpu_conv3x3_winograd(gnr_ctx *ctx, const float *x, int64_t n, int64_t
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(c * rb * g.tx) * sizeof(float), (void **)&v));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, 16 * (size_t)(o * rb * g.tx) * sizeof(float), (void **)&mm));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)w * sizeof(float), (void **)&zero_row));
-    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)(nt * 8 * (2 * g.tx + 2)) * sizeof(float), (void **)&scratch));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)(nt * scratch_floats(&g)) * sizeof(float), (void **)&scratch));
     memset(zero_row, 0, (size_t)w * sizeof(float));
     for (int64_t img = 0; img < n; img++) {
         const float *xn = x + img * c * h * w;
