@@ -72,6 +72,7 @@ static void att_setup(const gnr_tensor *q, const gnr_tensor *k, int heads, int64
  * row of P in N x H x Lq x Lk. */
 typedef struct {
     int64_t i0, rows, qoff, koff, poff;
+    int64_t head; /* n * heads + h: the index of the head's transposed keys (keys_transposed) */
 } att_chunk;
 
 static int64_t att_chunks(const att_geom *g)
@@ -89,6 +90,7 @@ static att_chunk att_chunk_at(const att_geom *g, int64_t index)
     c.qoff = (n * g->lq + c.i0) * g->hd + h * g->d;
     c.koff = n * g->lk * g->hd + h * g->d;
     c.poff = ((n * g->heads + h) * g->lq + c.i0) * g->lk;
+    c.head = n * g->heads + h;
     return c;
 }
 
@@ -147,15 +149,33 @@ static void probs_row(float *s, int64_t lk, int64_t valid, float *tile)
     probs_from_stats(s, lk, valid, st);
 }
 
+/* One head's keys transposed, K_h^T (d x lk): kt[c * lk + j] = the c-th
+ * value of key j, kh the head's first key (keys hd floats apart). The
+ * scores are then a product with both operands read in place by the
+ * narrow kernels (narrow_gemm.c); through sgemm, which packs both
+ * operands of every 64 x 512 x d tile again, they ran at half the rate. */
+static void keys_transposed(const att_geom *g, const float *kh, float *kt)
+{
+    for (int64_t j = 0; j < g->lk; j++)
+        for (int64_t c = 0; c < g->d; c++) kt[c * g->lk + j] = kh[j * g->hd + c];
+}
+
 /* The scores of one block of queries (rows of them, from i0) against one
- * tile of keys (kn of them, from j0): s = scale Q_b K_t^T, ld ldc. The
- * forward and every recompute of P make each score by exactly this call
- * (one thread, the same shape), since OpenBLAS may pick another kernel, and
- * round differently, for another shape. */
-static void scores_tile(const att_geom *g, const float *qb, const float *kh, int64_t rows, int64_t j0, int64_t kn,
+ * tile of keys (kn of them, from j0): s = scale Q_b K_t^T, ld ldc, kt the
+ * head's K^T. The forward and every recompute of P make each score by
+ * exactly this call (one thread, the same shape), so every P is the same
+ * bits. */
+static void scores_tile(const att_geom *g, const float *qb, const float *kt, int64_t rows, int64_t j0, int64_t kn,
                         float scale, float *s, int64_t ldc)
 {
-    cpu_gemm(1, 0, 1, rows, kn, g->d, scale, qb, g->hd, kh + j0 * g->hd, g->hd, 0.0f, s, ldc);
+    for (int64_t jj = 0; jj < kn; jj += NARROW_MAX_N)
+        cpu_gemm_narrow(1, 0, rows, kn - jj < NARROW_MAX_N ? kn - jj : NARROW_MAX_N, g->d, qb, g->hd,
+                        kt + j0 + jj, g->lk, 0, s + jj, ldc);
+    for (int64_t r = 0; r < rows; r++) {
+        float *sr = s + r * ldc;
+#pragma omp simd
+        for (int64_t j = 0; j < kn; j++) sr[j] *= scale;
+    }
 }
 
 /* Keys a block of queries i0 .. i0 + rows - 1 sees at all. */
@@ -168,12 +188,12 @@ static int64_t block_keys(const att_geom *g, int64_t i0, int64_t rows, int causa
  * of a chunk of one head's P, the chunk's first query being i0, into s (row
  * stride ldp): the scores tile by tile as the forward makes them, then each row by
  * probs_row. qc: the chunk's first query; tile: ATT_KTILE floats. */
-static void probs_block(const att_geom *g, const float *qc, const float *kh, int64_t r0, int64_t rows, int64_t i0,
+static void probs_block(const att_geom *g, const float *qc, const float *kt, int64_t r0, int64_t rows, int64_t i0,
                         int causal, float scale, float *s, float *tile)
 {
     int64_t limit = block_keys(g, i0 + r0, rows, causal);
     for (int64_t j0 = 0; j0 < limit; j0 += ATT_KTILE)
-        scores_tile(g, qc + r0 * g->hd, kh, rows, j0, limit - j0 < ATT_KTILE ? limit - j0 : ATT_KTILE, scale,
+        scores_tile(g, qc + r0 * g->hd, kt, rows, j0, limit - j0 < ATT_KTILE ? limit - j0 : ATT_KTILE, scale,
                     s + r0 * g->ldp + j0, g->ldp);
     for (int64_t r = r0; r < r0 + rows; r++) probs_row(s + r * g->ldp, g->lk, att_valid(g->lk, i0 + r, causal), tile);
 }
@@ -187,12 +207,12 @@ static int chunk_parallel(const att_geom *g, int64_t rows) { return chunk_blocks
 
 /* Rows i0 .. i0 + rows - 1 of one head's P into s (rows x lk, row stride
  * ldp; i0 a multiple of ATT_QBLOCK), block by block in parallel. tiles: nt x ATT_KTILE floats. */
-static void probs_chunk(int nt, const att_geom *g, const float *qc, const float *kh, int64_t rows, int64_t i0,
+static void probs_chunk(int nt, const att_geom *g, const float *qc, const float *kt, int64_t rows, int64_t i0,
                         int causal, float scale, float *s, float *tiles)
 {
 #pragma omp parallel for num_threads(nt) if (chunk_parallel(g, rows)) schedule(static)
     for (int64_t b = 0; b < chunk_blocks(rows); b++)
-        probs_block(g, qc, kh, b * ATT_QBLOCK, block_rows(rows, b), i0, causal, scale, s,
+        probs_block(g, qc, kt, b * ATT_QBLOCK, block_rows(rows, b), i0, causal, scale, s,
                     tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE);
 }
 
@@ -222,7 +242,7 @@ static inline double lane_sum(const float *a, const float *b, int64_t n, int sq_
  * s: ATT_QBLOCK x ATT_KTILE scores, o: ATT_QBLOCK x D output sums, st:
  * ATT_QBLOCK rows' statistics (the thread's scratch). pp: the block's first
  * row of P, or NULL. */
-static void flash_block(const att_geom *g, const float *qb, const float *kh, const float *vh, float *ob, float *pp,
+static void flash_block(const att_geom *g, const float *qb, const float *kt, const float *vh, float *ob, float *pp,
                         int64_t rows, int64_t i0, int causal, float scale, float *s, float *o, row_stats *st)
 {
     int64_t d = g->d, limit = block_keys(g, i0, rows, causal);
@@ -230,7 +250,7 @@ static void flash_block(const att_geom *g, const float *qb, const float *kh, con
     for (int64_t r = 0; r < rows; r++) st[r] = (row_stats){-INFINITY, 0.0f};
     for (int64_t j0 = 0; j0 < limit; j0 += ATT_KTILE) {
         int64_t kn = limit - j0 < ATT_KTILE ? limit - j0 : ATT_KTILE;
-        scores_tile(g, qb, kh, rows, j0, kn, scale, s, kn);
+        scores_tile(g, qb, kt, rows, j0, kn, scale, s, kn);
         for (int64_t r = 0; r < rows; r++) {
             float *sr = s + r * kn;
             int64_t valid = att_valid(g->lk, i0 + r, causal) - j0;
@@ -262,20 +282,28 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
     if (blocks == 0) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
     size_t s_floats = (size_t)ATT_QBLOCK * ATT_KTILE, o_floats = (size_t)ATT_QBLOCK * (size_t)g.d;
-    size_t per_thread = (s_floats + o_floats) * sizeof(float) + ATT_QBLOCK * sizeof(row_stats);
+    size_t kt_floats = (size_t)(g.d * g.lk); /* the thread's current head's K^T */
+    size_t per_thread = (s_floats + o_floats + kt_floats) * sizeof(float) + ATT_QBLOCK * sizeof(row_stats);
     per_thread = (per_thread + 63) / 64 * 64;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
     char *scratch;
     GNR_TRY(gnr_arena_alloc(ctx->arena, per_thread * (size_t)nt, (void **)&scratch));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v);
     float *po = gnr_f32(out), *pp = probs ? gnr_f32(probs) : NULL;
-#pragma omp parallel for num_threads(nt) if (blocks > 1 && g.lq * g.lk * g.heads > GNR_CPU_PAR_MIN) schedule(static)
-    for (int64_t i = 0; i < blocks; i++) {
+#pragma omp parallel num_threads(nt) if (blocks > 1 && g.lq * g.lk * g.heads > GNR_CPU_PAR_MIN)
+    {
         char *mine = scratch + (size_t)gnr_cpu_thread_num() * per_thread;
-        float *s = (float *)mine, *o = s + s_floats;
-        att_chunk c = att_chunk_at(&g, i);
-        flash_block(&g, pq + c.qoff, pk + c.koff, pv + c.koff, po + c.qoff, pp ? pp + c.poff : NULL, c.rows, c.i0,
-                    causal, scale, s, o, (row_stats *)(o + o_floats));
+        float *s = (float *)mine, *o = s + s_floats, *kt = o + o_floats;
+        row_stats *stats = (row_stats *)(kt + kt_floats);
+        int64_t head = -1; /* whose keys kt holds */
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < blocks; i++) {
+            att_chunk c = att_chunk_at(&g, i);
+            if (c.head != head) keys_transposed(&g, pk + c.koff, kt);
+            head = c.head;
+            flash_block(&g, pq + c.qoff, kt, pv + c.koff, po + c.qoff, pp ? pp + c.poff : NULL, c.rows, c.i0,
+                        causal, scale, s, o, stats);
+        }
     }
     gnr_arena_release(ctx->arena, m);
     return GNR_OK;
@@ -306,7 +334,7 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
     int nt = gnr_cpu_threads(ctx);
     int need_ds = dq || dk;
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    float *ds = NULL, *pbuf = NULL, *rbuf = NULL, *tiles = NULL;
+    float *ds = NULL, *pbuf = NULL, *rbuf = NULL, *tiles = NULL, *kt = NULL, *skt = NULL;
     double *row_sum = NULL, total = 0.0;
     gnr_status st = GNR_OK;
     size_t chunk_bytes = (size_t)g.chunk * (size_t)g.ldp * sizeof(float);
@@ -317,6 +345,9 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
         GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)g.chunk * sizeof(double), (void **)&row_sum));
     if (!probs || (seed && need_ds))
         GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)nt * ATT_KTILE * sizeof(float), (void **)&tiles));
+    /* the current head's K^T (and the seed's), made when the head changes */
+    if (!probs) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)(g.d * g.lk) * sizeof(float), (void **)&kt));
+    if (rbuf) GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)(g.d * g.lk) * sizeof(float), (void **)&skt));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *pv = gnr_f32(v), *pdo = dout ? gnr_f32(dout) : NULL;
     const float *pp = probs ? gnr_f32(probs) : NULL;
     const float *pdp = dprobs ? gnr_f32(dprobs) : NULL;
@@ -326,7 +357,9 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
         int64_t rows = c.rows;
         const float *pc = pp ? pp + c.poff : pbuf;
         int64_t ldpc = pp ? g.lk : g.ldp;
-        if (!pp) probs_chunk(nt, &g, pq + c.qoff, pk + c.koff, rows, c.i0, causal, scale, pbuf, tiles);
+        if (c.i0 == 0 && kt) keys_transposed(&g, pk + c.koff, kt);
+        if (c.i0 == 0 && skt) keys_transposed(&g, gnr_f32(seed->k) + c.koff, skt);
+        if (!pp) probs_chunk(nt, &g, pq + c.qoff, kt, rows, c.i0, causal, scale, pbuf, tiles);
         if (dv)
             cpu_gemm_narrow(nt, 1, g.lk, g.d, rows, pc, ldpc, pdo + c.qoff, g.hd, 1, gnr_f32(dv) + c.koff, g.hd);
         if (!need_ds) continue;
@@ -335,12 +368,12 @@ gnr_status cpu_attention_backward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_t
         else
             memset(ds, 0, (size_t)(rows * g.ldp) * sizeof(float));
         const float *dpc = pdp ? pdp + c.poff : NULL;
-        const float *sq = seed ? gnr_f32(seed->q) + c.qoff : NULL, *sk = seed ? gnr_f32(seed->k) + c.koff : NULL;
+        const float *sq = seed ? gnr_f32(seed->q) + c.qoff : NULL;
 #pragma omp parallel for num_threads(nt) if (chunk_parallel(&g, rows)) schedule(static)
         for (int64_t b = 0; b < chunk_blocks(rows); b++) {
             int64_t r0 = b * ATT_QBLOCK, r1 = r0 + block_rows(rows, b);
             if (rbuf)
-                probs_block(&g, sq, sk, r0, r1 - r0, c.i0, 0, scale, rbuf,
+                probs_block(&g, sq, skt, r0, r1 - r0, c.i0, 0, scale, rbuf,
                             tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE);
             for (int64_t r = r0; r < r1; r++) {
                 float *dsr = ds + r * g.ldp;
@@ -381,7 +414,7 @@ gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr
     if (g.n == 0 || g.lq == 0 || g.lk == 0) return GNR_OK;
     int nt = gnr_cpu_threads(ctx);
     gnr_arena_mark m = gnr_arena_get_mark(ctx->arena);
-    float *s, *sr, *tiles;
+    float *s, *sr, *tiles, *kt, *rkt;
     double *row_sum;
     gnr_status st = GNR_OK;
     size_t chunk_bytes = (size_t)g.chunk * (size_t)g.ldp * sizeof(float);
@@ -389,17 +422,23 @@ gnr_status cpu_attention_map_energy(gnr_ctx *ctx, const gnr_tensor *q, const gnr
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, chunk_bytes, (void **)&sr));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)nt * ATT_KTILE * sizeof(float), (void **)&tiles));
     GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)g.chunk * sizeof(double), (void **)&row_sum));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)(g.d * g.lk) * sizeof(float), (void **)&kt));
+    GNR_CHECK(st, gnr_arena_alloc(ctx->arena, (size_t)(g.d * g.lk) * sizeof(float), (void **)&rkt));
     const float *pq = gnr_f32(q), *pk = gnr_f32(k), *prq = gnr_f32(q_ref), *prk = gnr_f32(k_ref);
     double total = 0.0;
     for (int64_t i = 0; i < att_chunks(&g); i++) {
         att_chunk c = att_chunk_at(&g, i);
         int64_t rows = c.rows;
+        if (c.i0 == 0) {
+            keys_transposed(&g, pk + c.koff, kt);
+            keys_transposed(&g, prk + c.koff, rkt);
+        }
 #pragma omp parallel for num_threads(nt) if (chunk_parallel(&g, rows)) schedule(static)
         for (int64_t b = 0; b < chunk_blocks(rows); b++) {
             int64_t r0 = b * ATT_QBLOCK, r1 = r0 + block_rows(rows, b);
             float *tile = tiles + (int64_t)gnr_cpu_thread_num() * ATT_KTILE;
-            probs_block(&g, pq + c.qoff, pk + c.koff, r0, r1 - r0, c.i0, 0, scale, s, tile);
-            probs_block(&g, prq + c.qoff, prk + c.koff, r0, r1 - r0, c.i0, 0, scale, sr, tile);
+            probs_block(&g, pq + c.qoff, kt, r0, r1 - r0, c.i0, 0, scale, s, tile);
+            probs_block(&g, prq + c.qoff, rkt, r0, r1 - r0, c.i0, 0, scale, sr, tile);
             for (int64_t r = r0; r < r1; r++) row_sum[r] = lane_sum(s + r * g.ldp, sr + r * g.ldp, g.lk, 1);
         }
         for (int64_t r = 0; r < rows; r++) total += row_sum[r];
