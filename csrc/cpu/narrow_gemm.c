@@ -45,15 +45,12 @@ static int64_t k_block(int64_t n)
     return kc < KC_MIN ? KC_MIN : kc > KC_MAX ? KC_MAX : kc;
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if GNR_VEC_X86
 #include <immintrin.h>
-#define NARROW_X86 1
 #define INLINE inline __attribute__((always_inline))
-#else
-#define NARROW_X86 0
 #endif
 
-#if NARROW_X86
+#if GNR_VEC_X86
 /* A tile of each row count a block's last rows may leave, each compiled
  * with its count fixed (the accumulators stay in registers) */
 #define CASES_1_TO_6(CASE) CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
@@ -61,7 +58,7 @@ static int64_t k_block(int64_t n)
 /* ------------------------------------------------------------ AVX-512 --- */
 /* Tiles of up to 8 rows x 32 columns: 16 accumulators, 2 loads of B and 8
  * broadcasts of A per 16 fused multiply-adds. */
-#define AVX512 __attribute__((target("avx512f")))
+#define AVX512 GNR_TARGET_AVX512
 #define MR512 8
 
 /* A^T's rows are A's columns: a step of k moves a whole row of A (lda
@@ -147,7 +144,7 @@ AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t
 /* Tiles of up to 6 rows x 16 columns: 12 accumulators, 2 loads of B and 6
  * broadcasts of A per 12 fused multiply-adds. Column tails are copied
  * through a zero-padded row, since AVX2's masked loads are slow. */
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2 GNR_TARGET_AVX2
 #define MR256 6
 
 AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int64_t lda, const float *b, int64_t ldb,
@@ -225,7 +222,7 @@ AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t k
         }
     }
 }
-#endif /* NARROW_X86 */
+#endif /* GNR_VEC_X86 */
 
 int cpu_gemm_narrow_takes(int64_t n) { return n > 0 && n <= NARROW_MAX_N && cpu_vec_level() != CPU_VEC_BASELINE; }
 
@@ -237,7 +234,7 @@ void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const
         cpu_gemm(nt, trans_a, 0, m, n, k, 1.0f, a, lda, b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
         return;
     }
-#if NARROW_X86
+#if GNR_VEC_X86
     int level = cpu_vec_level();
     int64_t mr = level == CPU_VEC_AVX512 ? MR512 : MR256;
     /* whole blocks of rows per thread; small products on one */
@@ -279,7 +276,7 @@ void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const
         cpu_gemm(nt, trans_a, 0, m, n, k, 1.0f, a, lda, b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
         return;
     }
-#if NARROW_X86
+#if GNR_VEC_X86
     int level = cpu_vec_level();
     int64_t tiles = (n + 31) / 32;
     if (m * n * k < GNR_CPU_GEMM_PAR_MIN_MACS) nt = 1;

@@ -13,11 +13,8 @@
 #include "cpu/simd.h"
 #include "gnr.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GNR_VEC_X86 1
+#if GNR_VEC_X86
 #include <immintrin.h>
-#else
-#define GNR_VEC_X86 0
 #endif
 
 static const char *const level_names[] = {"baseline", "avx2", "avx512"};
@@ -197,7 +194,7 @@ static float max_baseline(const float *x, int64_t n)
 #if GNR_VEC_X86
 /* --------------------------------------------------------------- AVX2 --- */
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2 GNR_TARGET_AVX2
 
 AVX2 static inline __m256 exp8(__m256 x)
 {
@@ -329,7 +326,7 @@ AVX2 static float max_avx2(const float *x, int64_t n)
 
 /* ------------------------------------------------------------ AVX-512 --- */
 
-#define AVX512 __attribute__((target("avx512f")))
+#define AVX512 GNR_TARGET_AVX512
 
 AVX512 static inline __m512 exp16(__m512 x)
 {

@@ -32,6 +32,34 @@ void cpu_vec_geglu_backward(const float *a, const float *g, const float *dy, flo
 void cpu_vec_silu(const float *x, float *y, int64_t n);
 void cpu_vec_silu_backward(const float *x, const float *dy, float *dx, int64_t n);
 
+/* x86 with GCC or clang: the AVX2 + FMA and AVX-512 versions exist, each
+ * function compiled for its level with one of these attributes. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GNR_VEC_X86 1
+#define GNR_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define GNR_TARGET_AVX512 __attribute__((target("avx512f")))
+#else
+#define GNR_VEC_X86 0
+#endif
+
+/* A kernel written once, as a plain-C body (static inline NAME_body) that
+ * the compiler vectorises with no omp simd or optimize attributes (see
+ * simd.c for why those need intrinsics instead): CPU_VEC_VERSIONS defines
+ * NAME_baseline, NAME_avx2 and NAME_avx512 with the given parameter list,
+ * each the body compiled for its level; CPU_VEC_PICK(NAME) is the one for
+ * this CPU's level. */
+#if GNR_VEC_X86
+#define CPU_VEC_VERSIONS(name, params, args)                                                                         \
+    static void name##_baseline params { name##_body args; }                                                         \
+    GNR_TARGET_AVX2 static void name##_avx2 params { name##_body args; }                                             \
+    GNR_TARGET_AVX512 static void name##_avx512 params { name##_body args; }
+#define CPU_VEC_PICK(name)                                                                                           \
+    (cpu_vec_level() == CPU_VEC_AVX512 ? name##_avx512 : cpu_vec_level() == CPU_VEC_AVX2 ? name##_avx2 : name##_baseline)
+#else
+#define CPU_VEC_VERSIONS(name, params, args) static void name##_baseline params { name##_body args; }
+#define CPU_VEC_PICK(name) name##_baseline
+#endif
+
 /* The version this CPU runs (the best it has, unless set lower) */
 enum { CPU_VEC_BASELINE, CPU_VEC_AVX2, CPU_VEC_AVX512 };
 int cpu_vec_level(void);

@@ -68,21 +68,8 @@ typedef struct {
     int64_t ty, tx;      /* tiles down and across */
 } wino_geom;
 
-/* The transforms' row kernels: each one plain-C body (NAME_body) that the
- * compiler vectorises, compiled for AVX-512, for AVX2 and for the build's
- * baseline, the CPU's level picked at run time as for the other vector
- * kernels (simd.h). */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ROW_KERNEL_VERSIONS(name, params, args)                                                                      \
-    static void name##_baseline params { name##_body args; }                                                         \
-    __attribute__((target("avx2"))) static void name##_avx2 params { name##_body args; }                             \
-    __attribute__((target("avx512f"))) static void name##_avx512 params { name##_body args; }
-#define ROW_KERNEL_FOR_CPU(name)                                                                                     \
-    (cpu_vec_level() == CPU_VEC_AVX512 ? name##_avx512 : cpu_vec_level() == CPU_VEC_AVX2 ? name##_avx2 : name##_baseline)
-#else
-#define ROW_KERNEL_VERSIONS(name, params, args) static void name##_baseline params { name##_body args; }
-#define ROW_KERNEL_FOR_CPU(name) name##_baseline
-#endif
+/* The transforms' row kernels: plain-C bodies built for each vector level
+ * (CPU_VEC_VERSIONS, simd.h). */
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* V's values for one tile row of one channel: row[0..3] the patch rows
@@ -130,7 +117,7 @@ static ALWAYS_INLINE void input_tile_row_body(const float *const row[4], int64_t
 
 #define INPUT_ROW_PARAMS \
     (const float *const row[4], int64_t w, int64_t tx, float *scratch, float *dst, int64_t plane)
-ROW_KERNEL_VERSIONS(input_tile_row, INPUT_ROW_PARAMS, (row, w, tx, scratch, dst, plane))
+CPU_VEC_VERSIONS(input_tile_row, INPUT_ROW_PARAMS, (row, w, tx, scratch, dst, plane))
 
 /* Each thread's scratch for the row kernels: 8 (2 tx + 2) floats */
 static int64_t scratch_floats(const wino_geom *g) { return 8 * (2 * g->tx + 2); }
@@ -147,7 +134,7 @@ static void transform_input(int nt, const wino_geom *g, const float *x, const fl
                             int64_t rows, float *scratch, float *v)
 {
     int64_t tb = rows * g->tx, plane = g->c * tb;
-    void(*tile_row) INPUT_ROW_PARAMS = ROW_KERNEL_FOR_CPU(input_tile_row);
+    void(*tile_row) INPUT_ROW_PARAMS = CPU_VEC_PICK(input_tile_row);
 #pragma omp parallel num_threads(nt) if (plane > 256)
     {
         float *mine = thread_scratch(g, scratch);
@@ -202,7 +189,7 @@ static ALWAYS_INLINE void output_tile_row_body(const float *m, int64_t plane, in
 }
 
 #define OUTPUT_ROW_PARAMS (const float *m, int64_t plane, int64_t tx, int64_t w, float *y0, float *y1, float *scratch)
-ROW_KERNEL_VERSIONS(output_tile_row, OUTPUT_ROW_PARAMS, (m, plane, tx, w, y0, y1, scratch))
+CPU_VEC_VERSIONS(output_tile_row, OUTPUT_ROW_PARAMS, (m, plane, tx, w, y0, y1, scratch))
 
 /* y[o][2 ty + i][2 tx + j] += (A^T M A)[i][j] for the tiles of rows ty0 ..
  * ty0 + rows - 1, where the output exists (odd sizes end in half tiles).
@@ -211,7 +198,7 @@ static void transform_output(int nt, const wino_geom *g, const float *mm, int64_
                              float *y)
 {
     int64_t tb = rows * g->tx, plane = g->o * tb;
-    void(*tile_row) OUTPUT_ROW_PARAMS = ROW_KERNEL_FOR_CPU(output_tile_row);
+    void(*tile_row) OUTPUT_ROW_PARAMS = CPU_VEC_PICK(output_tile_row);
 #pragma omp parallel num_threads(nt) if (plane > 256)
     {
         float *mine = thread_scratch(g, scratch);
