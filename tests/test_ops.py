@@ -400,6 +400,7 @@ MULTI_TILE = [
     # N, Lq, Lk, heads, D, causal
     (1, 130, 1300, 2, 6, 0),
     (1, 1100, 1100, 1, 4, 1),
+    (2, 100, 1100, 2, 40, 0),  # SD's head size; a last block of 36 queries (whole vectors and a remainder)
 ]
 
 

@@ -18,6 +18,14 @@ float cpu_vec_max(const float *x, int64_t n);
  * least normal magnitude), not 0. */
 float cpu_vec_exp_sum(const float *x, float *y, int64_t n, float shift);
 
+/* The same down the columns of a rows x cols block x (row stride ld), each
+ * column's rows in order:
+ *   m[c] = max(m[c], max_r x[r][c])                               (max_cols)
+ *   x[r][c] = exp(x[r][c] - shift[c]), and sum[c] += those        (exp_cols)
+ * (the flash forward's softmax with keys down the rows, attention.c). */
+void cpu_vec_max_cols(const float *x, int64_t rows, int64_t cols, int64_t ld, float *m);
+void cpu_vec_exp_cols(float *x, int64_t rows, int64_t cols, int64_t ld, const float *shift, float *sum);
+
 /* GEGLU's gate with exact GELU, gelu(x) = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2:
  *   y[j] = a[j] gelu(g[j])                                       (geglu)
  *   da[j] += dy[j] gelu(g[j]);  dg[j] += dy[j] a[j] gelu'(g[j])  (geglu_backward)
