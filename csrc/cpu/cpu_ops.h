@@ -39,6 +39,11 @@ void cpu_gemm(int nt, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
 void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                      const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc);
 int cpu_gemm_narrow_takes(int64_t n);
+/* C = A B + bias (bias: n floats, added to every row), in the same sums
+ * with C starting from the bias instead of 0: a linear layer's product
+ * without a pass of its own that writes the bias into C first. */
+void cpu_gemm_narrow_bias(int nt, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                          int64_t ldb, const float *bias, float *c, int64_t ldc);
 
 /* Row-major C = op(A) B (+ C with accumulate) for few rows of op(A) and a
  * B read once from memory (narrow_gemm.c): a weight in an input gradient.
@@ -47,8 +52,10 @@ int cpu_gemm_narrow_takes(int64_t n);
 void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                      const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc);
 
-/* dst = src^T (add: dst += src^T) for a rows x cols matrix src (layout.c) */
+/* dst = src^T (add: dst += src^T) for a rows x cols matrix src (layout.c);
+ * cpu_transpose_bias: dst = src^T + row_bias[i] on what was src's row i */
 void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add);
+void cpu_transpose_bias(int nt, const float *src, float *dst, int64_t rows, int64_t cols, const float *row_bias);
 
 /* y[n] += conv3x3(x[n], weight), stride 1, pad 1, by Winograd's F(2x2, 3x3)
  * (winograd.c). x: N x C x H x W, y: N x O x H x W; weight: O x C x 3 x 3,

@@ -7,8 +7,10 @@
 
 #define TB 32 /* transpose block */
 
-/* dst[j * rows + i] (+)= src[i * cols + j] for one rows x cols matrix, by blocks */
-void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add)
+/* dst[j * rows + i] = src[i * cols + j] (+ dst[j * rows + i] with add, or
+ * + row_bias[i] with row_bias) for one rows x cols matrix, by blocks */
+static void transpose_blocks(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add,
+                             const float *row_bias)
 {
     int64_t bi = (rows + TB - 1) / TB, bj = (cols + TB - 1) / TB;
 #pragma omp parallel for collapse(2) num_threads(nt) if (rows * cols > GNR_CPU_PAR_MIN) schedule(static)
@@ -19,11 +21,23 @@ void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t c
             for (int64_t j = jb * TB; j < j1; j++) {
                 if (add)
                     for (int64_t i = ib * TB; i < i1; i++) dst[j * rows + i] += src[i * cols + j];
+                else if (row_bias)
+                    for (int64_t i = ib * TB; i < i1; i++) dst[j * rows + i] = src[i * cols + j] + row_bias[i];
                 else
                     for (int64_t i = ib * TB; i < i1; i++) dst[j * rows + i] = src[i * cols + j];
             }
         }
     }
+}
+
+void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add)
+{
+    transpose_blocks(nt, src, dst, rows, cols, add, NULL);
+}
+
+void cpu_transpose_bias(int nt, const float *src, float *dst, int64_t rows, int64_t cols, const float *row_bias)
+{
+    transpose_blocks(nt, src, dst, rows, cols, 0, row_bias);
 }
 
 static void nchw_nlc(gnr_ctx *ctx, const gnr_tensor *nchw, const float *src, float *dst, int to_nlc, int add)

@@ -11,12 +11,12 @@ static void weight_dims(const gnr_tensor *w, int64_t *out, int64_t *in)
 }
 
 /* Few rows (the low-resolution levels' tokens, the time embedding) make a
- * narrow product: out (rows x ncols; with add, +=) = x (rows x k) op(W)^T
- * computed as op(W) (ncols x k) x^T, W read in place (narrow_gemm.c),
- * through two small transposes. Returns 0 (nothing done) when the product
- * is not narrow. */
+ * narrow product: out (rows x ncols; with add, +=; with bias, + bias on
+ * each row) = x (rows x k) op(W)^T computed as op(W) (ncols x k) x^T, W
+ * read in place (narrow_gemm.c), through two small transposes, the second
+ * adding the bias. Returns 0 (nothing done) when the product is not narrow. */
 static int narrow_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, const float *x, const float *w,
-                       int trans_w, int add, float *out, gnr_status *st)
+                       int trans_w, int add, const float *bias, float *out, gnr_status *st)
 {
     if (!cpu_gemm_narrow_takes(rows)) return 0;
     int nt = gnr_cpu_threads(ctx);
@@ -27,7 +27,10 @@ static int narrow_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, con
     if (*st == GNR_OK) {
         cpu_transpose(nt, x, xt, rows, k, 0);
         cpu_gemm_narrow(nt, trans_w, ncols, rows, k, w, trans_w ? ncols : k, xt, rows, 0, ot, rows);
-        cpu_transpose(nt, ot, out, ncols, rows, add);
+        if (bias)
+            cpu_transpose_bias(nt, ot, out, ncols, rows, bias);
+        else
+            cpu_transpose(nt, ot, out, ncols, rows, add);
     }
     gnr_arena_release(ctx->arena, mark);
     return 1;
@@ -42,14 +45,19 @@ static int narrow_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, con
  * up to 256 rows narrow_rows is as fast or faster). */
 static int wide_takes(int64_t rows) { return rows > NARROW_MAX_N && cpu_gemm_narrow_takes(NARROW_MAX_N); }
 
+/* bias: NULL, or the ncols floats each row of out starts from (add is 0) */
 static void wide_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, const float *x, const float *b,
-                      int64_t ldb, int add, float *out)
+                      int64_t ldb, int add, const float *bias, float *out)
 {
     int64_t pieces = (ncols + NARROW_MAX_N - 1) / NARROW_MAX_N;
     int64_t per = ((ncols + pieces - 1) / pieces + 15) / 16 * 16; /* even pieces, whole vectors */
-    for (int64_t j = 0; j < ncols; j += per)
-        cpu_gemm_narrow(gnr_cpu_threads(ctx), 0, rows, ncols - j < per ? ncols - j : per, k, x, k, b + j, ldb, add,
-                        out + j, ncols);
+    for (int64_t j = 0; j < ncols; j += per) {
+        int64_t n = ncols - j < per ? ncols - j : per;
+        if (bias)
+            cpu_gemm_narrow_bias(gnr_cpu_threads(ctx), rows, n, k, x, k, b + j, ldb, bias + j, out + j, ncols);
+        else
+            cpu_gemm_narrow(gnr_cpu_threads(ctx), 0, rows, n, k, x, k, b + j, ldb, add, out + j, ncols);
+    }
 }
 
 /* y[r,o] = b[o] + sum_i x[r,i] w[o,i]     y = x W^T + b */
@@ -60,29 +68,32 @@ gnr_status cpu_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
     weight_dims(w, &out, &in);
     int64_t rows = in ? gnr_numel(x) / in : 0;
     float *py = gnr_f32(y);
+    gnr_status st = GNR_OK;
+    if (wide_takes(rows)) {
+        /* W^T (in x out), transposed per call: with this many rows, about 2 %
+         * of the product's time (kept instead, the whole pass gained 1 %).
+         * The bias is where the product's sums start: writing it into y
+         * first took another pass over y, and the product then read y from
+         * memory at each tile's start: XXX */
+        gnr_arena_mark mark = gnr_arena_get_mark(ctx->arena);
+        float *wt;
+        st = gnr_arena_alloc(ctx->arena, (size_t)(out * in) * sizeof(float), (void **)&wt);
+        if (st == GNR_OK) {
+            cpu_transpose(gnr_cpu_threads(ctx), gnr_f32(w), wt, out, in, 0);
+            wide_rows(ctx, rows, out, in, gnr_f32(x), wt, out, 0, b ? gnr_f32(b) : NULL, py);
+        }
+        gnr_arena_release(ctx->arena, mark);
+        return st;
+    }
+    if (narrow_rows(ctx, rows, out, in, gnr_f32(x), gnr_f32(w), 0, 0, b ? gnr_f32(b) : NULL, py, &st)) return st;
     float beta = 0.0f;
-    if (b) {
+    if (b) { /* sgemm's C starts as the bias */
         const float *pb = gnr_f32(b);
 #pragma omp parallel for num_threads(gnr_cpu_threads(ctx)) if (rows * out > GNR_CPU_PAR_MIN) schedule(static)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t o = 0; o < out; o++) py[r * out + o] = pb[o];
         beta = 1.0f;
     }
-    gnr_status st = GNR_OK;
-    if (wide_takes(rows)) {
-        /* W^T (in x out), transposed per call: with this many rows, about 2 %
-         * of the product's time (kept instead, the whole pass gained 1 %) */
-        gnr_arena_mark mark = gnr_arena_get_mark(ctx->arena);
-        float *wt;
-        st = gnr_arena_alloc(ctx->arena, (size_t)(out * in) * sizeof(float), (void **)&wt);
-        if (st == GNR_OK) {
-            cpu_transpose(gnr_cpu_threads(ctx), gnr_f32(w), wt, out, in, 0);
-            wide_rows(ctx, rows, out, in, gnr_f32(x), wt, out, b != NULL, py);
-        }
-        gnr_arena_release(ctx->arena, mark);
-        return st;
-    }
-    if (narrow_rows(ctx, rows, out, in, gnr_f32(x), gnr_f32(w), 0, b != NULL, py, &st)) return st;
     cpu_gemm(gnr_cpu_threads(ctx), 0, 1, rows, out, in, 1.0f, gnr_f32(x), in, gnr_f32(w), in, beta, py, out);
     return GNR_OK;
 }
@@ -109,10 +120,10 @@ gnr_status cpu_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
         return GNR_OK;
     }
     if (wide_takes(rows)) { /* W's rows as they lie */
-        wide_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), in, 1, gnr_f32(dx));
+        wide_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), in, 1, NULL, gnr_f32(dx));
         return GNR_OK;
     }
-    if (narrow_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), 1, 1, gnr_f32(dx), &st)) return st;
+    if (narrow_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), 1, 1, NULL, gnr_f32(dx), &st)) return st;
     cpu_gemm(gnr_cpu_threads(ctx), 0, 0, rows, in, out, 1.0f, gnr_f32(dy), out, gnr_f32(w), in, 1.0f,
              gnr_f32(dx), in);
     return GNR_OK;

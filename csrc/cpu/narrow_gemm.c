@@ -74,14 +74,17 @@ static int64_t k_block(int64_t n)
  * masks, which keeps the mask out of the k loop (measured: 3-5 % of a
  * gradient pass at 256, where most tiles are whole) */
 AVX512 static INLINE void tile512(int mr, int nv, int full, int trans, const float *a, int64_t lda, const float *b,
-                                  int64_t ldb, float *c, int64_t ldc, int64_t kc, __mmask16 last, int load_c)
+                                  int64_t ldb, float *c, int64_t ldc, int64_t kc, __mmask16 last, int load_c,
+                                  const float *bias)
 {
     __m512 acc[MR512][2];
     if (full) last = (__mmask16)0xffff;
     __mmask16 m0 = nv > 1 ? (__mmask16)0xffff : last;
+    __m512 init0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+    __m512 init1 = bias && nv > 1 ? _mm512_maskz_loadu_ps(last, bias + 16) : _mm512_setzero_ps();
     for (int r = 0; r < mr; r++) {
-        acc[r][0] = load_c ? _mm512_maskz_loadu_ps(m0, c + r * ldc) : _mm512_setzero_ps();
-        if (nv > 1) acc[r][1] = load_c ? _mm512_maskz_loadu_ps(last, c + r * ldc + 16) : _mm512_setzero_ps();
+        acc[r][0] = load_c ? _mm512_maskz_loadu_ps(m0, c + r * ldc) : init0;
+        if (nv > 1) acc[r][1] = load_c ? _mm512_maskz_loadu_ps(last, c + r * ldc + 16) : init1;
     }
     for (int64_t p = 0; p < kc; p++) {
         const float *bp = b + p * ldb;
@@ -103,18 +106,19 @@ AVX512 static INLINE void tile512(int mr, int nv, int full, int trans, const flo
 #define TILE512_CASE(R)                                                                                              \
     case R:                                                                                                          \
         if (trans)                                                                                                   \
-            full ? tile512(R, 2, 1, 1, a, lda, b, ldb, c, ldc, kc, last, load_c)                                     \
-            : nv > 1 ? tile512(R, 2, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c)                                 \
-                     : tile512(R, 1, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c);                                \
+            full ? tile512(R, 2, 1, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                     \
+            : nv > 1 ? tile512(R, 2, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                 \
+                     : tile512(R, 1, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz);                                \
         else                                                                                                         \
-            full ? tile512(R, 2, 1, 0, a, lda, b, ldb, c, ldc, kc, last, load_c)                                     \
-            : nv > 1 ? tile512(R, 2, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c)                                 \
-                     : tile512(R, 1, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c);                                \
+            full ? tile512(R, 2, 1, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                     \
+            : nv > 1 ? tile512(R, 2, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                 \
+                     : tile512(R, 1, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz);                                \
         break;
 
 /* C rows [i0, i1): every block of k, every block of MR rows, every 32 columns */
 AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t kb, int trans, const float *pa,
-                           int64_t lda, const float *pb, int64_t ldb, int accumulate, float *pc, int64_t ldc)
+                           int64_t lda, const float *pb, int64_t ldb, int accumulate, const float *bias, float *pc,
+                           int64_t ldc)
 {
     for (int64_t p0 = 0; p0 < k; p0 += kb) {
         int64_t kc = k - p0 < kb ? k - p0 : kb;
@@ -130,6 +134,7 @@ AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t
                 int full = nv > 1 && tail >= 16;
                 const float *b = pb + p0 * ldb + j;
                 float *c = pc + i * ldc + j;
+                const float *bz = bias && !load_c ? bias + j : NULL; /* C starts as the bias */
                 switch (mr) {
                     CASES_1_TO_6(TILE512_CASE)
                     TILE512_CASE(7)
@@ -148,9 +153,13 @@ AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t
 #define MR256 6
 
 AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int64_t lda, const float *b, int64_t ldb,
-                                float *c, int64_t ldc, int64_t kc, int64_t cols, float *pad, int load_c)
+                                float *c, int64_t ldc, int64_t kc, int64_t cols, float *pad, int load_c,
+                                const float *bias)
 {
     __m256 acc[MR256][2];
+    float bt[16] = {0}; /* the tile's bias, zero-padded */
+    if (bias)
+        for (int64_t j = 0; j < cols; j++) bt[j] = bias[j];
     for (int r = 0; r < mr; r++) {
         if (load_c && full) {
             acc[r][0] = _mm256_loadu_ps(c + r * ldc);
@@ -161,7 +170,8 @@ AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int
             acc[r][0] = _mm256_loadu_ps(t);
             acc[r][1] = _mm256_loadu_ps(t + 8);
         } else {
-            acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+            acc[r][0] = _mm256_loadu_ps(bt);
+            acc[r][1] = _mm256_loadu_ps(bt + 8);
         }
     }
     for (int64_t p = 0; p < kc; p++) {
@@ -189,15 +199,16 @@ AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int
 #define TILE256_CASE(R)                                                                                              \
     case R:                                                                                                          \
         if (trans)                                                                                                   \
-            full ? tile256(R, 1, 1, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c)                                     \
-                 : tile256(R, 0, 1, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c);                                  \
+            full ? tile256(R, 1, 1, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c, bz)                                     \
+                 : tile256(R, 0, 1, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c, bz);                                  \
         else                                                                                                         \
-            full ? tile256(R, 1, 0, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c)                                     \
-                 : tile256(R, 0, 0, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c);                                  \
+            full ? tile256(R, 1, 0, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c, bz)                                     \
+                 : tile256(R, 0, 0, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c, bz);                                  \
         break;
 
 AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t kb, int trans, const float *pa,
-                         int64_t lda, const float *pb, int64_t ldb, int accumulate, float *pc, int64_t ldc)
+                         int64_t lda, const float *pb, int64_t ldb, int accumulate, const float *bias, float *pc,
+                         int64_t ldc)
 {
     float pad[KC_MAX * 16]; /* the last columns' block of B, zero-padded to 16 (kb <= KC_MAX) */
     for (int64_t p0 = 0; p0 < k; p0 += kb) {
@@ -215,6 +226,7 @@ AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t k
                 int64_t cols = full ? 16 : n - j;
                 const float *b = pb + p0 * ldb + j;
                 float *c = pc + i * ldc + j;
+                const float *bz = bias && !load_c ? bias + j : NULL;
                 switch (mr) {
                     CASES_1_TO_6(TILE256_CASE)
                 }
@@ -226,11 +238,17 @@ AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t k
 
 int cpu_gemm_narrow_takes(int64_t n) { return n > 0 && n <= NARROW_MAX_N && cpu_vec_level() != CPU_VEC_BASELINE; }
 
-void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-                     const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc)
+/* C = op(A) B, + C (accumulate) or + the bias row (bias) or neither */
+static void narrow_run(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                       const float *b, int64_t ldb, int accumulate, const float *bias, float *c, int64_t ldc)
 {
     if (m <= 0 || n <= 0) return;
     if (!cpu_gemm_narrow_takes(n) || k <= 0) {
+        if (bias && !accumulate) {
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) c[i * ldc + j] = bias[j];
+            accumulate = 1;
+        }
         cpu_gemm(nt, trans_a, 0, m, n, k, 1.0f, a, lda, b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
         return;
     }
@@ -247,11 +265,23 @@ void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const
         int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
         int64_t i0 = b0 * mr, i1 = b1 * mr < m ? b1 * mr : m;
         if (level == CPU_VEC_AVX512)
-            rows512(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, c, ldc);
+            rows512(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc);
         else
-            rows256(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, c, ldc);
+            rows256(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc);
     }
 #endif
+}
+
+void cpu_gemm_narrow(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                     const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc)
+{
+    narrow_run(nt, trans_a, m, n, k, a, lda, b, ldb, accumulate, NULL, c, ldc);
+}
+
+void cpu_gemm_narrow_bias(int nt, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                          int64_t ldb, const float *bias, float *c, int64_t ldc)
+{
+    narrow_run(nt, 0, m, n, k, a, lda, b, ldb, 0, bias, c, ldc);
 }
 
 /* Few rows against a B that no cache holds (a weight), read once from
@@ -286,9 +316,9 @@ void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const
         int t = nt > 1 ? omp_get_thread_num() : 0;
         int64_t j0 = tiles * t / nt * 32, j1 = tiles * (t + 1) / nt * 32 < n ? tiles * (t + 1) / nt * 32 : n;
         if (level == CPU_VEC_AVX512)
-            rows512(0, m, j1 - j0, k, STREAM_KC, trans_a, a, lda, b + j0, ldb, accumulate, c + j0, ldc);
+            rows512(0, m, j1 - j0, k, STREAM_KC, trans_a, a, lda, b + j0, ldb, accumulate, NULL, c + j0, ldc);
         else
-            rows256(0, m, j1 - j0, k, STREAM_KC, trans_a, a, lda, b + j0, ldb, accumulate, c + j0, ldc);
+            rows256(0, m, j1 - j0, k, STREAM_KC, trans_a, a, lda, b + j0, ldb, accumulate, NULL, c + j0, ldc);
     }
 #endif
 }
