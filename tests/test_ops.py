@@ -160,12 +160,16 @@ def test_conv2d_several_tiles(device, rng):
 
 
 # The CPU's 3x3 stride-1 pad-1 convolutions with at least 256 2x2 output
-# tiles, or 64 when the weight's Winograd form is small, run Winograd's
-# F(2x2, 3x3): odd sizes (half tiles at the edges), batches, a layer wide
-# enough that its tiles take two blocks, and 64 tiles.
+# tiles, or 64 when the weight's Winograd form is small, and at least 16
+# channels to sum over, run Winograd's F(2x2, 3x3): odd sizes (half tiles
+# at the edges), batches, a layer wide enough that its tiles take two
+# blocks, and 64 tiles; 4 input channels (a UNet's first convolution: im2col
+# forward, Winograd backward) and 4 outputs (its last: the reverse).
 WINOGRAD = [
     # N, C, H, W, O
-    (2, 5, 33, 35, 7),
+    (2, 17, 33, 35, 19),
+    (1, 4, 33, 32, 20),
+    (1, 20, 32, 33, 4),
     (1, 256, 34, 33, 320),
     (1, 16, 16, 15, 8),
 ]
