@@ -233,10 +233,11 @@ def test_winograd_weights_kept_from_second_use_same_results(tiny_a_dir, tmp_path
     with torch_threads.no_grad():
         expected = ref(torch_threads.from_numpy(z), 300, encoder_hidden_states=torch_threads.from_numpy(c[None])).sample
     assert rel_err(kept[0], expected.numpy()) < TOL
-    # The 3 x 3 stride-1 convolutions that run at 16 x 16: conv_in, the first
-    # level's resnets (down and up), the upsampler into it and conv_out; not
-    # the downsampler (stride 2) nor anything at 8 x 8 (16 tiles).
-    at_16 = ("conv_in.", "down_blocks.0.resnets.", "up_blocks.0.upsamplers.", "up_blocks.1.resnets.", "conv_out.")
+    # The 3 x 3 stride-1 convolutions that run at 16 x 16: the first level's
+    # resnets (down and up), the upsampler into it and conv_out; not conv_in
+    # (4 input channels: im2col), the downsampler (stride 2) nor anything at
+    # 8 x 8 (16 tiles).
+    at_16 = ("down_blocks.0.resnets.", "up_blocks.0.upsamplers.", "up_blocks.1.resnets.", "conv_out.")
     n3x3 = sum(int(np.prod(p.shape)) for name, p in ref.named_parameters()
                if name.endswith("weight") and p.ndim == 4 and p.shape[2] == 3 and name.startswith(at_16))
     assert kept_bytes == [n3x3 // 9 * 16 * 4] * 2
