@@ -10,12 +10,12 @@
  * rows (flash_block_keys_down, the fast one); with one (the text encoder),
  * with the queries down its rows (flash_block).
  *
- * P is defined by row statistics: P[i,j] = exp(S[i,j] - m_i) / l_i with
- * S = scale Q K^T as scores_tile makes it and l_i summed tile by tile
- * (row_stats). The forward writes it when probs is asked (the output does
- * not depend on probs), and the backward and the map energy recompute rows
- * of it by chunks of query rows (whole forward blocks, up to
- * ATT_CHUNK_FLOATS of P) with the same kernels, bit-identical to what the
+ * P is defined by probs_block: P[i,j] = exp(S[i,j] - m_i) / l_i with
+ * S = scale Q K^T as scores_tile makes it, m_i the row's max and l_i its
+ * sum (probs_row). The forward writes it when probs is asked (the output
+ * does not depend on probs), and the backward and the map energy recompute
+ * rows of it by chunks of query rows (whole forward blocks, up to
+ * ATT_CHUNK_FLOATS of P) with the same function, bit-identical to what the
  * forward stores. Within a chunk, each thread makes whole blocks of rows
  * (their scores, then their probabilities, and what the op does with those
  * rows) in one parallel region: with few cores a region costs a wake-up of
