@@ -477,6 +477,7 @@ NARROW_CONVS = [
     (1, 1100, 16, 16, 21, 3, 1, (1, 1, 1, 1)),  # Winograd, 64 tiles, k = 1100 (blocks of 1024)
     (1, 40, 15, 15, 19, 3, 1, (1, 1, 2, 0)),    # im2col, 225 columns, k = 360 (blocks of 291)
     (1, 24, 17, 35, 20, 3, 1, (1, 1, 1, 1)),    # Winograd, odd sizes: 9 x 18 tiles, half tiles at two edges
+    (1, 600, 8, 8, 30, 3, 1, (1, 1, 1, 1)),     # backward along W's rows, 5400 columns: panels of 2048 a thread
 ]
 
 
