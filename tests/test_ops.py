@@ -172,6 +172,7 @@ WINOGRAD = [
     (1, 20, 32, 33, 4),
     (1, 256, 34, 33, 320),
     (1, 16, 16, 15, 8),
+    (1, 520, 16, 16, 24),  # an input gradient of more than 512 channels: its products by sgemm
 ]
 
 
