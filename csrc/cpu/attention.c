@@ -172,13 +172,14 @@ static void rows_packed(const float *src, int64_t ld, int64_t n, int64_t d, floa
     for (int64_t j = 0; j < n; j++) memcpy(dst + j * d, src + j * ld, (size_t)d * sizeof(float));
 }
 
-/* One head's keys transposed, K_h^T (d x lk): kt[c * lk + j] = the c-th
- * value of key j, kh the head's first key (keys hd floats apart). The
- * scores are then a product with both operands read in place by the
- * narrow kernels (narrow_gemm.c); sgemm packed both operands of every
- * 64 x 512 x d tile again and ran them at about 75 GFLOP/s a thread at
- * 512 x 512 (d = 40; the narrow kernel: about 150 on one thread in
- * isolation). The whole attention forward at 512 took 8-11 % less. */
+/* One head's keys (or values) transposed, K_h^T (d x lk, rows ldt apart):
+ * kt[c * ldt + j] = the c-th value of key j, kh the head's first key (keys
+ * hd floats apart), TRANSPOSE_KEYS keys at a time so that each row of kt
+ * is written in runs. The scores (and the backward's dP against V^T) are
+ * then a product with both operands read in place by the narrow kernels
+ * (narrow_gemm.c); sgemm packed both operands of every 64 x 512 x d tile
+ * again and ran them at about 75 GFLOP/s a thread at 512 x 512 (d = 40;
+ * the narrow kernel: about 150 on one thread in isolation). */
 #define TRANSPOSE_KEYS 16
 static void keys_transposed(const att_geom *g, const float *kh, float *kt)
 {
