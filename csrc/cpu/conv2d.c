@@ -49,8 +49,11 @@ static int is_pointwise(const conv_geom *g)
 /* With few channels to sum over, the 16 products of Winograd's form are too thin
  * (k = C) to pay for its transforms: SD 1.4's UNet input convolution (4 ->
  * 320 channels on 64 x 64) took 5.3 ms that way, 2.7 by im2col (2 threads,
- * AVX-512). */
+ * AVX-512). Only where the whole column matrix is small, though: on a VAE's
+ * full-size image im2col's tiles would hold twice the memory of Winograd's
+ * blocks. */
 #define WINO_MIN_CHANNELS 16
+#define SMALL_COLS_BYTES ((int64_t)4 << 20)
 #define WINO_MIN_TILES 256
 #define WINO_MIN_TILES_SMALL 64
 #define WINO_SMALL_FORM_BYTES ((int64_t)96 << 20)
@@ -61,7 +64,7 @@ static int use_winograd(const conv_geom *g, int64_t summed)
 {
     if (!(g->kh == 3 && g->kw == 3 && g->s == 1 && g->pt == 1 && g->pb == 1 && g->pl == 1 && g->pr == 1))
         return 0;
-    if (summed < WINO_MIN_CHANNELS) return 0;
+    if (summed < WINO_MIN_CHANNELS && g->ckk * g->ho * g->wo * (int64_t)sizeof(float) <= SMALL_COLS_BYTES) return 0;
     int64_t tiles = ((g->ho + 1) / 2) * ((g->wo + 1) / 2);
     return tiles >= WINO_MIN_TILES ||
            (tiles >= WINO_MIN_TILES_SMALL && 16 * g->o * g->c * (int64_t)sizeof(float) <= WINO_SMALL_FORM_BYTES);
