@@ -406,6 +406,7 @@ MULTI_TILE = [
     (1, 130, 1300, 2, 6, 0),
     (1, 1100, 1100, 1, 4, 1),
     (2, 100, 1100, 2, 40, 0),  # SD's head size; a last block of 36 queries (whole vectors and a remainder)
+    (1, 70, 700, 1, 24, 0),    # one head (a VAE's): its keys and values read where they lie
 ]
 
 

@@ -340,7 +340,9 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
     int nt = gnr_cpu_threads(ctx);
     size_t s_floats = (size_t)ATT_QBLOCK * ATT_KTILE, o_floats = (size_t)ATT_QBLOCK * (size_t)g.d;
     size_t kt_floats = causal || probs ? (size_t)(g.d * g.ldt) : 0; /* the thread's current head's K^T */
-    size_t pack_floats = causal ? 0 : (size_t)(g.lk * g.d); /* the keys-down forward's packed keys and values */
+    /* the keys-down forward's packed keys and values (one head: they are packed already) */
+    int pack = !causal && g.hd != g.d;
+    size_t pack_floats = pack ? (size_t)(g.lk * g.d) : 0;
     size_t per_thread = (s_floats + 2 * o_floats + kt_floats + 3 * ATT_QBLOCK + 2 * pack_floats) * sizeof(float) +
                         ATT_QBLOCK * sizeof(row_stats);
     per_thread = (per_thread + 63) / 64 * 64;
@@ -361,13 +363,14 @@ gnr_status cpu_attention_forward(gnr_ctx *ctx, const gnr_tensor *q, const gnr_te
         for (int64_t i = 0; i < blocks; i++) {
             att_chunk c = att_chunk_at(&g, i);
             if (kt_floats && c.head != head) keys_transposed(&g, pk + c.koff, kt);
-            if (!causal && c.head != head)
+            if (pack && c.head != head)
                 rows_packed(pk + c.koff, g.hd, g.lk, g.d, kh), rows_packed(pv + c.koff, g.hd, g.lk, g.d, vh);
             head = c.head;
             if (causal)
                 flash_block(&g, pq + c.qoff, kt, pv + c.koff, po + c.qoff, c.rows, c.i0, causal, scale, s, o, stats);
             else
-                flash_block_keys_down(&g, pq + c.qoff, kh, vh, po + c.qoff, c.rows, scale, qt, s, o, cm, cl, shrink);
+                flash_block_keys_down(&g, pq + c.qoff, pack ? kh : pk + c.koff, pack ? vh : pv + c.koff, po + c.qoff,
+                                      c.rows, scale, qt, s, o, cm, cl, shrink);
             if (pp) probs_block(&gp, pq + c.qoff, g.hd, kt, 0, c.rows, c.i0, causal, scale, pp + c.poff);
         }
     }
