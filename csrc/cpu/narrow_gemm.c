@@ -106,13 +106,13 @@ AVX512 static INLINE void tile512(int mr, int nv, int full, int trans, const flo
 #define TILE512_CASE(R)                                                                                              \
     case R:                                                                                                          \
         if (trans)                                                                                                   \
-            full ? tile512(R, 2, 1, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                     \
-            : nv > 1 ? tile512(R, 2, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                 \
-                     : tile512(R, 1, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz);                                \
+            full ? tile512(R, 2, 1, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                 \
+            : nv > 1 ? tile512(R, 2, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                             \
+                     : tile512(R, 1, 0, 1, a, lda, b, ldb, c, ldc, kc, last, load_c, bz);                            \
         else                                                                                                         \
-            full ? tile512(R, 2, 1, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                     \
-            : nv > 1 ? tile512(R, 2, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                 \
-                     : tile512(R, 1, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz);                                \
+            full ? tile512(R, 2, 1, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                                 \
+            : nv > 1 ? tile512(R, 2, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz)                             \
+                     : tile512(R, 1, 0, 0, a, lda, b, ldb, c, ldc, kc, last, load_c, bz);                            \
         break;
 
 /* C rows [i0, i1): every block of k, every block of MR rows, every 32 columns */
@@ -199,11 +199,11 @@ AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int
 #define TILE256_CASE(R)                                                                                              \
     case R:                                                                                                          \
         if (trans)                                                                                                   \
-            full ? tile256(R, 1, 1, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c, bz)                                     \
-                 : tile256(R, 0, 1, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c, bz);                                  \
+            full ? tile256(R, 1, 1, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c, bz)                                 \
+                 : tile256(R, 0, 1, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c, bz);                              \
         else                                                                                                         \
-            full ? tile256(R, 1, 0, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c, bz)                                     \
-                 : tile256(R, 0, 0, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c, bz);                                  \
+            full ? tile256(R, 1, 0, a, lda, b, ldb, c, ldc, kc, 16, pad, load_c, bz)                                 \
+                 : tile256(R, 0, 0, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c, bz);                              \
         break;
 
 AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t kb, int trans, const float *pa,
