@@ -480,6 +480,7 @@ NARROW_CONVS = [
     (1, 40, 15, 15, 19, 3, 1, (1, 1, 2, 0)),    # im2col, 225 columns, k = 360 (blocks of 291)
     (1, 24, 17, 35, 20, 3, 1, (1, 1, 1, 1)),    # Winograd, odd sizes: 9 x 18 tiles, half tiles at two edges
     (1, 600, 8, 8, 30, 3, 1, (1, 1, 1, 1)),     # backward along W's rows, 5400 columns: panels of 2048 a thread
+    (1, 1000, 3, 5, 20, 3, 1, (1, 1, 1, 1)),    # backward along W's rows, 9000 columns: tiles down 15 rows first
 ]
 
 
