@@ -17,10 +17,6 @@ def _preload_openblas():
 
 
 _preload_openblas()
-# OpenMP workers that spin while OpenBLAS runs (and the reverse) starve a
-# small machine; sleeping workers cost nothing measurable per pass. Read by
-# the OpenMP runtime when _C loads; a user's own setting wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 
