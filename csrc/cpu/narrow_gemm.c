@@ -221,9 +221,29 @@ AVX2 static INLINE void tile256(int mr, int full, int trans, const float *a, int
                  : tile256(R, 0, 0, a, lda, b, ldb, c, ldc, kc, cols, pad, load_c, bz);                              \
         break;
 
+/* The tile of C at rows i.. (at most MR256 up to i1) and columns j.. (at most
+ * 16 up to n) over k's block p0.. of kc; pad: the block's last columns
+ * zero-padded (rows256) */
+AVX2 static INLINE void tile256_at(int64_t i, int64_t i1, int64_t j, int64_t n, int64_t p0, int64_t kc, int trans,
+                                   const float *pa, int64_t lda, const float *pb, int64_t ldb, int load_c,
+                                   const float *bias, float *pc, int64_t ldc, float *pad)
+{
+    int mr = i1 - i < MR256 ? (int)(i1 - i) : MR256;
+    const float *a = trans ? pa + p0 * lda + i : pa + i * lda + p0;
+    int full = j + 16 <= n;
+    int64_t cols = full ? 16 : n - j;
+    const float *b = pb + p0 * ldb + j;
+    float *c = pc + i * ldc + j;
+    const float *bz = bias && !load_c ? bias + j : NULL;
+    switch (mr) {
+        CASES_1_TO_6(TILE256_CASE)
+    }
+}
+
+/* as rows512, in tiles of MR256 x 16 */
 AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t kb, int trans, const float *pa,
                          int64_t lda, const float *pb, int64_t ldb, int accumulate, const float *bias, float *pc,
-                         int64_t ldc)
+                         int64_t ldc, int cols_outer)
 {
     float pad[KC_MAX * 16]; /* the last columns' block of B, zero-padded to 16 (kb <= KC_MAX) */
     for (int64_t p0 = 0; p0 < k; p0 += kb) {
@@ -233,20 +253,14 @@ AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t k
         if (jt < n)
             for (int64_t p = 0; p < kc; p++)
                 for (int64_t j = 0; j < 16; j++) pad[p * 16 + j] = jt + j < n ? pb[(p0 + p) * ldb + jt + j] : 0.0f;
-        for (int64_t i = i0; i < i1; i += MR256) {
-            int mr = i1 - i < MR256 ? (int)(i1 - i) : MR256;
-            const float *a = trans ? pa + p0 * lda + i : pa + i * lda + p0;
-            for (int64_t j = 0; j < n; j += 16) {
-                int full = j + 16 <= n;
-                int64_t cols = full ? 16 : n - j;
-                const float *b = pb + p0 * ldb + j;
-                float *c = pc + i * ldc + j;
-                const float *bz = bias && !load_c ? bias + j : NULL;
-                switch (mr) {
-                    CASES_1_TO_6(TILE256_CASE)
-                }
-            }
-        }
+        if (cols_outer)
+            for (int64_t j = 0; j < n; j += 16)
+                for (int64_t i = i0; i < i1; i += MR256)
+                    tile256_at(i, i1, j, n, p0, kc, trans, pa, lda, pb, ldb, load_c, bias, pc, ldc, pad);
+        else
+            for (int64_t i = i0; i < i1; i += MR256)
+                for (int64_t j = 0; j < n; j += 16)
+                    tile256_at(i, i1, j, n, p0, kc, trans, pa, lda, pb, ldb, load_c, bias, pc, ldc, pad);
     }
 }
 #endif /* GNR_VEC_X86 */
@@ -282,7 +296,7 @@ static void narrow_run(int nt, int trans_a, int64_t m, int64_t n, int64_t k, con
         if (level == CPU_VEC_AVX512)
             rows512(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc, 0);
         else
-            rows256(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc);
+            rows256(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc, 0);
     }
 #endif
 }
@@ -322,10 +336,11 @@ void cpu_gemm_narrow_bias(int nt, int64_t m, int64_t n, int64_t k, const float *
  * rows before the next (rows512's cols_outer): the tile's columns of B's
  * block, read once from memory, serve every row block from L1, where a
  * thread's block (16 rows of up to 11520 columns) no longer fits L1 and
- * rows-first read it again from L2 for each block of 8 rows. In a gradient
- * pass at 256 x 256 (SD 1.4, 2 threads, AVX-512), the input gradients' products
- * from a 1280-channel output: 2560 channels on 4 x 4 14.1 -> 9.7 ms, 1280 on 4 x 4
- * 5.7 -> 4.8, 2560 on 8 x 8 24.8 -> 20.1, 1280 on 8 x 8 11.2 -> 10.0; a
+ * rows-first read it again from L2 for each block of rows. In a gradient
+ * pass at 256 x 256 (SD 1.4, 2 threads), the input gradients' products from
+ * a 1280-channel output, AVX-512: 2560 channels on 4 x 4 14.1 -> 9.7 ms,
+ * 1280 on 4 x 4 5.7 -> 4.8, 2560 on 8 x 8 24.8 -> 20.1, 1280 on 8 x 8
+ * 11.2 -> 10.0; AVX2: 10.2 -> 8.1, 5.9 -> 3.7, 26.0 -> 24.7, 12.8 -> 11.9. A
  * linear layer's (640 to 2560 columns a thread) were slower that way. */
 #define STREAM_COLS_OUTER_MIN 4096
 void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
@@ -354,7 +369,8 @@ void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const
                 rows512(0, m, np, k, STREAM_KC, trans_a, a, lda, b + jp, ldb, accumulate, NULL, c + jp, ldc,
                         cols_outer);
             else
-                rows256(0, m, np, k, STREAM_KC, trans_a, a, lda, b + jp, ldb, accumulate, NULL, c + jp, ldc);
+                rows256(0, m, np, k, STREAM_KC, trans_a, a, lda, b + jp, ldb, accumulate, NULL, c + jp, ldc,
+                        cols_outer);
         }
     }
 #endif
