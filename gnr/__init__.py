@@ -19,7 +19,6 @@ def _preload_openblas():
 _preload_openblas()
 
 
-
 def _find_engine():
     """In a source checkout that was installed with `pip install .` but not
     built in place, the checkout's gnr/ shadows the installed package for
