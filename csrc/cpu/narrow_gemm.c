@@ -332,8 +332,8 @@ void cpu_gemm_narrow_bias(int nt, int64_t m, int64_t n, int64_t k, const float *
  * MiB a thread) took 28.6 ms, in panels of 2048 columns 21.5 (2 threads,
  * AVX-512); with 16 rows C fits whole. */
 #define STREAM_C_BYTES ((int64_t)512 << 10)
-/* From this many columns a thread, each 32-column tile goes down all the
- * rows before the next (rows512's cols_outer): the tile's columns of B's
+/* From this many columns a thread, each tile (32 columns, 16 on AVX2) goes
+ * down all the rows before the next (cols_outer): the tile's columns of B's
  * block, read once from memory, serve every row block from L1, where a
  * thread's block (16 rows of up to 11520 columns) no longer fits L1 and
  * rows-first read it again from L2 for each block of rows. In a gradient
