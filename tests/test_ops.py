@@ -497,6 +497,28 @@ def test_narrow_conv_products_on_each_vector_level(rng, cfg, vector_level):
 
 
 @pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
+@pytest.mark.parametrize("shape,groups", [((2, 640, 5), 32), ((1, 12, 37, 3), 4), ((3, 1, 77), 0), ((5, 333), 0)])
+def test_norms_on_each_vector_level(rng, shape, groups, vector_level):
+    """Group norms (groups > 0) and layer norms (groups 0) on every vector
+    level their segments are compiled for (norm.c), on rows and groups that
+    leave partial vectors, against torch."""
+    x = rand(rng, *shape) * 3 + 1
+    c = shape[1] if groups else shape[-1]
+    gamma, beta, g = rand(rng, c), rand(rng, c), rand(rng, *shape)
+    if groups:
+        fwd = lambda x, b: F.group_norm(x, groups, t(gamma), b, 1e-5)  # noqa: E731
+        ours = op("group_norm_forward", "cpu", x, gamma, beta, groups=groups, eps=1e-5)[0]
+        dours = op("group_norm_backward", "cpu", g, x, gamma, groups=groups, eps=1e-5)[0]
+    else:
+        fwd = lambda x, b: F.layer_norm(x, (c,), t(gamma), b, 1e-5)  # noqa: E731
+        ours = op("layer_norm_forward", "cpu", x, gamma, beta, eps=1e-5)[0]
+        dours = op("layer_norm_backward", "cpu", g, x, gamma, eps=1e-5)[0]
+    assert rel(ours, fwd(t(x), t(beta))) <= FWD
+    (dx,) = grads(lambda x: fwd(x, None), [x], g)
+    assert rel(dours, dx) <= BWD
+
+
+@pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
 def test_silu_on_each_vector_level(vector_level):
     """SiLU on the vector kernels (exp as exp_poly), every element against
     float64 torch: relative 1e-6 wherever the value is above 1e-30, over both

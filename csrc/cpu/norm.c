@@ -12,6 +12,15 @@
 #include <math.h>
 
 #include "cpu/cpu_ops.h"
+#include "cpu/simd.h"
+
+/* The passes over a segment, compiled once per vector level
+ * (CPU_VEC_VERSIONS): this file is otherwise built for the baseline, where
+ * the double sums ran on 128-bit vectors, and a layer norm's rows (a gamma
+ * entry per element) in a scalar loop. The norms of a gradient pass at 256
+ * x 256 (SD 1.4, 2 threads, AVX-512) took 56 ms instead of 72, the layer
+ * norms' forward half as long. */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 
 typedef struct {
     int64_t segments, len; /* number and length of segments */
@@ -22,7 +31,7 @@ typedef struct {
 
 #define NORM_LANES 8
 
-static double lanes_total(const double *acc)
+static ALWAYS_INLINE double lanes_total(const double *acc)
 {
     double t = 0.0;
     for (int l = 0; l < NORM_LANES; l++) t += acc[l];
@@ -30,7 +39,7 @@ static double lanes_total(const double *acc)
 }
 
 /* acc[l] += x[e] - shift (square: its square) over e = 0 .. n-1, lane l = e mod NORM_LANES */
-static inline void add_lanes(double *acc, const float *x, int64_t n, double shift, int square)
+static ALWAYS_INLINE void add_lanes(double *acc, const float *x, int64_t n, double shift, int square)
 {
     int64_t e = 0;
     for (; e + NORM_LANES <= n; e += NORM_LANES)
@@ -44,7 +53,7 @@ static inline void add_lanes(double *acc, const float *x, int64_t n, double shif
     }
 }
 
-static void seg_stats(const float *x, int64_t len, float eps, double *mu, double *rstd)
+static ALWAYS_INLINE void seg_stats(const float *x, int64_t len, float eps, double *mu, double *rstd)
 {
     double acc[NORM_LANES] = {0};
     add_lanes(acc, x, len, 0.0, 0);
@@ -58,8 +67,8 @@ static void seg_stats(const float *x, int64_t len, float eps, double *mu, double
 
 /* a1[l] += gh, a2[l] += gh * xhat over a run of n elements, gh = dy * gamma
  * (gamma[e] per element, or ga for the whole run), xhat = (x - mu) * rstd */
-static inline void add_grad_lanes(double *a1, double *a2, const float *dy, const float *x, int64_t n,
-                                  const float *gamma, double ga, double mu, double rstd)
+static ALWAYS_INLINE void add_grad_lanes(double *a1, double *a2, const float *dy, const float *x, int64_t n,
+                                         const float *gamma, double ga, double mu, double rstd)
 {
     int64_t e = 0;
     for (; e + NORM_LANES <= n; e += NORM_LANES)
@@ -75,54 +84,87 @@ static inline void add_grad_lanes(double *a1, double *a2, const float *dy, const
     }
 }
 
-/* y = (x - mu) * rstd * gamma + beta */
+/* y = (x - mu) * rstd * gamma + beta on segment s */
+static ALWAYS_INLINE void forward_segment_body(const norm_geom *g, int64_t s, const float *x, const float *gamma,
+                                               const float *beta, float eps, float *y)
+{
+    const float *xs = x + s * g->len;
+    float *ys = y + s * g->len;
+    double mu, rstd;
+    seg_stats(xs, g->len, eps, &mu, &rstd);
+    float fmu = (float)mu, frstd = (float)rstd;
+    int64_t cbase = (s % g->segs_per_row) * g->per_seg;
+    if (g->span == 1) { /* a gamma entry per element: one run the vectors can cross */
+        for (int64_t e = 0; e < g->len; e++)
+            ys[e] = (xs[e] - fmu) * frstd * (gamma ? gamma[cbase + e] : 1.0f) + (beta ? beta[cbase + e] : 0.0f);
+        return;
+    }
+    for (int64_t ch = 0; ch < g->len / g->span; ch++) {
+        float ga = gamma ? gamma[cbase + ch] : 1.0f, be = beta ? beta[cbase + ch] : 0.0f;
+        const float *xc = xs + ch * g->span;
+        float *yc = ys + ch * g->span;
+        for (int64_t e = 0; e < g->span; e++) yc[e] = (xc[e] - fmu) * frstd * ga + be;
+    }
+}
+CPU_VEC_VERSIONS(forward_segment,
+                 (const norm_geom *g, int64_t s, const float *x, const float *gamma, const float *beta, float eps,
+                  float *y),
+                 (g, s, x, gamma, beta, eps, y))
+
 static void norm_forward(int nt, const norm_geom *g, const float *x, const float *gamma, const float *beta,
                          float eps, float *y)
 {
+    void (*segment)(const norm_geom *, int64_t, const float *, const float *, const float *, float, float *) =
+        CPU_VEC_PICK(forward_segment);
 #pragma omp parallel for num_threads(nt) if (g->segments * g->len > GNR_CPU_PAR_MIN) schedule(static)
-    for (int64_t s = 0; s < g->segments; s++) {
-        const float *xs = x + s * g->len;
-        float *ys = y + s * g->len;
-        double mu, rstd;
-        seg_stats(xs, g->len, eps, &mu, &rstd);
-        float fmu = (float)mu, frstd = (float)rstd;
-        int64_t cbase = (s % g->segs_per_row) * g->per_seg;
-        for (int64_t ch = 0; ch < g->len / g->span; ch++) {
-            float ga = gamma ? gamma[cbase + ch] : 1.0f, be = beta ? beta[cbase + ch] : 0.0f;
-            const float *xc = xs + ch * g->span;
-            float *yc = ys + ch * g->span;
-            for (int64_t e = 0; e < g->span; e++) yc[e] = (xc[e] - fmu) * frstd * ga + be;
+    for (int64_t s = 0; s < g->segments; s++) segment(g, s, x, gamma, beta, eps, y);
+}
+
+/* dx += rstd * (gh - mean(gh) - xhat * mean(gh * xhat)) on segment s,
+ * gh = dy * gamma, xhat = (x - mu) * rstd */
+static ALWAYS_INLINE void backward_segment_body(const norm_geom *g, int64_t s, const float *dy, const float *x,
+                                                const float *gamma, float eps, float *dx)
+{
+    const float *xs = x + s * g->len, *ds = dy + s * g->len;
+    float *dxs = dx + s * g->len;
+    double mu, rstd;
+    seg_stats(xs, g->len, eps, &mu, &rstd);
+    int64_t cbase = (s % g->segs_per_row) * g->per_seg;
+    double a1[NORM_LANES] = {0}, a2[NORM_LANES] = {0};
+    if (g->span == 1) /* a gamma entry per element: the segment is one run */
+        add_grad_lanes(a1, a2, ds, xs, g->len, gamma ? gamma + cbase : NULL, 1.0, mu, rstd);
+    else
+        for (int64_t ch = 0; ch < g->len / g->span; ch++)
+            add_grad_lanes(a1, a2, ds + ch * g->span, xs + ch * g->span, g->span, NULL,
+                           gamma ? gamma[cbase + ch] : 1.0, mu, rstd);
+    double m1 = lanes_total(a1) / (double)g->len, m2 = lanes_total(a2) / (double)g->len;
+    if (g->span == 1) {
+        for (int64_t e = 0; e < g->len; e++) {
+            double xhat = (xs[e] - mu) * rstd;
+            dxs[e] += (float)(rstd * (ds[e] * (gamma ? (double)gamma[cbase + e] : 1.0) - m1 - xhat * m2));
+        }
+        return;
+    }
+    for (int64_t ch = 0; ch < g->len / g->span; ch++) {
+        double ga = gamma ? gamma[cbase + ch] : 1.0;
+        for (int64_t e = ch * g->span; e < (ch + 1) * g->span; e++) {
+            double xhat = (xs[e] - mu) * rstd;
+            dxs[e] += (float)(rstd * (ds[e] * ga - m1 - xhat * m2));
         }
     }
 }
+CPU_VEC_VERSIONS(backward_segment,
+                 (const norm_geom *g, int64_t s, const float *dy, const float *x, const float *gamma, float eps,
+                  float *dx),
+                 (g, s, dy, x, gamma, eps, dx))
 
-/* dx += rstd * (gh - mean(gh) - xhat * mean(gh * xhat)),  gh = dy * gamma, xhat = (x - mu) * rstd */
 static void norm_backward(int nt, const norm_geom *g, const float *dy, const float *x, const float *gamma,
                           float eps, float *dx)
 {
+    void (*segment)(const norm_geom *, int64_t, const float *, const float *, const float *, float, float *) =
+        CPU_VEC_PICK(backward_segment);
 #pragma omp parallel for num_threads(nt) if (g->segments * g->len > GNR_CPU_PAR_MIN) schedule(static)
-    for (int64_t s = 0; s < g->segments; s++) {
-        const float *xs = x + s * g->len, *ds = dy + s * g->len;
-        float *dxs = dx + s * g->len;
-        double mu, rstd;
-        seg_stats(xs, g->len, eps, &mu, &rstd);
-        int64_t cbase = (s % g->segs_per_row) * g->per_seg;
-        double a1[NORM_LANES] = {0}, a2[NORM_LANES] = {0};
-        if (g->span == 1) /* a gamma entry per element: the segment is one run */
-            add_grad_lanes(a1, a2, ds, xs, g->len, gamma ? gamma + cbase : NULL, 1.0, mu, rstd);
-        else
-            for (int64_t ch = 0; ch < g->len / g->span; ch++)
-                add_grad_lanes(a1, a2, ds + ch * g->span, xs + ch * g->span, g->span, NULL,
-                               gamma ? gamma[cbase + ch] : 1.0, mu, rstd);
-        double m1 = lanes_total(a1) / (double)g->len, m2 = lanes_total(a2) / (double)g->len;
-        for (int64_t ch = 0; ch < g->len / g->span; ch++) {
-            double ga = gamma ? gamma[cbase + ch] : 1.0;
-            for (int64_t e = ch * g->span; e < (ch + 1) * g->span; e++) {
-                double xhat = (xs[e] - mu) * rstd;
-                dxs[e] += (float)(rstd * (ds[e] * ga - m1 - xhat * m2));
-            }
-        }
-    }
+    for (int64_t s = 0; s < g->segments; s++) segment(g, s, dy, x, gamma, eps, dx);
 }
 
 /* x: N x C x (spatial...), groups dividing C (checked in op_checks.c) */
