@@ -8,98 +8,98 @@
 
 #define TB 32 /* transpose block */
 
-/* dst[j * rows + i] = src[i * cols + j] (+ dst[j * rows + i] with add, or
- * + row_bias[i] with row_bias) for i < ni, j < nj of one block, element by
- * element */
-static void block_scalar(const float *src, float *dst, int64_t rows, int64_t cols, int64_t ni, int64_t nj, int add,
+/* dst[j * ldd + i] = src[i * lds + j] (+ dst[j * ldd + i] with add, or
+ * + row_bias[i] with row_bias) for i < ni, j < nj, element by element */
+static void block_scalar(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t ni, int64_t nj, int add,
                          const float *row_bias)
 {
     for (int64_t j = 0; j < nj; j++) {
         if (add)
-            for (int64_t i = 0; i < ni; i++) dst[j * rows + i] += src[i * cols + j];
+            for (int64_t i = 0; i < ni; i++) dst[j * ldd + i] += src[i * lds + j];
         else if (row_bias)
-            for (int64_t i = 0; i < ni; i++) dst[j * rows + i] = src[i * cols + j] + row_bias[i];
+            for (int64_t i = 0; i < ni; i++) dst[j * ldd + i] = src[i * lds + j] + row_bias[i];
         else
-            for (int64_t i = 0; i < ni; i++) dst[j * rows + i] = src[i * cols + j];
+            for (int64_t i = 0; i < ni; i++) dst[j * ldd + i] = src[i * lds + j];
     }
 }
 
 #if GNR_VEC_X86
 #include <immintrin.h>
 
-/* The same for a whole TB x TB block, 8 x 8 at a time in registers: rows
- * of 8 loaded, unpacked, shuffled and their 128-bit halves exchanged (the
- * classic AVX sequence). The same values, added in the same single
- * additions, as block_scalar. Element by element, the transposes around a
- * linear layer's narrow product (linear.c) and the layout changes moved
- * about 10 GB/s; with these the UNet pass at 256 x 256 took 2 % less and
- * the gradient pass 1 % (SD 1.4, 2 threads, AVX-512, passes alternating in
- * one process). */
-GNR_TARGET_AVX2 static void block_avx2(const float *src, float *dst, int64_t rows, int64_t cols, int add,
+/* The same for an 8 x 8 tile in registers: rows of 8 loaded, unpacked,
+ * shuffled and their 128-bit halves exchanged (the classic AVX sequence).
+ * The same values, added in the same single additions, as block_scalar.
+ * Element by element, the transposes around a linear layer's narrow
+ * product (linear.c) and the layout changes moved about 10 GB/s; with
+ * these the UNet pass at 256 x 256 took 2 % less and the gradient pass 1 %
+ * (SD 1.4, 2 threads, AVX-512, passes alternating in one process). */
+GNR_TARGET_AVX2 static void tile8_avx2(const float *src, int64_t lds, float *dst, int64_t ldd, int add,
                                        const float *row_bias)
 {
-    for (int64_t i0 = 0; i0 < TB; i0 += 8)
-        for (int64_t j0 = 0; j0 < TB; j0 += 8) {
-            const float *s = src + i0 * cols + j0;
-            float *d = dst + j0 * rows + i0;
-            __m256 r[8], t[8], u[8];
-            for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(s + k * cols);
-            for (int k = 0; k < 8; k += 2) {
-                t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-                t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-            }
-            for (int k = 0; k < 8; k += 4) {
-                u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-                u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-                u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-                u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-            }
-            __m256 bias = row_bias ? _mm256_loadu_ps(row_bias + i0) : _mm256_setzero_ps();
-            for (int c = 0; c < 8; c++) {
-                __m256 col = _mm256_permute2f128_ps(u[c % 4], u[4 + c % 4], c < 4 ? 0x20 : 0x31);
-                if (add) col = _mm256_add_ps(_mm256_loadu_ps(d + c * rows), col);
-                else if (row_bias) col = _mm256_add_ps(col, bias);
-                _mm256_storeu_ps(d + c * rows, col);
-            }
-        }
+    __m256 r[8], t[8], u[8];
+    for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + k * lds);
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    __m256 bias = row_bias ? _mm256_loadu_ps(row_bias) : _mm256_setzero_ps();
+    for (int c = 0; c < 8; c++) {
+        __m256 col = _mm256_permute2f128_ps(u[c % 4], u[4 + c % 4], c < 4 ? 0x20 : 0x31);
+        if (add) col = _mm256_add_ps(_mm256_loadu_ps(dst + c * ldd), col);
+        else if (row_bias) col = _mm256_add_ps(col, bias);
+        _mm256_storeu_ps(dst + c * ldd, col);
+    }
 }
 #endif
 
-/* dst[j * rows + i] = src[i * cols + j] (+ dst[j * rows + i] with add, or
- * + row_bias[i] with row_bias) for one rows x cols matrix, by blocks */
-static void transpose_blocks(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add,
-                             const float *row_bias)
+/* One ni x nj block: its whole 8 x 8 tiles in registers where the CPU has
+ * AVX2, the rest element by element */
+static void transpose_block(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t ni, int64_t nj, int add,
+                            const float *row_bias)
+{
+    int64_t ni8 = 0, nj8 = 0;
+#if GNR_VEC_X86
+    if (cpu_vec_level() != CPU_VEC_BASELINE) {
+        ni8 = ni / 8 * 8, nj8 = nj / 8 * 8;
+        for (int64_t i = 0; i < ni8; i += 8)
+            for (int64_t j = 0; j < nj8; j += 8)
+                tile8_avx2(src + i * lds + j, lds, dst + j * ldd + i, ldd, add, row_bias ? row_bias + i : NULL);
+    }
+#endif
+    block_scalar(src + nj8, lds, dst + nj8 * ldd, ldd, ni8, nj - nj8, add, row_bias); /* right of the tiles */
+    block_scalar(src + ni8 * lds, lds, dst + ni8, ldd, ni - ni8, nj, add, row_bias ? row_bias + ni8 : NULL);
+}
+
+/* dst[j * ldd + i] = src[i * lds + j] (+ dst[j * ldd + i] with add, or
+ * + row_bias[i] with row_bias) for a rows x cols matrix, by blocks */
+static void transpose_blocks(int nt, const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows,
+                             int64_t cols, int add, const float *row_bias)
 {
     int64_t bi = (rows + TB - 1) / TB, bj = (cols + TB - 1) / TB;
-    int vec = GNR_VEC_X86 && cpu_vec_level() != CPU_VEC_BASELINE;
 #pragma omp parallel for collapse(2) num_threads(nt) if (rows * cols > GNR_CPU_PAR_MIN) schedule(static)
     for (int64_t ib = 0; ib < bi; ib++) {
         for (int64_t jb = 0; jb < bj; jb++) {
             int64_t i0 = ib * TB, j0 = jb * TB;
-            int64_t ni = rows - i0 < TB ? rows - i0 : TB, nj = cols - j0 < TB ? cols - j0 : TB;
-            const float *s = src + i0 * cols + j0;
-            float *d = dst + j0 * rows + i0;
-            const float *bias = row_bias ? row_bias + i0 : NULL;
-#if GNR_VEC_X86
-            if (vec && ni == TB && nj == TB) {
-                block_avx2(s, d, rows, cols, add, bias);
-                continue;
-            }
-#endif
-            (void)vec;
-            block_scalar(s, d, rows, cols, ni, nj, add, bias);
+            transpose_block(src + i0 * lds + j0, lds, dst + j0 * ldd + i0, ldd, rows - i0 < TB ? rows - i0 : TB,
+                            cols - j0 < TB ? cols - j0 : TB, add, row_bias ? row_bias + i0 : NULL);
         }
     }
 }
 
 void cpu_transpose(int nt, const float *src, float *dst, int64_t rows, int64_t cols, int add)
 {
-    transpose_blocks(nt, src, dst, rows, cols, add, NULL);
+    transpose_blocks(nt, src, cols, dst, rows, rows, cols, add, NULL);
 }
 
 void cpu_transpose_bias(int nt, const float *src, float *dst, int64_t rows, int64_t cols, const float *row_bias)
 {
-    transpose_blocks(nt, src, dst, rows, cols, 0, row_bias);
+    transpose_blocks(nt, src, cols, dst, rows, rows, cols, 0, row_bias);
 }
 
 static void nchw_nlc(gnr_ctx *ctx, const gnr_tensor *nchw, const float *src, float *dst, int to_nlc, int add)
