@@ -2,6 +2,7 @@
  * the backend's own kernels (narrow_gemm.c) where the CPU has them, in one
  * of two orientations by the number of rows, and sgemm otherwise. */
 #include "cpu/cpu_ops.h"
+#include "cpu/simd.h"
 
 /* Out and In of w: Out x In, or a 1x1 conv weight Out x In x 1 x 1 (checked in op_checks.c). */
 static void weight_dims(const gnr_tensor *w, int64_t *out, int64_t *in)
@@ -60,6 +61,46 @@ static void wide_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, cons
     }
 }
 
+/* One row (a time embedding's projections): y[o] = b[o] + W[o,:] . x, each
+ * output a dot product along W's row, W read once from memory in its own
+ * order. The narrow product read 8 rows of W at a time against a
+ * one-column B (one lane of each vector used) at about 9 GB/s: SD 1.4's
+ * UNet's 26 time-embedding products (100 MiB of weights) took 12.9 ms a
+ * pass, 4.8 ms this way (2 threads, AVX-512; 1280 -> 1280 0.74 -> 0.27 ms).
+ * The sum over i runs in DOT_LANES partial sums (element i in lane i mod
+ * DOT_LANES) added in a fixed order, compiled per vector level
+ * (CPU_VEC_VERSIONS); each output on one thread. */
+#define DOT_LANES 16
+static inline __attribute__((always_inline)) void row_dots_body(const float *w, const float *x, const float *b,
+                                                                int64_t o0, int64_t o1, int64_t in, float *y)
+{
+    for (int64_t o = o0; o < o1; o++) {
+        const float *wr = w + o * in;
+        float acc[DOT_LANES] = {0};
+        int64_t i = 0;
+        for (; i + DOT_LANES <= in; i += DOT_LANES)
+            for (int l = 0; l < DOT_LANES; l++) acc[l] += wr[i + l] * x[i + l];
+        for (int l = 0; i + l < in; l++) acc[l] += wr[i + l] * x[i + l];
+        for (int h = DOT_LANES / 2; h > 0; h /= 2)
+            for (int l = 0; l < h; l++) acc[l] += acc[l + h];
+        y[o] = (b ? b[o] : 0.0f) + acc[0];
+    }
+}
+CPU_VEC_VERSIONS(row_dots,
+                 (const float *w, const float *x, const float *b, int64_t o0, int64_t o1, int64_t in, float *y),
+                 (w, x, b, o0, o1, in, y))
+
+#define DOT_BLOCK 64 /* outputs per task */
+static void one_row(int nt, const float *x, const float *w, const float *b, int64_t out, int64_t in, float *y)
+{
+    void (*dots)(const float *, const float *, const float *, int64_t, int64_t, int64_t, float *) =
+        CPU_VEC_PICK(row_dots);
+    int64_t blocks = (out + DOT_BLOCK - 1) / DOT_BLOCK;
+#pragma omp parallel for num_threads(nt) if (out * in > GNR_CPU_PAR_MIN) schedule(static)
+    for (int64_t k = 0; k < blocks; k++)
+        dots(w, x, b, k * DOT_BLOCK, (k + 1) * DOT_BLOCK < out ? (k + 1) * DOT_BLOCK : out, in, y);
+}
+
 /* y[r,o] = b[o] + sum_i x[r,i] w[o,i]     y = x W^T + b */
 gnr_status cpu_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
                               gnr_tensor *y)
@@ -69,6 +110,10 @@ gnr_status cpu_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
     int64_t rows = in ? gnr_numel(x) / in : 0;
     float *py = gnr_f32(y);
     gnr_status st = GNR_OK;
+    if (rows == 1) {
+        one_row(gnr_cpu_threads(ctx), gnr_f32(x), gnr_f32(w), b ? gnr_f32(b) : NULL, out, in, py);
+        return GNR_OK;
+    }
     if (wide_takes(rows)) {
         /* W^T (in x out), transposed per call: with this many rows, about 2 %
          * of the product's time (kept instead, the whole pass gained 1 %).
