@@ -584,6 +584,19 @@ def test_narrow_and_wide_linear_products_on_each_vector_level(rng, xshape, out, 
     assert rel(op("linear_backward", "cpu", g, w)[0], dx) <= BWD
 
 
+@pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
+@pytest.mark.parametrize("k, out, bias", [(1280, 1280, True), (37, 130, False), (300, 70, True)])
+def test_one_row_linear_is_the_same_bits_as_in_a_batch(rng, k, out, bias, vector_level):
+    """A one-row linear layer (a time embedding's projection) has a kernel
+    of its own (linear.c): each row must come out to the bit as it does in
+    a batch of several rows, which batched passes (an editor's guidance
+    passes) are compared against."""
+    x, w, b = rand(rng, 3, k), rand(rng, out, k), rand(rng, out) if bias else None
+    batch = op("linear_forward", "cpu", x, w, b)[0]
+    rows = np.concatenate([op("linear_forward", "cpu", x[i:i + 1], w, b)[0] for i in range(3)])
+    np.testing.assert_array_equal(rows, batch)
+
+
 # The CUDA forward without probs has two kernels until a GPU measurement
 # picks one: products per chunk of rows (the default) and one fused flash
 # kernel (float32, heads up to 256 wide). Both against torch, on the
