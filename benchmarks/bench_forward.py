@@ -1,6 +1,6 @@
 """Time gnr's forward passes beside PyTorch (diffusers/transformers) on one model folder.
 
-    python benchmarks/bench_forward.py MODEL_DIR [--size 512] [--runs 5] [--threads N]
+    python benchmarks/bench_forward.py MODEL_DIR [--size 512] [--runs 5] [--rounds 1] [--threads N]
                                        [--parts text,unet,vae_encode,vae_decode] [--skip-torch]
                                        [--batch N] [--profile N]
 
@@ -11,7 +11,10 @@ RSS, gnr's activation-arena peak, the part's FLOPs (counted by torch's
 FlopCounterMode on the reference modules) and the floor FLOPs / peak rate, the
 peak rate being a measured single-precision GEMM on this machine. --batch N
 runs the UNet on N latents (each with its own context) as one batched pass
-on both sides; the other parts stay single.
+on both sides; the other parts stay single. --rounds R runs the sides R
+times taking turns and reports each part's medians over the rounds and each
+round's ratio: on a machine whose speed drifts over minutes, a round
+compares neighbouring runs.
 """
 from __future__ import annotations
 
@@ -186,6 +189,9 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--size", type=int, default=512, help="image size in pixels (square)")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="timed runs of the two sides, taking turns (gnr, torch, gnr, ...): each part's medians "
+                         "over rounds, and the median of each round's ratio")
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--skip-torch", action="store_true")
@@ -205,10 +211,10 @@ def main() -> None:
         print("RESULT " + json.dumps(res))
         return
 
-    def side(name):
+    def side(name, profile=0):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
                "--threads", str(args.threads), "--parts", ",".join(args.parts), "--batch", str(args.batch),
-               "--profile", str(args.profile), "--side", name] + side_isa_args(args.torch_isa)
+               "--profile", str(profile), "--side", name, *side_isa_args(args.torch_isa)]
         env = torch_side_env(args.torch_isa) if name == "torch" else None
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
@@ -216,10 +222,21 @@ def main() -> None:
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
         return json.loads(line[len("RESULT "):])
 
-    g = side("gnr")
-    t = None if args.skip_torch else side("torch")
-    print(f"model {args.model}  size {args.size}x{args.size}  runs {args.runs}  threads {args.threads or os.cpu_count()}  "
-          f"unet batch {args.batch}  cpu {cpu_name()} x{os.cpu_count()}")
+    # The sides take turns, round by round, so that a machine whose speed
+    # drifts over minutes slows both alike (bench_grad.py does the same).
+    g_rounds, t_rounds = [], []
+    for r in range(args.rounds):
+        g_rounds.append(side("gnr", profile=args.profile if r == 0 else 0))
+        if not args.skip_torch:
+            t_rounds.append(side("torch"))
+    g = dict(g_rounds[0])
+    t = dict(t_rounds[0]) if t_rounds else None
+    for p in args.parts:  # new dicts: the rounds' own stay as they were
+        g[p] = {**g[p], "median_s": statistics.median(x[p]["median_s"] for x in g_rounds)}
+        if t:
+            t[p] = {**t[p], "median_s": statistics.median(x[p]["median_s"] for x in t_rounds)}
+    print(f"model {args.model}  size {args.size}x{args.size}  runs {args.runs}  rounds {args.rounds}  "
+          f"threads {args.threads or os.cpu_count()}  unet batch {args.batch}  cpu {cpu_name()} x{os.cpu_count()}")
     print(f"gnr: {g['kernels']}")
     if t:
         print(torch_isa_line(args.torch_isa))
@@ -238,6 +255,11 @@ def main() -> None:
             row += f"{'':>11} {'':>9} {'':>8} {'':>8} {'':>9} "
         row += f"{g[p]['arena_peak_mib']:>9.1f}"
         print(row)
+    if t and args.rounds > 1:
+        for p in args.parts:
+            ratios = [y[p]["median_s"] / x[p]["median_s"] for x, y in zip(g_rounds, t_rounds)]
+            print(f"{p}, torch/gnr round by round: " + ", ".join(f"{r:.2f}" for r in ratios)
+                  + f" (median {statistics.median(ratios):.2f})")
     print(f"peak RSS MiB: gnr {g['rss_mib']:.0f}" + (f", torch {t['rss_mib']:.0f}" if t else ""))
     for p in args.parts:
         if "profile" in g[p]:

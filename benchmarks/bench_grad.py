@@ -5,20 +5,23 @@ and in PyTorch (torch.autograd through the diffusers UNet with explicit
 attention maps, as the reference implementation computes it), with and
 without gradient checkpointing.
 
-    python benchmarks/bench_grad.py MODEL_DIR [--size 512] [--runs 3] [--threads N]
+    python benchmarks/bench_grad.py MODEL_DIR [--size 512] [--runs 3] [--rounds 1] [--threads N]
                                     [--layers all|lowmem] [--skip-torch] [--profile N]
 
 Each side runs in its own process. Reports the median of --runs runs (after a
-warm-up), gnr's activation-arena peak (what the engine allocated for the
-pass: inputs, activations kept for the backward, captures, gradients), each
-process's peak RSS (weights included) and the resident memory a pass adds
-over what the process held before it: gnr's first pass (its weights are
-resident once loaded; its arena keeps what a pass reserved, so later passes
-add nothing), PyTorch's pass after the warm-up (its weights are paged in from
-the mapped file by the first pass, and it frees activations after each).
-gnr's first pass also derives the Winograd form of its 3 x 3 convolution
-weights, which it keeps like weights (Model.weight_cache_bytes): reported
-beside the figure, and subtracted in the "activations" figure.
+warm-up; with --rounds R, the sides take turns R times and the medians and the
+gnr / torch ratio are the medians over rounds: on a machine whose speed drifts
+over minutes, each round's ratio compares neighbouring runs), gnr's
+activation-arena peak (what the engine allocated for the pass: inputs,
+activations kept for the backward, captures, gradients), each process's peak
+RSS (weights included) and the resident memory a pass adds over what the
+process held before it: gnr's first pass (its weights are resident once
+loaded; its arena keeps what a pass reserved, so later passes add nothing),
+PyTorch's pass after the warm-up (its weights are paged in from the mapped
+file by the first pass, and it frees activations after each). gnr's first pass
+also derives the Winograd form of its 3 x 3 convolution weights, which it
+keeps like weights (Model.weight_cache_bytes): reported beside the figure, and
+subtracted in the "activations" figure.
 
 The resident memory is measured in a process of its own per side, with
 glibc's malloc told to return every freed block of 64 KiB or more to the
@@ -159,6 +162,9 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="timed runs of the two sides, taking turns (gnr, torch, gnr, ...): the medians over "
+                         "rounds, and the median of each round's ratio")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--layers", choices=sorted(LAYERS), default="all")
     ap.add_argument("--skip-torch", action="store_true")
@@ -172,9 +178,10 @@ def main():
         print("RESULT " + json.dumps(run_gnr(args) if args.side == "gnr" else run_torch(args)))
         return
 
-    def side(name, memory=False):
+    def side(name, memory=False, profile=0):
         cmd = [sys.executable, __file__, args.model, "--size", str(args.size), "--runs", str(args.runs),
-               "--threads", str(args.threads), "--layers", args.layers, "--profile", str(args.profile), "--side", name] + side_isa_args(args.torch_isa)
+               "--threads", str(args.threads), "--layers", args.layers, "--profile", str(profile), "--side", name,
+               *side_isa_args(args.torch_isa)]
         env = torch_side_env(args.torch_isa) if name == "torch" else dict(os.environ)
         if memory:
             cmd.append("--memory")
@@ -182,21 +189,43 @@ def main():
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{name} side failed:\n{out.stderr[-3000:]}")
-        result = json.loads([l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
-        return result if memory else {**result, **side(name, memory=True)}
+        return json.loads([l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
 
-    g = side("gnr")
-    t = None if args.skip_torch else side("torch")
-    print(f"model {args.model}  size {args.size}  layers {args.layers}  runs {args.runs}  "
+    # The sides take turns, round by round, so that a machine whose speed
+    # drifts over minutes slows both alike; each round's ratio compares two
+    # neighbouring runs.
+    g_rounds, t_rounds = [], []
+    for r in range(args.rounds):
+        g_rounds.append(side("gnr", profile=args.profile if r == 0 else 0))
+        if not args.skip_torch:
+            t_rounds.append(side("torch"))
+    g = {**g_rounds[0], **side("gnr", memory=True)}
+    t = None if args.skip_torch else {**t_rounds[0], **side("torch", memory=True)}
+    for k in ("plain", "checkpointing"):  # new dicts: the rounds' own stay as they were
+        g[k] = {**g[k], "median_s": statistics.median(x[k]["median_s"] for x in g_rounds)}
+    if t:
+        t["plain"] = {**t["plain"], "median_s": statistics.median(x["plain"]["median_s"] for x in t_rounds)}
+    print(f"model {args.model}  size {args.size}  layers {args.layers}  runs {args.runs}  rounds {args.rounds}  "
           f"threads {args.threads or os.cpu_count()}  cpu {cpu_name()} x{os.cpu_count()}")
     print(f"gnr: {g['kernels']}")
     if t:
         print(torch_isa_line(args.torch_isa))
+    if args.rounds > 1:
+        for r, x in enumerate(g_rounds):
+            line = (f"round {r + 1}: gnr plain {x['plain']['median_s']:.2f} s, "
+                    f"checkpointing {x['checkpointing']['median_s']:.2f}")
+            if t:
+                y = t_rounds[r]["plain"]["median_s"]
+                line += f", torch {y:.2f}: gnr / torch {x['plain']['median_s'] / y:.3f}"
+            print(line)
     print(f"{'variant':<22} {'median s':>9} {'arena MiB':>10}")
     for k in ("plain", "checkpointing"):
         print(f"{'gnr ' + k:<22} {g[k]['median_s']:>9.2f} {g[k]['arena_peak_mib']:>10.0f}")
     if t:
         print(f"{'torch autograd':<22} {t['plain']['median_s']:>9.2f} {'':>10}")
+        ratios = [x["plain"]["median_s"] / y["plain"]["median_s"] for x, y in zip(g_rounds, t_rounds)]
+        print(f"gnr / torch: {statistics.median(ratios):.3f}"
+              + (" (the median of the rounds' ratios)" if args.rounds > 1 else ""))
     print(f"peak RSS MiB: gnr {g['rss_mib']:.0f}" + (f", torch {t['rss_mib']:.0f}" if t else ""))
     act = g["extra_rss_mib"] - g["weight_cache_mib"]
     print(f"resident memory a pass adds, MiB: gnr {g['extra_rss_mib']:.0f} of which {g['weight_cache_mib']:.0f} "
