@@ -563,7 +563,7 @@ def test_geglu_across_the_erf_ranges_on_each_vector_level(rng, vector_level):
 # columns (wide). Partial vectors and pieces, with and without bias.
 LINEARS = [
     ((3, 11, 1100), 70, True),   # narrow, k = 1100 (several blocks)
-    ((1, 300), 70, True),        # one row: dot products along W's rows, a partial vector of k
+    ((1, 300), 70, True),        # one row (linear.c's one-row kernel), a partial vector of k
     ((1, 1, 37), 130, False),    # one row, three blocks of outputs, the last partial
     ((2, 100, 300), 70, False),  # narrow, 200 rows
     ((1, 300, 40), 600, True),   # wide, 300 rows: pieces of 208, 208, 184 columns

@@ -104,7 +104,6 @@ static int64_t att_valid(int64_t lk, int64_t i, int causal) { return causal ? (i
 /* The rows' elementwise passes, each a plain loop compiled once per vector
  * level (CPU_VEC_VERSIONS, simd.h): this file is otherwise built for the
  * baseline, where they ran on 128-bit vectors. */
-#define ALWAYS_INLINE inline __attribute__((always_inline))
 static ALWAYS_INLINE void row_scale_body(float *x, int64_t n, float a) /* x *= a */
 {
     for (int64_t j = 0; j < n; j++) x[j] *= a;

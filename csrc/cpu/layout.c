@@ -24,33 +24,21 @@ static void block_scalar(const float *src, int64_t lds, float *dst, int64_t ldd,
 }
 
 #if GNR_VEC_X86
-#include <immintrin.h>
-
-/* The same for an 8 x 8 tile in registers: rows of 8 loaded, unpacked,
- * shuffled and their 128-bit halves exchanged (the classic AVX sequence).
- * The same values, added in the same single additions, as block_scalar.
- * Element by element, the transposes around a linear layer's narrow
- * product (linear.c) and the layout changes moved about 10 GB/s; with
- * these the UNet pass at 256 x 256 took 2 % less and the gradient pass 1 %
- * (SD 1.4, 2 threads, AVX-512, passes alternating in one process). */
+/* The same for an 8 x 8 tile in registers (cpu_vec_transpose8): the same
+ * values, added in the same single additions, as block_scalar. Element by
+ * element, the transposes around a linear layer's narrow product
+ * (linear.c) and the layout changes moved about 10 GB/s; with these the
+ * UNet pass at 256 x 256 took 2 % less and the gradient pass 1 % (SD 1.4,
+ * 2 threads, AVX-512, passes alternating in one process). */
 GNR_TARGET_AVX2 static void tile8_avx2(const float *src, int64_t lds, float *dst, int64_t ldd, int add,
                                        const float *row_bias)
 {
-    __m256 r[8], t[8], u[8];
+    __m256 r[8];
     for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + k * lds);
-    for (int k = 0; k < 8; k += 2) {
-        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-    }
-    for (int k = 0; k < 8; k += 4) {
-        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
+    cpu_vec_transpose8(r);
     __m256 bias = row_bias ? _mm256_loadu_ps(row_bias) : _mm256_setzero_ps();
     for (int c = 0; c < 8; c++) {
-        __m256 col = _mm256_permute2f128_ps(u[c % 4], u[4 + c % 4], c < 4 ? 0x20 : 0x31);
+        __m256 col = r[c];
         if (add) col = _mm256_add_ps(_mm256_loadu_ps(dst + c * ldd), col);
         else if (row_bias) col = _mm256_add_ps(col, bias);
         _mm256_storeu_ps(dst + c * ldd, col);

@@ -1,6 +1,8 @@
 /* Fully connected layer on the last dim, with the PyTorch weight layout:
  * the backend's own kernels (narrow_gemm.c) where the CPU has them, in one
  * of two orientations by the number of rows, and sgemm otherwise. */
+#include <math.h>
+
 #include "cpu/cpu_ops.h"
 #include "cpu/simd.h"
 
@@ -75,9 +77,6 @@ static void wide_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, cons
  * (0.27 ms) but gave other bits than the batched product. Each block of
  * outputs on one thread. */
 #if GNR_VEC_X86
-#include <immintrin.h>
-#include <math.h>
-
 GNR_TARGET_AVX2 static void one_row_outputs(const float *w, const float *x, const float *b, int64_t o0, int64_t o1,
                                             int64_t in, float *y)
 {
@@ -87,21 +86,10 @@ GNR_TARGET_AVX2 static void one_row_outputs(const float *w, const float *x, cons
         __m256 acc = _mm256_setzero_ps();
         int64_t i = 0;
         for (; i + 8 <= in; i += 8) {
-            __m256 r[8], t[8], u[8];
+            __m256 r[8];
             for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(wo + k * in + i);
-            for (int k = 0; k < 8; k += 2) {
-                t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-                t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-            }
-            for (int k = 0; k < 8; k += 4) {
-                u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-                u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-                u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-                u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-            }
-            for (int c = 0; c < 8; c++) /* column c: W[o .. o+7][i + c] */
-                acc = _mm256_fmadd_ps(_mm256_permute2f128_ps(u[c % 4], u[4 + c % 4], c < 4 ? 0x20 : 0x31),
-                                      _mm256_set1_ps(x[i + c]), acc);
+            cpu_vec_transpose8(r); /* r[c]: W[o .. o+7][i + c] */
+            for (int c = 0; c < 8; c++) acc = _mm256_fmadd_ps(r[c], _mm256_set1_ps(x[i + c]), acc);
         }
         for (; i < in; i++) {
             float col[8];

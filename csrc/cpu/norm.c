@@ -14,14 +14,6 @@
 #include "cpu/cpu_ops.h"
 #include "cpu/simd.h"
 
-/* The passes over a segment, compiled once per vector level
- * (CPU_VEC_VERSIONS): this file is otherwise built for the baseline, where
- * the double sums ran on 128-bit vectors, and a layer norm's rows (a gamma
- * entry per element) in a scalar loop. The norms of a gradient pass at 256
- * x 256 (SD 1.4, 2 threads, AVX-512) took 56 ms instead of 72, the layer
- * norms' forward half as long. */
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-
 typedef struct {
     int64_t segments, len; /* number and length of segments */
     int64_t span;          /* elements sharing one gamma entry */
@@ -83,6 +75,13 @@ static ALWAYS_INLINE void add_grad_lanes(double *a1, double *a2, const float *dy
         a2[l] += gh * ((x[e + l] - mu) * rstd);
     }
 }
+
+/* The passes over a segment, compiled once per vector level
+ * (CPU_VEC_VERSIONS): this file is otherwise built for the baseline, where
+ * the double sums ran on 128-bit vectors, and a layer norm's rows (a gamma
+ * entry per element) in a scalar loop. The norms of a gradient pass at 256
+ * x 256 (SD 1.4, 2 threads, AVX-512) took 56 ms instead of 72, the layer
+ * norms' forward half as long. */
 
 /* y = (x - mu) * rstd * gamma + beta on segment s */
 static ALWAYS_INLINE void forward_segment_body(const norm_geom *g, int64_t s, const float *x, const float *gamma,

@@ -50,6 +50,10 @@ void cpu_vec_silu_backward(const float *x, const float *dy, float *dx, int64_t n
 #define GNR_VEC_X86 0
 #endif
 
+/* What a NAME_body and the helpers it calls are declared with, so that each
+ * is compiled inside the level's version that calls it. */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
 /* A kernel written once, as a plain-C body (static inline NAME_body) that
  * the compiler vectorises with no omp simd or optimize attributes (see
  * simd.c for why those need intrinsics instead): CPU_VEC_VERSIONS defines
@@ -66,6 +70,33 @@ void cpu_vec_silu_backward(const float *x, const float *dy, float *dx, int64_t n
 #else
 #define CPU_VEC_VERSIONS(name, params, args) static void name##_baseline params { name##_body args; }
 #define CPU_VEC_PICK(name) name##_baseline
+#endif
+
+#if GNR_VEC_X86
+#include <immintrin.h>
+
+/* r[c] becomes column c of the 8 x 8 block whose rows r[0..7] held: rows
+ * unpacked in pairs, shuffled in fours, then their 128-bit halves
+ * exchanged (the classic AVX sequence). The transposes (layout.c) and the
+ * one-row linear layer (linear.c) turn 8 x 8 blocks with it. */
+GNR_TARGET_AVX2 static ALWAYS_INLINE void cpu_vec_transpose8(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
 #endif
 
 /* The version this CPU runs (the best it has, unless set lower) */

@@ -70,7 +70,6 @@ typedef struct {
 
 /* The transforms' row kernels: plain-C bodies built for each vector level
  * (CPU_VEC_VERSIONS, simd.h). */
-#define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* V's values for one tile row of one channel: row[0..3] the patch rows
  * (input rows 2 ty - 1 .. 2 ty + 2, a zero row outside the map), tiles
