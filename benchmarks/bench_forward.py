@@ -184,6 +184,19 @@ def run_torch(args) -> dict:
     return results
 
 
+def take_turns(side, rounds: int, skip_torch: bool, profile: int) -> tuple[list, list]:
+    """Each side's results, round by round: the sides take turns (gnr, torch,
+    gnr, ...) so that a machine whose speed drifts over minutes slows both
+    alike, and each round's ratio compares neighbouring runs. Only the first
+    gnr run profiles."""
+    g_rounds, t_rounds = [], []
+    for r in range(rounds):
+        g_rounds.append(side("gnr", profile=profile if r == 0 else 0))
+        if not skip_torch:
+            t_rounds.append(side("torch"))
+    return g_rounds, t_rounds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -222,13 +235,7 @@ def main() -> None:
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
         return json.loads(line[len("RESULT "):])
 
-    # The sides take turns, round by round, so that a machine whose speed
-    # drifts over minutes slows both alike (bench_grad.py does the same).
-    g_rounds, t_rounds = [], []
-    for r in range(args.rounds):
-        g_rounds.append(side("gnr", profile=args.profile if r == 0 else 0))
-        if not args.skip_torch:
-            t_rounds.append(side("torch"))
+    g_rounds, t_rounds = take_turns(side, args.rounds, args.skip_torch, args.profile)
     g = dict(g_rounds[0])
     t = dict(t_rounds[0]) if t_rounds else None
     for p in args.parts:  # new dicts: the rounds' own stay as they were

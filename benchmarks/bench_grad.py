@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import (add_torch_isa_arg, cpu_name, hold_gnr_isa, kernels_line, side_isa_args,  # noqa: E402
-                           torch_isa_line, torch_side_env)
+                           take_turns, torch_isa_line, torch_side_env)
 
 LAYERS = {"all": [[0, 6], [0, 1], [0, 9]], "lowmem": [[2, 6], [0, 1], [0, 4]]}
 SCALE = 3e5
@@ -191,14 +191,7 @@ def main():
             sys.exit(f"{name} side failed:\n{out.stderr[-3000:]}")
         return json.loads([l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
 
-    # The sides take turns, round by round, so that a machine whose speed
-    # drifts over minutes slows both alike; each round's ratio compares two
-    # neighbouring runs.
-    g_rounds, t_rounds = [], []
-    for r in range(args.rounds):
-        g_rounds.append(side("gnr", profile=args.profile if r == 0 else 0))
-        if not args.skip_torch:
-            t_rounds.append(side("torch"))
+    g_rounds, t_rounds = take_turns(side, args.rounds, args.skip_torch, args.profile)
     g = {**g_rounds[0], **side("gnr", memory=True)}
     t = None if args.skip_torch else {**t_rounds[0], **side("torch", memory=True)}
     for k in ("plain", "checkpointing"):  # new dicts: the rounds' own stay as they were
