@@ -558,18 +558,22 @@ def test_geglu_across_the_erf_ranges_on_each_vector_level(rng, vector_level):
     assert np.max(np.abs(dg - dy[0] * a[0] * dgelu) / np.abs(dy[0] * a[0])) <= 1e-6
 
 
-# Up to 256 rows: W read in place against the rows (narrow); more: the rows
-# read in place against W's (and W^T's) rows in pieces of at most 256
-# columns (wide). Partial vectors and pieces, with and without bias.
+# Up to 256 rows: W read in place against the rows (narrow), and in the
+# backward W read along its rows (the stream product: in panels of C from
+# 32 rows, in blocks of 16 of k below); more: the rows read in place
+# against W's (and W^T's) rows in pieces of at most 256 columns (wide).
+# Partial vectors, pieces, panels and blocks of k, with and without bias.
 LINEARS = [
     ((3, 11, 1100), 70, True),   # narrow, k = 1100 (several blocks)
     ((1, 300), 70, True),        # one row (linear.c's one-row kernel), a partial vector of k
     ((1, 1, 37), 130, False),    # one row, three blocks of outputs, the last partial
-    ((2, 100, 300), 70, False),  # narrow, 200 rows
+    ((2, 100, 300), 70, False),  # narrow, 200 rows; the backward's panels of 64 columns
     ((1, 300, 40), 600, True),   # wide, 300 rows: pieces of 208, 208, 184 columns
     ((2, 150, 70), 37, False),   # wide, one piece of 37 columns (a partial vector)
     ((1, 520, 1100), 33, True),  # wide, k = 1100; the backward's 1100 columns in 5 pieces
-    ((1, 37, 1300), 45, False),  # backward reads W along its rows (1300 inputs): blocks of 16 of k = 45
+    ((1, 37, 1300), 45, False),  # backward in panels of 192 columns, the last partial
+    ((1, 40, 1100), 300, False),  # backward in panels, k = 300 in blocks of 128 (the next one fetched ahead)
+    ((1, 20, 1300), 45, False),  # backward on 20 rows: blocks of 16 of k = 45
 ]
 
 

@@ -13,13 +13,13 @@ static void weight_dims(const gnr_tensor *w, int64_t *out, int64_t *in)
     *in = w->shape[1];
 }
 
-/* Few rows (the low-resolution levels' tokens, the time embedding) make a
- * narrow product: out (rows x ncols; with add, +=; with bias, + bias on
- * each row) = x (rows x k) op(W)^T computed as op(W) (ncols x k) x^T, W
- * read in place (narrow_gemm.c), through two small transposes, the second
- * adding the bias. Returns 0 (nothing done) when the product is not narrow. */
+/* Few rows (the low-resolution levels' tokens) make a narrow product: out
+ * (rows x ncols; with bias, + bias on each row) = x (rows x k) W^T
+ * computed as W (ncols x k) x^T, W read in place (narrow_gemm.c), through
+ * two small transposes, the second adding the bias. Returns 0 (nothing
+ * done) when the product is not narrow. */
 static int narrow_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, const float *x, const float *w,
-                       int trans_w, int add, const float *bias, float *out, gnr_status *st)
+                       const float *bias, float *out, gnr_status *st)
 {
     if (!cpu_gemm_narrow_takes(rows)) return 0;
     int nt = gnr_cpu_threads(ctx);
@@ -29,11 +29,11 @@ static int narrow_rows(gnr_ctx *ctx, int64_t rows, int64_t ncols, int64_t k, con
     if (*st == GNR_OK) *st = gnr_arena_alloc(ctx->arena, (size_t)(ncols * rows) * sizeof(float), (void **)&ot);
     if (*st == GNR_OK) {
         cpu_transpose(nt, x, xt, rows, k, 0);
-        cpu_gemm_narrow(nt, trans_w, ncols, rows, k, w, trans_w ? ncols : k, xt, rows, 0, ot, rows);
+        cpu_gemm_narrow(nt, 0, ncols, rows, k, w, k, xt, rows, 0, ot, rows);
         if (bias)
             cpu_transpose_bias(nt, ot, out, ncols, rows, bias);
         else
-            cpu_transpose(nt, ot, out, ncols, rows, add);
+            cpu_transpose(nt, ot, out, ncols, rows, 0);
     }
     gnr_arena_release(ctx->arena, mark);
     return 1;
@@ -155,7 +155,7 @@ gnr_status cpu_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
         gnr_arena_release(ctx->arena, mark);
         return st;
     }
-    if (narrow_rows(ctx, rows, out, in, gnr_f32(x), gnr_f32(w), 0, 0, b ? gnr_f32(b) : NULL, py, &st)) return st;
+    if (narrow_rows(ctx, rows, out, in, gnr_f32(x), gnr_f32(w), b ? gnr_f32(b) : NULL, py, &st)) return st;
     float beta = 0.0f;
     if (b) { /* sgemm's C starts as the bias */
         const float *pb = gnr_f32(b);
@@ -169,23 +169,23 @@ gnr_status cpu_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tenso
 }
 
 /* dx[r,i] += sum_o dy[r,o] w[o,i]     dx += dY W
- * With few rows, narrow_rows reads W^T down its columns, a row of W (in
- * floats) apart at each step: from 1280 inputs (5 KiB and more) up, the
- * rows fall into 4 or fewer sets of the L1 cache, and reading W along its
- * rows (cpu_gemm_stream) is faster. Measured per shape in a gradient pass
- * at 256 x 256 (SD 1.4, 2 threads, AVX-512), narrow against stream: 64 rows
- * x 1280 -> 1280 63.5 against 52.7 ms, 64 x 5120 -> 1280 40.5 against
- * 21.8, 64 x 2560 -> 640 29.7 against 23.1, 16 rows about half; with 640
- * or 320 inputs narrow was faster (64 x 640 -> 5120 49.5 against 64.3). */
-#define STREAM_MIN_IN 1280
-
+ * With few rows, W is read along its rows by cpu_gemm_stream, once from
+ * memory. The narrow kernel read W^T down its columns, a row of W apart
+ * at each step (from 1280 inputs, 5 KiB and more, the rows fell into 4 or
+ * fewer sets of the L1 cache), between transposes of dY and dX. Measured
+ * per shape in a gradient pass at 256 x 256 (SD 1.4, 2 threads, AVX-512),
+ * narrow against stream: 64 rows x 1280 -> 1280 63.5 against 52.7 ms, 64 x
+ * 5120 -> 1280 40.5 against 21.8, 64 x 2560 -> 640 29.7 against 23.1, 16
+ * rows about half; with 640 or 320 inputs narrow was faster until the
+ * stream product's panels (narrow_gemm.c): 256 x 640 -> 640 39.6 against
+ * 33.3 ms, 128 x 320 -> 2560 39.0 against 32.4, 64 x 640 -> 5120 44.0
+ * against 39.8. */
 gnr_status cpu_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, gnr_tensor *dx)
 {
     int64_t out = 0, in = 0;
     weight_dims(w, &out, &in);
     int64_t rows = out ? gnr_numel(dy) / out : 0;
-    gnr_status st = GNR_OK;
-    if (in >= STREAM_MIN_IN && cpu_gemm_narrow_takes(rows)) {
+    if (cpu_gemm_narrow_takes(rows)) {
         cpu_gemm_stream(gnr_cpu_threads(ctx), 0, rows, in, out, gnr_f32(dy), out, gnr_f32(w), in, 1, gnr_f32(dx), in);
         return GNR_OK;
     }
@@ -193,7 +193,6 @@ gnr_status cpu_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_ten
         wide_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), in, 1, NULL, gnr_f32(dx));
         return GNR_OK;
     }
-    if (narrow_rows(ctx, rows, in, out, gnr_f32(dy), gnr_f32(w), 1, 1, NULL, gnr_f32(dx), &st)) return st;
     cpu_gemm(gnr_cpu_threads(ctx), 0, 0, rows, in, out, 1.0f, gnr_f32(dy), out, gnr_f32(w), in, 1.0f,
              gnr_f32(dx), in);
     return GNR_OK;

@@ -81,6 +81,25 @@ static INLINE const float *next_rows(int64_t i, int64_t i1, int64_t mr, int64_t 
     return !trans && j == 0 && i + 2 * mr <= i1 ? pa + (i + mr) * lda + p0 : NULL;
 }
 
+/* The order in which a thread's rows run a block of k (rows512, rows256):
+ * each block of MR rows across all of B's columns (B's block comes from L2
+ * for each), the same while fetching B's next block of k into L2 (B in
+ * place, a weight: cpu_gemm_stream's panels), or each column tile down all
+ * the rows (its columns of B's block stay in L1). */
+enum { ROWS_FIRST, ROWS_FIRST_FETCH_B, COLS_FIRST };
+
+/* Part share of shares of B's block of k at rows p1 .. p1 + kc - 1 (n
+ * columns, rows ldb apart) fetched into L2: a block of rows runs while
+ * the share it fetches comes in, so the block of k that follows finds B
+ * there. */
+static INLINE void fetch_b_share(const float *pb, int64_t ldb, int64_t n, int64_t p1, int64_t kc, int64_t share,
+                                 int64_t shares)
+{
+    int64_t lines = (n + 15) / 16, total = kc * lines;
+    for (int64_t x = total * share / shares; x < total * (share + 1) / shares; x++)
+        _mm_prefetch((const char *)(pb + (p1 + x / lines) * ldb + x % lines * 16), _MM_HINT_T1);
+}
+
 /* ------------------------------------------------------------ AVX-512 --- */
 /* Tiles of up to 8 rows x 32 columns: 16 accumulators, 2 loads of B and 8
  * broadcasts of A per 16 fused multiply-adds. */
@@ -166,25 +185,27 @@ AVX512 static INLINE void tile512_at(int64_t i, int64_t i1, int64_t j, int64_t n
     }
 }
 
-/* C rows [i0, i1): every block of k, and in it every tile, by blocks of MR
- * rows (each crossing all of B's columns: B's block comes from L2 for each),
- * or with cols_outer by 32-column tiles (each going down all the rows while
- * its columns of B's block stay in L1) */
+/* C rows [i0, i1): every block of k, and in it every tile, in the given
+ * order (ROWS_FIRST ...) */
 AVX512 static void rows512(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t kb, int trans, const float *pa,
                            int64_t lda, const float *pb, int64_t ldb, int accumulate, const float *bias, float *pc,
-                           int64_t ldc, int cols_outer)
+                           int64_t ldc, int order)
 {
+    int64_t blocks = (i1 - i0 + MR512 - 1) / MR512;
     for (int64_t p0 = 0; p0 < k; p0 += kb) {
-        int64_t kc = k - p0 < kb ? k - p0 : kb;
+        int64_t kc = k - p0 < kb ? k - p0 : kb, p1 = p0 + kc, kc1 = k - p1 < kb ? k - p1 : kb;
         int load_c = accumulate || p0 > 0;
-        if (cols_outer)
+        if (order == COLS_FIRST)
             for (int64_t j = 0; j < n; j += 32)
                 for (int64_t i = i0; i < i1; i += MR512)
                     tile512_at(i, i1, j, n, p0, kc, trans, pa, lda, pb, ldb, load_c, bias, pc, ldc);
         else
-            for (int64_t i = i0; i < i1; i += MR512)
+            for (int64_t i = i0; i < i1; i += MR512) {
+                if (order == ROWS_FIRST_FETCH_B && kc1 > 0)
+                    fetch_b_share(pb, ldb, n, p1, kc1, (i - i0) / MR512, blocks);
                 for (int64_t j = 0; j < n; j += 32)
                     tile512_at(i, i1, j, n, p0, kc, trans, pa, lda, pb, ldb, load_c, bias, pc, ldc);
+            }
     }
 }
 
@@ -273,24 +294,28 @@ AVX2 static INLINE void tile256_at(int64_t i, int64_t i1, int64_t j, int64_t n, 
 /* as rows512, in tiles of MR256 x 16 */
 AVX2 static void rows256(int64_t i0, int64_t i1, int64_t n, int64_t k, int64_t kb, int trans, const float *pa,
                          int64_t lda, const float *pb, int64_t ldb, int accumulate, const float *bias, float *pc,
-                         int64_t ldc, int cols_outer)
+                         int64_t ldc, int order)
 {
     float pad[KC_MAX * 16]; /* the last columns' block of B, zero-padded to 16 (kb <= KC_MAX) */
+    int64_t blocks = (i1 - i0 + MR256 - 1) / MR256;
     for (int64_t p0 = 0; p0 < k; p0 += kb) {
-        int64_t kc = k - p0 < kb ? k - p0 : kb;
+        int64_t kc = k - p0 < kb ? k - p0 : kb, p1 = p0 + kc, kc1 = k - p1 < kb ? k - p1 : kb;
         int load_c = accumulate || p0 > 0;
         int64_t jt = n / 16 * 16; /* the padded block's first column */
         if (jt < n)
             for (int64_t p = 0; p < kc; p++)
                 for (int64_t j = 0; j < 16; j++) pad[p * 16 + j] = jt + j < n ? pb[(p0 + p) * ldb + jt + j] : 0.0f;
-        if (cols_outer)
+        if (order == COLS_FIRST)
             for (int64_t j = 0; j < n; j += 16)
                 for (int64_t i = i0; i < i1; i += MR256)
                     tile256_at(i, i1, j, n, p0, kc, trans, pa, lda, pb, ldb, load_c, bias, pc, ldc, pad);
         else
-            for (int64_t i = i0; i < i1; i += MR256)
+            for (int64_t i = i0; i < i1; i += MR256) {
+                if (order == ROWS_FIRST_FETCH_B && kc1 > 0)
+                    fetch_b_share(pb, ldb, n, p1, kc1, (i - i0) / MR256, blocks);
                 for (int64_t j = 0; j < n; j += 16)
                     tile256_at(i, i1, j, n, p0, kc, trans, pa, lda, pb, ldb, load_c, bias, pc, ldc, pad);
+            }
     }
 }
 #endif /* GNR_VEC_X86 */
@@ -324,9 +349,9 @@ static void narrow_run(int nt, int trans_a, int64_t m, int64_t n, int64_t k, con
         int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
         int64_t i0 = b0 * mr, i1 = b1 * mr < m ? b1 * mr : m;
         if (level == CPU_VEC_AVX512)
-            rows512(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc, 0);
+            rows512(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc, ROWS_FIRST);
         else
-            rows256(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc, 0);
+            rows256(i0, i1, n, k, k_block(n), trans_a, a, lda, b, ldb, accumulate, bias, c, ldc, ROWS_FIRST);
     }
 #endif
 }
@@ -344,35 +369,77 @@ void cpu_gemm_narrow_bias(int nt, int64_t m, int64_t n, int64_t k, const float *
 }
 
 /* Few rows against a B that no cache holds (a weight), read once from
- * memory in its own order: B's rows in blocks of STREAM_KC, each block
- * crossed along its rows by the column tiles (STREAM_KC sequential streams),
- * every thread on its own range of whole 32-column tiles, so the threads
- * share the weight's reading instead of each reading all of it. The input
- * gradient of a 1280-channel 3 x 3 convolution on a 4 x 4 map (16 rows
- * against the 1280 x 11520 weight) took 10.1 ms as W^T dY with sgemm and
- * 9.8 with cpu_gemm_narrow (W^T read down its columns: a new cache line
- * and page at each step of k), 4.3 ms here; on an 8 x 8 map (64 rows)
- * 11.8, 18.0 and 11.4 ms (2 threads, AVX-512, the weight not in cache;
- * blocks of 32 and 64 rows were slower). The same sums in the same order as
- * cpu_gemm_narrow: C is reloaded exactly between blocks of k. */
+ * memory in its own order, every thread on its own range of whole 32-column
+ * tiles, so the threads share the weight's reading instead of each reading
+ * all of it. Two ways, by the shape of a thread's block of C:
+ *
+ * Wide (more than STREAM_PANEL_MAX_COLS columns a thread, or fewer than
+ * STREAM_PANEL_MIN_ROWS rows: a convolution's input gradient on a small
+ * map): B's rows in blocks of STREAM_KC, each block crossed along its rows
+ * by the column tiles (STREAM_KC sequential streams). The input gradient of
+ * a 1280-channel 3 x 3 convolution on a 4 x 4 map (16 rows against the 1280
+ * x 11520 weight) took 10.1 ms as W^T dY with sgemm and 9.8 with
+ * cpu_gemm_narrow (W^T read down its columns: a new cache line and page at
+ * each step of k), 4.3 ms here; on an 8 x 8 map (64 rows) 11.8, 18.0 and
+ * 11.4 ms (2 threads, AVX-512, the weight not in cache; blocks of 32 and 64
+ * rows were slower).
+ *
+ * Panels (a linear layer's input gradient, dX = dY W): the thread's columns
+ * in panels whose block of C (m x panel) stays in L1 (STREAM_PANEL_C_BYTES),
+ * each panel's k in blocks of STREAM_PANEL_KC, B's next block fetched into
+ * L2 while the row blocks run over the current one (ROWS_FIRST_FETCH_B).
+ * Wide, C (64 rows of 640 columns a thread) went back to L2 every 16 steps
+ * of k. In a gradient pass at 256 x 256 (SD 1.4, 2 threads, AVX-512),
+ * linear layers' input gradients (rows x in -> out), wide against panels:
+ * 64 x 1280 -> 1280 1.32 against 1.11 ms, 64 x 1280 -> 10240 10.6 against
+ * 8.9, 128 x 1280 -> 320 0.59 against 0.47, 64 x 2560 -> 640 1.13 against
+ * 1.06; and those that had taken the narrow kernel with W^T down its
+ * columns (linear.c): 256 x 640 -> 640 0.99 against 0.83, 128 x 320 ->
+ * 2560 0.98 against 0.81, 64 x 640 -> 5120 2.20 against 1.99. The pass's
+ * linear input gradients took 339 ms before, 295 after. With 16 rows, or
+ * 2560 columns a thread (a convolution's input gradient), wide was faster
+ * (alone, each weight one of four in turn).
+ *
+ * Both make the same sums in the same order as cpu_gemm_narrow: C is
+ * reloaded exactly between blocks of k. */
 #define STREAM_KC 16
-/* A thread's columns in panels whose block of C (m x panel) stays in L2
- * across the k blocks that reload it: without, the input gradient of a
+#define STREAM_PANEL_MIN_ROWS 32
+#define STREAM_PANEL_MAX_COLS 2048
+#define STREAM_PANEL_C_BYTES ((int64_t)32 << 10)
+#define STREAM_PANEL_KC 128
+/* Wide, a thread's columns in panels whose block of C (m x panel) stays in
+ * L2 across the k blocks that reload it: without, the input gradient of a
  * 2560 -> 1280 convolution on an 8 x 8 map (64 x 23040 floats of C, 2.9
  * MiB a thread) took 28.6 ms, in panels of 2048 columns 21.5 (2 threads,
  * AVX-512); with 16 rows C fits whole. */
 #define STREAM_C_BYTES ((int64_t)512 << 10)
-/* From this many columns a thread, each tile (32 columns, 16 on AVX2) goes
- * down all the rows before the next (cols_outer): the tile's columns of B's
- * block, read once from memory, serve every row block from L1, where a
- * thread's block (16 rows of up to 11520 columns) no longer fits L1 and
+/* Wide, from this many columns a thread, each tile (32 columns, 16 on AVX2)
+ * goes down all the rows before the next (COLS_FIRST): the tile's columns
+ * of B's block, read once from memory, serve every row block from L1, where
+ * a thread's block (16 rows of up to 11520 columns) no longer fits L1 and
  * rows-first read it again from L2 for each block of rows. In a gradient
  * pass at 256 x 256 (SD 1.4, 2 threads), the input gradients' products from
  * a 1280-channel output, AVX-512: 2560 channels on 4 x 4 14.1 -> 9.7 ms,
  * 1280 on 4 x 4 5.7 -> 4.8, 2560 on 8 x 8 24.8 -> 20.1, 1280 on 8 x 8
- * 11.2 -> 10.0; AVX2: 10.2 -> 8.1, 5.9 -> 3.7, 26.0 -> 24.7, 12.8 -> 11.9. A
- * linear layer's (640 to 2560 columns a thread) were slower that way. */
+ * 11.2 -> 10.0; AVX2: 10.2 -> 8.1, 5.9 -> 3.7, 26.0 -> 24.7, 12.8 -> 11.9. */
 #define STREAM_COLS_OUTER_MIN 4096
+
+/* The panel width, block of k and order for a thread's j1 - j0 columns */
+static void stream_plan(int64_t m, int64_t cols, int64_t *panel, int64_t *kb, int *order)
+{
+    if (m >= STREAM_PANEL_MIN_ROWS && cols <= STREAM_PANEL_MAX_COLS) {
+        int64_t p = STREAM_PANEL_C_BYTES / (m * (int64_t)sizeof(float)) / 32 * 32;
+        *panel = p < 64 ? 64 : p > 256 ? 256 : p;
+        *kb = STREAM_PANEL_KC;
+        *order = ROWS_FIRST_FETCH_B;
+        return;
+    }
+    int64_t p = STREAM_C_BYTES / (m * (int64_t)sizeof(float)) / 32 * 32;
+    *panel = p < 32 ? 32 : p;
+    *kb = STREAM_KC;
+    *order = cols >= STREAM_COLS_OUTER_MIN ? COLS_FIRST : ROWS_FIRST;
+}
+
 void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                      const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc)
 {
@@ -390,17 +457,15 @@ void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const
     {
         int t = nt > 1 ? omp_get_thread_num() : 0;
         int64_t j0 = tiles * t / nt * 32, j1 = tiles * (t + 1) / nt * 32 < n ? tiles * (t + 1) / nt * 32 : n;
-        int64_t panel = STREAM_C_BYTES / (m * (int64_t)sizeof(float)) / 32 * 32;
-        if (panel < 32) panel = 32;
-        int cols_outer = j1 - j0 >= STREAM_COLS_OUTER_MIN;
+        int64_t panel, kb;
+        int order;
+        stream_plan(m, j1 - j0, &panel, &kb, &order);
         for (int64_t jp = j0; jp < j1; jp += panel) {
             int64_t np = j1 - jp < panel ? j1 - jp : panel;
             if (level == CPU_VEC_AVX512)
-                rows512(0, m, np, k, STREAM_KC, trans_a, a, lda, b + jp, ldb, accumulate, NULL, c + jp, ldc,
-                        cols_outer);
+                rows512(0, m, np, k, kb, trans_a, a, lda, b + jp, ldb, accumulate, NULL, c + jp, ldc, order);
             else
-                rows256(0, m, np, k, STREAM_KC, trans_a, a, lda, b + jp, ldb, accumulate, NULL, c + jp, ldc,
-                        cols_outer);
+                rows256(0, m, np, k, kb, trans_a, a, lda, b + jp, ldb, accumulate, NULL, c + jp, ldc, order);
         }
     }
 #endif
