@@ -10,8 +10,9 @@
 #include "ops.h"
 
 /* 4: arguments are checked before dispatch (op_checks.c); a table built
- * against 3 still checked its own. */
-#define GNR_BACKEND_ABI 4
+ * against 3 still checked its own. 5: geglu_ffn_forward added after the
+ * other ops (last_error moved). */
+#define GNR_BACKEND_ABI 5
 
 typedef struct gnr_backend {
     int abi;           /* GNR_BACKEND_ABI of the code that built the table */

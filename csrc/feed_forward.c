@@ -3,9 +3,9 @@
 #include "gnr.h"
 
 /* The wide intermediates' budget per block of rows (W1 x and GEGLU's
- * output: 12 floats a row per channel, 20 in the backward). On the CPU,
- * 256-row products run as fast as whole ones (cpu/linear.c); a block never
- * goes below 64 rows. */
+ * output, in the forward geglu_ffn_forward's: 12 floats a row per channel,
+ * 20 in the backward). On the CPU, 256-row products run as fast as whole
+ * ones (cpu/linear.c); a block never goes below 64 rows. */
 #define FF_BLOCK_BYTES ((size_t)4 << 20)
 #define FF_MIN_ROWS 64
 /* On a GPU a block costs kernel launches and small products leave its
@@ -26,7 +26,7 @@ size_t gnr_feed_forward_block_bytes(size_t bytes)
 typedef struct {
     int64_t rows, in, hidden, out; /* x: rows x in; W1 x: rows x 2 hidden; y: rows x out */
     int64_t block;                 /* rows per block */
-    gnr_tensor f, a, df, da;       /* one block's intermediates (df, da: the backward's) */
+    gnr_tensor f, df, da;          /* the backward's intermediates for one block */
 } ff_plan;
 
 static gnr_tensor rows_of(const gnr_tensor *t, int64_t r0, int64_t n, int64_t width)
@@ -49,8 +49,8 @@ static gnr_status plan(gnr_ctx *ctx, const gnr_feed_forward_w *w, const gnr_tens
     int64_t block = (int64_t)budget / (per_row ? per_row : 1) / FF_MIN_ROWS * FF_MIN_ROWS;
     if (block < FF_MIN_ROWS) block = FF_MIN_ROWS;
     p->block = block < p->rows ? block : p->rows;
+    if (!backward) return GNR_OK; /* geglu_ffn_forward holds its own */
     GNR_TRY(gnr_alloc2(ctx, p->block, 2 * p->hidden, &p->f));
-    if (!backward) return gnr_alloc2(ctx, p->block, p->hidden, &p->a);
     GNR_TRY(gnr_alloc2(ctx, p->block, 2 * p->hidden, &p->df));
     return gnr_alloc2(ctx, p->block, p->hidden, &p->da);
 }
@@ -75,10 +75,8 @@ gnr_status gnr_feed_forward(gnr_ctx *ctx, const gnr_feed_forward_w *w, const gnr
     gnr_status st = plan(ctx, w, x, 0, &p);
     for (int64_t r0 = 0; st == GNR_OK && r0 < p.rows; r0 += p.block) {
         int64_t n = p.rows - r0 < p.block ? p.rows - r0 : p.block;
-        gnr_tensor f, a = rows_of(&p.a, 0, n, p.hidden), yr = rows_of(y, r0, n, p.out);
-        st = project(ctx, w, x, &p, r0, n, &f);
-        if (st == GNR_OK) st = gnr_geglu_forward(ctx, &f, &a);
-        if (st == GNR_OK) st = gnr_linear_forward(ctx, &a, w->w2, w->b2, &yr);
+        gnr_tensor xr = rows_of(x, r0, n, p.in), yr = rows_of(y, r0, n, p.out);
+        st = gnr_geglu_ffn_forward(ctx, &xr, w->w1, w->b1, w->w2, w->b2, &yr);
     }
     gnr_arena_release(ctx->arena, mark);
     return st;

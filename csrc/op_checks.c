@@ -677,3 +677,31 @@ gnr_status gnr_check_sum_sq(gnr_ctx *ctx, const gnr_tensor *x, double *out)
     GNR_TRY(tensor(ctx, "sum_sq", "x", x));
     return result("sum_sq", out);
 }
+
+/* ---------------------------------------------------------- feed-forward --- */
+
+static gnr_status bias_of(const gnr_ctx *ctx, const char *op, const char *bn, const gnr_tensor *b, int64_t n,
+                          const char *wn, const gnr_tensor *w)
+{
+    if (!b) return GNR_OK;
+    GNR_TRY(tensor(ctx, op, bn, b));
+    if (gnr_numel(b) != n)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must have %lld elements (%s %s)", op, bn, shape(b), (long long)n,
+                         wn, shape(w));
+    return GNR_OK;
+}
+
+gnr_status gnr_check_geglu_ffn_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w1, const gnr_tensor *b1,
+                                       const gnr_tensor *w2, const gnr_tensor *b2, gnr_tensor *y)
+{
+    const char *op = "geglu_ffn_forward";
+    GNR_TRY(tensor(ctx, op, "x", x));
+    GNR_TRY(tensor(ctx, op, "w1", w1));
+    GNR_TRY(tensor(ctx, op, "w2", w2));
+    GNR_TRY(tensor(ctx, op, "y", y));
+    if (w1->ndim != 2 || w1->shape[0] % 2 || w2->ndim != 2 || w2->shape[1] != w1->shape[0] / 2)
+        return gnr_error(GNR_ERR_VALUE, "%s: w1 %s and w2 %s must be 2F x In and Out x F", op, shape(w1), shape(w2));
+    GNR_TRY(rows_pair(op, "x", x, w1->shape[1], "In", "y", y, w2->shape[0], "Out", w1));
+    GNR_TRY(bias_of(ctx, op, "b1", b1, w1->shape[0], "w1", w1));
+    return bias_of(ctx, op, "b2", b2, w2->shape[0], "w2", w2);
+}

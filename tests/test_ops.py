@@ -588,6 +588,56 @@ def test_narrow_and_wide_linear_products_on_each_vector_level(rng, xshape, out, 
     assert rel(op("linear_backward", "cpu", g, w)[0], dx) <= BWD
 
 
+# The GEGLU feed-forward in one op: on the CPU, up to 256 rows keep the
+# hidden features down the rows between the products (cpu/ffn.c); more rows,
+# and CUDA, run the three ops. Partial vectors, with and without biases.
+FFNS = [
+    # x shape, F, Out, biases
+    ((1, 37, 24), 40, 24, True),   # narrow, odd rows and widths
+    ((2, 150, 16), 24, 20, True),  # 300 rows: the three ops
+    ((1, 64, 32), 64, 48, False),  # whole vectors, no biases
+    ((3, 5, 70), 130, 9, True),    # 15 rows, wide hidden features
+]
+
+
+def ffn_ref(x, w1, b1, w2, b2):
+    return F.linear(geglu_ref(F.linear(x, w1, b1)), w2, b2)
+
+
+def ffn_inputs(rng, xshape, f, out, bias):
+    x, w1, w2 = rand(rng, *xshape), rand(rng, 2 * f, xshape[-1]), rand(rng, out, f)
+    b1, b2 = (rand(rng, 2 * f), rand(rng, out)) if bias else (None, None)
+    return x, w1, b1, w2, b2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("xshape, f, out, bias", FFNS)
+def test_geglu_ffn(device, rng, xshape, f, out, bias):
+    x, w1, b1, w2, b2 = ffn_inputs(rng, xshape, f, out, bias)
+    ref = ffn_ref(t(x), t(w1), t(b1) if bias else None, t(w2), t(b2) if bias else None)
+    assert rel(op("geglu_ffn_forward", device, x, w1, b1, w2, b2)[0], ref) <= FWD
+
+
+@pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
+@pytest.mark.parametrize("xshape, f, out, bias", [((1, 64, 32), 64, 48, True), ((2, 8, 40), 24, 16, False),
+                                                  ((1, 37, 24), 40, 24, True)])
+def test_geglu_ffn_is_the_three_ops_to_the_bit(rng, xshape, f, out, bias, vector_level):
+    """The op keeps the hidden features in its own layout on the CPU; its
+    values must stay the three ops' (linear, geglu, linear), which the
+    backward recomputes the hidden features with. AVX2 computes the tail of
+    a call to the gate (n % 8 values) with the baseline kernel, so there
+    only whole vectors of rows are the same bits."""
+    x, w1, b1, w2, b2 = ffn_inputs(rng, xshape, f, out, bias)
+    h = op("linear_forward", "cpu", x, w1, b1)[0]
+    three = op("linear_forward", "cpu", op("geglu_forward", "cpu", h)[0], w2, b2)[0]
+    fused = op("geglu_ffn_forward", "cpu", x, w1, b1, w2, b2)[0]
+    rows = int(np.prod(xshape[:-1]))
+    if vector_level == "avx2" and rows % 8:
+        assert rel(fused, t(three)) <= 1e-6
+    else:
+        np.testing.assert_array_equal(fused, three)
+
+
 @pytest.mark.parametrize("vector_level", LEVELS, indirect=True)
 @pytest.mark.parametrize("k, out, bias", [(1280, 1280, True), (37, 130, False), (300, 70, True)])
 def test_one_row_linear_is_the_same_bits_as_in_a_batch(rng, k, out, bias, vector_level):
@@ -856,6 +906,10 @@ def test_reductions_independent_of_threads(rng):
      "attention_forward"),
     (lambda d, r: op("add_channel_forward", d, rand(r, 1, 6, 4, 4), rand(r, 1, 5)), "add_channel_forward"),
     (lambda d, r: op("geglu_forward", d, rand(r, 3, 7)), "geglu_forward"),
+    (lambda d, r: op("geglu_ffn_forward", d, rand(r, 3, 6), rand(r, 8, 6), None, rand(r, 5, 3), None),
+     "geglu_ffn_forward"),
+    (lambda d, r: op("geglu_ffn_forward", d, rand(r, 3, 6), rand(r, 8, 6), rand(r, 7), rand(r, 5, 4), None),
+     "b1"),
     (lambda d, r: op("sq_diff_mean", d, rand(r, 3, 7), rand(r, 3, 6)), "sq_diff_mean"),
     (lambda d, r: op("nlc_to_nchw", d, rand(r, 1, 12, 3), hw=(3, 5)), "nlc_to_nchw"),
 ])
