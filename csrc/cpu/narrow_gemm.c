@@ -52,6 +52,13 @@ static int64_t k_block(int64_t n)
 #define INLINE inline __attribute__((always_inline))
 #endif
 
+/* The order in which a thread's rows run a block of k (rows512, rows256):
+ * each block of MR rows across all of B's columns (B's block comes from L2
+ * for each), the same while fetching B's next block of k into L2 (B in
+ * place, a weight: cpu_gemm_stream's panels), or each column tile down all
+ * the rows (its columns of B's block stay in L1). */
+enum { ROWS_FIRST, ROWS_FIRST_FETCH_B, COLS_FIRST };
+
 #if GNR_VEC_X86
 /* A tile of each row count a block's last rows may leave, each compiled
  * with its count fixed (the accumulators stay in registers) */
@@ -80,13 +87,6 @@ static INLINE const float *next_rows(int64_t i, int64_t i1, int64_t mr, int64_t 
 {
     return !trans && j == 0 && i + 2 * mr <= i1 ? pa + (i + mr) * lda + p0 : NULL;
 }
-
-/* The order in which a thread's rows run a block of k (rows512, rows256):
- * each block of MR rows across all of B's columns (B's block comes from L2
- * for each), the same while fetching B's next block of k into L2 (B in
- * place, a weight: cpu_gemm_stream's panels), or each column tile down all
- * the rows (its columns of B's block stay in L1). */
-enum { ROWS_FIRST, ROWS_FIRST_FETCH_B, COLS_FIRST };
 
 /* Part share of shares of B's block of k at rows p1 .. p1 + kc - 1 (n
  * columns, rows ldb apart) fetched into L2: a block of rows runs while
@@ -424,6 +424,7 @@ void cpu_gemm_narrow_bias(int nt, int64_t m, int64_t n, int64_t k, const float *
  * 11.2 -> 10.0; AVX2: 10.2 -> 8.1, 5.9 -> 3.7, 26.0 -> 24.7, 12.8 -> 11.9. */
 #define STREAM_COLS_OUTER_MIN 4096
 
+#if GNR_VEC_X86
 /* The panel width, block of k and order for a thread's j1 - j0 columns */
 static void stream_plan(int64_t m, int64_t cols, int64_t *panel, int64_t *kb, int *order)
 {
@@ -439,6 +440,7 @@ static void stream_plan(int64_t m, int64_t cols, int64_t *panel, int64_t *kb, in
     *kb = STREAM_KC;
     *order = cols >= STREAM_COLS_OUTER_MIN ? COLS_FIRST : ROWS_FIRST;
 }
+#endif
 
 void cpu_gemm_stream(int nt, int trans_a, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                      const float *b, int64_t ldb, int accumulate, float *c, int64_t ldc)
