@@ -177,6 +177,18 @@ static gnr_status rows_pair(const char *op, const char *an, const gnr_tensor *a,
     return GNR_OK;
 }
 
+/* A bias bn (or NULL) of dn = n elements, for the weight wn */
+static gnr_status bias_of(const gnr_ctx *ctx, const char *op, const char *bn, const gnr_tensor *b, const char *dn,
+                          int64_t n, const char *wn, const gnr_tensor *w)
+{
+    if (!b) return GNR_OK;
+    GNR_TRY(tensor(ctx, op, bn, b));
+    if (gnr_numel(b) != n)
+        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must have %s = %lld elements (%s %s)", op, bn, shape(b), dn,
+                         (long long)n, wn, shape(w));
+    return GNR_OK;
+}
+
 gnr_status gnr_check_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w, const gnr_tensor *b,
                                     gnr_tensor *y)
 {
@@ -187,13 +199,7 @@ gnr_status gnr_check_linear_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr
     int64_t out = 0, in = 0;
     GNR_TRY(weight_dims(op, w, &out, &in));
     GNR_TRY(rows_pair(op, "x", x, in, "In", "y", y, out, "Out", w));
-    if (b) {
-        GNR_TRY(tensor(ctx, op, "b", b));
-        if (gnr_numel(b) != out)
-            return gnr_error(GNR_ERR_VALUE, "%s: b %s must have Out = %lld elements (w %s)", op, shape(b),
-                             (long long)out, shape(w));
-    }
-    return GNR_OK;
+    return bias_of(ctx, op, "b", b, "Out", out, "w", w);
 }
 
 gnr_status gnr_check_linear_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w, gnr_tensor *dx)
@@ -245,13 +251,7 @@ gnr_status gnr_check_conv2d_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr
 {
     const char *op = "conv2d_forward";
     GNR_TRY(conv(ctx, op, "x", x, w, "y", y, p));
-    if (b) {
-        GNR_TRY(tensor(ctx, op, "b", b));
-        if (gnr_numel(b) != w->shape[0])
-            return gnr_error(GNR_ERR_VALUE, "%s: b %s must have O = %lld elements (w %s)", op, shape(b),
-                             (long long)w->shape[0], shape(w));
-    }
-    return GNR_OK;
+    return bias_of(ctx, op, "b", b, "O", w->shape[0], "w", w);
 }
 
 gnr_status gnr_check_conv2d_backward(gnr_ctx *ctx, const gnr_tensor *dy, const gnr_tensor *w,
@@ -680,17 +680,6 @@ gnr_status gnr_check_sum_sq(gnr_ctx *ctx, const gnr_tensor *x, double *out)
 
 /* ---------------------------------------------------------- feed-forward --- */
 
-static gnr_status bias_of(const gnr_ctx *ctx, const char *op, const char *bn, const gnr_tensor *b, int64_t n,
-                          const char *wn, const gnr_tensor *w)
-{
-    if (!b) return GNR_OK;
-    GNR_TRY(tensor(ctx, op, bn, b));
-    if (gnr_numel(b) != n)
-        return gnr_error(GNR_ERR_VALUE, "%s: %s %s must have %lld elements (%s %s)", op, bn, shape(b), (long long)n,
-                         wn, shape(w));
-    return GNR_OK;
-}
-
 gnr_status gnr_check_geglu_ffn_forward(gnr_ctx *ctx, const gnr_tensor *x, const gnr_tensor *w1, const gnr_tensor *b1,
                                        const gnr_tensor *w2, const gnr_tensor *b2, gnr_tensor *y)
 {
@@ -702,6 +691,6 @@ gnr_status gnr_check_geglu_ffn_forward(gnr_ctx *ctx, const gnr_tensor *x, const 
     if (w1->ndim != 2 || w1->shape[0] % 2 || w2->ndim != 2 || w2->shape[1] != w1->shape[0] / 2)
         return gnr_error(GNR_ERR_VALUE, "%s: w1 %s and w2 %s must be 2F x In and Out x F", op, shape(w1), shape(w2));
     GNR_TRY(rows_pair(op, "x", x, w1->shape[1], "In", "y", y, w2->shape[0], "Out", w1));
-    GNR_TRY(bias_of(ctx, op, "b1", b1, w1->shape[0], "w1", w1));
-    return bias_of(ctx, op, "b2", b2, w2->shape[0], "w2", w2);
+    GNR_TRY(bias_of(ctx, op, "b1", b1, "2F", w1->shape[0], "w1", w1));
+    return bias_of(ctx, op, "b2", b2, "Out", w2->shape[0], "w2", w2);
 }

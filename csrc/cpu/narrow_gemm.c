@@ -71,8 +71,9 @@ enum { ROWS_FIRST, ROWS_FIRST_FETCH_B, COLS_FIRST };
  * (next_a: that block, or NULL). At 256 x 256 (SD 1.4, 2 threads, passes
  * alternating in one process) the gradient pass took 4-5 % less, the UNet
  * pass 3-7 % on AVX-512 and 6 % on AVX2; fetching into L1, or two blocks
- * ahead, gained a little less; fetching B's next block in the stream
- * products (cpu_gemm_stream) gained nothing. */
+ * ahead, gained a little less. (B's next block of k is fetched only by
+ * cpu_gemm_stream's panels, fetch_b_share: in its wide order it gained
+ * nothing.) */
 #define PREFETCH_A(next_a, lda, mr, p)                                                                               \
     do {                                                                                                             \
         if ((next_a) && ((p) & 15) == 0)                                                                             \
